@@ -1,0 +1,50 @@
+"""``python -m mbtasks [key=value ...]``: the Hydra entry point; dispatches on ``cfg.mode``."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
+from omegaconf import DictConfig
+
+from mbtasks.config import validate
+from mbtasks.errors import UserError
+
+log = logging.getLogger("mbtasks")
+
+_PACKAGED_CONF = Path(__file__).parent / "conf"
+CONFIG_DIR = str(_PACKAGED_CONF if _PACKAGED_CONF.is_dir() else Path(__file__).parent.parent / "conf")
+
+
+def dispatch(cfg: DictConfig, run_dir: Path, overrides=()) -> dict:
+    """Validate the config, then run ``mbtasks.modes.<mode>.run``."""
+    validate(cfg)
+    module = importlib.import_module(f"mbtasks.modes.{cfg.mode}")
+    return module.run(cfg, run_dir, overrides)
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
+def _hydra_main(cfg: DictConfig) -> None:
+    hc = HydraConfig.get()
+    try:
+        dispatch(cfg, Path(hc.runtime.output_dir), list(hc.overrides.task))
+    except (UserError, InstantiationException, FileNotFoundError) as err:
+        if os.environ.get("MBTASKS_DEBUG"):
+            raise
+        log.error("%s", err)
+        print(f"error: {err}\n(set MBTASKS_DEBUG=1 for the full traceback)", file=sys.stderr)
+        sys.exit(2)
+
+
+def main() -> None:
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

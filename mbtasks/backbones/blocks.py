@@ -1,0 +1,145 @@
+"""MobileNet building blocks: the paper's own ideas, written by hand.
+
+- Depthwise-separable convolution (MobileNet V1, Howard et al. 2017, arXiv:1704.04861, Fig. 3).
+- Inverted residual with linear bottleneck (MobileNet V2, Sandler et al. 2018, arXiv:1801.04381).
+
+These are plain ``nn.Module`` s with no knowledge of tasks, configs or Lightning.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+ActLayer = Callable[..., nn.Module]
+
+ACTIVATIONS: dict[str, ActLayer] = {
+    "relu": nn.ReLU,
+    "relu6": nn.ReLU6,
+    "hardswish": nn.Hardswish,
+    "silu": nn.SiLU,
+}
+
+
+def get_activation(name: str) -> ActLayer:
+    """Activation class by name (``relu``, ``relu6``, ``hardswish``, ``silu``)."""
+    try:
+        return ACTIVATIONS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown activation {name!r}; expected one of {sorted(ACTIVATIONS)}"
+        ) from None
+
+
+def round_channels(channels: float, multiplier: float = 1.0, divisor: int = 8) -> int:
+    """Scale ``channels`` by the width multiplier and round to a multiple of ``divisor``.
+
+    The single place where width scaling lives (the paper's alpha). Rounds to the
+    nearest multiple, never below ``divisor`` and never more than 10% below the
+    exact scaled value (the rule of the TF/timm reference implementations).
+    """
+    if multiplier <= 0:
+        raise ValueError(f"width multiplier must be > 0, got {multiplier}")
+    scaled = channels * multiplier
+    rounded = max(divisor, int(scaled + divisor / 2) // divisor * divisor)
+    if rounded < 0.9 * scaled:
+        rounded += divisor
+    return int(rounded)
+
+
+class ConvBNAct(nn.Sequential):
+    """Conv2d (no bias) -> BatchNorm2d -> activation (``act_layer=None`` for linear)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        groups: int = 1,
+        act_layer: ActLayer | None = nn.ReLU,
+    ) -> None:
+        layers: list[nn.Module] = [
+            nn.Conv2d(
+                in_channels,
+                out_channels,
+                kernel_size,
+                stride,
+                padding=kernel_size // 2,
+                groups=groups,
+                bias=False,
+            ),
+            nn.BatchNorm2d(out_channels),
+        ]
+        if act_layer is not None:
+            layers.append(act_layer(inplace=True))
+        super().__init__(*layers)
+        self.out_channels = out_channels
+
+
+class DepthwiseSeparableConv(nn.Module):
+    """3x3 depthwise conv + BN + act, then 1x1 pointwise conv + BN + act (V1, Fig. 3 right).
+
+    Args:
+        in_channels: input channels C.
+        out_channels: output channels of the pointwise conv.
+        stride: stride of the depthwise conv (1 or 2).
+        act_layer: activation class (the paper uses ReLU; timm's port uses ReLU6).
+    """
+
+    def __init__(
+        self, in_channels: int, out_channels: int, stride: int = 1, act_layer: ActLayer = nn.ReLU
+    ) -> None:
+        super().__init__()
+        self.conv_dw = ConvBNAct(in_channels, in_channels, 3, stride, in_channels, act_layer)
+        self.conv_pw = ConvBNAct(in_channels, out_channels, 1, 1, 1, act_layer)
+        self.out_channels = out_channels
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv_pw(self.conv_dw(x))
+
+
+class InvertedResidual(nn.Module):
+    """Expand 1x1 -> depthwise 3x3 -> linear 1x1 projection, with a residual when shapes allow.
+
+    Args:
+        in_channels: input channels.
+        out_channels: output channels (the linear bottleneck).
+        stride: depthwise stride (1 or 2); the residual exists only for stride 1 and equal channels.
+        expand_ratio: expansion factor t (6 in the V2 paper; 1 skips the expansion conv).
+        act_layer: activation after expansion and depthwise (ReLU6 in the paper).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        stride: int = 1,
+        expand_ratio: float = 6,
+        act_layer: ActLayer = nn.ReLU6,
+    ) -> None:
+        super().__init__()
+        hidden = int(round(in_channels * expand_ratio))
+        self.use_residual = stride == 1 and in_channels == out_channels
+        self.conv_expand = (
+            ConvBNAct(in_channels, hidden, 1, act_layer=act_layer) if expand_ratio != 1 else None
+        )
+        self.conv_dw = ConvBNAct(hidden, hidden, 3, stride, hidden, act_layer)
+        self.conv_project = ConvBNAct(hidden, out_channels, 1, act_layer=None)
+        self.hidden_channels = hidden
+        self.out_channels = out_channels
+        self.stride = stride
+
+    def forward_expand(self, x: torch.Tensor) -> torch.Tensor:
+        """Output of the expansion conv (what SSDLite taps at the stride-16 level)."""
+        return x if self.conv_expand is None else self.conv_expand(x)
+
+    def forward_rest(self, x: torch.Tensor, expanded: torch.Tensor) -> torch.Tensor:
+        out = self.conv_project(self.conv_dw(expanded))
+        return x + out if self.use_residual else out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_rest(x, self.forward_expand(x))

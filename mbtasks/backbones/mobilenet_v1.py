@@ -1,0 +1,81 @@
+"""MobileNet V1 (Howard et al., "MobileNets: Efficient Convolutional Neural Networks for
+Mobile Vision Applications", 2017, arXiv:1704.04861).
+
+The 28-layer network of Table 1: a full 3x3 stem conv, then 13 depthwise-separable
+blocks, BatchNorm + activation after every conv. The width multiplier alpha scales
+every layer through :func:`round_channels`; the resolution multiplier rho is the
+input size (``data.image_size``), not a property of the network.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mbtasks.backbones.base import LEVEL_STRIDES, Backbone, resolve_out_indices
+from mbtasks.backbones.blocks import ConvBNAct, DepthwiseSeparableConv, get_activation, round_channels
+
+# Table 1: (output channels, depthwise stride) for each depthwise-separable block.
+# The paper prints the last depthwise as "s2", but its 7x7 output needs stride 1.
+V1_ARCH: list[tuple[int, int]] = [
+    (64, 1),
+    (128, 2),
+    (128, 1),
+    (256, 2),
+    (256, 1),
+    (512, 2),
+    (512, 1),
+    (512, 1),
+    (512, 1),
+    (512, 1),
+    (512, 1),
+    (1024, 2),
+    (1024, 1),
+]
+V1_STEM = 32
+
+
+class MobileNetV1(Backbone):
+    """MobileNet V1 feature extractor.
+
+    Args:
+        width: width multiplier alpha (> 0); 1.0, 0.75, 0.5, 0.25 are the paper's.
+        out_indices: feature levels to return, by stride: 0->2, 1->4, 2->8, 3->16, 4->32.
+        act: activation name; ``relu`` is the paper's, ``relu6`` matches timm's weights.
+
+    Returns (forward):
+        list of ``(N, C_i, H / s_i, W / s_i)`` tensors, finest first.
+    """
+
+    def __init__(self, width: float = 1.0, out_indices: tuple[int, ...] = (4,), act: str = "relu") -> None:
+        super().__init__()
+        act_layer = get_activation(act)
+        self.width = width
+        stem = round_channels(V1_STEM, width)
+        self.stem = ConvBNAct(3, stem, 3, 2, act_layer=act_layer)
+        blocks, level_channels, level_end = [], {}, {}
+        in_ch, stride = stem, 2
+        for i, (ch, s) in enumerate(V1_ARCH):
+            out_ch = round_channels(ch, width)
+            blocks.append(DepthwiseSeparableConv(in_ch, out_ch, s, act_layer))
+            stride *= s
+            level = LEVEL_STRIDES.index(stride)
+            level_channels[level], level_end[level] = out_ch, i
+            in_ch = out_ch
+        self.blocks = nn.Sequential(*blocks)
+        self.out_indices = resolve_out_indices(out_indices, len(LEVEL_STRIDES))
+        self._taps = {level_end[lvl]: lvl for lvl in self.out_indices}
+        self._last_block = max(self._taps)
+        self.out_channels = [level_channels[lvl] for lvl in self.out_indices]
+        self.strides = [LEVEL_STRIDES[lvl] for lvl in self.out_indices]
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = self.stem(x)
+        feats = []
+        for i, block in enumerate(self.blocks):
+            x = block(x)
+            if i in self._taps:
+                feats.append(x)
+            if i == self._last_block:
+                break
+        return feats

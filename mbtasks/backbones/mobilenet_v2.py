@@ -1,0 +1,109 @@
+"""MobileNet V2 (Sandler et al., "MobileNetV2: Inverted Residuals and Linear Bottlenecks",
+2018, arXiv:1801.04381).
+
+Table 2 as data: a 3x3 stem, 17 inverted-residual blocks with linear bottlenecks
+(expansion 6, ReLU6), then a 1x1 conv to 1280 channels, which stays 1280 for
+width < 1 as in the paper.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mbtasks.backbones.base import LEVEL_STRIDES, Backbone, resolve_out_indices
+from mbtasks.backbones.blocks import ConvBNAct, InvertedResidual, get_activation, round_channels
+
+# Table 2: expansion t, output channels c, repeats n, first stride s.
+V2_ARCH: list[tuple[int, int, int, int]] = [
+    (1, 16, 1, 1),
+    (6, 24, 2, 2),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+]
+V2_STEM = 32
+V2_HEAD = 1280
+
+
+class MobileNetV2(Backbone):
+    """MobileNet V2 feature extractor.
+
+    Args:
+        width: width multiplier (> 0).
+        out_indices: feature levels to return, by stride: 0->2, 1->4, 2->8, 3->16, 4->32.
+            Level 4 is the final 1x1 conv (1280 channels at width <= 1).
+        act: activation name (``relu6`` is the paper's).
+        expansion_taps: return the *expansion* output of the block that follows a level
+            instead of the level's bottleneck output (SSDLite taps the 576-channel
+            expansion at stride 16, Sandler et al. Sec. 6.2).
+
+    Returns (forward):
+        list of ``(N, C_i, H / s_i, W / s_i)`` tensors, finest first.
+    """
+
+    def __init__(
+        self,
+        width: float = 1.0,
+        out_indices: tuple[int, ...] = (4,),
+        act: str = "relu6",
+        expansion_taps: bool = False,
+    ) -> None:
+        super().__init__()
+        act_layer = get_activation(act)
+        self.width = width
+        stem = round_channels(V2_STEM, width)
+        self.stem = ConvBNAct(3, stem, 3, 2, act_layer=act_layer)
+        blocks: list[nn.Module] = []
+        level_channels, level_end = {}, {}
+        in_ch, stride = stem, 2
+        for t, c, n, s in V2_ARCH:
+            out_ch = round_channels(c, width)
+            for i in range(n):
+                block_stride = s if i == 0 else 1
+                blocks.append(InvertedResidual(in_ch, out_ch, block_stride, t, act_layer))
+                stride *= block_stride
+                level = LEVEL_STRIDES.index(stride)
+                level_channels[level], level_end[level] = out_ch, len(blocks) - 1
+                in_ch = out_ch
+        head = round_channels(V2_HEAD, max(1.0, width))
+        blocks.append(ConvBNAct(in_ch, head, 1, act_layer=act_layer))
+        level_channels[4], level_end[4] = head, len(blocks) - 1
+        self.blocks = nn.Sequential(*blocks)
+        self.out_indices = resolve_out_indices(out_indices, len(LEVEL_STRIDES))
+        self.expansion_taps = expansion_taps
+        # tap = (block index, read expansion of that block?)
+        self._taps: dict[int, tuple[int, bool]] = {}
+        channels = []
+        for lvl in self.out_indices:
+            nxt = level_end[lvl] + 1
+            if expansion_taps and lvl < 4 and isinstance(blocks[nxt], InvertedResidual):
+                self._taps[nxt] = (lvl, True)
+                channels.append(blocks[nxt].hidden_channels)
+            else:
+                self._taps[level_end[lvl]] = (lvl, False)
+                channels.append(level_channels[lvl])
+        self._last_block = max(self._taps)
+        self.out_channels = channels
+        self.strides = [LEVEL_STRIDES[lvl] for lvl in self.out_indices]
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = self.stem(x)
+        feats = []
+        for i, block in enumerate(self.blocks):
+            tap = self._taps.get(i)
+            if tap is not None and tap[1]:
+                expanded = block.forward_expand(x)
+                feats.append(expanded)
+                if i == self._last_block:
+                    break
+                x = block.forward_rest(x, expanded)
+                continue
+            x = block(x)
+            if tap is not None:
+                feats.append(x)
+            if i == self._last_block:
+                break
+        return feats

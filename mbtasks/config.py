@@ -1,0 +1,53 @@
+"""Config checks that run at start-up, before any data is read, and the config resolvers."""
+
+from __future__ import annotations
+
+import difflib
+
+from omegaconf import DictConfig, OmegaConf
+
+from mbtasks.errors import ConfigError
+
+MODES = ("train", "test", "predict", "profile")
+
+
+def register_resolvers() -> None:
+    """``${crop_resize:224}`` -> 256: the resize before a centre crop of that size (ratio 0.875)."""
+    if not OmegaConf.has_resolver("crop_resize"):
+        OmegaConf.register_new_resolver("crop_resize", lambda size: int(round(int(size) / 0.875)))
+
+
+register_resolvers()
+
+
+def suggest(word: str, options) -> str:
+    close = difflib.get_close_matches(str(word), [str(o) for o in options], n=3, cutoff=0.6)
+    return f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+
+
+def _positive_number(cfg: DictConfig, key: str) -> None:
+    value = OmegaConf.select(cfg, key)
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ConfigError(f"{key}={value!r}: expected a number > 0 (e.g. 1.0, 0.75, 0.5, 0.25)")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check the keys every mode relies on; raise :class:`ConfigError` naming key and valid values."""
+    mode = cfg.get("mode")
+    if mode not in MODES:
+        raise ConfigError(f"mode={mode!r}: expected one of {list(MODES)}.{suggest(mode, MODES)}")
+    _positive_number(cfg, "backbone.width")
+    size = OmegaConf.select(cfg, "data.image_size")
+    stride = 32
+    if not isinstance(size, int) or isinstance(size, bool) or size < stride or size % stride:
+        lower = max(stride, (size if isinstance(size, int) else 0) // stride * stride)
+        raise ConfigError(
+            f"data.image_size={size!r}: the backbone reduces its input {stride}x, so the size must be a "
+            f"multiple of {stride} (>= {stride}), e.g. 224, 192, 160, 128 or {lower}"
+        )
+    if mode in ("test", "predict") and not cfg.get("ckpt_path"):
+        raise ConfigError(f"mode={mode} needs ckpt_path=PATH (a checkpoint written by mode=train)")
+    if mode == "predict" and not OmegaConf.select(cfg, "predict.input"):
+        raise ConfigError("mode=predict needs predict.input=PATH (an image file or a folder of images)")

@@ -1,0 +1,13 @@
+"""Errors for user mistakes: the CLI prints their message (no traceback) and exits with 2."""
+
+
+class UserError(Exception):
+    """Base of errors caused by input the user can fix."""
+
+
+class ConfigError(UserError, ValueError):
+    """A config key has a value that cannot work; the message names key, value and what is expected."""
+
+
+class DataError(UserError, ValueError):
+    """A data set cannot be used as it is; the message names the file or folder."""

@@ -1,0 +1,96 @@
+"""Pieces every mode shares: run-dir files, trainer assembly, data config for re-evaluation."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import lightning as L
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
+from omegaconf import DictConfig, OmegaConf
+
+from mbtasks.tasks.base import BaseTask
+
+
+def write_json_atomic(path: Path, payload) -> None:
+    """Write JSON through a temporary file and rename, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def to_float_dict(metrics: Mapping) -> dict[str, float]:
+    out = {}
+    for key, value in metrics.items():
+        v = float(value.item() if hasattr(value, "item") else value)
+        out[str(key)] = v if math.isfinite(v) else None
+    return out
+
+
+def write_metrics(run_dir: Path, metrics: Mapping) -> dict[str, float]:
+    """``run_dir/metrics.json``: a flat object of namespaced final metrics (``test/acc_top1``...)."""
+    flat = to_float_dict(metrics)
+    write_json_atomic(run_dir / "metrics.json", flat)
+    return flat
+
+
+def write_config(run_dir: Path, cfg: DictConfig) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+
+
+def build_trainer(cfg: DictConfig, run_dir: Path, task: BaseTask, log: bool = True) -> tuple[L.Trainer, ModelCheckpoint]:
+    """A Trainer writing TensorBoard logs and ``checkpoints/{best,last}.ckpt`` under ``run_dir``."""
+    checkpoint = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints",
+        filename="best",
+        monitor=task.monitor,
+        mode=task.monitor_mode,
+        save_last=True,
+        save_top_k=1,
+        auto_insert_metric_name=False,
+    )
+    callbacks = [checkpoint]
+    progress = bool(cfg.trainer.get("enable_progress_bar", True))
+    for callback_cfg in (cfg.get("callbacks") or {}).values():
+        if callback_cfg is None:
+            continue
+        callback = instantiate(callback_cfg)
+        if isinstance(callback, ProgressBar) and not progress:
+            continue
+        callbacks.append(callback)
+    logger = instantiate(cfg.logger, save_dir=str(run_dir)) if (log and cfg.get("logger")) else False
+    trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks, default_root_dir=str(run_dir))
+    return trainer, checkpoint
+
+
+def override_keys(overrides: Iterable[str]) -> list[tuple[str, str]]:
+    """``["data.root=/x", "+a=1"]`` -> ``[("data.root", "/x"), ("a", "1")]``."""
+    pairs = []
+    for item in overrides:
+        key, _, value = item.partition("=")
+        pairs.append((key.lstrip("+~"), value))
+    return pairs
+
+
+def eval_data_config(cfg: DictConfig, train_cfg: DictConfig, overrides: Iterable[str]) -> DictConfig:
+    """Data config for re-evaluating a checkpoint.
+
+    The checkpoint's own data config, with any ``data.*`` keys given on the command
+    line applied on top; a ``data=<group>`` choice on the command line takes the
+    freshly composed ``cfg.data`` instead.
+    """
+    pairs = override_keys(overrides)
+    if any(key == "data" for key, _ in pairs):
+        return cfg.data
+    data = OmegaConf.create({"data": OmegaConf.to_container(train_cfg.data, resolve=False)})
+    for key, _ in pairs:
+        if key.startswith("data."):
+            OmegaConf.update(data, key, OmegaConf.select(cfg, key), force_add=True)
+    merged = OmegaConf.merge(OmegaConf.create({"data_dir": cfg.get("data_dir")}), data)
+    return merged.data

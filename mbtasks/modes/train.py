@@ -1,0 +1,58 @@
+"""mode=train: fit, then test the best checkpoint; writes metrics.json and checkpoints."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from mbtasks.modes.common import build_trainer, write_config, write_metrics
+from mbtasks.modes.profile import summary_line
+from mbtasks.tasks import build_task
+
+log = logging.getLogger(__name__)
+
+
+def flat_hparams(cfg: DictConfig) -> dict:
+    """The resolved config as ``{"a.b": scalar}`` for TensorBoard's hparams view."""
+    out = {}
+
+    def walk(node, prefix):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{prefix}{k}.")
+        else:
+            out[prefix[:-1]] = node if isinstance(node, int | float | str | bool) else str(node)
+
+    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    return out
+
+
+def run(cfg: DictConfig, run_dir: Path, overrides=()) -> dict:
+    L.seed_everything(int(cfg.seed), workers=True)
+    write_config(run_dir, cfg)
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("fit")
+    task = build_task(cfg, datamodule.info)
+    log.info("model: %s", summary_line(task.model, int(cfg.data.image_size)))
+    trainer, checkpoint = build_trainer(cfg, run_dir, task)
+    trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    metrics = {k: v for k, v in trainer.callback_metrics.items() if k.startswith(("val/", "train/"))}
+    if checkpoint.best_model_score is not None:
+        metrics[f"{task.monitor}_best"] = checkpoint.best_model_score
+    best = checkpoint.best_model_path or checkpoint.last_model_path or None
+    trainer.test(task, datamodule=datamodule, ckpt_path=best, weights_only=False)
+    metrics.update({k: v for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
+    skipped = datamodule.skipped() if hasattr(datamodule, "skipped") else {}
+    if skipped:
+        metrics["data/skipped_files"] = len(skipped)
+        log.warning("%d unreadable files were skipped (first: %s)", len(skipped), next(iter(skipped)))
+    flat = write_metrics(run_dir, metrics)
+    if trainer.logger:
+        trainer.logger.log_hyperparams(flat_hparams(cfg), {k: v for k, v in flat.items() if k.startswith("test/") and v is not None})
+    log.info("metrics: %s", {k: round(v, 4) for k, v in flat.items() if v is not None and k.startswith("test/")})
+    log.info("run dir: %s", run_dir)
+    return flat

@@ -1,0 +1,69 @@
+"""Task construction from a config, and reconstruction from a checkpoint alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import get_class, instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from mbtasks.tasks.base import CHECKPOINT_KEY, BaseTask
+
+
+def task_class(cfg: DictConfig) -> type[BaseTask]:
+    return get_class(cfg.task._target_)
+
+
+def build_task(cfg: DictConfig, info: dict) -> BaseTask:
+    """Instantiate ``cfg.task`` with the backbone, head, optimizer and scheduler groups.
+
+    Args:
+        cfg: the composed run config.
+        info: the data module's ``info`` (class names, image size, mean/std).
+    """
+    backbone = instantiate(cfg.backbone)
+    head = instantiate(cfg.head)
+    optimizer = instantiate(cfg.optimizer) if cfg.get("optimizer") else None
+    scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
+    task = instantiate(cfg.task, backbone=backbone, head=head, info=info, optimizer=optimizer, scheduler=scheduler)
+    task.run_config = OmegaConf.to_container(cfg, resolve=True)
+    return task
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint written by mbtasks (tensors and plain containers only).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not an mbtasks checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"ckpt_path={path}: file not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure means "not ours / damaged"
+        raise ValueError(f"ckpt_path={path}: cannot read checkpoint ({err})") from err
+    if not isinstance(ckpt, dict) or CHECKPOINT_KEY not in ckpt:
+        raise ValueError(f"ckpt_path={path}: not an mbtasks checkpoint (no '{CHECKPOINT_KEY}' section)")
+    return ckpt
+
+
+def load_task(path: str | Path) -> tuple[BaseTask, DictConfig]:
+    """Rebuild the task stored in a checkpoint, weights included, in eval mode.
+
+    Returns:
+        the task and the run config it was trained with.
+    """
+    ckpt = read_checkpoint(path)
+    meta = ckpt[CHECKPOINT_KEY]
+    cfg = OmegaConf.create(meta["config"])
+    # Rebuild without fetching published weights: the checkpoint holds the weights.
+    if "pretrained" in cfg.backbone:
+        cfg.backbone.pretrained = False
+    task = build_task(cfg, meta["info"])
+    task.load_state_dict(ckpt["state_dict"])
+    task.run_config = meta["config"]
+    return task.eval(), cfg

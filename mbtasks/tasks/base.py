@@ -1,0 +1,68 @@
+"""What every task LightningModule shares: optimizers from config, self-describing checkpoints."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import lightning as L
+import torch
+from torch import nn
+
+CHECKPOINT_KEY = "mbtasks"
+
+
+class BaseTask(L.LightningModule):
+    """Base of the three tasks.
+
+    Subclasses set ``name``, ``monitor`` / ``monitor_mode`` (the metric that picks
+    ``best.ckpt``) and build ``self.model`` (plain nn code, usable without Lightning).
+
+    Args:
+        info: what the data module says about the data (class names, image size,
+            mean/std); stored in every checkpoint.
+        optimizer: ``functools.partial`` of a torch optimizer (Hydra ``_partial_``).
+        scheduler: ``functools.partial(fn, ...)`` of a factory
+            ``fn(optimizer, total_steps, steps_per_epoch)`` or ``None``.
+    """
+
+    name: ClassVar[str] = ""
+    monitor: ClassVar[str] = "val/loss"
+    monitor_mode: ClassVar[str] = "min"
+
+    def __init__(self, info: dict, optimizer: Callable | None = None, scheduler: Callable | None = None) -> None:
+        super().__init__()
+        self.info = dict(info)
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        # Set by build_task: the resolved run config, stored in checkpoints.
+        self.run_config: dict[str, Any] = {}
+        self.model: nn.Module
+
+    def parameter_groups(self) -> list[dict]:
+        return [{"params": [p for p in self.parameters() if p.requires_grad]}]
+
+    def configure_optimizers(self):
+        if self.optimizer_factory is None:
+            raise ValueError("no optimizer configured (set the `optimizer` config group)")
+        optimizer = self.optimizer_factory(self.parameter_groups())
+        if self.scheduler_factory is None:
+            return optimizer
+        total = int(self.trainer.estimated_stepping_batches)
+        epochs = max(1, int(self.trainer.max_epochs or 1))
+        scheduler = self.scheduler_factory(optimizer, total_steps=total, steps_per_epoch=max(1, total // epochs))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint[CHECKPOINT_KEY] = {"task": self.name, "config": self.run_config, "info": self.info}
+
+    def example_input(self, batch_size: int = 1) -> torch.Tensor:
+        size = int(self.info.get("image_size", 224))
+        return torch.zeros(batch_size, 3, size, size)
+
+    @classmethod
+    def profile_info(cls, cfg) -> dict:
+        """Data info for counting the network as the papers do (``profile.num_classes`` classes)."""
+        n = int(cfg.profile.num_classes)
+        return {"class_names": [f"class_{i}" for i in range(n)], "image_size": int(cfg.data.image_size),
+                "mean": list(cfg.data.mean), "std": list(cfg.data.std)}

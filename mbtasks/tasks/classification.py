@@ -1,0 +1,136 @@
+"""Image classification: cross-entropy with label smoothing, top-1 / top-5 accuracy."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+from torchmetrics import MetricCollection  # noqa: E402
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix  # noqa: E402
+
+from mbtasks.backbones.base import Backbone  # noqa: E402
+from mbtasks.data.transforms import denormalize  # noqa: E402
+from mbtasks.heads.classifier import Classifier  # noqa: E402
+from mbtasks.tasks.base import BaseTask  # noqa: E402
+
+
+class ClassificationTask(BaseTask):
+    """Backbone + classifier head trained with (label-smoothed) cross-entropy.
+
+    Args:
+        backbone: any :class:`Backbone` (its last feature map is classified).
+        head: partial ``ClassifierHead`` completed with ``in_channels`` and ``num_classes``.
+        info: data info; ``info["class_names"]`` fixes the number of classes.
+        label_smoothing: cross-entropy label smoothing.
+        top_k: the k of the top-k accuracy (clipped to the number of classes).
+        log_images: images shown in the TensorBoard prediction grid (0 disables).
+    """
+
+    name = "classification"
+    monitor = "val/acc_top1"
+    monitor_mode = "max"
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        head: Callable[..., nn.Module],
+        info: dict,
+        optimizer: Callable | None = None,
+        scheduler: Callable | None = None,
+        label_smoothing: float = 0.1,
+        top_k: int = 5,
+        log_images: int = 16,
+    ) -> None:
+        super().__init__(info, optimizer, scheduler)
+        self.class_names = list(info["class_names"])
+        k = len(self.class_names)
+        if k < 2:
+            raise ValueError(f"classification needs at least 2 classes, the data has {k}: {self.class_names}")
+        self.model = Classifier(backbone, head(in_channels=backbone.num_features, num_classes=k))
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        self.top_k = min(top_k, k)
+        metrics = MetricCollection({
+            "acc_top1": MulticlassAccuracy(k, top_k=1, average="micro"),
+            f"acc_top{top_k}": MulticlassAccuracy(k, top_k=self.top_k, average="micro"),
+        })
+        self.train_metrics = metrics.clone(prefix="train/")
+        self.val_metrics = metrics.clone(prefix="val/")
+        self.test_metrics = metrics.clone(prefix="test/")
+        self.val_confmat = MulticlassConfusionMatrix(k)
+        self.log_images = log_images
+        self._sample: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images)
+
+    def model_step(self, batch):
+        images, labels = batch
+        logits = self(images)
+        return logits, labels, self.criterion(logits, labels)
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        logits, labels, loss = self.model_step(batch)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite classification loss {loss.item()} at step {self.global_step}")
+        self.train_metrics.update(logits, labels)
+        self.log("train/loss", loss, prog_bar=True, batch_size=labels.numel())
+        self.log_dict(self.train_metrics, on_step=False, on_epoch=True, batch_size=labels.numel())
+        return loss
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        logits, labels, loss = self.model_step(batch)
+        self.val_metrics.update(logits, labels)
+        self.val_confmat.update(logits, labels)
+        self.log("val/loss", loss, prog_bar=True, batch_size=labels.numel())
+        self.log_dict(self.val_metrics, prog_bar=True, batch_size=labels.numel())
+        if batch_idx == 0 and self.log_images:
+            n = self.log_images
+            self._sample = (batch[0][:n].detach().cpu(), labels[:n].cpu(), logits[:n].argmax(1).cpu())
+
+    def on_validation_epoch_end(self) -> None:
+        tb = self._tensorboard()
+        if tb is not None and not self.trainer.sanity_checking:
+            fig, _ = self.val_confmat.plot(labels=self.class_names)
+            tb.add_figure("val/confusion_matrix", fig, self.global_step)
+            plt.close(fig)
+            if self._sample is not None:
+                tb.add_figure("val/predictions", self._prediction_grid(*self._sample), self.global_step)
+        self.val_confmat.reset()
+        self._sample = None
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        logits, labels, loss = self.model_step(batch)
+        self.test_metrics.update(logits, labels)
+        self.log("test/loss", loss, batch_size=labels.numel())
+        self.log_dict(self.test_metrics, batch_size=labels.numel())
+
+    def predict_step(self, batch, batch_idx: int = 0) -> torch.Tensor:
+        images = batch[0] if isinstance(batch, list | tuple) else batch
+        return self(images).softmax(dim=1)
+
+    def _tensorboard(self):
+        from torch.utils.tensorboard import SummaryWriter
+
+        for logger in self.loggers:
+            if isinstance(getattr(logger, "experiment", None), SummaryWriter):
+                return logger.experiment
+        return None
+
+    def _prediction_grid(self, images: torch.Tensor, labels: torch.Tensor, preds: torch.Tensor):
+        images = denormalize(images.float(), self.info["mean"], self.info["std"])
+        cols = min(8, len(images))
+        rows = (len(images) + cols - 1) // cols
+        fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.8 * rows), squeeze=False)
+        for ax in axes.flat:
+            ax.axis("off")
+        for ax, img, y, p in zip(axes.flat, images, labels, preds, strict=False):
+            ax.imshow(img.permute(1, 2, 0).numpy())
+            ok = int(y) == int(p)
+            ax.set_title(f"{self.class_names[p]}\n({self.class_names[y]})", fontsize=7, color="green" if ok else "red")
+        fig.tight_layout()
+        return fig
