@@ -1,0 +1,339 @@
+"""What every detection data format shares: the per-image record, annotation checks with
+counted skips, the dataset (albumentations bbox-aware pipelines) and the data module.
+
+Format readers (``coco.py``, ``voc.py``) turn their files into :class:`ImageRecord` lists;
+everything after that is format-free.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from mbtasks.data.io import ImageReadError, SkipCounter, read_rgb
+from mbtasks.data.transforms import IMAGENET_MEAN, IMAGENET_STD, apply, to_tensor
+from mbtasks.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+# EXIF orientations that swap width and height (transpose, rotate 90/270, transverse).
+_SWAPPING_ORIENTATIONS = (5, 6, 7, 8)
+
+
+@dataclass
+class ImageRecord:
+    """One image and its boxes, in original pixels.
+
+    Attributes:
+        image_id: the annotation file's id for the image (COCO ``id``; VOC: running index).
+        path: image file.
+        width / height: image size after EXIF orientation.
+        boxes: ``(M, 4)`` float32, ``x1y1x2y2`` original pixels.
+        labels: ``(M,)`` int64 contiguous class indices in ``[0, K)``.
+        iscrowd: ``(M,)`` bool; COCO ``iscrowd`` or VOC ``difficult``: left out of training,
+            "ignore" regions for pycocotools.
+        areas: ``(M,)`` float32, COCO ``area`` (segment area) when given, else the box area.
+    """
+
+    image_id: int
+    path: Path
+    width: int
+    height: int
+    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
+    labels: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int64))
+    iscrowd: np.ndarray = field(default_factory=lambda: np.zeros((0,), bool))
+    areas: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.float32))
+
+    @property
+    def num_trainable(self) -> int:
+        return int((~self.iscrowd).sum())
+
+
+def image_size_of(path: Path) -> tuple[int, int]:
+    """``(width, height)`` of an image file after EXIF orientation, reading only its header.
+
+    Raises:
+        ImageReadError: the file cannot be opened as an image.
+    """
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+            if img.getexif().get(0x0112) in _SWAPPING_ORIENTATIONS:
+                w, h = h, w
+            return int(w), int(h)
+    except (OSError, SyntaxError) as err:
+        raise ImageReadError(f"{path}: cannot read image header ({err})") from err
+
+
+class AnnotationReport:
+    """Counts what a reader skipped or fixed, logging the first few cases with file and id.
+
+    Args:
+        source: the annotation file or folder, named in every message.
+        show: how many individual messages to log before only counting.
+    """
+
+    def __init__(self, source: str | Path, show: int = 10) -> None:
+        self.source = str(source)
+        self.show = show
+        self.counts: Counter[str] = Counter()
+        self.messages: list[str] = []
+
+    def add(self, reason: str, message: str) -> None:
+        self.counts[reason] += 1
+        if len(self.messages) < self.show:
+            self.messages.append(message)
+            log.warning("%s: %s", self.source, message)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def summary(self) -> str:
+        parts = ", ".join(f"{n} {reason}" for reason, n in sorted(self.counts.items()))
+        return f"{self.source}: {parts}" if parts else f"{self.source}: no problems"
+
+    def log(self) -> None:
+        if self.counts:
+            log.warning("%s (first: %s)", self.summary(), self.messages[0] if self.messages else "")
+
+
+def check_box(box: tuple[float, float, float, float], width: int, height: int) -> tuple[tuple[float, ...] | None, str | None]:
+    """Validate one ``x1y1x2y2`` box against its image.
+
+    Returns:
+        ``(box, None)`` when usable (clipped to the image if it sticks out), or
+        ``(None, reason)`` with reason ``"zero or negative size"`` or ``"outside the image"``.
+    """
+    x1, y1, x2, y2 = (float(v) for v in box)
+    if not all(math.isfinite(v) for v in (x1, y1, x2, y2)) or x2 <= x1 or y2 <= y1:
+        return None, "zero or negative size"
+    cx1, cy1, cx2, cy2 = max(0.0, x1), max(0.0, y1), min(float(width), x2), min(float(height), y2)
+    if cx2 - cx1 < 1.0 or cy2 - cy1 < 1.0:
+        return None, "outside the image"
+    return (cx1, cy1, cx2, cy2), None
+
+
+def require_boxes(records: list[ImageRecord], source: str | Path, report: AnnotationReport | None = None) -> None:
+    """Stop with a :class:`DataError` when a training split has no usable box at all."""
+    if not any(r.num_trainable for r in records):
+        detail = f" ({report.summary()})" if report is not None and report.counts else ""
+        raise DataError(
+            f"{source}: no usable boxes in {len(records)} images{detail}; training would only learn background"
+        )
+
+
+def split_off(records: list[ImageRecord], fraction: float, seed: int = 0) -> tuple[list[ImageRecord], list[ImageRecord]]:
+    """Deterministically hold out ``fraction`` of ``records`` (at least one) as a validation split."""
+    if not 0 < fraction < 1:
+        raise ConfigError(f"data.val_fraction={fraction}: expected a number in (0, 1) when there is no val split")
+    order = list(range(len(records)))
+    random.Random(seed).shuffle(order)
+    n_val = max(1, int(round(len(records) * fraction)))
+    held = set(order[:n_val])
+    return [r for i, r in enumerate(records) if i not in held], [r for i, r in enumerate(records) if i in held]
+
+
+def detection_collate(batch: list[tuple[torch.Tensor, dict]]) -> tuple[torch.Tensor, list[dict]]:
+    """Stack images ``(N, 3, S, S)``; keep targets as a list (box counts differ)."""
+    images, targets = zip(*batch, strict=True)
+    return torch.stack(images), list(targets)
+
+
+class DetectionDataset(Dataset):
+    """Images and targets for training or evaluation.
+
+    Args:
+        records: the split's images.
+        pipeline: albumentations ``Compose``; for training it must have ``bbox_params``
+            (``pascal_voc`` format, label field ``labels``); for evaluation it must only
+            resize (predictions are mapped back by the size ratio).
+        image_size: side every output image must have.
+        mean / std: normalisation after the pipeline.
+        train: training samples (augmented boxes, crowd/difficult boxes dropped) or
+            evaluation samples (original ground truth attached for COCO eval).
+
+    Item:
+        ``(image (3, S, S), target)`` with target ``boxes (M, 4)`` x1y1x2y2 in input pixels,
+        ``labels (M,)`` in [0, K), ``image_id``, ``orig_size (h, w)``; evaluation targets add the
+        original-pixel ground truth ``gt_boxes``, ``gt_labels``, ``gt_iscrowd``, ``gt_area``.
+    """
+
+    def __init__(self, records: list[ImageRecord], pipeline: Callable | None, image_size: int,
+                 mean, std, train: bool) -> None:
+        self.records = records
+        self.pipeline = pipeline
+        self.image_size = int(image_size)
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.train = train
+        self.skips = SkipCounter()
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, idx: int) -> tuple[torch.Tensor, dict]:
+        for offset in range(len(self.records)):
+            rec = self.records[(idx + offset) % len(self.records)]
+            try:
+                image = read_rgb(rec.path)
+            except ImageReadError as err:
+                self.skips.skip(rec.path, str(err.__cause__ or err))
+                continue
+            return self._sample(rec, image)
+        raise DataError("no readable image in the data set")
+
+    def _sample(self, rec: ImageRecord, image: np.ndarray) -> tuple[torch.Tensor, dict]:
+        h, w = image.shape[:2]
+        boxes = rec.boxes
+        if (w, h) != (rec.width, rec.height) and rec.width and rec.height:
+            # The annotation file's size disagrees with the decoded image: keep boxes relative.
+            boxes = boxes * np.array([w / rec.width, h / rec.height] * 2, np.float32)
+        boxes = np.clip(boxes, 0, [w, h, w, h]).astype(np.float32)
+        keep = ~rec.iscrowd
+        if self.train:
+            out = apply(self.pipeline, image, bboxes=boxes[keep], labels=rec.labels[keep])
+            net_boxes = np.asarray(out["bboxes"], np.float32).reshape(-1, 4)
+            net_labels = np.asarray(out["labels"], np.int64).reshape(-1)
+        else:
+            out = apply(self.pipeline, image)
+            oh, ow = out["image"].shape[:2]
+            net_boxes = boxes[keep] * np.array([ow / w, oh / h] * 2, np.float32)
+            net_labels = rec.labels[keep]
+        img = out["image"]
+        if img.shape[:2] != (self.image_size, self.image_size):
+            key = "data.train_transforms" if self.train else "data.eval_transforms"
+            raise ConfigError(
+                f"{key} returned a {img.shape[1]}x{img.shape[0]} image for {rec.path}, but data.image_size="
+                f"{self.image_size}: end the pipeline with a resize to data.image_size"
+            )
+        target = {
+            "boxes": torch.from_numpy(net_boxes),
+            "labels": torch.from_numpy(net_labels),
+            "image_id": int(rec.image_id),
+            "orig_size": (h, w),
+        }
+        if not self.train:
+            target.update(
+                gt_boxes=torch.from_numpy(boxes),
+                gt_labels=torch.from_numpy(rec.labels),
+                gt_iscrowd=torch.from_numpy(rec.iscrowd.astype(np.int64)),
+                gt_area=torch.from_numpy(rec.areas.astype(np.float32)),
+            )
+        return to_tensor(img, self.mean, self.std), target
+
+
+class DetectionDataModule(L.LightningDataModule):
+    """Train / val / test detection splits; subclasses read one annotation format.
+
+    Subclasses implement :meth:`load_splits` returning the three record lists and set
+    ``class_names`` and ``category_ids`` (the annotation file's id of each class, so
+    predictions can be written with the original ids).
+
+    Args:
+        image_size: network input side (images are resized to a square).
+        batch_size / num_workers: loader settings.
+        train_transforms: albumentations ``Compose`` with ``bbox_params`` (from YAML).
+        eval_transforms: albumentations ``Compose`` that resizes to ``image_size``.
+        mean / std: normalisation (stored in checkpoints).
+        val_fraction: share of the training images held out when there is no val split.
+        generator: optional ``generator(root)`` that writes the data set first.
+    """
+
+    def __init__(
+        self,
+        image_size: int = 300,
+        batch_size: int = 32,
+        num_workers: int = 2,
+        train_transforms: Callable | None = None,
+        eval_transforms: Callable | None = None,
+        mean: tuple[float, ...] = IMAGENET_MEAN,
+        std: tuple[float, ...] = IMAGENET_STD,
+        val_fraction: float = 0.1,
+        generator: Callable | None = None,
+    ) -> None:
+        super().__init__()
+        self.image_size = int(image_size)
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.train_transforms = train_transforms
+        self.eval_transforms = eval_transforms
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.val_fraction = val_fraction
+        self.generator = generator
+        self.class_names: list[str] | None = None
+        self.category_ids: list[int] | None = None
+        self.datasets: dict[str, DetectionDataset] = {}
+        if train_transforms is not None and "bboxes" not in getattr(train_transforms, "processors", {}):
+            raise ConfigError(
+                "data.train_transforms must be an albumentations.Compose with bbox_params "
+                "(format: pascal_voc, label_fields: [labels]) so boxes follow the image"
+            )
+
+    def load_splits(self) -> dict[str, list[ImageRecord]]:  # pragma: no cover - abstract
+        """``{"train": [...], "val": [...], "test": [...]}``; sets class names and ids."""
+        raise NotImplementedError
+
+    def prepare_data(self) -> None:
+        if self.generator is not None:
+            self.generator(self.root)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        self.prepare_data()
+        splits = self.load_splits()
+        for name, records in splits.items():
+            train = name == "train"
+            pipeline = self.train_transforms if train else self.eval_transforms
+            self.datasets[name] = DetectionDataset(records, pipeline, self.image_size, self.mean, self.std, train)
+        log.info("detection data: %s images, %d classes",
+                 ", ".join(f"{k} {len(v)}" for k, v in splits.items()), len(self.class_names or []))
+
+    @property
+    def info(self) -> dict:
+        """What a checkpoint must remember to predict without the data: classes, their
+        original category ids, input size, normalisation."""
+        if self.class_names is None:
+            self.setup()
+        return {"class_names": list(self.class_names), "category_ids": [int(i) for i in self.category_ids],
+                "image_size": self.image_size, "mean": list(self.mean), "std": list(self.std)}
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        ds = self.datasets[split]
+        return DataLoader(
+            ds,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            drop_last=shuffle and len(ds) > self.batch_size,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+            collate_fn=detection_collate,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", False)
+
+    def skipped(self) -> dict[str, str]:
+        """Files skipped as unreadable so far, over all splits (main-process view)."""
+        out: dict[str, str] = {}
+        for ds in self.datasets.values():
+            out.update(ds.skips.skipped)
+        return out

@@ -1,0 +1,173 @@
+"""ImageFolder data module: ``root/{train,val,test}/<class>/<image>`` (ImageNet layout too)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from mbtasks.data.io import ImageReadError, SkipCounter, list_images, read_rgb
+from mbtasks.data.transforms import IMAGENET_MEAN, IMAGENET_STD, apply, to_tensor
+from mbtasks.errors import DataError
+
+
+def scan_image_folder(split_dir: Path, class_names: list[str] | None = None) -> tuple[list[tuple[Path, int]], list[str]]:
+    """List ``(path, label)`` samples of one split; classes are the sorted sub-folder names.
+
+    Args:
+        split_dir: ``root/<split>``.
+        class_names: the training classes; when given, every sub-folder must be one of them.
+
+    Raises:
+        DataError naming the folder when the layout is not usable.
+    """
+    if not split_dir.is_dir():
+        raise DataError(f"{split_dir}: folder not found (expected <root>/<split>/<class>/<image>)")
+    folders = sorted(p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not folders:
+        raise DataError(f"{split_dir}: no class folders found (expected {split_dir}/<class>/<image>)")
+    names = [p.name for p in folders]
+    if class_names is None:
+        class_names = names
+    else:
+        unknown = sorted(set(names) - set(class_names))
+        if unknown:
+            raise DataError(f"{split_dir}: classes {unknown} are not among the training classes {class_names}")
+    index = {c: i for i, c in enumerate(class_names)}
+    samples: list[tuple[Path, int]] = []
+    for folder in folders:
+        images = list_images(folder)
+        if not images:
+            raise DataError(f"{folder}: class folder holds no image files")
+        samples.extend((p, index[folder.name]) for p in images)
+    return samples, class_names
+
+
+class ImageFolderDataset(Dataset):
+    """``(image tensor (3, H, W), label)`` pairs; unreadable files are skipped and counted."""
+
+    def __init__(self, samples: list[tuple[Path, int]], pipeline: Callable | None, mean, std) -> None:
+        self.samples = samples
+        self.pipeline = pipeline
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.skips = SkipCounter()
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, idx: int) -> tuple[torch.Tensor, int]:
+        for offset in range(len(self.samples)):
+            path, label = self.samples[(idx + offset) % len(self.samples)]
+            try:
+                image = read_rgb(path)
+            except ImageReadError as err:
+                self.skips.skip(path, str(err.__cause__ or err))
+                continue
+            image = apply(self.pipeline, image)["image"]
+            return to_tensor(image, self.mean, self.std), label
+        raise RuntimeError("no readable image in the data set")
+
+
+class ImageFolderDataModule(L.LightningDataModule):
+    """Train/val/test splits from ``root/<split>/<class>/*``.
+
+    Args:
+        root: data set folder.
+        image_size: network input side (the paper's resolution multiplier).
+        batch_size: images per batch.
+        num_workers: loader processes.
+        train_transforms / eval_transforms: albumentations pipelines (from YAML).
+        mean / std: normalisation applied after the pipeline (stored in checkpoints).
+        splits: folder names of the train, val and test splits; a missing test split
+            falls back to val.
+        generator: optional callable ``generator(root)`` that writes the data set first
+            (the synthetic sets).
+    """
+
+    def __init__(
+        self,
+        root: str,
+        image_size: int = 224,
+        batch_size: int = 64,
+        num_workers: int = 2,
+        train_transforms: Callable | None = None,
+        eval_transforms: Callable | None = None,
+        mean: tuple[float, ...] = IMAGENET_MEAN,
+        std: tuple[float, ...] = IMAGENET_STD,
+        splits: tuple[str, str, str] = ("train", "val", "test"),
+        generator: Callable | None = None,
+    ) -> None:
+        super().__init__()
+        self.root = Path(root)
+        self.image_size = image_size
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.train_transforms = train_transforms
+        self.eval_transforms = eval_transforms
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.splits = tuple(splits)
+        self.generator = generator
+        self.class_names: list[str] | None = None
+        self.datasets: dict[str, ImageFolderDataset] = {}
+
+    def prepare_data(self) -> None:
+        if self.generator is not None:
+            self.generator(self.root)
+
+    def _split_dir(self, stage: str) -> Path:
+        name = dict(zip(("train", "val", "test"), self.splits, strict=True))[stage]
+        path = self.root / name
+        if stage == "test" and not path.is_dir():
+            path = self.root / self.splits[1]
+        return path
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.class_names is None:
+            self.prepare_data()
+            train_dir = self._split_dir("train")
+            _, self.class_names = scan_image_folder(train_dir)
+        for split in ("train", "val", "test"):
+            if split in self.datasets:
+                continue
+            samples, _ = scan_image_folder(self._split_dir(split), self.class_names)
+            pipeline = self.train_transforms if split == "train" else self.eval_transforms
+            self.datasets[split] = ImageFolderDataset(samples, pipeline, self.mean, self.std)
+
+    @property
+    def info(self) -> dict:
+        """What a checkpoint must remember about the data to predict without it."""
+        if self.class_names is None:
+            self.setup()
+        return {"class_names": list(self.class_names), "image_size": self.image_size,
+                "mean": list(self.mean), "std": list(self.std)}
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            self.datasets[split],
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            drop_last=shuffle and len(self.datasets[split]) > self.batch_size,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", False)
+
+    def skipped(self) -> dict[str, str]:
+        """Files skipped as unreadable so far, over all splits (main-process view)."""
+        out: dict[str, str] = {}
+        for ds in self.datasets.values():
+            out.update(ds.skips.skipped)
+        return out
+

@@ -1,0 +1,254 @@
+"""Verification pairs: LFW ``pairs.txt`` parsing and deterministic fold-structured generation.
+
+A :class:`PairSet` names the images to embed once and the pairs between them, each
+pair with its ground truth (same identity or not) and its fold (the LFW protocol's
+10-fold cross-validation picks thresholds on 9 folds and scores the 10th).
+
+The LFW format (Huang et al., "Labeled Faces in the Wild", 2007, View 2)::
+
+    10      300                   <- header: folds, pairs of each kind per fold
+    Abel_Pacheco    1       4     <- same person: name, image number, image number
+    Abdel_Madi_Shabneh  1  Dean_Barker  1   <- different persons: name, number, name, number
+
+Image ``name n`` is the file ``<image_root>/<name>/<name>_<nnnn>.<ext>``. In each fold
+the same-person lines come first, then the different-person lines.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mbtasks.data.io import IMAGE_EXTENSIONS, is_image_file
+from mbtasks.errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PairSet:
+    """Images to embed and the verification pairs between them.
+
+    Attributes:
+        images: the unique image files; pairs index into this list.
+        labels: identity index of each image, into ``identities``.
+        identities: identity names.
+        pairs: ``(M, 2)`` int array of image indices.
+        same: ``(M,)`` bool array, True where both images show one identity.
+        folds: ``(M,)`` int array, the cross-validation fold of each pair (0-based).
+        source: where the pairs come from (a file path, or ``"generated"``).
+        notes: anything a reader of the results should know (fewer pairs than asked...).
+    """
+
+    images: list[Path]
+    labels: list[int]
+    identities: list[str]
+    pairs: np.ndarray
+    same: np.ndarray
+    folds: np.ndarray
+    source: str = "generated"
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def num_folds(self) -> int:
+        return int(self.folds.max()) + 1 if len(self.folds) else 0
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+
+def _image_finder(image_root: Path):
+    """``find(name, number) -> Path | None`` over ``image_root/<name>/<name>_<nnnn>.*``."""
+    cache: dict[str, dict[str, Path]] = {}
+
+    def find(name: str, number: int) -> Path | None:
+        if name not in cache:
+            folder = image_root / name
+            files = [p for p in folder.iterdir() if is_image_file(p)] if folder.is_dir() else []
+            # prefer .jpg (LFW's own) when several extensions share a stem
+            files.sort(key=lambda p: IMAGE_EXTENSIONS.index(p.suffix.lower()), reverse=True)
+            cache[name] = {p.stem: p for p in files}
+        return cache[name].get(f"{name}_{number:04d}")
+
+    return find
+
+
+def read_lfw_pairs(path: str | Path, image_root: str | Path, num_folds: int = 10) -> PairSet:
+    """Parse an LFW ``pairs.txt`` and resolve its images under ``image_root``.
+
+    Args:
+        path: the pairs file (``10 300`` header for View 2, ``1100`` for the dev
+            sets, or no header).
+        image_root: folder holding ``<name>/<name>_<nnnn>.<ext>``.
+        num_folds: folds to deal pairs into when the header does not give them.
+
+    Raises:
+        DataError: unreadable file, malformed line or missing image (file and line named).
+    """
+    path, image_root = Path(path), Path(image_root)
+    if not path.is_file():
+        raise DataError(f"{path}: pairs file not found")
+    if not image_root.is_dir():
+        raise DataError(f"{image_root}: image folder of the pairs file {path} not found")
+    find = _image_finder(image_root)
+    lines = [(n, line.split()) for n, line in enumerate(path.read_text().splitlines(), 1)]
+    lines = [(n, f) for n, f in lines if f and not f[0].startswith("#")]
+    header: list[int] = []
+    if lines and len(lines[0][1]) <= 2 and all(t.isdigit() for t in lines[0][1]):
+        header = [int(t) for t in lines.pop(0)[1]]
+    index: dict[Path, int] = {}
+    images: list[Path] = []
+    labels: list[int] = []
+    identities: dict[str, int] = {}
+    pairs, same = [], []
+
+    def image_index(lineno: int, name: str, number: str) -> int:
+        if not number.isdigit():
+            raise DataError(f"{path}:{lineno}: image number {number!r} is not an integer")
+        found = find(name, int(number))
+        if found is None:
+            raise DataError(f"{path}:{lineno}: image {image_root / name / f'{name}_{int(number):04d}'}.* not found")
+        if found not in index:
+            index[found] = len(images)
+            images.append(found)
+            labels.append(identities.setdefault(name, len(identities)))
+        return index[found]
+
+    for lineno, fields in lines:
+        if len(fields) == 3:
+            pairs.append((image_index(lineno, fields[0], fields[1]), image_index(lineno, fields[0], fields[2])))
+            same.append(True)
+        elif len(fields) == 4:
+            pairs.append((image_index(lineno, fields[0], fields[1]), image_index(lineno, fields[2], fields[3])))
+            same.append(False)
+        else:
+            raise DataError(f"{path}:{lineno}: expected 'name n1 n2' (same person) or 'name1 n1 name2 n2' "
+                            f"(different persons), got {len(fields)} fields")
+    if not pairs:
+        raise DataError(f"{path}: no pairs found")
+    same_arr = np.asarray(same, bool)
+    notes = []
+    if len(header) == 2 and header[0] * header[1] * 2 == len(pairs):
+        folds = np.arange(len(pairs)) // (2 * header[1])
+    else:
+        if len(header) == 2:
+            notes.append(f"{path}: header says {header[0]} folds x 2 x {header[1]} pairs, the file has "
+                         f"{len(pairs)}; folds dealt round-robin instead")
+        # deal each kind round-robin so every fold gets both kinds
+        folds = np.zeros(len(pairs), int)
+        for kind in (True, False):
+            where = np.flatnonzero(same_arr == kind)
+            folds[where] = np.arange(len(where)) % num_folds
+    return PairSet(images, labels, list(identities), np.asarray(pairs, int).reshape(-1, 2), same_arr,
+                   folds.astype(int), source=str(path), notes=notes)
+
+
+def _sample_unique(rng: np.random.Generator, draw, n: int) -> list[tuple[int, int]]:
+    """Up to ``n`` distinct unordered pairs from ``draw()``, giving up after many repeats."""
+    seen: set[tuple[int, int]] = set()
+    out = []
+    tries = 0
+    while len(out) < n and tries < 50 * n + 100:
+        tries += 1
+        a, b = draw()
+        key = (min(a, b), max(a, b))
+        if a != b and key not in seen:
+            seen.add(key)
+            out.append((a, b))
+    return out
+
+
+def generate_pairs(
+    identities: Mapping[str, Sequence[Path]],
+    num_folds: int = 10,
+    pairs_per_fold: int = 600,
+    seed: int = 0,
+) -> PairSet:
+    """Balanced, fold-structured verification pairs over the given identities, deterministically.
+
+    Identities are dealt to folds (identity-disjoint folds, as in LFW) when there are
+    at least ``2 * num_folds`` of them and ``num_folds`` with >= 2 images; otherwise
+    every fold draws from all identities (said in ``notes``). Each fold holds
+    ``pairs_per_fold / 2`` same-identity and as many different-identity pairs (fewer,
+    still balanced, when the identities do not have that many distinct pairs).
+    Identities with a single image appear only in different-identity pairs.
+
+    Raises:
+        DataError: fewer than 2 identities, or none with 2 images.
+    """
+    names = sorted(identities)
+    multi = [n for n in names if len(identities[n]) >= 2]
+    if len(names) < 2 or not multi:
+        raise DataError(f"verification pairs need >= 2 identities, one of them with >= 2 images; got "
+                        f"{len(names)} identities, {len(multi)} with >= 2 images")
+    rng = np.random.default_rng(seed)
+    images: list[Path] = []
+    labels: list[int] = []
+    first: dict[str, int] = {}
+    for label, name in enumerate(names):
+        first[name] = len(images)
+        images.extend(identities[name])
+        labels.extend([label] * len(identities[name]))
+    notes = []
+    if len(multi) >= num_folds and len(names) >= 2 * num_folds:
+        singles = [n for n in names if len(identities[n]) < 2]
+        order = list(rng.permutation(multi)) + list(rng.permutation(singles))
+        fold_names = [order[f::num_folds] for f in range(num_folds)]
+    else:
+        notes.append(f"only {len(names)} identities ({len(multi)} with >= 2 images): folds share identities")
+        fold_names = [names] * num_folds
+    pairs, same, folds = [], [], []
+    for fold, members in enumerate(fold_names):
+        fold_multi = [n for n in members if len(identities[n]) >= 2]
+
+        def draw_same(fold_multi=fold_multi):
+            name = fold_multi[rng.integers(len(fold_multi))]
+            i, j = rng.choice(len(identities[name]), 2, replace=False)
+            return first[name] + int(i), first[name] + int(j)
+
+        def draw_diff(members=members):
+            a, b = rng.choice(len(members), 2, replace=False)
+            na, nb = members[a], members[b]
+            return first[na] + int(rng.integers(len(identities[na]))), first[nb] + int(rng.integers(len(identities[nb])))
+
+        pos = _sample_unique(rng, draw_same, pairs_per_fold // 2)
+        neg = _sample_unique(rng, draw_diff, len(pos))
+        pos = pos[: len(neg)]
+        pairs += pos + neg
+        same += [True] * len(pos) + [False] * len(neg)
+        folds += [fold] * (len(pos) + len(neg))
+    if len(pairs) < num_folds * 2 * (pairs_per_fold // 2):
+        notes.append(f"{len(pairs)} pairs instead of {num_folds} x {pairs_per_fold}: the identities have "
+                     "no more distinct balanced pairs")
+    for note in notes:
+        log.info("verification pairs: %s", note)
+    return PairSet(images, labels, names, np.asarray(pairs, int).reshape(-1, 2), np.asarray(same, bool),
+                   np.asarray(folds, int), source="generated", notes=notes)
+
+
+def write_lfw_pairs(pair_set: PairSet, path: str | Path) -> None:
+    """Write a pair set whose files follow the LFW naming back as an LFW ``pairs.txt``.
+
+    Folds are written in order, same-identity lines first, with a ``folds per_fold``
+    header when every fold holds as many pairs of each kind.
+    """
+    def number(i: int) -> str:
+        return str(int(pair_set.images[i].stem.rsplit("_", 1)[-1]))
+
+    def name(i: int) -> str:
+        return pair_set.identities[pair_set.labels[i]]
+
+    per_same = np.bincount(pair_set.folds[pair_set.same], minlength=pair_set.num_folds)
+    per_diff = np.bincount(pair_set.folds[~pair_set.same], minlength=pair_set.num_folds)
+    lines = []
+    if len(set(per_same.tolist())) == 1 and (per_same == per_diff).all():
+        lines.append(f"{pair_set.num_folds}\t{per_same[0]}")
+    for fold in range(pair_set.num_folds):
+        for kind in (True, False):
+            for (a, b) in pair_set.pairs[(pair_set.folds == fold) & (pair_set.same == kind)]:
+                lines.append("\t".join([name(a), number(a), number(b)] if kind else [name(a), number(a), name(b), number(b)]))
+    Path(path).write_text("\n".join(lines) + "\n")
