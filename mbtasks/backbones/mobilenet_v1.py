@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from mbtasks.backbones.base import LEVEL_STRIDES, Backbone, resolve_out_indices
-from mbtasks.backbones.blocks import ConvBNAct, DepthwiseSeparableConv, get_activation, round_channels
+from mbtasks.backbones.blocks import ConvBNAct, DepthwiseSeparableConv, get_activation, init_weights, round_channels
 
 # Table 1: (output channels, depthwise stride) for each depthwise-separable block.
 # The paper prints the last depthwise as "s2", but its 7x7 output needs stride 1.
@@ -68,6 +68,7 @@ class MobileNetV1(Backbone):
         self._last_block = max(self._taps)
         self.out_channels = [level_channels[lvl] for lvl in self.out_indices]
         self.strides = [LEVEL_STRIDES[lvl] for lvl in self.out_indices]
+        init_weights(self)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = self.stem(x)

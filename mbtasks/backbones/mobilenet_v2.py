@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from mbtasks.backbones.base import LEVEL_STRIDES, Backbone, resolve_out_indices
-from mbtasks.backbones.blocks import ConvBNAct, InvertedResidual, get_activation, round_channels
+from mbtasks.backbones.blocks import ConvBNAct, InvertedResidual, get_activation, init_weights, round_channels
 
 # Table 2: expansion t, output channels c, repeats n, first stride s.
 V2_ARCH: list[tuple[int, int, int, int]] = [
@@ -88,6 +88,7 @@ class MobileNetV2(Backbone):
         self._last_block = max(self._taps)
         self.out_channels = channels
         self.strides = [LEVEL_STRIDES[lvl] for lvl in self.out_indices]
+        init_weights(self)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = self.stem(x)

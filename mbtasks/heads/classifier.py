@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from mbtasks.backbones.base import Backbone
+from mbtasks.backbones.blocks import init_weights
 
 
 class ClassifierHead(nn.Module):
@@ -25,6 +26,7 @@ class ClassifierHead(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.fc = nn.Linear(in_channels, num_classes)
+        init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.dropout(torch.flatten(self.pool(x), 1)))
