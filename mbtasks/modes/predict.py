@@ -17,6 +17,8 @@ log = logging.getLogger(__name__)
 # task name -> module in mbtasks.predictors with a ``predict(task, train_cfg, cfg, files, run_dir)``
 PREDICTORS = {
     "classification": "mbtasks.predictors.classification",
+    "detection": "mbtasks.predictors.detection",
+    "embedding": "mbtasks.predictors.embedding",
 }
 
 
