@@ -13,7 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 
-from mbtasks.config import validate
+from mbtasks.config import misspelled_keys, validate
 from mbtasks.errors import UserError
 
 log = logging.getLogger("mbtasks")
@@ -43,7 +43,13 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    _hydra_main()
+    try:
+        _hydra_main()
+    except SystemExit as exit_:
+        if exit_.code not in (0, None, 2):
+            for hint in misspelled_keys(sys.argv[1:], CONFIG_DIR):
+                print(f"hint: {hint}", file=sys.stderr)
+        raise
 
 
 if __name__ == "__main__":

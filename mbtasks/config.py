@@ -49,5 +49,37 @@ def validate(cfg: DictConfig) -> None:
         )
     if mode in ("test", "predict") and not cfg.get("ckpt_path"):
         raise ConfigError(f"mode={mode} needs ckpt_path=PATH (a checkpoint written by mode=train)")
-    if mode == "predict" and not OmegaConf.select(cfg, "predict.input"):
-        raise ConfigError("mode=predict needs predict.input=PATH (an image file or a folder of images)")
+    if mode == "predict" and not any(OmegaConf.select(cfg, f"predict.{k}") for k in ("input", "pairs", "gallery")):
+        raise ConfigError("mode=predict needs predict.input=PATH (an image file or a folder of images)"
+                          " (embedding checkpoints: or predict.pairs=FILE)")
+
+
+def misspelled_keys(overrides: list[str], config_dir: str) -> list[str]:
+    """For ``key=value`` overrides naming keys absent from the composed config, say the close matches.
+
+    Called after Hydra rejected the command line, to add "did you mean" hints.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    plain = [o for o in overrides if "=" in o and not o.startswith(("+", "~", "hydra."))]
+    groups = [o for o in plain if "." not in o.split("=", 1)[0]]
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
+            cfg = compose(config_name="config", overrides=groups)
+    except Exception:  # noqa: BLE001 - a bad group choice: Hydra's own message lists the options
+        return []
+    hints = []
+    for item in plain:
+        key = item.split("=", 1)[0]
+        if "." not in key or OmegaConf.select(cfg, key, default="__missing__") != "__missing__":
+            continue
+        parent, _, leaf = key.rpartition(".")
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+        if isinstance(node, DictConfig):
+            options = [f"{parent}.{k}" for k in node.keys()]
+            hints.append(f"unknown key {key!r}.{suggest(key, options)} Valid keys under {parent!r}: {sorted(node.keys())}")
+        else:
+            hints.append(f"unknown key {key!r}: {parent!r} is not a config section")
+    return hints

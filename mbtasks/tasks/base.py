@@ -7,6 +7,7 @@ from typing import Any, ClassVar
 
 import lightning as L
 import torch
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 CHECKPOINT_KEY = "mbtasks"
@@ -32,7 +33,8 @@ class BaseTask(L.LightningModule):
 
     def __init__(self, info: dict, optimizer: Callable | None = None, scheduler: Callable | None = None) -> None:
         super().__init__()
-        self.info = dict(info)
+        # Hydra's instantiate turns dict arguments into DictConfig; checkpoints need plain types.
+        self.info = OmegaConf.to_container(info, resolve=True) if isinstance(info, DictConfig) else dict(info)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         # Set by build_task: the resolved run config, stored in checkpoints.

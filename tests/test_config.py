@@ -1,0 +1,124 @@
+"""Every config group composes and instantiates; config mistakes fail at start-up with the key named."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from mbtasks.__main__ import CONFIG_DIR, dispatch
+from mbtasks.config import misspelled_keys
+from mbtasks.errors import ConfigError
+from tests.conftest import compose_cfg
+
+CONF = Path(CONFIG_DIR)
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", options("backbone"))
+def test_backbones_instantiate(name):
+    overrides = [f"backbone={name}"]
+    if name == "timm":
+        overrides.append("backbone.name=mobilenetv3_small_100")
+    backbone = instantiate(compose_cfg(overrides).backbone)
+    assert backbone.out_channels and backbone.strides
+
+
+@pytest.mark.parametrize("name", options("optimizer"))
+def test_optimizers_instantiate(name):
+    import torch
+
+    opt = instantiate(compose_cfg([f"optimizer={name}"]).optimizer)([torch.nn.Parameter(torch.zeros(2))])
+    assert isinstance(opt, torch.optim.Optimizer)
+
+
+@pytest.mark.parametrize("name", options("scheduler"))
+def test_schedulers_instantiate_and_step(name):
+    import torch
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=1.0)
+    sched = instantiate(compose_cfg([f"scheduler={name}"]).scheduler)(opt, total_steps=100, steps_per_epoch=10)
+    lrs = []
+    for _ in range(100):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert all(0 < lr <= 1.0 for lr in lrs)
+    if name == "cosine":
+        assert lrs[0] < lrs[10] and lrs[-1] < 0.05  # warm-up, then decay
+    if name == "step":
+        assert lrs[19] == 1.0 and lrs[20] == pytest.approx(0.94)
+
+
+@pytest.mark.parametrize("name", options("trainer"))
+def test_trainers_compose(name):
+    cfg = compose_cfg([f"trainer={name}"])
+    assert cfg.trainer._target_ == "lightning.pytorch.Trainer"
+    if name != "gpu":  # gpu needs a CUDA device
+        trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
+        assert trainer.max_epochs >= 1
+
+
+@pytest.mark.parametrize("name", options("data"))
+def test_data_groups_compose(name, tmp_path):
+    cfg = compose_cfg([f"data={name}", f"data.root={tmp_path}"])
+    assert cfg.data._target_ and cfg.data.image_size % 32 == 0
+    OmegaConf.to_container(cfg.data, resolve=True)
+
+
+@pytest.mark.parametrize("name", options("callbacks") + options("logger") + options("head"))
+def test_other_groups_resolve(name):
+    group = next(g for g in ("callbacks", "logger", "head") if (CONF / g / f"{name}.yaml").exists())
+    cfg = compose_cfg([f"{group}={name}"])
+    OmegaConf.to_container(cfg, resolve=True)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("backbone.width=0", "backbone.width=0"),
+        ("backbone.width=-0.5", "expected a number > 0"),
+        ("data.image_size=100", "multiple of 32"),
+        ("data.image_size=16", "data.image_size=16"),
+        ("mode=trian", "Did you mean 'train'"),
+    ],
+)
+def test_config_errors_name_key_and_values(override, message, tmp_path):
+    cfg = compose_cfg([override, f"data.root={tmp_path}/never_read"])
+    with pytest.raises(ConfigError, match=message):
+        dispatch(cfg, tmp_path / "run")
+    assert not (tmp_path / "never_read").exists()  # failed before any data was touched
+
+
+def test_test_and_predict_need_a_checkpoint(tmp_path):
+    with pytest.raises(ConfigError, match="ckpt_path"):
+        dispatch(compose_cfg(["mode=test"]), tmp_path)
+    with pytest.raises(ConfigError, match="predict.input"):
+        dispatch(compose_cfg(["mode=predict", "ckpt_path=x.ckpt"]), tmp_path)
+
+
+def test_misspelled_key_gets_a_suggestion():
+    hints = misspelled_keys(["backbone.widht=0.5", "data.image_size=64"], CONFIG_DIR)
+    assert len(hints) == 1 and "'backbone.width'" in hints[0]
+
+
+def test_cli_reports_user_errors_without_traceback(tmp_path):
+    run = lambda *args: subprocess.run(  # noqa: E731
+        [sys.executable, "-m", "mbtasks", *args, f"hydra.run.dir={tmp_path}"],
+        capture_output=True, text=True, timeout=120,
+    )
+    bad_width = run("backbone.width=-1")
+    assert bad_width.returncode == 2
+    assert "backbone.width=-1" in bad_width.stderr and "Traceback" not in bad_width.stderr
+    bad_group = run("backbone=mobilenet_v9")
+    assert bad_group.returncode != 0
+    assert "mobilenet_v1" in bad_group.stderr + bad_group.stdout  # lists the valid options
+    typo = run("backbone.widht=0.5")
+    assert typo.returncode != 0 and "Did you mean 'backbone.width'" in typo.stderr
