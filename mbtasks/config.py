@@ -33,6 +33,17 @@ def _positive_number(cfg: DictConfig, key: str) -> None:
         raise ConfigError(f"{key}={value!r}: expected a number > 0 (e.g. 1.0, 0.75, 0.5, 0.25)")
 
 
+def _task_input_multiple(cfg: DictConfig, default: int) -> int:
+    """The task class's ``input_multiple`` (what ``data.image_size`` must be a multiple of)."""
+    target = OmegaConf.select(cfg, "task._target_")
+    try:
+        from hydra.utils import get_class
+
+        return int(getattr(get_class(target), "input_multiple", default))
+    except Exception:  # noqa: BLE001 - an unknown target is reported when the task is built
+        return default
+
+
 def validate(cfg: DictConfig) -> None:
     """Check the keys every mode relies on; raise :class:`ConfigError` naming key and valid values."""
     mode = cfg.get("mode")
@@ -41,11 +52,14 @@ def validate(cfg: DictConfig) -> None:
     _positive_number(cfg, "backbone.width")
     size = OmegaConf.select(cfg, "data.image_size")
     stride = 32
-    if not isinstance(size, int) or isinstance(size, bool) or size < stride or size % stride:
+    # A task class may accept sizes that are not multiples of 32 (detection: SSD300).
+    multiple = _task_input_multiple(cfg, stride)
+    if not isinstance(size, int) or isinstance(size, bool) or size < stride or size % multiple:
         lower = max(stride, (size if isinstance(size, int) else 0) // stride * stride)
         raise ConfigError(
             f"data.image_size={size!r}: the backbone reduces its input {stride}x, so the size must be a "
             f"multiple of {stride} (>= {stride}), e.g. 224, 192, 160, 128 or {lower}"
+            if multiple == stride else f"data.image_size={size!r}: expected an integer >= {stride}"
         )
     if mode in ("test", "predict") and not cfg.get("ckpt_path"):
         raise ConfigError(f"mode={mode} needs ckpt_path=PATH (a checkpoint written by mode=train)")

@@ -58,6 +58,8 @@ class DetectionTask(BaseTask):
     name = "detection"
     monitor = "val/map"
     monitor_mode = "max"
+    # Any input side >= 32 works (stride-2 convs round up): SSD300 is the paper's size.
+    input_multiple = 1
 
     def __init__(
         self,
