@@ -1,0 +1,184 @@
+"""Face verification metrics with the LFW protocol (Huang et al. 2007, View 2; as used by
+FaceNet, Schroff et al. 2015, arXiv:1503.03832, Sec. 5).
+
+A pair is declared "same identity" when the squared L2 distance of its two unit-length
+embeddings is at most a threshold. The protocol is 10-fold cross-validation: on each
+fold the threshold that maximises accuracy on the other nine folds is applied, and the
+mean +- std of the ten fold accuracies is reported. ROC AUC and TAR at a given FAR use
+the ROC of all pairs (scikit-learn). A TAR at FAR = f is only measured when there are at
+least 1/f different-identity pairs; otherwise it is ``None`` and a note says why.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score, roc_curve
+from sklearn.model_selection import KFold
+
+
+@dataclass
+class VerificationResult:
+    """Outcome of the protocol on one pair set.
+
+    Attributes:
+        accuracy / accuracy_std: mean and std of the per-fold accuracies.
+        fold_accuracies / fold_thresholds: per fold, the accuracy and the threshold
+            (picked on the other folds) it was scored with.
+        threshold: the accuracy-maximising threshold over all pairs (the one to deploy).
+        roc_auc: area under the ROC (NaN when one kind of pair is missing).
+        tar_at_far: ``{far: TAR or None}`` (None: too few different-identity pairs).
+        fpr / tpr: the ROC, for plotting.
+        num_same / num_different: pair counts.
+        notes: what could not be measured and why.
+    """
+
+    accuracy: float
+    accuracy_std: float
+    fold_accuracies: list[float]
+    fold_thresholds: list[float]
+    threshold: float
+    roc_auc: float
+    tar_at_far: dict[float, float | None]
+    fpr: np.ndarray
+    tpr: np.ndarray
+    num_same: int
+    num_different: int
+    notes: list[str] = field(default_factory=list)
+
+
+def pair_distances(embeddings: torch.Tensor | np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    """Squared L2 distances of the pairs.
+
+    Args:
+        embeddings: ``(N, D)`` embeddings (unit length: distances lie in [0, 4]).
+        pairs: ``(M, 2)`` indices into ``embeddings``.
+
+    Returns:
+        ``(M,)`` float64 distances.
+    """
+    emb = torch.as_tensor(embeddings, dtype=torch.float64)
+    idx = torch.as_tensor(np.asarray(pairs, dtype=np.int64))
+    return (emb[idx[:, 0]] - emb[idx[:, 1]]).pow(2).sum(1).numpy()
+
+
+def best_threshold(distances: np.ndarray, same: np.ndarray) -> tuple[float, float]:
+    """The distance threshold with the highest accuracy (``same`` iff ``distance <= threshold``).
+
+    The threshold sits halfway between the last accepted and the first rejected
+    distance, so it generalises to new pairs.
+
+    Returns:
+        ``(threshold, accuracy)`` on these pairs.
+    """
+    d = np.asarray(distances, np.float64)
+    y = np.asarray(same, bool)
+    pos, neg = int(y.sum()), int((~y).sum())
+    if pos == 0 or neg == 0:  # one kind only: accept all or nothing
+        return (float(d.max()) + 1e-6, 1.0) if neg == 0 else (float(d.min()) - 1e-6, 1.0)
+    fpr, tpr, scores = roc_curve(y, -d, drop_intermediate=False)
+    acc = (tpr * pos + (1 - fpr) * neg) / (pos + neg)
+    i = int(np.argmax(acc))
+    if not np.isfinite(scores[i]):  # reject everything
+        return float(d.min()) - 1e-6, float(acc[i])
+    accepted = -float(scores[i])
+    above = d[d > accepted]
+    return (accepted + float(above.min())) / 2 if len(above) else accepted + 1e-6, float(acc[i])
+
+
+def tar_at_far(distances: np.ndarray, same: np.ndarray, far: float) -> float | None:
+    """True accept rate at a false accept rate <= ``far``; None below ``1/far`` different pairs."""
+    y = np.asarray(same, bool)
+    if (~y).sum() < math.ceil(1 / far) or y.sum() == 0:
+        return None
+    fpr, tpr, _ = roc_curve(y, -np.asarray(distances, np.float64))
+    return float(tpr[fpr <= far].max())
+
+
+def evaluate_verification(
+    distances: np.ndarray,
+    same: np.ndarray,
+    folds: np.ndarray | None = None,
+    num_folds: int = 10,
+    fars: tuple[float, ...] = (1e-3, 1e-4),
+) -> VerificationResult:
+    """The LFW protocol on precomputed pair distances.
+
+    Args:
+        distances: ``(M,)`` pair distances (smaller = more alike).
+        same: ``(M,)`` bool ground truth.
+        folds: ``(M,)`` fold of each pair (a pairs file's structure); default: ``num_folds``
+            consecutive blocks (scikit-learn ``KFold`` without shuffling).
+        num_folds: folds when ``folds`` is not given.
+        fars: false accept rates at which to report the true accept rate.
+
+    Returns:
+        a :class:`VerificationResult`.
+    """
+    d = np.asarray(distances, np.float64)
+    y = np.asarray(same, bool)
+    if len(d) != len(y) or len(d) < 2:
+        raise ValueError(f"need >= 2 pairs with one label each, got {len(d)} distances and {len(y)} labels")
+    if folds is None:
+        folds = np.zeros(len(d), int)
+        for f, (_, test) in enumerate(KFold(n_splits=min(num_folds, len(d))).split(d)):
+            folds[test] = f
+    folds = np.asarray(folds)
+    fold_acc, fold_thr = [], []
+    for f in np.unique(folds):
+        test = folds == f
+        thr, _ = best_threshold(d[~test], y[~test]) if (~test).any() else best_threshold(d, y)
+        fold_thr.append(thr)
+        fold_acc.append(float(np.mean((d[test] <= thr) == y[test])))
+    threshold, _ = best_threshold(d, y)
+    both = 0 < y.sum() < len(y)
+    notes = []
+    if both:
+        auc = float(roc_auc_score(y, -d))
+        fpr, tpr, _ = roc_curve(y, -d)
+    else:
+        auc, fpr, tpr = float("nan"), np.zeros(0), np.zeros(0)
+        notes.append("ROC AUC not measured: the pairs are all of one kind")
+    tars = {}
+    for far in fars:
+        tars[far] = tar_at_far(d, y, far)
+        if tars[far] is None:
+            notes.append(f"TAR@FAR={far:g} not measured: {int((~y).sum())} different-identity pairs, "
+                         f"needs >= {math.ceil(1 / far)}")
+    return VerificationResult(
+        accuracy=float(np.mean(fold_acc)), accuracy_std=float(np.std(fold_acc)), fold_accuracies=fold_acc,
+        fold_thresholds=fold_thr, threshold=threshold, roc_auc=auc, tar_at_far=tars, fpr=fpr, tpr=tpr,
+        num_same=int(y.sum()), num_different=int((~y).sum()), notes=notes,
+    )
+
+
+def far_key(far: float) -> str:
+    """``1e-3 -> "tar_at_far_1e-3"`` (the metric name)."""
+    mantissa, exponent = f"{far:e}".split("e")
+    mantissa = mantissa.rstrip("0").rstrip(".")
+    return f"tar_at_far_{mantissa}e{int(exponent)}"
+
+
+def roc_figure(result: VerificationResult, title: str = "verification ROC"):
+    """A matplotlib figure of the ROC (log-scaled false accept rate)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    if len(result.fpr):
+        ax.plot(np.clip(result.fpr, 1e-5, 1), result.tpr, lw=1.5)
+    ax.set_xscale("log")
+    ax.set_xlim(1e-4 if result.num_different >= 10_000 else 1e-3, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_xlabel("false accept rate")
+    ax.set_ylabel("true accept rate")
+    ax.set_title(f"{title}\nacc {result.accuracy:.3f} +- {result.accuracy_std:.3f}, AUC {result.roc_auc:.3f}",
+                 fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    return fig
