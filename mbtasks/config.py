@@ -8,7 +8,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mbtasks.errors import ConfigError
 
-MODES = ("train", "test", "predict", "profile")
+MODES = ("train", "test", "predict", "profile", "export")
 
 
 def register_resolvers() -> None:
@@ -61,7 +61,10 @@ def validate(cfg: DictConfig) -> None:
             f"multiple of {stride} (>= {stride}), e.g. 224, 192, 160, 128 or {lower}"
             if multiple == stride else f"data.image_size={size!r}: expected an integer >= {stride}"
         )
-    if mode in ("test", "predict") and not cfg.get("ckpt_path"):
+    if mode == "train" and OmegaConf.select(cfg, "backbone.freeze") and OmegaConf.select(cfg, "backbone.pretrained") in (None, False):
+        raise ConfigError("backbone.freeze=true with backbone.pretrained=null would freeze random weights; give "
+                          "backbone.pretrained=PATH (a checkpoint of any mbtasks task or a state dict) or 'timm'")
+    if mode in ("test", "predict", "export") and not cfg.get("ckpt_path"):
         raise ConfigError(f"mode={mode} needs ckpt_path=PATH (a checkpoint written by mode=train)")
     if mode == "predict" and not any(OmegaConf.select(cfg, f"predict.{k}") for k in ("input", "pairs", "gallery")):
         raise ConfigError("mode=predict needs predict.input=PATH (an image file or a folder of images)"

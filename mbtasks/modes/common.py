@@ -51,11 +51,13 @@ def build_trainer(cfg: DictConfig, run_dir: Path, task: BaseTask, log: bool = Tr
         filename="best",
         monitor=task.monitor,
         mode=task.monitor_mode,
-        save_last=True,
         save_top_k=1,
         auto_insert_metric_name=False,
     )
-    callbacks = [checkpoint]
+    # Lightning >= 2.5 copies last.ckpt only when the best one improves; resuming needs the latest.
+    latest = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", monitor=None, save_top_k=1,
+                             enable_version_counter=False)
+    callbacks = [checkpoint, latest]
     progress = bool(cfg.trainer.get("enable_progress_bar", True))
     for callback_cfg in (cfg.get("callbacks") or {}).values():
         if callback_cfg is None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -9,11 +11,42 @@ import torch
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from mbtasks.backbones.pretrained import (
+    LoadReport,
+    is_published,
+    load_pretrained,
+    published_weights,
+)
 from mbtasks.tasks.base import CHECKPOINT_KEY, BaseTask
+
+log = logging.getLogger(__name__)
+
+# backbone.* keys read by mbtasks (transfer learning), not passed to the backbone's constructor.
+TRANSFER_KEYS = ("pretrained", "freeze", "unfreeze_at_epoch", "lr_mult")
 
 
 def task_class(cfg: DictConfig) -> type[BaseTask]:
     return get_class(cfg.task._target_)
+
+
+def build_backbone(cfg: DictConfig) -> tuple[Any, LoadReport | None]:
+    """Instantiate ``cfg.backbone`` and load ``backbone.pretrained`` (PATH | timm | null) into it.
+
+    The one place pretrained weights are loaded. A backbone class with its own ``pretrained``
+    argument (:class:`~mbtasks.backbones.timm.TimmBackbone`) gets ``pretrained=True`` for ``timm``
+    (timm's download); our V1 / V2 get timm's published weights converted by position.
+    """
+    spec = cfg.backbone.get("pretrained")
+    kwargs = {k: v for k, v in cfg.backbone.items() if k not in TRANSFER_KEYS}
+    takes_pretrained = "pretrained" in inspect.signature(get_class(cfg.backbone._target_)).parameters
+    timm_download = takes_pretrained and is_published(spec)
+    if takes_pretrained:
+        kwargs["pretrained"] = timm_download
+    if timm_download:
+        with published_weights(str(cfg.backbone.get("name", cfg.backbone._target_))):
+            return instantiate(OmegaConf.create(kwargs)), None
+    backbone = instantiate(OmegaConf.create(kwargs))
+    return backbone, load_pretrained(backbone, spec)
 
 
 def build_task(cfg: DictConfig, info: dict) -> BaseTask:
@@ -23,12 +56,14 @@ def build_task(cfg: DictConfig, info: dict) -> BaseTask:
         cfg: the composed run config.
         info: the data module's ``info`` (class names, image size, mean/std).
     """
-    backbone = instantiate(cfg.backbone)
+    backbone, report = build_backbone(cfg)
     head = instantiate(cfg.head)
     optimizer = instantiate(cfg.optimizer) if cfg.get("optimizer") else None
     scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
     task = instantiate(cfg.task, backbone=backbone, head=head, info=info, optimizer=optimizer, scheduler=scheduler)
     task.run_config = OmegaConf.to_container(cfg, resolve=True)
+    task.backbone_lr_mult = float(cfg.backbone.get("lr_mult") or 1.0)
+    task.pretrained_report = report
     return task
 
 
@@ -60,9 +95,9 @@ def load_task(path: str | Path) -> tuple[BaseTask, DictConfig]:
     ckpt = read_checkpoint(path)
     meta = ckpt[CHECKPOINT_KEY]
     cfg = OmegaConf.create(meta["config"])
-    # Rebuild without fetching published weights: the checkpoint holds the weights.
+    # Rebuild without fetching or reading pretrained weights: the checkpoint holds the weights.
     if "pretrained" in cfg.backbone:
-        cfg.backbone.pretrained = False
+        cfg.backbone.pretrained = None
     task = build_task(cfg, meta["info"])
     task.load_state_dict(ckpt["state_dict"])
     task.run_config = meta["config"]

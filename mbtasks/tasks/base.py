@@ -39,15 +39,33 @@ class BaseTask(L.LightningModule):
         self.scheduler_factory = scheduler
         # Set by build_task: the resolved run config, stored in checkpoints.
         self.run_config: dict[str, Any] = {}
+        # Set by build_task from backbone.lr_mult: the backbone's LR is lr * backbone_lr_mult.
+        self.backbone_lr_mult = 1.0
         self.model: nn.Module
 
     def parameter_groups(self) -> list[dict]:
-        return [{"params": [p for p in self.parameters() if p.requires_grad]}]
+        """Optimizer groups: ``head`` (everything trainable but the backbone) and ``backbone``.
+
+        The backbone group holds all backbone parameters, frozen ones too: a frozen parameter
+        gets no gradient, so the optimizer skips it, and unfreezing later (``backbone.unfreeze_at_epoch``)
+        needs no new group, so schedulers and resumed optimizer states stay aligned.
+        Its ``lr_mult`` (``backbone.lr_mult``) scales the optimizer's LR for the backbone.
+        """
+        backbone = getattr(getattr(self, "model", None), "backbone", None)
+        if not isinstance(backbone, nn.Module):
+            return [{"params": [p for p in self.parameters() if p.requires_grad]}]
+        in_backbone = {id(p) for p in backbone.parameters()}
+        head = [p for p in self.parameters() if p.requires_grad and id(p) not in in_backbone]
+        groups = [{"params": head, "name": "head"}] if head else []
+        groups.append({"params": list(backbone.parameters()), "name": "backbone", "lr_mult": self.backbone_lr_mult})
+        return groups
 
     def configure_optimizers(self):
         if self.optimizer_factory is None:
             raise ValueError("no optimizer configured (set the `optimizer` config group)")
         optimizer = self.optimizer_factory(self.parameter_groups())
+        for group in optimizer.param_groups:
+            group["lr"] = group["lr"] * group.get("lr_mult", 1.0)
         if self.scheduler_factory is None:
             return optimizer
         total = int(self.trainer.estimated_stepping_batches)

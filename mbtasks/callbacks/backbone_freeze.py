@@ -1,0 +1,78 @@
+"""Freeze the shared backbone for transfer learning, and unfreeze it at a chosen epoch.
+
+Lightning's ``BackboneFinetuning`` looks for ``pl_module.backbone``, adds a new optimizer group
+when it unfreezes (which LR schedulers built earlier do not step) and keeps frozen BatchNorm
+layers in training mode with batch statistics. Here the backbone is ``task.model.backbone``, its
+parameters sit in their own optimizer group from the start (``BaseTask.parameter_groups``, LR
+scaled by ``backbone.lr_mult``), and a frozen backbone runs entirely in eval mode: BatchNorm
+normalises with the pretrained running statistics and does not update them.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+
+def backbone_of(pl_module: L.LightningModule) -> nn.Module | None:
+    backbone = getattr(getattr(pl_module, "model", None), "backbone", None)
+    return backbone if isinstance(backbone, nn.Module) else None
+
+
+def set_frozen(backbone: nn.Module, frozen: bool) -> None:
+    """``requires_grad`` off and eval mode (BN uses, never updates, running stats), or back."""
+    for p in backbone.parameters():
+        p.requires_grad_(not frozen)
+    backbone.train(not frozen)
+
+
+class BackboneFreeze(Callback):
+    """Keep ``task.model.backbone`` frozen while ``epoch < unfreeze_at_epoch``.
+
+    Args:
+        freeze: freeze the backbone at the start of training (``backbone.freeze``).
+        unfreeze_at_epoch: first epoch (0-based) that trains the backbone, at the optimizer's
+            LR times ``backbone.lr_mult``; ``None`` keeps it frozen for the whole run.
+    """
+
+    def __init__(self, freeze: bool = False, unfreeze_at_epoch: int | None = None) -> None:
+        if unfreeze_at_epoch is not None and (isinstance(unfreeze_at_epoch, bool) or int(unfreeze_at_epoch) < 0):
+            from mbtasks.errors import ConfigError
+
+            raise ConfigError(f"backbone.unfreeze_at_epoch={unfreeze_at_epoch!r}: expected an epoch >= 0 or null")
+        self.freeze = bool(freeze)
+        self.unfreeze_at_epoch = None if unfreeze_at_epoch is None else int(unfreeze_at_epoch)
+        self._frozen: bool | None = None
+
+    def frozen_at(self, epoch: int) -> bool:
+        return self.freeze and (self.unfreeze_at_epoch is None or epoch < self.unfreeze_at_epoch)
+
+    def _apply(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        backbone = backbone_of(pl_module)
+        if backbone is None or not self.freeze:
+            return
+        frozen = self.frozen_at(trainer.current_epoch)
+        if frozen != self._frozen:
+            set_frozen(backbone, frozen)
+            log.info("epoch %d: backbone %s", trainer.current_epoch,
+                     "frozen (BatchNorm in eval)" if frozen
+                     else f"trainable (LR x {getattr(pl_module, 'backbone_lr_mult', 1.0)})")
+            self._frozen = frozen
+        elif frozen:
+            # Lightning puts the whole module back in train mode (each epoch, after validation).
+            backbone.eval()
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._frozen = None
+        self._apply(trainer, pl_module)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._apply(trainer, pl_module)
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
+        self._apply(trainer, pl_module)
