@@ -11,3 +11,7 @@ class ConfigError(UserError, ValueError):
 
 class DataError(UserError, ValueError):
     """A data set cannot be used as it is; the message names the file or folder."""
+
+
+class ExportError(UserError):
+    """An exported network does not reproduce the PyTorch model (the export is not kept)."""

@@ -1,0 +1,97 @@
+"""Writing and running exported networks: ONNX (torch.onnx, onnxruntime) and TorchScript.
+
+Both take one input ``images (N, 3, H, W)`` float32 with a dynamic batch ``N`` and carry their
+metadata inside the file: ONNX in ``metadata_props`` (key ``mbtasks`` holds the whole JSON, a few
+keys are repeated flat), TorchScript as the extra file ``mbtasks.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
+INPUT_NAME = "images"
+# metadata keys repeated as flat ONNX metadata_props (readable without parsing JSON)
+FLAT_KEYS = ("task", "image_size", "mean", "std", "class_names", "thresholds")
+
+Runner = Callable[[np.ndarray], list[np.ndarray]]
+
+
+def write_onnx(module: nn.Module, example: torch.Tensor, path: Path, output_names: Sequence[str],
+               metadata: dict, opset: int = 18) -> None:
+    """Export ``module`` with torch.onnx's exporter (``torch.export`` based), batch dimension dynamic."""
+    import onnx
+
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (example,), str(path), dynamo=True, input_names=[INPUT_NAME],
+                          output_names=list(output_names), dynamic_shapes={INPUT_NAME: {0: batch}},
+                          opset_version=opset, external_data=False, verbose=False)
+    model = onnx.load(str(path))
+    del model.metadata_props[:]
+    for key, value in {"mbtasks": metadata, **{k: metadata[k] for k in FLAT_KEYS if k in metadata}}.items():
+        prop = model.metadata_props.add()
+        prop.key, prop.value = key, json.dumps(value)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
+def write_torchscript(module: nn.Module, example: torch.Tensor, path: Path, metadata: dict) -> None:
+    """Trace ``module`` (shapes taken from the input at run time, so the batch stays dynamic)."""
+    with warnings.catch_warnings(), torch.no_grad():
+        # torch.jit is deprecated in favour of torch.export, but still the format C++/mobile runtimes load
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(module, example, check_trace=False)
+        torch.jit.save(traced, str(path), _extra_files={"mbtasks.json": json.dumps(metadata)})
+
+
+def write(fmt: str, module: nn.Module, example: torch.Tensor, path: Path, output_names: Sequence[str],
+          metadata: dict, opset: int = 18) -> None:
+    if fmt == "onnx":
+        write_onnx(module, example, path, output_names, metadata, opset)
+    else:
+        write_torchscript(module, example, path, metadata)
+
+
+def load_runner(fmt: str, path: Path, threads: int | None = None) -> Runner:
+    """A function ``images (N, 3, H, W) float32 -> [outputs...]`` running the exported file."""
+    if fmt == "onnx":
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = int(threads)
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return lambda images: session.run(None, {INPUT_NAME: np.ascontiguousarray(images, dtype=np.float32)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        module = torch.jit.load(str(path), map_location="cpu").eval()
+
+    def run(images: np.ndarray) -> list[np.ndarray]:
+        with torch.no_grad():
+            out = module(torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)))
+        return [t.numpy() for t in (out if isinstance(out, tuple | list) else (out,))]
+
+    return run
+
+
+def read_metadata(fmt: str, path: Path) -> dict:
+    """The ``mbtasks`` metadata stored inside an exported file."""
+    if fmt == "onnx":
+        import onnx
+
+        props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+        return json.loads(props["mbtasks"])
+    extra = {"mbtasks.json": ""}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    return json.loads(extra["mbtasks.json"])
