@@ -95,6 +95,6 @@ def run(cfg: DictConfig, run_dir: Path, overrides=()) -> dict:
         f"{result[k] / 1e6:.2f}M" if k in ("params", "mult_adds") else str(result[k])
         for k in ("task", "backbone", "width", "image_size", "params", "mult_adds", "latency_ms", "batch_size", "threads")
     ))
-    Console().print(table)
+    Console(width=160).print(table)
     write_json_atomic(run_dir / "profile.json", result)
     return result
