@@ -44,6 +44,7 @@ def test_classification_export_verified(cls_ckpt, tmp_path, fmt, suffix):
     assert out["path"] == str(path) and path.is_file() and not leftovers(tmp_path)
     assert out["inputs"].startswith("4 images from")  # real images of the checkpoint's data
     assert set(out["max_abs_diff"]) == {"logits", "probs"} and max(out["max_abs_diff"].values()) < 1e-4
+    assert set(out["pytorch_fp32_error"]) == {"logits", "probs"}
     meta = json.loads((tmp_path / "classification.json").read_text())
     assert meta["task"] == "classification" and meta["class_names"] == CLASSES
     assert meta["image_size"] == 32 and len(meta["mean"]) == 3 and len(meta["std"]) == 3
@@ -106,3 +107,61 @@ def test_cli_failing_comparison_exits_nonzero(cls_ckpt, tmp_path):
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "export verification failed" in proc.stderr
     assert not (tmp_path / "classification.onnx").exists() and not leftovers(tmp_path)
+
+
+def test_numpy_postprocess_matches_torchvision():
+    from mbtasks.export.postprocess import detections_from_outputs
+    from mbtasks.heads.box_coding import BoxCoder
+    from mbtasks.heads.postprocess import postprocess_detections
+
+    g = torch.Generator().manual_seed(0)
+    n, a, k = 2, 300, 4
+    anchors = torch.rand(a, 2, generator=g) * 48
+    anchors = torch.cat([anchors, anchors + 4 + torch.rand(a, 2, generator=g) * 16], 1)
+    logits, deltas = torch.randn(n, a, k + 1, generator=g) * 3, torch.randn(n, a, 4, generator=g)
+    coder = BoxCoder()
+    expected = postprocess_detections(logits, deltas, anchors, coder, (64, 64), 0.2, 0.5, 20, 100)
+    boxes = coder.decode(deltas, anchors).clamp(min=0, max=64)
+    got = detections_from_outputs(logits.softmax(-1)[..., 1:].numpy(), boxes.numpy(), 0.2, 0.5, 20, 100)
+    for e, o in zip(expected, got, strict=True):
+        assert len(o["scores"]) == len(e["scores"]) > 5
+        np.testing.assert_allclose(o["scores"], e["scores"].numpy(), rtol=1e-6)
+        np.testing.assert_allclose(o["boxes"], e["boxes"].numpy(), atol=1e-4)
+        np.testing.assert_array_equal(o["labels"], e["labels"].numpy())
+
+
+@pytest.fixture(scope="module")
+def det_ckpt(tmp_path_factory):
+    root = tmp_path_factory.mktemp("det") / "shapes"
+    run_dir = tmp_path_factory.mktemp("det_run")
+    run_mode(["task=detection", "backbone=mobilenet_v2", "head=ssdlite", f"data.root={root}", "data.image_size=64",
+              "data.batch_size=4", f"data.generator.classes=[{','.join(CLASSES)}]", "data.generator.train_images=8",
+              "data.generator.val_images=4", "data.generator.test_images=4", "data.generator.image_size=64",
+              "backbone.width=0.25", "trainer.max_epochs=1", "trainer.limit_train_batches=2", "task.log_images=0",
+              # a small LR keeps 2 steps from blowing up BN statistics (an ill-conditioned net amplifies
+              # float32 rounding, which would blur the comparison with PyTorch)
+              "optimizer.lr=0.001"], run_dir)
+    return run_dir / "checkpoints" / "last.ckpt"
+
+
+@pytest.mark.parametrize("fmt, suffix", [("onnx", ".onnx"), ("torchscript", ".pt")])
+def test_detection_export_with_shipped_postprocess(det_ckpt, tmp_path, fmt, suffix):
+    from mbtasks.export.postprocess import detections_from_outputs
+
+    out = run_mode(["mode=export", f"ckpt_path={det_ckpt}", f"export.format={fmt}"], tmp_path)
+    assert set(out["max_abs_diff"]) == {"scores", "boxes"} and out["inputs"].startswith("4 images")
+    meta = json.loads((tmp_path / "detection.json").read_text())
+    assert meta["class_names"] == CLASSES and meta["category_ids"] == [1, 3, 5]
+    assert set(meta["thresholds"]) == {"score_threshold", "nms_iou", "max_detections", "topk_candidates"}
+    task, _ = load_task(det_ckpt)
+    task.model.score_threshold = meta["thresholds"]["score_threshold"] = 0.05
+    x = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    scores, boxes = load_runner(fmt, tmp_path / f"detection{suffix}")(x.numpy())
+    assert scores.shape == (3, meta["num_anchors"], 3) and boxes.shape == (3, meta["num_anchors"], 4)
+    got = detections_from_outputs(scores, boxes, **meta["thresholds"])
+    expected = task.model.detect(x)
+    for e, o in zip(expected, got, strict=True):
+        assert len(o["scores"]) == len(e["scores"]) > 0
+        np.testing.assert_allclose(o["scores"], e["scores"].numpy(), atol=1e-4)
+        np.testing.assert_allclose(o["boxes"], e["boxes"].numpy(), atol=1e-2)
+        np.testing.assert_array_equal(o["labels"], e["labels"].numpy())

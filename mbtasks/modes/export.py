@@ -11,6 +11,7 @@ within tolerance; an interrupted or failed export leaves nothing under the final
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from importlib.metadata import PackageNotFoundError, version
@@ -70,24 +71,41 @@ def verification_inputs(cfg: DictConfig, train_cfg: DictConfig, task) -> tuple[t
 
 
 def compare(runner, module: torch.nn.Module, images: torch.Tensor, names, atol: float, rtol: float) -> dict:
-    """Max abs difference per output (batch of all images, then of one); raises on a mismatch."""
+    """Max abs difference per output (batch of all images, then of one); raises on a mismatch.
+
+    The tolerance is ``atol + rtol * max|output|`` plus twice PyTorch's own float32 error on the
+    same input (measured against a float64 copy): a barely trained network with extreme BatchNorm
+    statistics amplifies rounding, and an exporter cannot be asked to be closer to PyTorch's
+    float32 result than that result is to the exact one.
+
+    Returns:
+        ``{"max_abs_diff": {output: float}, "pytorch_fp32_error": {output: float}}``.
+    """
+    exact_module = copy.deepcopy(module).double()
     diffs: dict[str, float] = {}
+    own: dict[str, float] = {}
     for batch in (images, images[:1]):
         with torch.no_grad():
             expected = [t.numpy() for t in module(batch)]
+            exact = [t.numpy() for t in exact_module(batch.double())]
         got = runner(batch.numpy())
-        for name, ref, out in zip(names, expected, got, strict=True):
+        for name, ref, ref64, out in zip(names, expected, exact, got, strict=True):
             if ref.shape != out.shape:
                 raise ExportError(f"export verification: output {name!r} has shape {out.shape}, PyTorch {ref.shape}"
                                   f" (batch {len(batch)})")
-            diff = float(np.abs(ref - out).max()) if ref.size else 0.0
-            limit = atol + rtol * float(np.abs(ref).max() if ref.size else 0.0)
+            if not ref.size:
+                continue
+            diff = float(np.abs(ref - out).max())
+            noise = float(np.abs(ref - ref64).max())
+            limit = atol + rtol * float(np.abs(ref).max()) + 2 * noise
             diffs[name] = max(diffs.get(name, 0.0), diff)
+            own[name] = max(own.get(name, 0.0), noise)
             if not diff <= limit:
                 raise ExportError(
                     f"export verification failed: output {name!r} differs from PyTorch by {diff:.3g} "
-                    f"(tolerance {limit:.3g} = export.atol + export.rtol x max|output|) at batch {len(batch)}")
-    return diffs
+                    f"(tolerance {limit:.3g} = export.atol + export.rtol x max|output| + 2 x PyTorch's own "
+                    f"float32 error {noise:.3g}) at batch {len(batch)}")
+    return {"max_abs_diff": diffs, "pytorch_fp32_error": own}
 
 
 def metadata(task, train_cfg: DictConfig, graph, fmt: str, cfg: DictConfig) -> dict:
@@ -135,14 +153,14 @@ def run(cfg: DictConfig, run_dir: Path, overrides=()) -> dict:
         write(fmt, graph.module, images[:2], tmp, graph.output_names, meta, int(cfg.export.opset))
         runner = load_runner(fmt, tmp)
         diffs = compare(runner, graph.module, images, graph.output_names, float(cfg.export.atol), float(cfg.export.rtol))
-        meta["verification"] = {"inputs": source, "batch_sizes": [len(images), 1], "max_abs_diff": diffs,
+        meta["verification"] = {"inputs": source, "batch_sizes": [len(images), 1], **diffs,
                                 "atol": float(cfg.export.atol), "rtol": float(cfg.export.rtol),
                                 "runtime": "onnxruntime" if fmt == "onnx" else "torch.jit"}
         write_json_atomic(out.with_suffix(".json"), meta)
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
-    summary = ", ".join(f"{k} {v:.2e}" for k, v in diffs.items())
+    summary = ", ".join(f"{k} {v:.2e}" for k, v in diffs["max_abs_diff"].items())
     print(f"export: {out} verified with {meta['verification']['runtime']} on {source}: max abs diff {summary}")
     log.info("wrote %s and %s", out, out.with_suffix(".json"))
     return {"path": str(out), "metadata": str(out.with_suffix(".json")), **meta["verification"]}
