@@ -1,0 +1,58 @@
+"""The CPU fast path: channels_last + bf16 for training (callback) and predict (predict.* keys)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from mbtasks.callbacks import ChannelsLast
+from mbtasks.errors import ConfigError
+from tests.conftest import run_mode
+
+CLASSES = ["circle", "square", "triangle"]
+
+
+@pytest.fixture(scope="module")
+def trained_fast(tmp_path_factory):
+    """Trained with the fast path itself: NHWC module and bf16 autocast."""
+    from mbtasks.data.synthetic import make_shapes_classification
+
+    root = make_shapes_classification(tmp_path_factory.mktemp("shapes"), classes=CLASSES, train_per_class=4,
+                                      val_per_class=2, test_per_class=2, image_size=32, seed=1)
+    run_dir = tmp_path_factory.mktemp("cls")
+    metrics = run_mode([f"data.root={root}", "data.generator=null", "data.image_size=32", "data.batch_size=6",
+                        "backbone.width=0.25", "trainer.max_epochs=1", "task.log_images=0",
+                        "trainer.precision=bf16-mixed", "callbacks.channels_last.enabled=true"], run_dir)
+    return root, run_dir / "checkpoints" / "last.ckpt", metrics
+
+
+def test_channels_last_callback_converts_module():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8))
+    ChannelsLast(enabled=True).setup(None, model, "fit")
+    assert model[0].weight.is_contiguous(memory_format=torch.channels_last)
+    y = model(torch.randn(2, 3, 16, 16))  # an NCHW batch comes out NHWC: the first conv converts it
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    plain = torch.nn.Conv2d(3, 8, 3)
+    ChannelsLast(enabled=False).setup(None, plain, "fit")
+    assert not plain.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_bf16_channels_last_training_runs(trained_fast):
+    _, ckpt, metrics = trained_fast
+    assert ckpt.is_file() and 0.0 <= metrics["test/acc_top1"] <= 1.0
+
+
+def test_fast_predict_matches_fp32(trained_fast, tmp_path):
+    root, ckpt, _ = trained_fast
+    base = ["mode=predict", f"ckpt_path={ckpt}", f"predict.input={root / 'test'}"]
+    plain = run_mode(base, tmp_path / "fp32")
+    fast = run_mode(base + ["predict.channels_last=true", "predict.precision=bf16"], tmp_path / "bf16")
+    assert json.loads((tmp_path / "bf16" / "predictions.json").read_text()) == fast
+    assert len(fast["predictions"]) == len(plain["predictions"]) == 6
+    for p, f in zip(plain["predictions"], fast["predictions"], strict=True):
+        assert isinstance(f["score"], float)
+        assert abs(p["score"] - f["score"]) < 0.05  # bf16 keeps 8 bits of mantissa
+    with pytest.raises(ConfigError, match="predict.precision='16'"):
+        run_mode(base + ["predict.precision=16"], tmp_path / "bad")
