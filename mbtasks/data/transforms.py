@@ -12,11 +12,15 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def to_tensor(image: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
-    """``(H, W, 3)`` uint8 -> normalised ``(3, H, W)`` float tensor."""
-    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
-    m = torch.tensor(mean).view(3, 1, 1)
-    s = torch.tensor(std).view(3, 1, 1)
-    return (x - m) / s
+    """``(H, W, 3)`` uint8 -> normalised ``(3, H, W)`` float tensor.
+
+    Done in numpy (single-threaded): torch's multi-threaded kernels on one small image cost
+    ~20x more under CPU contention (loader workers, shared machines).
+    """
+    x = image.astype(np.float32) * np.float32(1 / 255.0)
+    x -= np.asarray(mean, np.float32)
+    x /= np.asarray(std, np.float32)
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
 
 
 def denormalize(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
