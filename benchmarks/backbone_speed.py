@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 
+import common  # noqa: F401 - first: sets OMP_WAIT_POLICY before torch loads
 import timm
 import torch
 import torchvision

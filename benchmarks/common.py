@@ -18,9 +18,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
-from rich.console import Console
-from rich.table import Table
+# As the package does (mbtasks/__init__.py): sleeping OpenMP waiters, set before torch loads, so
+# the numbers are those of mbtasks runs. Scripts import this module before torch for that.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
@@ -74,6 +78,7 @@ def machine() -> dict:
     import torchvision
 
     info = {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(), "loadavg": load,
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
             "torch": torch.__version__, "torchvision": torchvision.__version__, "timm": timm.__version__,
             "python": platform.python_version()}
     try:

@@ -22,6 +22,7 @@ import statistics
 import time
 import warnings
 
+import common  # noqa: F401 - first: sets OMP_WAIT_POLICY before torch loads
 import torch
 from common import parser, print_table, setup, write_results
 from hydra.utils import instantiate

@@ -16,6 +16,7 @@ Prints a table and writes benchmarks/results/detection_e2e.json.
 
 from __future__ import annotations
 
+import common  # noqa: F401 - first: sets OMP_WAIT_POLICY before torch loads
 import torch
 import torchvision
 from common import build_task, parser, print_table, setup, time_rounds, write_results

@@ -16,6 +16,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+import common  # noqa: F401 - first: sets OMP_WAIT_POLICY before torch loads
 import numpy as np
 import timm
 import torch

@@ -17,6 +17,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
+import common  # noqa: F401 - first: sets OMP_WAIT_POLICY before torch loads
 from common import parser, print_table, setup, write_results
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
@@ -51,15 +52,15 @@ def main() -> None:
     args = p.parse_args()
     cls_epochs = args.cls_epochs or (1 if args.quick else 3)
     det_batches = args.det_batches or (4 if args.quick else 20)
-    common = ["trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1", f"backbone.width={args.width}"]
+    shared = ["trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1", f"backbone.width={args.width}"]
     setup(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         cls_extra = ["trainer.limit_train_batches=4", "trainer.limit_val_batches=2", "trainer.limit_test_batches=2"] \
             if args.quick else []
-        cls = run([*common, f"trainer.max_epochs={cls_epochs}", "task.log_images=0", *cls_extra], tmp / "cls")
+        cls = run([*shared, f"trainer.max_epochs={cls_epochs}", "task.log_images=0", *cls_extra], tmp / "cls")
         source = tmp / "cls" / "checkpoints" / "last.ckpt"
-        det = ["task=detection", *common, "trainer.max_epochs=1", f"trainer.limit_train_batches={det_batches}",
+        det = ["task=detection", *shared, "trainer.max_epochs=1", f"trainer.limit_train_batches={det_batches}",
                "trainer.limit_val_batches=2", "trainer.limit_test_batches=2", "task.log_images=0", "seed=0"]
         variants = {
             "scratch": [],
