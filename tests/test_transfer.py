@@ -101,7 +101,7 @@ def test_unfreeze_at_epoch_with_lower_lr(source_ckpt, det_root, tmp_path):
 
 def test_freeze_without_pretrained_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="backbone.pretrained=null would freeze random weights"):
-        run_mode(["experiment=transfer_cls_to_emb"], tmp_path)
+        run_mode(["experiment=transfer_cls_to_det"], tmp_path)
 
 
 def test_freeze_callback_keeps_batchnorm_in_eval():
