@@ -131,8 +131,9 @@ def test_profile_writes_integers(tmp_path):
 
 
 def test_imagenet_recipes_run_two_steps(tmp_path):
-    from mbtasks.data.synthetic import shapes_image
     import numpy as np
+
+    from mbtasks.data.synthetic import shapes_image
 
     rng = np.random.default_rng(0)
     for split in ("train", "val"):

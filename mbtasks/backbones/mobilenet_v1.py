@@ -13,7 +13,13 @@ import torch
 from torch import nn
 
 from mbtasks.backbones.base import LEVEL_STRIDES, Backbone, resolve_out_indices
-from mbtasks.backbones.blocks import ConvBNAct, DepthwiseSeparableConv, get_activation, init_weights, round_channels
+from mbtasks.backbones.blocks import (
+    ConvBNAct,
+    DepthwiseSeparableConv,
+    get_activation,
+    init_weights,
+    round_channels,
+)
 
 # Table 1: (output channels, depthwise stride) for each depthwise-separable block.
 # The paper prints the last depthwise as "s2", but its 7x7 output needs stride 1.

@@ -12,7 +12,13 @@ import torch
 from torch import nn
 
 from mbtasks.backbones.base import LEVEL_STRIDES, Backbone, resolve_out_indices
-from mbtasks.backbones.blocks import ConvBNAct, InvertedResidual, get_activation, init_weights, round_channels
+from mbtasks.backbones.blocks import (
+    ConvBNAct,
+    InvertedResidual,
+    get_activation,
+    init_weights,
+    round_channels,
+)
 
 # Table 2: expansion t, output channels c, repeats n, first stride s.
 V2_ARCH: list[tuple[int, int, int, int]] = [
