@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 
 from mbtasks.config import misspelled_keys, validate
 from mbtasks.errors import UserError
+from mbtasks.resume import resume_config
 
 log = logging.getLogger("mbtasks")
 
@@ -24,6 +25,7 @@ CONFIG_DIR = str(_PACKAGED_CONF if _PACKAGED_CONF.is_dir() else Path(__file__).p
 
 def dispatch(cfg: DictConfig, run_dir: Path, overrides=()) -> dict:
     """Validate the config, then run ``mbtasks.modes.<mode>.run``."""
+    cfg, run_dir = resume_config(cfg, run_dir, overrides)
     validate(cfg)
     module = importlib.import_module(f"mbtasks.modes.{cfg.mode}")
     return module.run(cfg, run_dir, overrides)

@@ -15,3 +15,7 @@ class DataError(UserError, ValueError):
 
 class ExportError(UserError):
     """An exported network does not reproduce the PyTorch model (the export is not kept)."""
+
+
+class NonFiniteLossError(UserError, FloatingPointError):
+    """The training loss became NaN or infinite; the message names step, epoch and loss terms."""

@@ -2,5 +2,8 @@
 
 from mbtasks.callbacks.backbone_freeze import BackboneFreeze
 from mbtasks.callbacks.channels_last import ChannelsLast
+from mbtasks.callbacks.epoch_log import EpochLog
+from mbtasks.callbacks.finite_loss import FiniteLoss
+from mbtasks.callbacks.rng_state import RngState
 
-__all__ = ["BackboneFreeze", "ChannelsLast"]
+__all__ = ["BackboneFreeze", "ChannelsLast", "EpochLog", "FiniteLoss", "RngState"]

@@ -13,7 +13,12 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
+from mbtasks.callbacks import EpochLog, RngState
+from mbtasks.checkpoint_io import AtomicCheckpointIO, remove_stale_temporaries
 from mbtasks.tasks.base import BaseTask
+
+# One line of train/val metrics per finished epoch, exact across crash + resume.
+EPOCH_LOG = "epochs.jsonl"
 
 
 def write_json_atomic(path: Path, payload) -> None:
@@ -45,7 +50,13 @@ def write_config(run_dir: Path, cfg: DictConfig) -> None:
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path, task: BaseTask, log: bool = True) -> tuple[L.Trainer, ModelCheckpoint]:
-    """A Trainer writing TensorBoard logs and ``checkpoints/{best,last}.ckpt`` under ``run_dir``."""
+    """A Trainer writing TensorBoard logs, ``epochs.jsonl`` and ``checkpoints/{best,last}.ckpt`` under ``run_dir``.
+
+    Checkpoints are written atomically (:class:`~mbtasks.checkpoint_io.AtomicCheckpointIO`) and
+    carry the generator states (:class:`~mbtasks.callbacks.RngState`), so ``last.ckpt`` always
+    resumes, and resumes exactly.
+    """
+    remove_stale_temporaries(run_dir / "checkpoints")
     checkpoint = ModelCheckpoint(
         dirpath=run_dir / "checkpoints",
         filename="best",
@@ -57,7 +68,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, task: BaseTask, log: bool = Tr
     # Lightning >= 2.5 copies last.ckpt only when the best one improves; resuming needs the latest.
     latest = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", monitor=None, save_top_k=1,
                              enable_version_counter=False)
-    callbacks = [checkpoint, latest]
+    callbacks = [checkpoint, latest, RngState(), EpochLog(run_dir / EPOCH_LOG)]
     progress = bool(cfg.trainer.get("enable_progress_bar", True))
     for callback_cfg in (cfg.get("callbacks") or {}).values():
         if callback_cfg is None:
@@ -67,7 +78,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path, task: BaseTask, log: bool = Tr
             continue
         callbacks.append(callback)
     logger = instantiate(cfg.logger, save_dir=str(run_dir)) if (log and cfg.get("logger")) else False
-    trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks, default_root_dir=str(run_dir))
+    trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks, default_root_dir=str(run_dir),
+                          plugins=[AtomicCheckpointIO()])
     return trainer, checkpoint
 
 

@@ -9,6 +9,7 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from mbtasks.errors import NonFiniteLossError
 from mbtasks.modes.common import build_trainer, write_config, write_metrics
 from mbtasks.modes.profile import summary_line
 from mbtasks.tasks import build_task
@@ -39,7 +40,16 @@ def run(cfg: DictConfig, run_dir: Path, overrides=()) -> dict:
     task = build_task(cfg, datamodule.info)
     log.info("model: %s", summary_line(task.model, int(cfg.data.image_size)))
     trainer, checkpoint = build_trainer(cfg, run_dir, task)
-    trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    resuming = bool(cfg.get("resume"))
+    if resuming:
+        log.info("resuming %s from %s", run_dir, cfg.ckpt_path)
+    try:
+        # Our checkpoints hold tensors and plain containers only (RngState included): no pickled code runs.
+        trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+    except FloatingPointError as err:
+        last = run_dir / "checkpoints" / "last.ckpt"
+        kept = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was written yet"
+        raise NonFiniteLossError(f"{err}; {kept}") from err
     metrics = {k: v for k, v in trainer.callback_metrics.items() if k.startswith(("val/", "train/"))}
     if checkpoint.best_model_score is not None:
         metrics[f"{task.monitor}_best"] = checkpoint.best_model_score

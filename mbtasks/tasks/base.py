@@ -73,6 +73,17 @@ class BaseTask(L.LightningModule):
         scheduler = self.scheduler_factory(optimizer, total_steps=total, steps_per_epoch=max(1, total // epochs))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def check_finite(self, terms: dict[str, torch.Tensor]) -> None:
+        """Raise :class:`~mbtasks.errors.NonFiniteLossError` naming step, epoch and every term if any is NaN/inf.
+
+        Called by ``training_step`` before logging, so a diverged step never reaches the
+        optimizer's state, the logs or a checkpoint.
+        """
+        from mbtasks.callbacks.finite_loss import is_finite, non_finite_loss_error
+
+        if not all(is_finite(v) for v in terms.values()):
+            raise non_finite_loss_error(self.global_step, self.current_epoch, terms)
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint[CHECKPOINT_KEY] = {"task": self.name, "config": self.run_config, "info": self.info}
 

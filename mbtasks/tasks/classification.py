@@ -75,8 +75,7 @@ class ClassificationTask(BaseTask):
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         logits, labels, loss = self.model_step(batch)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite classification loss {loss.item()} at step {self.global_step}")
+        self.check_finite({"loss": loss})
         self.train_metrics.update(logits, labels)
         self.log("train/loss", loss, prog_bar=True, batch_size=labels.numel())
         self.log_dict(self.train_metrics, on_step=False, on_epoch=True, batch_size=labels.numel())

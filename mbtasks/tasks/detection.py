@@ -107,8 +107,7 @@ class DetectionTask(BaseTask):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         _, losses = self.model_step(batch)
         loss = losses["loss"]
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite detection loss {loss.item()} at step {self.global_step}")
+        self.check_finite(losses)
         n = batch[0].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
         self.log_dict({"train/loss_box": losses["loss_box"], "train/loss_cls": losses["loss_cls"]},
