@@ -5,8 +5,10 @@
    torchvision ``mobilenet_v2`` (target: ratio ours / reference >= 1.0).
 2. The fast path for V1 1.0-224: eager float32, ``channels_last``, ``channels_last`` + bf16
    autocast (what ``callbacks.channels_last.enabled=true trainer.precision=bf16-mixed`` and
-   ``predict.channels_last=true predict.precision=bf16`` run), optionally ``torch.compile``
-   (target: >= 2.5x eager float32 inference).
+   ``predict.channels_last=true predict.precision=bf16`` run), the same with BatchNorm folded
+   (``predict.fold_bn``, predict's default), optionally ``torch.compile`` (target: >= 2.5x eager
+   float32 inference). Training steps: eager float32, ``channels_last`` float32 and
+   ``channels_last`` + bf16.
 
     python benchmarks/backbone_speed.py [--quick] [--compile] [--threads 2]
 
@@ -26,6 +28,7 @@ from torch import nn
 
 from mbtasks.backbones.mobilenet_v1 import MobileNetV1
 from mbtasks.backbones.mobilenet_v2 import MobileNetV2
+from mbtasks.fusion import fold_batchnorm
 from mbtasks.heads.classifier import Classifier, ClassifierHead
 
 SIZE = 224
@@ -91,8 +94,12 @@ def fast_path(batch: int, train_batch: int, warmup: int, repeats: int, compile_:
     x = torch.randn(batch, 3, SIZE, SIZE)
     eager = v1().eval()
     nhwc = v1().eval().to(memory_format=torch.channels_last)
+    folded = v1().eval()
+    fold_batchnorm(folded)
+    folded = folded.to(memory_format=torch.channels_last)
     fns = {"eager fp32": infer_fn(eager, x), "channels_last fp32": infer_fn(nhwc, x),
-           "channels_last + bf16": infer_fn(nhwc, x, bf16=True)}
+           "channels_last + bf16": infer_fn(nhwc, x, bf16=True),
+           "channels_last + bf16 + BN folded": infer_fn(folded, x, bf16=True)}
     if compile_:
         compiled = torch.compile(v1().eval().to(memory_format=torch.channels_last))
         fns["channels_last + bf16 + compile"] = infer_fn(compiled, x, bf16=True)
@@ -100,6 +107,7 @@ def fast_path(batch: int, train_batch: int, warmup: int, repeats: int, compile_:
     xt, yt = torch.randn(train_batch, 3, SIZE, SIZE), torch.randint(0, 1000, (train_batch,))
     train = time_rounds({
         "eager fp32": train_fn(v1().train(), xt, yt),
+        "channels_last fp32": train_fn(v1().train().to(memory_format=torch.channels_last), xt, yt),
         "channels_last + bf16": train_fn(v1().train().to(memory_format=torch.channels_last), xt, yt, bf16=True),
     }, warmup, repeats)
     rows, out = [], {}

@@ -3,8 +3,10 @@
 
 End to end = normalisation + network + decoding + per-class NMS, from float images in [0, 1]
 at 320x320 (torchvision's model does its own normalise/resize transform and post-processing).
-Ours runs eager float32, and with the fast path (``predict.channels_last=true
-predict.precision=bf16``: NHWC + bf16 autocast, post-processing in float32).
+Ours runs as ``mode=predict`` does: eager float32 with BatchNorm folded into the convs
+(``predict.fold_bn=true``, the default; also shown unfolded), and with the fast path
+(``predict.channels_last=true predict.precision=bf16``: NHWC + bf16 autocast, post-processing
+in float32).
 Targets: ours eager >= 0.8x torchvision eager (their V3 backbone has fewer mult-adds), ours fast
 path >= 1.2x. Both nets have random weights; thresholds are set alike (score 0.05, NMS IoU 0.6,
 100 detections) so NMS does comparable (light) work.
@@ -53,8 +55,11 @@ def main() -> None:
     warmup = 1 if args.quick else 2
     images = torch.rand(batch, 3, SIZE, SIZE)
     task, mean, std = ours()
-    fast_task, _, _ = ours()
+    plain_task, fast_task = ours()[0], ours()[0]
+    plain_task.load_state_dict(task.state_dict())
     fast_task.load_state_dict(task.state_dict())
+    with fast_inference(task, fold_bn=True):  # the predict default
+        pass
     theirs = torchvision.models.detection.ssdlite320_mobilenet_v3_large(
         weights=None, weights_backbone=None, num_classes=91, score_thresh=SCORE, nms_thresh=NMS_IOU,
         detections_per_img=MAX_DET).eval()
@@ -63,18 +68,25 @@ def main() -> None:
         with torch.inference_mode():
             return task.model.detect((x - mean) / std)
 
+    def run_plain(x=images):
+        with torch.inference_mode():
+            return plain_task.model.detect((x - mean) / std)
+
+    with fast_inference(fast_task, channels_last=True, fold_bn=True):  # folds and converts once
+        pass
+
     def run_fast(x=images):
-        with torch.inference_mode(), fast_inference(fast_task, channels_last=True, precision="bf16"):
+        with torch.inference_mode(), fast_inference(fast_task, precision="bf16"):
             return fast_task.model.detect((x - mean) / std)
 
     def run_theirs(x=images):
         with torch.inference_mode():
             return theirs(list(x))
 
-    t = time_rounds({"ours eager fp32": run_ours, "ours fast path": run_fast, "torchvision eager fp32": run_theirs},
-                    warmup, repeats)
+    t = time_rounds({"ours eager fp32": run_ours, "ours eager fp32, BN not folded": run_plain,
+                     "ours fast path": run_fast, "torchvision eager fp32": run_theirs}, warmup, repeats)
     ref = batch / t["torchvision eager fp32"]
-    macs_ours = mult_adds(lambda x: task.model(x), images[:1])
+    macs_ours = mult_adds(lambda x: plain_task.model(x), images[:1])
     macs_theirs = mult_adds(lambda x: theirs.head(list(theirs.backbone(x).values())), images[:1])
     rows, out = [], {}
     for name, seconds in t.items():

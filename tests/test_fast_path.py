@@ -47,12 +47,38 @@ def test_bf16_channels_last_training_runs(trained_fast):
 def test_fast_predict_matches_fp32(trained_fast, tmp_path):
     root, ckpt, _ = trained_fast
     base = ["mode=predict", f"ckpt_path={ckpt}", f"predict.input={root / 'test'}"]
-    plain = run_mode(base, tmp_path / "fp32")
+    plain = run_mode(base + ["predict.fold_bn=false"], tmp_path / "fp32")
     fast = run_mode(base + ["predict.channels_last=true", "predict.precision=bf16"], tmp_path / "bf16")
     assert json.loads((tmp_path / "bf16" / "predictions.json").read_text()) == fast
+    folded = run_mode(base, tmp_path / "folded")  # the default: BatchNorm folded into the convs
     assert len(fast["predictions"]) == len(plain["predictions"]) == 6
+    for p, f in zip(plain["predictions"], folded["predictions"], strict=True):
+        assert p["label"] == f["label"] and abs(p["score"] - f["score"]) < 1e-4
     for p, f in zip(plain["predictions"], fast["predictions"], strict=True):
         assert isinstance(f["score"], float)
         assert abs(p["score"] - f["score"]) < 0.05  # bf16 keeps 8 bits of mantissa
     with pytest.raises(ConfigError, match="predict.precision='16'"):
         run_mode(base + ["predict.precision=16"], tmp_path / "bad")
+
+
+def test_fold_batchnorm_keeps_outputs():
+    from mbtasks.backbones.mobilenet_v2 import MobileNetV2
+    from mbtasks.fusion import fold_batchnorm
+
+    torch.manual_seed(0)
+    net = MobileNetV2(0.25, out_indices=(3, 4), expansion_taps=True)
+    for m in net.modules():  # non-trivial statistics, so a wrong fold would show
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    with pytest.raises(ValueError, match="eval mode"):
+        fold_batchnorm(net)
+    net.eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        before = net(x)
+        n_bn = sum(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+        assert fold_batchnorm(net) == n_bn > 0
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+        for a, b in zip(before, net(x), strict=True):
+            assert (a - b).abs().max() < 1e-4

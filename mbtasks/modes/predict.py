@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 
 from mbtasks.data.io import is_image_file
 from mbtasks.errors import ConfigError
+from mbtasks.fusion import fold_batchnorm
 from mbtasks.tasks import load_task
 
 log = logging.getLogger(__name__)
@@ -54,15 +55,19 @@ def to_float(output):
 
 
 @contextlib.contextmanager
-def fast_inference(task, channels_last: bool = False, precision="32") -> Iterator[None]:
-    """``predict.channels_last`` (NHWC) and ``predict.precision=bf16`` (autocast) around prediction.
+def fast_inference(task, channels_last: bool = False, precision="32", fold_bn: bool = False) -> Iterator[None]:
+    """``predict.fold_bn``, ``predict.channels_last`` (NHWC) and ``predict.precision=bf16`` around prediction.
 
-    The network runs in bf16; its outputs are cast back to float32 by a forward hook, so scores
-    and post-processing (box decoding, NMS, embedding distances) stay in float32.
+    ``fold_bn`` folds every BatchNorm into its convolution (the task must be in eval mode, as
+    :func:`~mbtasks.tasks.load_task` returns it). With bf16 the network runs under autocast and
+    its outputs are cast back to float32 by a forward hook, so scores and post-processing (box
+    decoding, NMS, embedding distances) stay in float32.
     """
     precision = str(precision)
     if precision not in ("32", "32-true", "bf16", "bf16-mixed"):
         raise ConfigError(f"predict.precision={precision!r}: expected 32 or bf16")
+    if fold_bn:
+        fold_batchnorm(task.model)
     if channels_last:
         task.to(memory_format=torch.channels_last)
     if not precision.startswith("bf16"):
@@ -82,5 +87,6 @@ def run(cfg: DictConfig, run_dir: Path, overrides=()) -> dict:
     files = collect_inputs(cfg.predict.input) if cfg.predict.get("input") else []
     module = importlib.import_module(PREDICTORS[task.name])
     run_dir.mkdir(parents=True, exist_ok=True)
-    with fast_inference(task, bool(cfg.predict.get("channels_last", False)), cfg.predict.get("precision", 32)):
+    with fast_inference(task, bool(cfg.predict.get("channels_last", False)), cfg.predict.get("precision", 32),
+                        bool(cfg.predict.get("fold_bn", True))):
         return module.predict(task, train_cfg, cfg, files, run_dir)
