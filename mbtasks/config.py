@@ -8,7 +8,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mbtasks.errors import ConfigError
 
-MODES = ("train", "test", "predict", "profile", "export")
+MODES = ("train", "test", "predict", "profile", "export", "check")
 
 
 def auto_precision() -> str:
