@@ -68,7 +68,8 @@ class ImageFolderDataset(Dataset):
                 continue
             image = apply(self.pipeline, image)["image"]
             return to_tensor(image, self.mean, self.std), label
-        raise RuntimeError("no readable image in the data set")
+        raise DataError(f"no readable image in the data set ({len(self.skips.skipped)} unreadable files, "
+                        f"first: {next(iter(self.skips.skipped), '-')})")
 
 
 class ImageFolderDataModule(L.LightningDataModule):

@@ -17,6 +17,7 @@ from mbtasks.backbones.pretrained import (
     load_pretrained,
     published_weights,
 )
+from mbtasks.errors import ConfigError
 from mbtasks.tasks.base import CHECKPOINT_KEY, BaseTask
 
 log = logging.getLogger(__name__)
@@ -70,9 +71,11 @@ def build_task(cfg: DictConfig, info: dict) -> BaseTask:
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load a checkpoint written by mbtasks (tensors and plain containers only).
 
+    ``weights_only=True``: a checkpoint that holds pickled objects (code) is refused, not run.
+
     Raises:
         FileNotFoundError: no such file.
-        ValueError: not an mbtasks checkpoint.
+        ConfigError: damaged, not a checkpoint, holds pickled objects, or not an mbtasks checkpoint.
     """
     path = Path(path)
     if not path.is_file():
@@ -80,9 +83,14 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means "not ours / damaged"
-        raise ValueError(f"ckpt_path={path}: cannot read checkpoint ({err})") from err
+        # torch's messages run to paragraphs; the first line says what failed.
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        if "Unsupported global" in str(err):
+            reason = "it holds pickled Python objects, which are not loaded (weights_only=True)"
+        raise ConfigError(f"ckpt_path={path}: cannot read checkpoint: {reason or type(err).__name__}; expected a "
+                          "checkpoint written by mbtasks mode=train") from err
     if not isinstance(ckpt, dict) or CHECKPOINT_KEY not in ckpt:
-        raise ValueError(f"ckpt_path={path}: not an mbtasks checkpoint (no '{CHECKPOINT_KEY}' section)")
+        raise ConfigError(f"ckpt_path={path}: not an mbtasks checkpoint (no '{CHECKPOINT_KEY}' section)")
     return ckpt
 
 
