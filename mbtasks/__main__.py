@@ -14,13 +14,23 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 
 from mbtasks.config import misspelled_keys, validate
-from mbtasks.errors import UserError
+from mbtasks.errors import ConfigError, UserError
 from mbtasks.resume import resume_config
 
 log = logging.getLogger("mbtasks")
 
 _PACKAGED_CONF = Path(__file__).parent / "conf"
 CONFIG_DIR = str(_PACKAGED_CONF if _PACKAGED_CONF.is_dir() else Path(__file__).parent.parent / "conf")
+
+
+def refuse_used_run_dir(cfg: DictConfig, run_dir: Path) -> None:
+    """A new training run must not write over another run's outputs (two runs started in the same
+    second share Hydra's dated dir; ``hydra.run.dir`` may name an old run)."""
+    from mbtasks.resume import LAST, wants_resume
+
+    if cfg.get("mode") == "train" and not wants_resume(cfg) and ((run_dir / LAST).exists() or (run_dir / "metrics.json").exists()):
+        raise ConfigError(f"{run_dir} already holds a training run's outputs; continue it with resume={run_dir} "
+                          "or give a new hydra.run.dir")
 
 
 def dispatch(cfg: DictConfig, run_dir: Path, overrides=()) -> dict:
@@ -35,6 +45,7 @@ def dispatch(cfg: DictConfig, run_dir: Path, overrides=()) -> dict:
 def _hydra_main(cfg: DictConfig) -> None:
     hc = HydraConfig.get()
     try:
+        refuse_used_run_dir(cfg, Path(hc.runtime.output_dir))
         dispatch(cfg, Path(hc.runtime.output_dir), list(hc.overrides.task))
     except (UserError, InstantiationException, FileNotFoundError) as err:
         if os.environ.get("MBTASKS_DEBUG"):

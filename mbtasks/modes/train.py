@@ -54,7 +54,7 @@ def run(cfg: DictConfig, run_dir: Path, overrides=()) -> dict:
     if checkpoint.best_model_score is not None:
         metrics[f"{task.monitor}_best"] = checkpoint.best_model_score
     best = checkpoint.best_model_path or checkpoint.last_model_path or None
-    trainer.test(task, datamodule=datamodule, ckpt_path=best, weights_only=False)
+    trainer.test(task, datamodule=datamodule, ckpt_path=best, weights_only=True)
     metrics.update({k: v for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
     skipped = datamodule.skipped() if hasattr(datamodule, "skipped") else {}
     if skipped:
