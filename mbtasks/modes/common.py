@@ -21,6 +21,17 @@ from mbtasks.tasks.base import BaseTask
 EPOCH_LOG = "epochs.jsonl"
 
 
+def is_rank_zero() -> bool:
+    """True in the process that writes run-dir files (rank 0 of DDP / torchrun / SLURM, or the only one).
+
+    Under DDP every rank runs the mode; files other than checkpoints (which Lightning saves on
+    rank 0) are written by rank 0 only, into the one run dir Lightning passes to every rank.
+    """
+    from lightning.pytorch.utilities import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0) == 0
+
+
 def write_json_atomic(path: Path, payload) -> None:
     """Write JSON through a temporary file and rename, so readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -40,11 +51,14 @@ def to_float_dict(metrics: Mapping) -> dict[str, float]:
 def write_metrics(run_dir: Path, metrics: Mapping) -> dict[str, float]:
     """``run_dir/metrics.json``: a flat object of namespaced final metrics (``test/acc_top1``...)."""
     flat = to_float_dict(metrics)
-    write_json_atomic(run_dir / "metrics.json", flat)
+    if is_rank_zero():
+        write_json_atomic(run_dir / "metrics.json", flat)
     return flat
 
 
 def write_config(run_dir: Path, cfg: DictConfig) -> None:
+    if not is_rank_zero():
+        return
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 

@@ -61,7 +61,7 @@ def run(cfg: DictConfig, run_dir: Path, overrides=()) -> dict:
         metrics["data/skipped_files"] = len(skipped)
         log.warning("%d unreadable files were skipped (first: %s)", len(skipped), next(iter(skipped)))
     flat = write_metrics(run_dir, metrics)
-    if trainer.logger:
+    if trainer.logger and trainer.is_global_zero:
         trainer.logger.log_hyperparams(flat_hparams(cfg), {k: v for k, v in flat.items() if k.startswith("test/") and v is not None})
     log.info("metrics: %s", {k: round(v, 4) for k, v in flat.items() if v is not None and k.startswith("test/")})
     log.info("run dir: %s", run_dir)

@@ -85,7 +85,8 @@ class ClassificationTask(BaseTask):
         logits, labels, loss = self.model_step(batch)
         self.val_metrics.update(logits, labels)
         self.val_confmat.update(logits, labels)
-        self.log("val/loss", loss, prog_bar=True, batch_size=labels.numel())
+        # sync_dist: under DDP the epoch loss is the mean over all ranks' images, not rank 0's.
+        self.log("val/loss", loss, prog_bar=True, batch_size=labels.numel(), sync_dist=True)
         self.log_dict(self.val_metrics, prog_bar=True, batch_size=labels.numel())
         if batch_idx == 0 and self.log_images:
             n = self.log_images
@@ -93,8 +94,11 @@ class ClassificationTask(BaseTask):
 
     def on_validation_epoch_end(self) -> None:
         tb = self._tensorboard()
-        if tb is not None and not self.trainer.sanity_checking:
-            fig, _ = self.val_confmat.plot(labels=self.class_names)
+        # compute() gathers over ranks under DDP, so every rank must call it, not only the one that draws.
+        needed = tb is not None or self.trainer.world_size > 1
+        confmat = self.val_confmat.compute() if needed and not self.trainer.sanity_checking else None
+        if tb is not None and confmat is not None:
+            fig, _ = self.val_confmat.plot(val=confmat, labels=self.class_names)
             tb.add_figure("val/confusion_matrix", fig, self.global_step)
             plt.close(fig)
             if self._sample is not None:
@@ -105,7 +109,7 @@ class ClassificationTask(BaseTask):
     def test_step(self, batch, batch_idx: int) -> None:
         logits, labels, loss = self.model_step(batch)
         self.test_metrics.update(logits, labels)
-        self.log("test/loss", loss, batch_size=labels.numel())
+        self.log("test/loss", loss, batch_size=labels.numel(), sync_dist=True)
         self.log_dict(self.test_metrics, batch_size=labels.numel())
 
     def predict_step(self, batch, batch_idx: int = 0) -> torch.Tensor:
