@@ -12,7 +12,6 @@ import contextlib
 import io
 import logging
 
-import numpy as np
 import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
@@ -78,6 +77,13 @@ def results_to_coco(image_id: int, boxes: torch.Tensor, scores: torch.Tensor, ca
             for b, s, c in zip(xywh, scores.tolist(), category_ids, strict=True)]
 
 
+def _rows(state, width: int) -> torch.Tensor:
+    """A list state as one float64 CPU tensor; after a DDP sync torchmetrics has already cat'ed it."""
+    if isinstance(state, torch.Tensor):
+        return state.cpu()
+    return dim_zero_cat(state).cpu() if state else torch.zeros((0, width), dtype=torch.float64)
+
+
 class CocoMeanAP(Metric):
     """COCO mAP over a stage (val / test); states are per-row tensors, so DDP gathers them.
 
@@ -93,7 +99,8 @@ class CocoMeanAP(Metric):
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
-        # image rows: (image_id, h, w); detection rows: (image_id, x1, y1, x2, y2, score, label);
+        # Under DDP, compute() first gathers these states from every rank (cat), so pycocotools
+        # runs once on all images. image rows: (image_id, h, w); detection rows: (image_id, x1, y1, x2, y2, score, label);
         # ground-truth rows: (image_id, x1, y1, x2, y2, label, iscrowd, area)
         self.add_state("images", default=[], dist_reduce_fx="cat")
         self.add_state("dets", default=[], dist_reduce_fx="cat")
@@ -118,9 +125,8 @@ class CocoMeanAP(Metric):
             ], dim=1))
 
     def compute(self) -> dict[str, float]:
-        images = dim_zero_cat(self.images).cpu().numpy() if self.images else np.zeros((0, 3))
-        dets = dim_zero_cat(self.dets).cpu() if self.dets else torch.zeros((0, 7), dtype=torch.float64)
-        gts = dim_zero_cat(self.gts).cpu() if self.gts else torch.zeros((0, 8), dtype=torch.float64)
+        images = _rows(self.images, 3).numpy()
+        dets, gts = _rows(self.dets, 7), _rows(self.gts, 8)
         if not len(images):
             return {name: -1.0 for name in STAT_NAMES}
         image_rows = {int(r[0]): r for r in images}
