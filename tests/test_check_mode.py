@@ -87,3 +87,18 @@ def test_check_faces_reports_single_image_identities(tmp_path):
     assert report["identities"]["total"] == 11 and report["identities"]["with_one_image"] == 1
     assert report["identities"]["first_with_one_image"] == ["zz_lonely"]
     assert report["splits"]["train"]["readable"] == report["splits"]["train"]["images"] > 0
+
+
+def test_cli_check_exits_2_with_one_error_line(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, "-m", "mbtasks", "mode=check", f"data.root={tmp_path / 'missing'}",
+                           "data.generator=null", "data.image_size=32", f"hydra.run.dir={tmp_path / 'run'}"],
+                          cwd=repo, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "error: data check failed" in proc.stderr and "Traceback" not in proc.stderr
+    assert json.loads((tmp_path / "run" / "check.json").read_text())["ok"] is False

@@ -172,3 +172,13 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tiny_shapes, tmp_path)
     assert len(tensorboard_steps(killed, "val/loss")) == epochs
     steps = tensorboard_steps(killed, "train/loss")
     assert steps == sorted(set(steps)) == tensorboard_steps(whole, "train/loss")
+
+
+def test_resume_true_uses_the_given_run_dir(tmp_path):
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    for overrides in (["resume=true"], ["ckpt_path=last"]):
+        cfg, run_dir = resume_config(compose_cfg(overrides), tmp_path, overrides)
+        assert run_dir == tmp_path and cfg.ckpt_path == str(tmp_path / "checkpoints" / "last.ckpt")
+    with pytest.raises(ConfigError, match="use it with mode=train"):
+        resume_config(compose_cfg(["resume=true", "mode=check"]), tmp_path, ["resume=true"])
