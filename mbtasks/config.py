@@ -11,25 +11,10 @@ from mbtasks.errors import ConfigError
 MODES = ("train", "test", "predict", "profile", "export", "check")
 
 
-def auto_precision() -> str:
-    """The fastest safe Trainer precision here: bf16 autocast where the hardware has bf16 units
-    (CPUs with AMX or AVX512-BF16, CUDA GPUs that support it), fp16 on older GPUs, else fp32."""
-    import torch
-
-    if torch.cuda.is_available():
-        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    cpu = getattr(torch, "cpu", None)
-    has_bf16 = any(getattr(cpu, name, lambda: False)() for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
-    return "bf16-mixed" if has_bf16 else "32-true"
-
-
 def register_resolvers() -> None:
-    """``${crop_resize:224}`` -> 256 (the resize before a centre crop at ratio 0.875);
-    ``${auto_precision:}`` -> see :func:`auto_precision`."""
+    """``${crop_resize:224}`` -> 256 (the resize before a centre crop at ratio 0.875)."""
     if not OmegaConf.has_resolver("crop_resize"):
         OmegaConf.register_new_resolver("crop_resize", lambda size: int(round(int(size) / 0.875)))
-    if not OmegaConf.has_resolver("auto_precision"):
-        OmegaConf.register_new_resolver("auto_precision", auto_precision, use_cache=True)
     if not OmegaConf.has_resolver("run_dir_for"):
         from mbtasks.resume import run_dir_for
 
