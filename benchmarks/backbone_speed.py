@@ -126,17 +126,22 @@ def main() -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--compile", action="store_true", help="also time torch.compile (slow to compile on 2 cores)")
     p.add_argument("--batch", type=int, default=None, help="inference batch (default 32, --quick 8)")
+    p.add_argument("--only", choices=["references", "fast-path"], default=None, help="run one of the two parts")
     args = p.parse_args()
     setup(args.threads)
     batch = args.batch or (8 if args.quick else 32)
     train_batch = 8 if args.quick else 16
     repeats = args.repeats or (3 if args.quick else 7)
     warmup = 1 if args.quick else 2
-    rows, refs = compare_references(batch, train_batch, warmup, repeats)
-    print_table(f"MobileNets at {SIZE}x{SIZE}, {args.threads} threads (img/s, median of {repeats})",
-                ["comparison", "ours img/s", "reference img/s", "ratio"], rows)
-    rows, fast = fast_path(batch, train_batch, warmup, repeats, args.compile)
-    print_table(f"Fast path, our V1 1.0-{SIZE} (img/s, median of {repeats})", ["variant", "img/s", "x eager fp32"], rows)
+    refs, fast = None, None
+    if args.only != "fast-path":
+        rows, refs = compare_references(batch, train_batch, warmup, repeats)
+        print_table(f"MobileNets at {SIZE}x{SIZE}, {args.threads} threads (img/s, median of {repeats})",
+                    ["comparison", "ours img/s", "reference img/s", "ratio"], rows)
+    if args.only != "references":
+        rows, fast = fast_path(batch, train_batch, warmup, repeats, args.compile)
+        print_table(f"Fast path, our V1 1.0-{SIZE} (img/s, median of {repeats})", ["variant", "img/s", "x eager fp32"],
+                    rows)
     write_results("backbone_speed", {"quick": args.quick, "image_size": SIZE, "repeats": repeats,
                                      "references": refs, "fast_path": fast}, args.out)
 

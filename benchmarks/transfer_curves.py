@@ -47,10 +47,10 @@ def loss_curve(run_dir: Path, tag: str = "train/loss") -> list[float]:
 def main() -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--width", type=float, default=0.5)
-    p.add_argument("--cls-epochs", type=int, default=None, help="classification epochs (default 3, --quick 1)")
+    p.add_argument("--cls-epochs", type=int, default=None, help="classification epochs (default 8, --quick 1)")
     p.add_argument("--det-batches", type=int, default=None, help="detection batches in the epoch (default 20, --quick 4)")
     args = p.parse_args()
-    cls_epochs = args.cls_epochs or (1 if args.quick else 3)
+    cls_epochs = args.cls_epochs or (1 if args.quick else 8)
     det_batches = args.det_batches or (4 if args.quick else 20)
     shared = ["trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1", f"backbone.width={args.width}"]
     setup(args.threads)
