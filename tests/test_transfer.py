@@ -198,3 +198,14 @@ def test_timm_offline_fails_clearly(monkeypatch, tmp_path):
     cfg = compose_cfg(["backbone=timm", "backbone.name=mobilenetv3_small_050", "backbone.pretrained=timm"])
     with pytest.raises(ConfigError, match="no internet"):
         build_task(cfg, {"class_names": CLASSES, "image_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3})
+
+
+def test_unfreeze_refused_under_ddp():
+    callback = BackboneFreeze(freeze=True, unfreeze_at_epoch=1)
+
+    class Trainer:
+        world_size, current_epoch = 2, 0
+
+    with pytest.raises(ConfigError, match="unfreeze_at_epoch=1 needs a single-process run"):
+        callback.on_fit_start(Trainer(), torch.nn.Module())
+    BackboneFreeze(freeze=True).on_fit_start(Trainer(), torch.nn.Module())  # frozen throughout: fine

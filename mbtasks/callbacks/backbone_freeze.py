@@ -68,6 +68,15 @@ class BackboneFreeze(Callback):
             backbone.eval()
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.freeze and self.unfreeze_at_epoch is not None and getattr(trainer, "world_size", 1) > 1:
+            from mbtasks.errors import ConfigError
+
+            # DDP fixes the parameters it synchronises when it wraps the model: a backbone frozen
+            # then would be trained, after unfreezing, with gradients never averaged across ranks.
+            raise ConfigError(
+                f"backbone.unfreeze_at_epoch={self.unfreeze_at_epoch} needs a single-process run: with "
+                f"{trainer.world_size} DDP processes the unfrozen backbone would not be synchronised; "
+                "freeze for the whole run (backbone.unfreeze_at_epoch=null) or train on one device")
         self._frozen = None
         self._apply(trainer, pl_module)
 
