@@ -15,12 +15,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
+from mbtasks.data.base import SplitDataModule
 from mbtasks.data.io import ImageReadError, SkipCounter, read_rgb
 from mbtasks.data.transforms import IMAGENET_MEAN, IMAGENET_STD, apply, to_tensor
 from mbtasks.errors import ConfigError, DataError
@@ -233,7 +233,7 @@ class DetectionDataset(Dataset):
         return to_tensor(img, self.mean, self.std), target
 
 
-class DetectionDataModule(L.LightningDataModule):
+class DetectionDataModule(SplitDataModule):
     """Train / val / test detection splits; subclasses read one annotation format.
 
     Subclasses implement :meth:`load_splits` returning the three record lists and set
@@ -249,6 +249,8 @@ class DetectionDataModule(L.LightningDataModule):
         val_fraction: share of the training images held out when there is no val split.
         generator: optional ``generator(root)`` that writes the data set first.
     """
+
+    collate_fn = staticmethod(detection_collate)
 
     def __init__(
         self,
@@ -273,7 +275,6 @@ class DetectionDataModule(L.LightningDataModule):
         self.generator = generator
         self.class_names: list[str] | None = None
         self.category_ids: list[int] | None = None
-        self.datasets: dict[str, DetectionDataset] = {}
         if train_transforms is not None and "bboxes" not in getattr(train_transforms, "processors", {}):
             raise ConfigError(
                 "data.train_transforms must be an albumentations.Compose with bbox_params "
@@ -308,32 +309,3 @@ class DetectionDataModule(L.LightningDataModule):
             self.setup()
         return {"class_names": list(self.class_names), "category_ids": [int(i) for i in self.category_ids],
                 "image_size": self.image_size, "mean": list(self.mean), "std": list(self.std)}
-
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        ds = self.datasets[split]
-        return DataLoader(
-            ds,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            drop_last=shuffle and len(ds) > self.batch_size,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            pin_memory=torch.cuda.is_available(),
-            collate_fn=detection_collate,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", False)
-
-    def skipped(self) -> dict[str, str]:
-        """Files skipped as unreadable so far, over all splits (main-process view)."""
-        out: dict[str, str] = {}
-        for ds in self.datasets.values():
-            out.update(ds.skips.skipped)
-        return out

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
+from mbtasks.data.base import SplitDataModule
 from mbtasks.data.io import ImageReadError, SkipCounter, list_images, read_rgb
 from mbtasks.data.transforms import IMAGENET_MEAN, IMAGENET_STD, apply, to_tensor
 from mbtasks.errors import DataError
@@ -72,7 +72,7 @@ class ImageFolderDataset(Dataset):
                         f"first: {next(iter(self.skips.skipped), '-')})")
 
 
-class ImageFolderDataModule(L.LightningDataModule):
+class ImageFolderDataModule(SplitDataModule):
     """Train/val/test splits from ``root/<split>/<class>/*``.
 
     Args:
@@ -112,7 +112,6 @@ class ImageFolderDataModule(L.LightningDataModule):
         self.splits = tuple(splits)
         self.generator = generator
         self.class_names: list[str] | None = None
-        self.datasets: dict[str, ImageFolderDataset] = {}
 
     def prepare_data(self) -> None:
         if self.generator is not None:
@@ -144,31 +143,4 @@ class ImageFolderDataModule(L.LightningDataModule):
             self.setup()
         return {"class_names": list(self.class_names), "image_size": self.image_size,
                 "mean": list(self.mean), "std": list(self.std)}
-
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            self.datasets[split],
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            drop_last=shuffle and len(self.datasets[split]) > self.batch_size,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            pin_memory=torch.cuda.is_available(),
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", False)
-
-    def skipped(self) -> dict[str, str]:
-        """Files skipped as unreadable so far, over all splits (main-process view)."""
-        out: dict[str, str] = {}
-        for ds in self.datasets.values():
-            out.update(ds.skips.skipped)
-        return out
 

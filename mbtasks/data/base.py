@@ -1,0 +1,52 @@
+"""What every data module shares: per-split datasets, loaders, and the count of skipped files."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+
+class SplitDataModule(L.LightningDataModule):
+    """A data module whose ``setup`` fills ``self.datasets`` (``train`` / ``val`` / ``test``).
+
+    Subclasses set ``batch_size``, ``num_workers`` and, when batches need it, ``collate_fn``;
+    each split's dataset carries a :class:`~mbtasks.data.io.SkipCounter` as ``skips``.
+    """
+
+    collate_fn: Callable | None = None
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.datasets: dict[str, Dataset] = {}
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        ds = self.datasets[split]
+        return DataLoader(
+            ds,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            drop_last=shuffle and len(ds) > self.batch_size,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+            collate_fn=self.collate_fn,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", False)
+
+    def skipped(self) -> dict[str, str]:
+        """Files skipped as unreadable so far, over all splits (main-process view)."""
+        out: dict[str, str] = {}
+        for ds in self.datasets.values():
+            out.update(ds.skips.skipped)
+        return out
