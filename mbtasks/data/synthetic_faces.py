@@ -39,25 +39,38 @@ def _colour(rng: np.random.Generator, palette: np.ndarray, jitter: float) -> tup
     return tuple(int(v) for v in np.clip(c, 0, 255))
 
 
+def _vivid(rng: np.random.Generator) -> tuple[int, int, int]:
+    """A saturated colour of random hue (dyed hair, paint, lipstick, frames)."""
+    import colorsys
+
+    r, g, b = colorsys.hsv_to_rgb(float(rng.random()), float(rng.uniform(0.6, 1.0)), float(rng.uniform(0.5, 1.0)))
+    return int(r * 255), int(g * 255), int(b * 255)
+
+
+HAIR_STYLES = ("bald", "short", "long", "fringe", "spiky", "curly", "bun")
+MARKS = ("none", "stripe", "dot", "star")
+
+
 def sample_identity(rng: np.random.Generator) -> dict:
     """Draw the fixed traits of one identity (geometry in face units, colours in RGB)."""
     skin = _colour(rng, SKIN_TONES, 10)
-    hair = _colour(rng, HAIR_COLOURS, 12)
-    lips = tuple(int(np.clip(s * 0.75 + r, 0, 255)) for s, r in zip(skin, (45, 0, 5), strict=True))
+    hair = _vivid(rng) if rng.random() < 0.3 else _colour(rng, HAIR_COLOURS, 12)
+    lips = (_vivid(rng) if rng.random() < 0.2
+            else tuple(int(np.clip(s * 0.75 + r, 0, 255)) for s, r in zip(skin, (45, 0, 5), strict=True)))
     return {
         "skin": skin,
         "hair": hair,
-        "iris": _colour(rng, IRIS_COLOURS, 15),
+        "iris": _vivid(rng) if rng.random() < 0.2 else _colour(rng, IRIS_COLOURS, 15),
         "lips": lips,
-        "face_height": float(rng.uniform(0.27, 0.33)),
-        "face_ratio": float(rng.uniform(0.66, 0.86)),
-        "chin": float(rng.uniform(0.0, 0.25)),
-        "hair_style": int(rng.integers(4)),  # 0 bald, 1 short, 2 long, 3 fringe
+        "face_height": float(rng.uniform(0.3, 0.36)),
+        "face_ratio": float(rng.uniform(0.62, 0.9)),
+        "chin": float(rng.uniform(0.0, 0.3)),
+        "hair_style": str(HAIR_STYLES[rng.integers(len(HAIR_STYLES))]),
         "hairline": float(rng.uniform(-0.8, -0.5)),
         "hair_volume": float(rng.uniform(0.05, 0.3)),
         "eye_sep": float(rng.uniform(0.28, 0.48)),
         "eye_v": float(rng.uniform(-0.22, -0.02)),
-        "eye_r": float(rng.uniform(0.08, 0.14)),
+        "eye_r": float(rng.uniform(0.08, 0.16)),
         "eye_aspect": float(rng.uniform(0.45, 0.8)),
         "brow_gap": float(rng.uniform(0.08, 0.18)),
         "brow_width": float(rng.uniform(0.025, 0.06)),
@@ -71,8 +84,14 @@ def sample_identity(rng: np.random.Generator) -> dict:
         "ear": float(rng.uniform(0.12, 0.24)),
         "beard": bool(rng.random() < 0.25),
         "moustache": bool(rng.random() < 0.2),
-        "glasses": int(rng.integers(1, 3)) if rng.random() < 0.2 else 0,  # 1 round, 2 square
-        "glasses_colour": _colour(rng, HAIR_COLOURS, 30),
+        "glasses": int(rng.integers(1, 3)) if rng.random() < 0.25 else 0,  # 1 round, 2 square
+        "glasses_colour": _vivid(rng) if rng.random() < 0.5 else _colour(rng, HAIR_COLOURS, 30),
+        "earrings": _vivid(rng) if rng.random() < 0.2 else None,
+        # a birthmark / tattoo / face paint: kind, place (u, v), size, colour
+        "mark": str(MARKS[rng.integers(len(MARKS))]) if rng.random() < 0.4 else "none",
+        "mark_at": (float(rng.choice([-1, 1]) * rng.uniform(0.3, 0.6)), float(rng.uniform(-0.55, 0.35))),
+        "mark_size": float(rng.uniform(0.1, 0.2)),
+        "mark_colour": _vivid(rng),
         "moles": [(float(rng.uniform(-0.6, 0.6)), float(rng.uniform(-0.3, 0.6)), float(rng.uniform(0.025, 0.05)))
                   for _ in range(int(rng.integers(0, 3)))],
         "texture_seed": int(rng.integers(2**31)),
@@ -116,12 +135,12 @@ def render_face(ident: dict, rng: np.random.Generator, size: int) -> Image.Image
     b = ident["face_height"] * s
     a = b * ident["face_ratio"]
     cx = cy = s / 2
-    yaw, pitch = float(rng.uniform(-0.5, 0.5)), float(rng.uniform(-0.2, 0.2))
+    yaw, pitch = float(rng.uniform(-0.4, 0.4)), float(rng.uniform(-0.15, 0.15))
     f = _FaceFrame(cx, cy, a, b, yaw, pitch)
     hair = tuple(int(np.clip(c * rng.uniform(0.9, 1.1), 0, 255)) for c in ident["hair"])
     style = ident["hair_style"]
     # back hair and ears, behind the face
-    if style == 2:
+    if style == "long":
         draw.ellipse((cx - a * 1.25, cy - b * (1.1 + ident["hair_volume"]), cx + a * 1.25, cy + b * 0.9), fill=hair)
     for side in (-1, 1):
         ex, ey = f(side * 0.98, -0.05)
@@ -142,21 +161,50 @@ def render_face(ident: dict, rng: np.random.Generator, size: int) -> Image.Image
     layer = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGBA")
     draw = ImageDraw.Draw(layer)
     # hair on top of the head
-    if style in (1, 2, 3):
-        top = ident["hairline"]
-        vol = ident["hair_volume"]
+    top, vol = ident["hairline"], ident["hair_volume"]
+    if style in ("short", "long", "fringe"):
         draw.chord((cx - a * (1.02 + vol / 2), cy - b * (1.05 + vol), cx + a * (1.02 + vol / 2),
                     cy + b * (2 * top + 1.05 + vol)), 180, 360, fill=hair)
-        if style == 3:
+        if style == "fringe":
             x0, y0 = f(-0.75, top + 0.05)
             x1, y1 = f(0.75, top + 0.3)
             draw.rectangle((x0, y0, x1, y1), fill=hair)
+    elif style == "spiky":
+        for k in range(7):
+            u = -0.8 + 1.6 * k / 6
+            base_l, base_r, tip = f(u - 0.18, top + 0.15), f(u + 0.18, top + 0.15), f(u * 1.1, top - 0.35 - vol)
+            draw.polygon([base_l, tip, base_r], fill=hair)
+    elif style == "curly":
+        for k in range(9):
+            t = math.pi * (1 + k / 8)
+            x, y = f(0.95 * math.cos(t), top + 0.1 + 0.45 * math.sin(t) * (0.6 + vol))
+            r = b * (0.16 + vol / 3)
+            draw.ellipse((x - r, y - r, x + r, y + r), fill=hair)
+    elif style == "bun":
+        draw.chord((cx - a * 1.02, cy - b * 1.05, cx + a * 1.02, cy + b * (2 * top + 1.05)), 180, 360, fill=hair)
+        x, y = f(0, -1.05 - vol)
+        r = b * (0.25 + vol / 2)
+        draw.ellipse((x - r, y - r, x + r, y + r), fill=hair)
     if ident["beard"]:
         pts = [f(u, v) for u, v in ((-0.85, 0.25), (-0.6, 0.85), (0.0, 1.0), (0.6, 0.85), (0.85, 0.25),
                                      (0.4, 0.7), (-0.4, 0.7))]
         draw.polygon(pts, fill=hair)
     for mu, mv, mr in ident["moles"]:
         draw.ellipse(f.ellipse(mu, mv, mr, mr * ident["face_ratio"]), fill=(60, 35, 25))
+    (mu, mv), ms, mc = ident["mark_at"], ident["mark_size"], ident["mark_colour"]
+    if ident["mark"] == "stripe":
+        draw.line([f(mu - ms, mv - ms), f(mu + ms, mv + ms)], fill=mc, width=max(1, int(0.07 * b)))
+    elif ident["mark"] == "dot":
+        draw.ellipse(f.ellipse(mu, mv, ms * 0.6, ms * 0.6 * ident["face_ratio"]), fill=mc)
+    elif ident["mark"] == "star":
+        pts = [f(mu + ms * (1 if k % 2 == 0 else 0.4) * math.cos(math.pi * k / 5 - math.pi / 2),
+                 mv + ms * (1 if k % 2 == 0 else 0.4) * math.sin(math.pi * k / 5 - math.pi / 2)) for k in range(10)]
+        draw.polygon(pts, fill=mc)
+    if ident["earrings"] is not None:
+        for side in (-1, 1):
+            ex, ey = f(side * 0.98, 0.15)
+            r = 0.06 * b
+            draw.ellipse((ex - r, ey - r, ex + r, ey + r), fill=ident["earrings"])
     # eyes, irises, brows
     openness = 0.1 if rng.random() < 0.08 else float(rng.uniform(0.6, 1.0))
     for side in (-1, 1):
@@ -192,39 +240,43 @@ def render_face(ident: dict, rng: np.random.Generator, size: int) -> Image.Image
         draw.polygon([f(-mw, mv - mh - 0.02), f(0, mv - mh - 0.12), f(mw, mv - mh - 0.02), f(0, mv - mh - 0.05)],
                      fill=hair)
     # light: a linear shading across the face from a random direction
-    strength, theta = float(rng.uniform(0.0, 0.7)), float(rng.uniform(0, 2 * math.pi))
+    strength, theta = float(rng.uniform(0.0, 0.5)), float(rng.uniform(0, 2 * math.pi))
     yy, xx = np.mgrid[0:s, 0:s].astype(np.float32)
     shading = 1 + strength * (((xx - cx) * math.cos(theta) + (yy - cy) * math.sin(theta)) / (1.2 * b))
     arr = np.asarray(layer, np.float32)
     arr[..., :3] *= np.clip(shading, 0.25, 1.8)[..., None]
     layer = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGBA")
     # pose in the image plane: roll, scale and shift, as one affine map
-    roll = math.radians(float(rng.uniform(-15, 15)))
-    scale = float(rng.uniform(0.8, 1.15))
-    tx, ty = (float(rng.uniform(-0.08, 0.08)) * s for _ in range(2))
+    roll = math.radians(float(rng.uniform(-12, 12)))
+    scale = float(rng.uniform(0.85, 1.12))
+    tx, ty = (float(rng.uniform(-0.06, 0.06)) * s for _ in range(2))
     c, sn = math.cos(roll) / scale, math.sin(roll) / scale
     # inverse map: output (x, y) -> input (x', y') around the centre
     ox, oy = cx + tx, cy + ty
     coeffs = (c, sn, cx - c * ox - sn * oy, -sn, c, cy + sn * ox - c * oy)
     layer = layer.transform((s, s), Image.AFFINE, coeffs, resample=Image.BILINEAR)
-    image = random_background(rng, s, s).convert("RGBA")
+    # clutter behind the face, toned down towards its mean as in an aligned face crop
+    bg = np.asarray(random_background(rng, s, s), np.float32)
+    keep = float(rng.uniform(0.3, 0.7))
+    bg = bg * keep + bg.mean((0, 1)) * (1 - keep)
+    image = Image.fromarray(bg.astype(np.uint8)).convert("RGBA")
     image.alpha_composite(layer)
     image = image.convert("RGB")
-    if rng.random() < 0.35:  # an occluder: a hand, a scarf, a bar, a patch of clutter
+    if rng.random() < 0.25:  # an occluder: a hand, a scarf, a bar, a patch of clutter
         draw = ImageDraw.Draw(image)
-        w, h = rng.uniform(0.2, 0.55) * s, rng.uniform(0.12, 0.35) * s
+        w, h = rng.uniform(0.12, 0.35) * s, rng.uniform(0.08, 0.25) * s
         x0, y0 = rng.uniform(0.15, 0.85) * s - w / 2, rng.uniform(0.2, 0.9) * s - h / 2
         colour = tuple(int(v) for v in rng.integers(0, 256, 3))
         (draw.ellipse if rng.random() < 0.5 else draw.rectangle)((x0, y0, x0 + w, y0 + h), fill=colour)
     image = image.resize((size, size), Image.BOX)
     # camera: exposure, colour cast, gamma, blur, sensor noise
     arr = np.asarray(image, np.float32) / 255.0
-    arr = arr * rng.uniform(0.55, 1.3) * rng.uniform(0.85, 1.15, 3)
-    arr = np.clip(arr, 0, 1) ** rng.uniform(0.7, 1.4)
+    arr = arr * rng.uniform(0.7, 1.2) * rng.uniform(0.92, 1.08, 3)
+    arr = np.clip(arr, 0, 1) ** rng.uniform(0.8, 1.25)
     image = Image.fromarray((arr * 255).astype(np.uint8))
-    if rng.random() < 0.5:
-        image = image.filter(ImageFilter.GaussianBlur(radius=float(rng.uniform(0.3, 1.4)) * size / 64))
-    noisy = np.asarray(image, np.float32) + rng.normal(0, rng.uniform(0, 10), (size, size, 3))
+    if rng.random() < 0.4:
+        image = image.filter(ImageFilter.GaussianBlur(radius=float(rng.uniform(0.3, 1.2)) * size / 64))
+    noisy = np.asarray(image, np.float32) + rng.normal(0, rng.uniform(0, 8), (size, size, 3))
     return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
 
 
@@ -249,7 +301,7 @@ def make_synthetic_faces(
     """
     root = Path(root)
     params = dict(kind="synthetic_faces", identities=num_identities, per_identity=images_per_identity,
-                  size=image_size, seed=seed, version=1)
+                  size=image_size, seed=seed, version=3)
     if _is_complete(root, params):
         return root
     if num_identities < 2 or images_per_identity < 2:

@@ -1,0 +1,147 @@
+"""Embedding predictions: embeddings of images, verification of pairs, nearest gallery identity.
+
+- ``predict.input=DIR|FILE``: ``embeddings.npy`` (``(N, D)`` float32, unit rows) and
+  ``embeddings.json`` (the files in row order, skipped files, threshold).
+- ``predict.pairs=FILE``: one pair a line, two image paths (whitespace or tab separated;
+  relative paths are taken from the pairs file's folder, else the working directory):
+  ``pairs.json`` with each pair's squared L2 distance and same/different at the
+  checkpoint's threshold.
+- ``predict.gallery=DIR``: identity folders ``DIR/<identity>/<image>``; every
+  ``predict.input`` image (the queries) gets its nearest gallery image's identity and
+  distance, and ``match`` (distance <= threshold) in ``gallery.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from mbtasks.data.faces import scan_identities
+from mbtasks.errors import ConfigError, DataError
+from mbtasks.modes.common import write_json_atomic
+from mbtasks.predictors.common import device_of, iter_batches
+
+log = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def embed_files(task, train_cfg: DictConfig, files: list[Path], batch_size: int,
+                skipped: dict[str, str]) -> tuple[list[Path], np.ndarray]:
+    """Embed ``files`` with the checkpoint's eval preprocessing; unreadable ones go to ``skipped``.
+
+    Returns:
+        the embedded files and their ``(N, D)`` float32 embeddings, in the same order.
+    """
+    device = device_of(task)
+    done, rows = [], []
+    for paths, _, batch in iter_batches(files, train_cfg, batch_size, skipped):
+        rows.append(task.predict_step(batch.to(device)).float().cpu().numpy())
+        done.extend(paths)
+    dim = task.model.dim
+    return done, (np.concatenate(rows) if rows else np.zeros((0, dim), np.float32)).astype(np.float32)
+
+
+def read_pair_list(path: str | Path) -> list[tuple[Path, Path]]:
+    """Parse a file of image pairs, two paths a line (``#`` comments and blank lines ignored).
+
+    Raises:
+        DataError: a line without exactly two paths, or naming a missing image (line number given).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"predict.pairs={path}: file not found")
+    out = []
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        fields = line.split("\t") if "\t" in line else shlex.split(line)
+        fields = [f.strip() for f in fields if f.strip()]
+        if len(fields) != 2:
+            raise DataError(f"{path}:{lineno}: expected two image paths, got {len(fields)} fields: {line!r}")
+        resolved = []
+        for field in fields:
+            candidate = Path(field)
+            if not candidate.is_absolute() and (path.parent / candidate).is_file():
+                candidate = path.parent / candidate
+            if not candidate.is_file():
+                raise DataError(f"{path}:{lineno}: image {field} not found")
+            resolved.append(candidate)
+        out.append((resolved[0], resolved[1]))
+    if not out:
+        raise DataError(f"{path}: no pairs found")
+    return out
+
+
+def predict(task, train_cfg: DictConfig, cfg: DictConfig, files: list[Path], run_dir: Path) -> dict:
+    """Write the outputs asked for by ``predict.input`` / ``predict.pairs`` / ``predict.gallery``."""
+    threshold = float(task.threshold)
+    batch_size = int(cfg.predict.batch_size)
+    pairs_file, gallery_dir = cfg.predict.get("pairs"), cfg.predict.get("gallery")
+    if gallery_dir and not files:
+        raise ConfigError("predict.gallery needs query images: set predict.input=FILE_OR_DIR as well")
+    out: dict = {"threshold": threshold, "distance": "squared_l2"}
+    skipped: dict[str, str] = {}
+    embedded, emb = embed_files(task, train_cfg, files, batch_size, skipped) if files else ([], None)
+    if files:
+        np.save(run_dir / "embeddings.npy", emb)
+        index = {"files": [str(p) for p in embedded], "dim": int(emb.shape[1]), "threshold": threshold,
+                 "distance": "squared_l2", "skipped": skipped}
+        write_json_atomic(run_dir / "embeddings.json", index)
+        out["embeddings"] = index
+        log.info("wrote %d embeddings to %s", len(embedded), run_dir / "embeddings.npy")
+    if pairs_file:
+        out["pairs"] = _predict_pairs(task, train_cfg, pairs_file, batch_size, threshold)
+        write_json_atomic(run_dir / "pairs.json", out["pairs"])
+        log.info("wrote %d pair decisions to %s", len(out["pairs"]["pairs"]), run_dir / "pairs.json")
+    if gallery_dir:
+        out["gallery"] = _predict_gallery(task, train_cfg, gallery_dir, embedded, emb, batch_size, threshold)
+        write_json_atomic(run_dir / "gallery.json", out["gallery"])
+        log.info("wrote nearest identities of %d queries to %s", len(embedded), run_dir / "gallery.json")
+    for path, reason in skipped.items():
+        log.warning("skipped %s: %s", path, reason)
+    return out
+
+
+def _predict_pairs(task, train_cfg, pairs_file, batch_size: int, threshold: float) -> dict:
+    pairs = read_pair_list(pairs_file)
+    unique = sorted({p for pair in pairs for p in pair})
+    skipped: dict[str, str] = {}
+    done, emb = embed_files(task, train_cfg, unique, batch_size, skipped)
+    row = {p: i for i, p in enumerate(done)}
+    results = []
+    for a, b in pairs:
+        if a in row and b in row:
+            d = float(np.sum((emb[row[a]] - emb[row[b]]) ** 2))
+            results.append({"a": str(a), "b": str(b), "distance": round(d, 6), "same": d <= threshold})
+        else:
+            bad = a if a not in row else b
+            results.append({"a": str(a), "b": str(b), "distance": None, "same": None,
+                            "error": skipped.get(str(bad), "unreadable")})
+    return {"threshold": threshold, "pairs": results, "skipped": skipped}
+
+
+def _predict_gallery(task, train_cfg, gallery_dir, queries: list[Path], query_emb: np.ndarray,
+                     batch_size: int, threshold: float) -> dict:
+    identities = scan_identities(gallery_dir)
+    files = [p for images in identities.values() for p in images]
+    owner = {p: name for name, images in identities.items() for p in images}
+    skipped: dict[str, str] = {}
+    done, gallery = embed_files(task, train_cfg, files, batch_size, skipped)
+    if not done:
+        raise DataError(f"{gallery_dir}: no readable gallery image")
+    # squared L2 of unit vectors: 2 - 2 cos
+    dist = np.clip(2.0 - 2.0 * query_emb @ gallery.T, 0.0, 4.0) if len(queries) else np.zeros((0, len(done)))
+    results = []
+    for q, row in zip(queries, dist, strict=True):
+        j = int(np.argmin(row))
+        d = float(row[j])
+        results.append({"file": str(q), "identity": owner[done[j]], "distance": round(d, 6),
+                        "match": d <= threshold, "nearest_file": str(done[j])})
+    return {"threshold": threshold, "gallery": str(gallery_dir), "gallery_identities": len(identities),
+            "gallery_images": len(done), "queries": results, "skipped": skipped}
