@@ -4,7 +4,8 @@ For each data set (identity folders of grey face photos) the script trains the e
 task on some identities through the real CLI code path, evaluates it on held-out
 identities with the LFW protocol, and scores the same test pairs with the cosine
 distance of raw (mean-removed) pixels. Optionally it also scores a given embedding
-checkpoint zero-shot (e.g. one trained on the synthetic faces) on the same pairs.
+checkpoint zero-shot (e.g. one trained on the synthetic faces) on the same pairs, and
+that checkpoint's backbone fine-tuned on the real training identities.
 
     python benchmarks/faces_real.py                     # ORL and Yale, default settings
     python benchmarks/faces_real.py --epochs 30 --ckpt outputs/embedding/.../best.ckpt
@@ -86,7 +87,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--width", type=float, default=0.5)
     parser.add_argument("--image-size", type=int, default=64)
-    parser.add_argument("--ckpt", default=None, help="also score this embedding checkpoint zero-shot")
+    parser.add_argument("--ckpt", default=None, help="also score this embedding checkpoint zero-shot and fine-tuned")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "faces_real.json"))
     args = parser.parse_args()
@@ -122,6 +123,13 @@ def main() -> None:
                                 "verification_acc": metrics["test/verification_acc"],
                                 "verification_acc_std": metrics["test/verification_acc_std"],
                                 "roc_auc": metrics["test/roc_auc"], "seconds": time.perf_counter() - start})
+                start = time.perf_counter()
+                metrics = run_cli([*train_over, f"backbone.pretrained={args.ckpt}", "backbone.lr_mult=0.1"],
+                                  Path(tmp) / f"{name}_finetune")
+                results.append({**common, "method": f"checkpoint fine-tuned on {name} ({args.epochs} ep)",
+                                "verification_acc": metrics["test/verification_acc"],
+                                "verification_acc_std": metrics["test/verification_acc_std"],
+                                "roc_auc": metrics["test/roc_auc"], "seconds": time.perf_counter() - start})
     table = Table(title="face verification on held-out identities (LFW protocol, 10 folds)")
     for col in ("dataset", "method", "test ids", "pairs", "accuracy", "ROC AUC", "seconds"):
         table.add_column(col)
@@ -129,7 +137,7 @@ def main() -> None:
         table.add_row(r["dataset"], r["method"], str(r["test_identities"]), str(r["test_pairs"]),
                       f"{r['verification_acc']:.3f} +- {r['verification_acc_std']:.3f}", f"{r['roc_auc']:.3f}",
                       f"{r['seconds']:.0f}")
-    Console().print(table)
+    Console(width=150).print(table)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"args": vars(args), "torch_threads": torch.get_num_threads(), "results": results},
