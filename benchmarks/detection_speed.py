@@ -95,6 +95,7 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=90, help="object classes (COCO: 90 ids, as torchvision)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--channels-last", action="store_true", help="NHWC weights and input for every model")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "detection_speed.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -102,6 +103,9 @@ def main() -> None:
     x = torch.rand(args.batch, 3, args.size, args.size)
     models = {name: our_model(ov, args.size, args.classes) for name, ov in OURS.items()}
     models[REFERENCE] = torchvision_model(args.classes)
+    if args.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+        models = {name: m.to(memory_format=torch.channels_last) for name, m in models.items()}
     rows = {}
     for name, model in models.items():
         if name == REFERENCE:
@@ -121,7 +125,7 @@ def main() -> None:
         row["network_ratio_vs_torchvision"] = row["network_images_per_s"] / ref["network_images_per_s"]
         row["end_to_end_ratio_vs_torchvision"] = row["end_to_end_images_per_s"] / ref["end_to_end_images_per_s"]
     table = Table(title=f"detection inference, {args.size}x{args.size}, batch {args.batch}, {args.threads} threads, "
-                        f"{args.classes} classes")
+                        f"{args.classes} classes{', channels_last' if args.channels_last else ''}")
     for col in ("model", "params", "mult-adds", "network img/s", "ratio", "end-to-end img/s", "ratio"):
         table.add_column(col)
     for name, r in rows.items():
@@ -132,6 +136,8 @@ def main() -> None:
     result = {"settings": {k: str(v) for k, v in vars(args).items()}, "torch": torch.__version__,
               "machine": platform.processor() or platform.machine(), "reference": REFERENCE, "models": rows,
               "ratio": rows["ours ssdlite mobilenet_v2 1.0"]["network_ratio_vs_torchvision"]}
+    if args.channels_last and args.out.name == "detection_speed.json":
+        args.out = args.out.with_name("detection_speed_channels_last.json")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     print(f"wrote {args.out}")
