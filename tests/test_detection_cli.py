@@ -36,6 +36,8 @@ def test_default_composition_and_ssdlite_on_v2():
     lite = compose_cfg(["task=detection", "backbone=mobilenet_v2", "head=ssdlite"])
     assert lite.backbone._target_.endswith("MobileNetV2") and list(lite.backbone.out_indices) == [3, 4]
     assert lite.backbone.expansion_taps is True and lite.head.depthwise is True
+    voc = compose_cfg(["task=detection", "data=voc", "data.root=/somewhere"])
+    assert voc.data._target_.endswith("VocDataModule") and voc.data.train_transforms.bbox_params.format == "pascal_voc"
     # a trainer group chosen on the command line still wins over the task's defaults
     debug = compose_cfg(["task=detection", "trainer=debug"])
     assert debug.trainer.max_epochs == 1 and debug.trainer.limit_train_batches == 2
