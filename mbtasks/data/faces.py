@@ -17,7 +17,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from mbtasks.data.io import ImageReadError, SkipCounter, list_images, read_rgb
 from mbtasks.data.pairs import PairSet, generate_pairs, read_lfw_pairs
@@ -289,13 +289,28 @@ class FacesDataModule(L.LightningDataModule):
             self.setup()
         return self.pair_sets[split]
 
+    def _ranks(self) -> tuple[int, int]:
+        """``(world size, rank)`` of the attached trainer (``(1, 0)`` outside DDP)."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 1, 0
+        return int(trainer.world_size), int(trainer.global_rank)
+
+    # The embedding task runs with use_distributed_sampler=false (Lightning cannot inject a
+    # DistributedSampler into a P x K batch sampler), so the loaders split the work by rank.
     def train_dataloader(self) -> DataLoader:
-        sampler = PKBatchSampler(self.train_set.labels, self.p, self.k, self.batches_per_epoch, self.split_seed)
+        world, rank = self._ranks()
+        sampler = PKBatchSampler(self.train_set.labels, self.p, self.k, self.batches_per_epoch, self.split_seed,
+                                 num_replicas=world, rank=rank)
         return DataLoader(self.train_set, batch_sampler=sampler, num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available())
 
     def _eval_loader(self, split: str) -> DataLoader:
-        return DataLoader(self.eval_sets[split], batch_size=self.eval_batch_size, shuffle=False,
+        world, rank = self._ranks()
+        # each rank embeds its share; the task gathers the embeddings before the protocol runs
+        sampler = (DistributedSampler(self.eval_sets[split], num_replicas=world, rank=rank, shuffle=False)
+                   if world > 1 else None)
+        return DataLoader(self.eval_sets[split], batch_size=self.eval_batch_size, shuffle=False, sampler=sampler,
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
                           pin_memory=torch.cuda.is_available())
 

@@ -32,12 +32,16 @@ class PKBatchSampler(Sampler[list[int]]):
         k: images per identity (>= 2).
         num_batches: batches per epoch; default: as many as cover each eligible image once.
         seed: the batches are a deterministic function of ``(seed, epoch)``.
+        num_replicas / rank: under DDP every rank draws the same batch sequence (same seed
+            and epoch) and keeps every ``num_replicas``-th batch from ``rank`` on, so the
+            ranks see disjoint batches and together cover one single-process epoch.
 
     Yields:
         lists of ``p * k`` dataset indices, identity-grouped.
     """
 
-    def __init__(self, labels: Sequence[int], p: int, k: int, num_batches: int | None = None, seed: int = 0) -> None:
+    def __init__(self, labels: Sequence[int], p: int, k: int, num_batches: int | None = None, seed: int = 0,
+                 num_replicas: int = 1, rank: int = 0) -> None:
         if k < 2:
             raise ConfigError(f"data.images_per_identity={k}: needs >= 2 (an anchor and a positive)")
         groups: dict[int, list[int]] = defaultdict(list)
@@ -56,19 +60,24 @@ class PKBatchSampler(Sampler[list[int]]):
         self.num_batches = int(num_batches) if num_batches else max(1, eligible_images // (self.p * self.k))
         self.seed = seed
         self.epoch = 0
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} outside [0, {num_replicas})")
+        self.num_replicas, self.rank = num_replicas, rank
+        # every rank yields the same count (DDP steps in lock-step): the total, rounded up
+        self.batches_per_rank = -(-self.num_batches // num_replicas)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return self.num_batches
+        return self.batches_per_rank
 
     def __iter__(self) -> Iterator[list[int]]:
         rng = np.random.default_rng([self.seed, self.epoch])
         self.epoch += 1
         labels = np.asarray(list(self.groups))
         queue: list[int] = []
-        for _ in range(self.num_batches):
+        for b in range(self.batches_per_rank * self.num_replicas):
             chosen: list[int] = []
             while len(chosen) < self.p:
                 if not queue:
@@ -84,4 +93,5 @@ class PKBatchSampler(Sampler[list[int]]):
                 else:
                     pick = np.concatenate([rng.permutation(idx), rng.choice(idx, self.k - len(idx))])
                 batch.extend(int(i) for i in pick)
-            yield batch
+            if b % self.num_replicas == self.rank:
+                yield batch

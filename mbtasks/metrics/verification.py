@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score, roc_curve
 from sklearn.model_selection import KFold
+from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
 
 
 @dataclass
@@ -182,3 +184,34 @@ def roc_figure(result: VerificationResult, title: str = "verification ROC"):
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
     return fig
+
+
+class EmbeddingStore(Metric):
+    """The evaluation embeddings of one epoch, by dataset index.
+
+    Under DDP every rank embeds its share of the images; ``compute()`` gathers the states
+    of all ranks first (torchmetrics' ``cat`` reduction), so the protocol runs on every
+    image's embedding, as in one process. Duplicates from the distributed sampler's
+    padding carry the same index and the same embedding.
+    """
+
+    full_state_update = False
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.add_state("index", default=[], dist_reduce_fx="cat")
+        self.add_state("embeddings", default=[], dist_reduce_fx="cat")
+        self.add_state("ok", default=[], dist_reduce_fx="cat")
+
+    def update(self, index: torch.Tensor, embeddings: torch.Tensor, ok: torch.Tensor) -> None:
+        """``index`` ``(B,)`` dataset indices, ``embeddings`` ``(B, D)``, ``ok`` ``(B,)``: image was readable."""
+        self.index.append(index.long())
+        self.embeddings.append(embeddings.float())
+        self.ok.append(ok.bool())
+
+    def compute(self) -> dict[int, torch.Tensor]:
+        """``{dataset index: embedding}`` of the readable images (CPU)."""
+        if isinstance(self.index, list) and not self.index:  # after a DDP sync the states are tensors
+            return {}
+        index, emb, ok = (dim_zero_cat(s).cpu() for s in (self.index, self.embeddings, self.ok))
+        return {int(i): e for i, e, good in zip(index.tolist(), emb, ok.tolist(), strict=True) if good}

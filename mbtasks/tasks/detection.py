@@ -117,7 +117,8 @@ class DetectionTask(BaseTask):
     def _eval_step(self, batch, stage: str, metric: CocoMeanAP) -> list[dict[str, torch.Tensor]]:
         images, targets = batch
         out, losses = self.model_step(batch)
-        self.log(f"{stage}/loss", losses["loss"], prog_bar=stage == "val", batch_size=images.shape[0])
+        self.log(f"{stage}/loss", losses["loss"], prog_bar=stage == "val", batch_size=images.shape[0],
+                 sync_dist=True)
         size = tuple(images.shape[-2:])
         detections = self.model.postprocess(out, size)
         metric.update(to_original(detections, size, [t["orig_size"] for t in targets]), targets)

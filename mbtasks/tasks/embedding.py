@@ -23,6 +23,7 @@ from mbtasks.data.transforms import denormalize
 from mbtasks.errors import ConfigError
 from mbtasks.heads.embedding import EmbeddingNet
 from mbtasks.metrics.verification import (
+    EmbeddingStore,
     VerificationResult,
     evaluate_verification,
     far_key,
@@ -133,6 +134,7 @@ class EmbeddingTask(BaseTask):
         # The verification threshold chosen on validation pairs; checkpoints carry it to predict.
         self.register_buffer("threshold", torch.tensor(1.0))
         self._eval_embeddings: dict[int, torch.Tensor] = {}
+        self.eval_store = EmbeddingStore()  # gathers every rank's embeddings under DDP
         self._thumbnails: dict[int, torch.Tensor] = {}
         self._projector_indices: set[int] = set()
         self._noted: set[str] = set()
@@ -207,6 +209,7 @@ class EmbeddingTask(BaseTask):
 
     # -------------------------------------------------------------- evaluation
     def _eval_start(self, split: str) -> None:
+        self.eval_store.reset()
         self._eval_embeddings, self._thumbnails = {}, {}
         self._projector_indices = set()
         if split == "test" and self.projector_identities > 0:
@@ -219,17 +222,16 @@ class EmbeddingTask(BaseTask):
 
     def _eval_step(self, batch) -> None:
         images, index, ok = batch
-        emb = self.embed(images).float().cpu()
-        for e, i, good, img in zip(emb, index.tolist(), ok.tolist(), images, strict=True):
-            if good:
-                self._eval_embeddings[i] = e
-                if i in self._projector_indices:
-                    small = torch.nn.functional.interpolate(img[None].float(), size=(32, 32), mode="bilinear")
-                    self._thumbnails[i] = denormalize(small[0], self.info["mean"], self.info["std"]).cpu()
+        self.eval_store.update(index, self.embed(images), ok)
+        for i, good, img in zip(index.tolist(), ok.tolist(), images, strict=True):
+            if good and i in self._projector_indices:
+                small = torch.nn.functional.interpolate(img[None].float(), size=(32, 32), mode="bilinear")
+                self._thumbnails[i] = denormalize(small[0], self.info["mean"], self.info["std"]).cpu()
 
     def _evaluate(self, split: str) -> tuple[VerificationResult, np.ndarray, np.ndarray] | None:
         """The protocol on this epoch's embeddings: ``(result, pair distances, same)`` or None."""
         pair_set = self._pair_set(split)
+        self._eval_embeddings = self.eval_store.compute() if self.eval_store.update_called else {}
         if not self._eval_embeddings:
             log.warning("%s: no embeddings computed, verification skipped", split)
             return None
