@@ -69,6 +69,9 @@ def validate(cfg: DictConfig) -> None:
     if mode == "train" and OmegaConf.select(cfg, "backbone.freeze") and OmegaConf.select(cfg, "backbone.pretrained") in (None, False):
         raise ConfigError("backbone.freeze=true with backbone.pretrained=null would freeze random weights; give "
                           "backbone.pretrained=PATH (a checkpoint of any mbtasks task or a state dict) or 'timm'")
+    from mbtasks.tasks.base import check_no_decay
+
+    check_no_decay(OmegaConf.select(cfg, "optimizer.no_decay"))
     if mode in ("test", "predict", "export") and not cfg.get("ckpt_path"):
         raise ConfigError(f"mode={mode} needs ckpt_path=PATH (a checkpoint written by mode=train)")
     if mode == "predict" and not any(OmegaConf.select(cfg, f"predict.{k}") for k in ("input", "pairs", "gallery")):

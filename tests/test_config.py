@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from mbtasks.__main__ import CONFIG_DIR, dispatch
 from mbtasks.config import misspelled_keys
 from mbtasks.errors import ConfigError
-from mbtasks.tasks import build_backbone
+from mbtasks.tasks import build_backbone, build_optimizer_factory
 from tests.conftest import compose_cfg
 
 CONF = Path(CONFIG_DIR)
@@ -37,8 +37,31 @@ def test_backbones_instantiate(name):
 def test_optimizers_instantiate(name):
     import torch
 
-    opt = instantiate(compose_cfg([f"optimizer={name}"]).optimizer)([torch.nn.Parameter(torch.zeros(2))])
+    opt = build_optimizer_factory(compose_cfg([f"optimizer={name}"]))([torch.nn.Parameter(torch.zeros(2))])
     assert isinstance(opt, torch.optim.Optimizer)
+
+
+def test_no_decay_groups_exempt_depthwise_norm_and_bias():
+    """optimizer.no_decay: depthwise filters (MobileNet V1 Sec. 3.4), BatchNorm and biases get weight_decay 0."""
+    import torch
+
+    from mbtasks.tasks import build_task
+    from mbtasks.tasks.base import split_no_decay
+
+    cfg = compose_cfg(["backbone.width=0.25"])
+    assert list(cfg.optimizer.no_decay) == ["norm", "bias", "depthwise"]
+    task = build_task(cfg, {"class_names": ["a", "b"], "image_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3})
+    # what configure_optimizers builds (it needs a trainer for the schedule's length)
+    opt = task.optimizer_factory(split_no_decay(task, task.parameter_groups(), task.no_decay))
+    decay = {id(p) for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    for module in task.modules():
+        for name, p in module.named_parameters(recurse=False):
+            depthwise = isinstance(module, torch.nn.Conv2d) and module.groups == module.in_channels > 1
+            exempt = isinstance(module, torch.nn.BatchNorm2d) or name == "bias" or depthwise
+            assert (id(p) in decay) != exempt, (type(module).__name__, name)
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(task.parameters()))
+    assert {g["name"] for g in opt.param_groups} == {"head", "head_no_decay", "backbone", "backbone_no_decay"}
+    assert next(g for g in opt.param_groups if g["name"] == "backbone")["weight_decay"] == cfg.optimizer.weight_decay
 
 
 @pytest.mark.parametrize("name", options("scheduler"))
@@ -90,6 +113,7 @@ def test_other_groups_resolve(name):
         ("data.image_size=100", "multiple of 32"),
         ("data.image_size=16", "data.image_size=16"),
         ("mode=trian", "Did you mean 'train'"),
+        ("optimizer.no_decay=[norm,bais]", "unknown kinds \\['bais'\\]"),
     ],
 )
 def test_config_errors_name_key_and_values(override, message, tmp_path):

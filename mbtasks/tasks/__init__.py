@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,13 @@ def build_backbone(cfg: DictConfig) -> tuple[Any, LoadReport | None]:
     return backbone, load_pretrained(backbone, spec)
 
 
+def build_optimizer_factory(cfg: DictConfig) -> Callable | None:
+    """``cfg.optimizer`` as a partial optimizer class; ``optimizer.no_decay`` is read by the task, not passed on."""
+    if not cfg.get("optimizer"):
+        return None
+    return instantiate(OmegaConf.create({k: v for k, v in cfg.optimizer.items() if k != "no_decay"}))
+
+
 def build_task(cfg: DictConfig, info: dict) -> BaseTask:
     """Instantiate ``cfg.task`` with the backbone, head, optimizer and scheduler groups.
 
@@ -59,11 +67,12 @@ def build_task(cfg: DictConfig, info: dict) -> BaseTask:
     """
     backbone, report = build_backbone(cfg)
     head = instantiate(cfg.head)
-    optimizer = instantiate(cfg.optimizer) if cfg.get("optimizer") else None
+    optimizer = build_optimizer_factory(cfg)
     scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
     task = instantiate(cfg.task, backbone=backbone, head=head, info=info, optimizer=optimizer, scheduler=scheduler)
     task.run_config = OmegaConf.to_container(cfg, resolve=True)
     task.backbone_lr_mult = float(cfg.backbone.get("lr_mult") or 1.0)
+    task.no_decay = tuple(cfg.optimizer.get("no_decay") or ()) if cfg.get("optimizer") else ()
     task.pretrained_report = report
     return task
 

@@ -41,6 +41,8 @@ class BaseTask(L.LightningModule):
         self.run_config: dict[str, Any] = {}
         # Set by build_task from backbone.lr_mult: the backbone's LR is lr * backbone_lr_mult.
         self.backbone_lr_mult = 1.0
+        # Set by build_task from optimizer.no_decay: parameter kinds trained without weight decay.
+        self.no_decay: tuple[str, ...] = ()
         self.model: nn.Module
 
     def parameter_groups(self) -> list[dict]:
@@ -63,7 +65,7 @@ class BaseTask(L.LightningModule):
     def configure_optimizers(self):
         if self.optimizer_factory is None:
             raise ValueError("no optimizer configured (set the `optimizer` config group)")
-        optimizer = self.optimizer_factory(self.parameter_groups())
+        optimizer = self.optimizer_factory(split_no_decay(self, self.parameter_groups(), self.no_decay))
         for group in optimizer.param_groups:
             group["lr"] = group["lr"] * group.get("lr_mult", 1.0)
         if self.scheduler_factory is None:
@@ -97,3 +99,55 @@ class BaseTask(L.LightningModule):
         n = int(cfg.profile.num_classes)
         return {"class_names": [f"class_{i}" for i in range(n)], "image_size": int(cfg.data.image_size),
                 "mean": list(cfg.data.mean), "std": list(cfg.data.std)}
+
+
+NO_DECAY_KINDS = ("norm", "bias", "depthwise")
+
+
+def check_no_decay(kinds) -> tuple[str, ...]:
+    """``optimizer.no_decay`` as a tuple; :class:`~mbtasks.errors.ConfigError` for an unknown kind."""
+    kinds = tuple(kinds or ())
+    unknown = [k for k in kinds if k not in NO_DECAY_KINDS]
+    if unknown:
+        from mbtasks.errors import ConfigError
+
+        raise ConfigError(f"optimizer.no_decay={list(kinds)}: unknown kinds {unknown}; expected some of "
+                          f"{list(NO_DECAY_KINDS)}")
+    return kinds
+
+
+def no_decay_kind(module: nn.Module, name: str, param: torch.nn.Parameter) -> str | None:
+    """Which of :data:`NO_DECAY_KINDS` ``param`` (``module``'s parameter ``name``) is, if any."""
+    if isinstance(module, nn.modules.batchnorm._NormBase | nn.GroupNorm | nn.LayerNorm):
+        return "norm"
+    if name == "bias":
+        return "bias"
+    if isinstance(module, nn.Conv2d) and module.groups > 1 and module.groups == module.in_channels:
+        return "depthwise"
+    return None
+
+
+def split_no_decay(model: nn.Module, groups: list[dict], kinds: tuple[str, ...] | list[str]) -> list[dict]:
+    """Split every optimizer group in two: parameters of ``kinds`` get ``weight_decay=0``.
+
+    MobileNet V1 (Sec. 3.4) trains depthwise filters with little or no weight decay, "since
+    there are so few parameters in them"; normalisation weights and biases are commonly
+    left undecayed too. A group that ends up empty is dropped.
+    """
+    kinds = check_no_decay(kinds)
+    if not kinds:
+        return groups
+    exempt = {id(p) for m in model.modules() for n, p in m.named_parameters(recurse=False)
+              if no_decay_kind(m, n, p) in kinds}
+    out = []
+    for group in groups:
+        params = list(group["params"])
+        rest = {k: v for k, v in group.items() if k != "params"}
+        decay = [p for p in params if id(p) not in exempt]
+        plain = [p for p in params if id(p) in exempt]
+        if decay:
+            out.append({**rest, "params": decay})
+        if plain:
+            out.append({**rest, "params": plain, "weight_decay": 0.0,
+                        "name": f"{rest.get('name', 'params')}_no_decay"})
+    return out
