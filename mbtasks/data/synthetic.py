@@ -7,7 +7,6 @@ the generator's parameters makes later calls a no-op, and a partial set is rewri
 
 from __future__ import annotations
 
-import colorsys
 import json
 import shutil
 from pathlib import Path
@@ -86,21 +85,6 @@ def _overlaps_too_much(box: tuple[float, ...], placed: list[tuple[float, ...]], 
     return False
 
 
-def muted_background(rng: np.random.Generator, size: int, saturation: float = 0.3, max_value: float = 160) -> Image.Image:
-    """One of :func:`random_background`'s four kinds (flat, gradient, noise, stripes) in
-    muted colours: saturation scaled by ``saturation``, brightness by ``max_value / 255``."""
-    arr = np.asarray(random_background(rng, size, size), np.float32)
-    grey = arr.mean(axis=2, keepdims=True)
-    arr = (grey + (arr - grey) * saturation) * (max_value / 255.0)
-    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
-
-
-def vivid_color(rng: np.random.Generator) -> tuple[int, int, int]:
-    """A saturated, bright colour of any hue (HSV: s in [0.6, 1], v in [0.75, 1])."""
-    rgb = colorsys.hsv_to_rgb(rng.uniform(), rng.uniform(0.6, 1.0), rng.uniform(0.75, 1.0))
-    return tuple(int(c * 255) for c in rgb)
-
-
 def shapes_scene(
     rng: np.random.Generator,
     classes: tuple[str, ...] | list[str],
@@ -110,18 +94,16 @@ def shapes_scene(
     empty_fraction: float,
     max_cover: float,
 ) -> tuple[Image.Image, list[tuple[int, tuple[float, float, float, float]]]]:
-    """One detection image: 0..``max_objects`` vivid shapes on a muted background.
+    """One detection image: 0..``max_objects`` shapes on a random background.
 
     Shape sides are log-uniform in ``object_size`` (fractions of the image side), so small
     objects are frequent; later shapes may partly cover earlier ones (at most ``max_cover``
-    of the smaller box). Backgrounds vary in kind and colour but stay muted, objects are
-    vivid: with backgrounds of any colour, a detector trained from scratch for a few
-    minutes learns almost nothing (measured: mAP@0.5 < 0.01 after 1200 steps).
+    of the smaller box). Each shape's colour contrasts with the background under it.
 
     Returns:
         the image and ``[(class index, tight x1y1x2y2 box)]`` of what was drawn.
     """
-    img = muted_background(rng, size)
+    img = random_background(rng, size, size)
     n = 0 if rng.random() < empty_fraction else int(rng.integers(1, max_objects + 1))
     placed: list[tuple[float, float, float, float]] = []
     objects = []
@@ -136,7 +118,7 @@ def shapes_scene(
         else:
             continue
         kind = int(rng.integers(len(classes)))
-        tight = draw_shape(img, classes[kind], box, vivid_color(rng), float(rng.uniform(0, 2 * np.pi)))
+        tight = draw_shape(img, classes[kind], box, contrasting_color(rng, img, box), float(rng.uniform(0, 2 * np.pi)))
         placed.append(box)
         objects.append((kind, tight))
     return maybe_blur(rng, img, p=0.2), objects
@@ -151,7 +133,7 @@ def make_shapes_detection(
     test_images: int = 300,
     image_size: int = 128,
     max_objects: int = 6,
-    object_size: tuple[float, float] | list[float] = (0.2, 0.5),
+    object_size: tuple[float, float] | list[float] = (0.1, 0.5),
     empty_fraction: float = 0.03,
     max_cover: float = 0.35,
     seed: int = 0,
@@ -168,7 +150,7 @@ def make_shapes_detection(
     """
     root = Path(root)
     category_ids = list(category_ids) if category_ids is not None else [2 * i + 1 for i in range(len(classes))]
-    params = dict(kind="shapes_detection", version=2, classes=list(classes), category_ids=category_ids, train=train_images,
+    params = dict(kind="shapes_detection", classes=list(classes), category_ids=category_ids, train=train_images,
                   val=val_images, test=test_images, size=image_size, max_objects=max_objects,
                   object_size=list(object_size), empty=empty_fraction, cover=max_cover, seed=seed)
     if _is_complete(root, params):
