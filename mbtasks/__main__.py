@@ -50,6 +50,8 @@ def _hydra_main(cfg: DictConfig) -> None:
     except (UserError, InstantiationException, FileNotFoundError) as err:
         if os.environ.get("MBTASKS_DEBUG"):
             raise
+        if isinstance(err, InstantiationException) and isinstance(err.__cause__, UserError):
+            err = err.__cause__  # our message, without Hydra's "Error in call to target ..." wrapping
         log.error("%s", err)
         print(f"error: {err}\n(set MBTASKS_DEBUG=1 for the full traceback)", file=sys.stderr)
         sys.exit(2)

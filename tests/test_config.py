@@ -148,3 +148,8 @@ def test_cli_reports_user_errors_without_traceback(tmp_path):
     assert "mobilenet_v1" in bad_group.stderr + bad_group.stdout  # lists the valid options
     typo = run("backbone.widht=0.5")
     assert typo.returncode != 0 and "Did you mean 'backbone.width'" in typo.stderr
+    # a value a constructor refuses: our message, not Hydra's "Error in call to target" wrapper
+    bad_value = run("mode=profile", "task=embedding", "task.miner=semihadr")
+    assert bad_value.returncode == 2
+    assert "error: task.miner='semihadr'" in bad_value.stderr and "Did you mean 'semihard'" in bad_value.stderr
+    assert "Error in call to target" not in bad_value.stderr
