@@ -116,8 +116,8 @@ def check_no_decay(kinds) -> tuple[str, ...]:
     return kinds
 
 
-def no_decay_kind(module: nn.Module, name: str, param: torch.nn.Parameter) -> str | None:
-    """Which of :data:`NO_DECAY_KINDS` ``param`` (``module``'s parameter ``name``) is, if any."""
+def no_decay_kind(module: nn.Module, name: str) -> str | None:
+    """Which of :data:`NO_DECAY_KINDS` ``module``'s own parameter ``name`` is, if any."""
     if isinstance(module, nn.modules.batchnorm._NormBase | nn.GroupNorm | nn.LayerNorm):
         return "norm"
     if name == "bias":
@@ -138,7 +138,7 @@ def split_no_decay(model: nn.Module, groups: list[dict], kinds: tuple[str, ...] 
     if not kinds:
         return groups
     exempt = {id(p) for m in model.modules() for n, p in m.named_parameters(recurse=False)
-              if no_decay_kind(m, n, p) in kinds}
+              if no_decay_kind(m, n) in kinds}
     out = []
     for group in groups:
         params = list(group["params"])
