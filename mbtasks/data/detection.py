@@ -17,11 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
 from mbtasks.data.base import SplitDataModule
-from mbtasks.data.io import ImageReadError, SkipCounter, read_rgb
+from mbtasks.data.io import ImageReadError, SkipCounter, open_image, read_rgb
 from mbtasks.data.transforms import IMAGENET_MEAN, IMAGENET_STD, apply, to_tensor
 from mbtasks.errors import ConfigError, DataError
 
@@ -66,14 +65,11 @@ def image_size_of(path: Path) -> tuple[int, int]:
     Raises:
         ImageReadError: the file cannot be opened as an image.
     """
-    try:
-        with Image.open(path) as img:
-            w, h = img.size
-            if img.getexif().get(0x0112) in _SWAPPING_ORIENTATIONS:
-                w, h = h, w
-            return int(w), int(h)
-    except (OSError, SyntaxError) as err:
-        raise ImageReadError(f"{path}: cannot read image header ({err})") from err
+    with open_image(path) as img:
+        w, h = img.size
+        if img.getexif().get(0x0112) in _SWAPPING_ORIENTATIONS:
+            w, h = h, w
+        return int(w), int(h)
 
 
 class AnnotationReport:
@@ -178,6 +174,8 @@ class DetectionDataset(Dataset):
         self.mean, self.std = tuple(mean), tuple(std)
         self.train = train
         self.skips = SkipCounter()
+        # Images whose decoded size differs from the annotation file's (boxes are rescaled).
+        self.rescaled = SkipCounter("rescaling the boxes of")
 
     def __len__(self) -> int:
         return len(self.records)
@@ -198,6 +196,7 @@ class DetectionDataset(Dataset):
         boxes = rec.boxes
         if (w, h) != (rec.width, rec.height) and rec.width and rec.height:
             # The annotation file's size disagrees with the decoded image: keep boxes relative.
+            self.rescaled.skip(rec.path, f"annotated {rec.width}x{rec.height}, decoded {w}x{h}")
             boxes = boxes * np.array([w / rec.width, h / rec.height] * 2, np.float32)
         boxes = np.clip(boxes, 0, [w, h, w, h]).astype(np.float32)
         keep = ~rec.iscrowd
