@@ -121,6 +121,26 @@ def check_box(box: tuple[float, float, float, float], width: int, height: int) -
     return (cx1, cy1, cx2, cy2), None
 
 
+def as_number(value) -> float | None:
+    """A finite json number (or numeric string); None for anything else, booleans included."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def as_size(value) -> int | None:
+    """An annotated image ``width`` / ``height``: 0 when absent or 0 (read from the file), None when not a
+    number >= 0 (``"abc"``, ``nan``, ``-5``, ``true``)."""
+    if value is None or value == "":
+        return 0
+    number = as_number(value)
+    return int(round(number)) if number is not None and number >= 0 else None
+
+
 def require_boxes(records: list[ImageRecord], source: str | Path, report: AnnotationReport | None = None) -> None:
     """Stop with a :class:`DataError` when a training split has no usable box at all."""
     if not any(r.num_trainable for r in records):

@@ -13,7 +13,7 @@ import logging
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -34,6 +34,12 @@ class ImageReadError(ValueError):
 
 def is_image_file(path: str | Path) -> bool:
     return str(path).lower().endswith(IMAGE_EXTENSIONS)
+
+
+def inside_folder(name: str) -> bool:
+    """False for a ``file_name`` that is absolute or climbs out of the image folder with ``..``."""
+    pure = PurePosixPath(name.replace("\\", "/"))
+    return bool(name) and not pure.is_absolute() and ".." not in pure.parts and not PureWindowsPath(name).drive
 
 
 @contextmanager
