@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import math
+from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from mbtasks.errors import ConfigError
 
 MODES = ("train", "test", "predict", "profile", "export", "check")
+
+_PACKAGED_CONF = Path(__file__).parent / "conf"
+CONFIG_DIR = str(_PACKAGED_CONF if _PACKAGED_CONF.is_dir() else Path(__file__).parent.parent / "conf")
 
 
 def register_resolvers() -> None:
@@ -108,6 +113,27 @@ def _task_input_multiple(cfg: DictConfig, default: int) -> int:
         return default
 
 
+def check_head_fits_task(cfg: DictConfig) -> None:
+    """``head._target_`` must be the task's ``head_class`` (``task=detection head=linear`` cannot work)."""
+    from hydra.utils import get_class
+
+    try:
+        task, head = get_class(OmegaConf.select(cfg, "task._target_")), get_class(OmegaConf.select(cfg, "head._target_"))
+    except Exception:  # noqa: BLE001 - an unknown target is reported when the task is built
+        return
+    wanted = getattr(task, "head_class", None)
+    if wanted is None or (isinstance(head, type) and issubclass(head, wanted)):
+        return
+    fits = []
+    for option in sorted(Path(CONFIG_DIR, "head").glob("*.yaml")):
+        target = OmegaConf.load(option).get("_target_")
+        with contextlib.suppress(Exception):
+            if issubclass(get_class(target), wanted):
+                fits.append(f"head={option.stem}")
+    raise ConfigError(f"task={task.name} cannot use head._target_={OmegaConf.select(cfg, 'head._target_')}: it needs "
+                      f"a {wanted.__name__}; use {' or '.join(fits) or wanted.__name__}")
+
+
 def validate(cfg: DictConfig) -> None:
     """Check the keys every mode relies on; raise :class:`ConfigError` naming key and valid values."""
     mode = cfg.get("mode")
@@ -117,6 +143,7 @@ def validate(cfg: DictConfig) -> None:
         check_number(cfg, key)
     check_normalisation(cfg)
     check_epochs(cfg)
+    check_head_fits_task(cfg)
     size = OmegaConf.select(cfg, "data.image_size")
     stride = 32
     # A task class may accept sizes that are not multiples of 32 (detection: SSD300).
