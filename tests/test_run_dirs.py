@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
-import json
-
 import pytest
+from omegaconf import OmegaConf
 
 from mbtasks.__main__ import claim_run_dir
 from mbtasks.errors import ConfigError
