@@ -593,6 +593,15 @@ def test_corpus_is_big_enough():
     assert len(CASES) >= 29 + 25
 
 
+def test_table_lists_every_case():
+    """``tests/bad_inputs/README.md`` has one row per case, in order."""
+    table = (Path(__file__).parent / "bad_inputs" / "README.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert len(rows) == len(CASES)
+    for number, (row, case) in enumerate(zip(rows, CASES, strict=True), 1):
+        assert row.startswith(f"| {number} | ") and case.name in row, (row, case.name)
+
+
 def test_user_errors_are_what_the_cli_prints_as_one_line():
     # The CLI turns UserError into "error: <message>" + exit 2; both data and config errors are UserErrors.
     assert issubclass(DataError, UserError) and issubclass(ConfigError, UserError)
