@@ -41,7 +41,8 @@ def claim_run_dir(cfg: DictConfig, run_dir: Path) -> Path:
     from mbtasks.resume import LAST, wants_resume
 
     used = records_in(run_dir)
-    if not used or wants_resume(cfg) or int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0")) or 0) > 0:
+    # A lone config.yaml is a run that stopped at start-up (bad data path...): nothing to keep.
+    if used in ([], ["config.yaml"]) or wants_resume(cfg) or int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0")) or 0) > 0:
         return run_dir
     mode = str(cfg.get("mode"))
     if mode == "train":

@@ -136,6 +136,12 @@ def check_head_fits_task(cfg: DictConfig) -> None:
 
 def validate(cfg: DictConfig) -> None:
     """Check the keys every mode relies on; raise :class:`ConfigError` naming key and valid values."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if cfg.get("mode") in ("profile", "predict", "export"):  # these read no data set (predict/export: the checkpoint's)
+        missing = [k for k in missing if not k.startswith("data.")]
+    if missing:
+        raise ConfigError(f"{missing[0]} is not set (??? in the config): give {missing[0]}=VALUE on the command line"
+                          + (f" (also unset: {missing[1:]})" if len(missing) > 1 else ""))
     mode = cfg.get("mode")
     if mode not in MODES:
         raise ConfigError(f"mode={mode!r}: expected one of {list(MODES)}.{suggest(mode, MODES)}")

@@ -547,6 +547,8 @@ CASES = [
     Case("data.image_size as a float", validate_with(["data.image_size=224.0"]), ConfigError,
          r"data\.image_size=224\.0: expected an integer"),
     Case("MISSING data.root is not called a misspelling", missing_value_is_not_a_misspelling, counts={"hints": []}),
+    Case("data.root left at ??? (MISSING)", validate_with(["data=imagefolder"]), ConfigError,
+         r"data\.root is not set \(\?\?\? in the config\): give data\.root=VALUE"),
     Case("task=detection head=linear", validate_with(["task=detection", "head=linear"]), ConfigError,
          r"task=detection cannot use head\._target_=mbtasks\.heads\.classifier\.ClassifierHead.*head=ssd or head=ssdlite"),
     Case("classification checkpoint with task=embedding (mode=test)",

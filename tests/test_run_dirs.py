@@ -53,6 +53,11 @@ def test_other_modes_write_into_a_fresh_sub_dir(tmp_path, mode):
     assert claim_run_dir(cfg, tmp_path) == tmp_path / f"{mode}-2"
 
 
+def test_a_run_that_stopped_at_start_up_leaves_a_reusable_dir(tmp_path):
+    (tmp_path / "config.yaml").write_text("failed: start\n")
+    assert claim_run_dir(OmegaConf.create({"mode": "train", "resume": None}), tmp_path) == tmp_path
+
+
 def test_train_refuses_a_dir_with_other_files(tmp_path):
     (tmp_path / "check.json").write_text("{}")
     with pytest.raises(ConfigError, match=r"already holds other files \(check\.json\).*new hydra\.run\.dir"):
