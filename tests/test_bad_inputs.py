@@ -618,3 +618,20 @@ def test_unreadable_files_are_counted_in_metrics_not_silently_dropped(tiny_shape
                         "backbone.width=0.25", "trainer.max_epochs=1", "task.log_images=0"], tmp_path)
     assert metrics["data/skipped_files"] == 1
     assert json.loads((tmp_path / "metrics.json").read_text())["data/skipped_files"] == 1
+
+
+def test_size_mismatches_are_counted_in_training_metrics(tmp_path):
+    """An image whose annotated size is wrong is trained on with rescaled boxes, and counted (issue 12)."""
+    from mbtasks.data.synthetic import make_shapes_detection
+    from tests.conftest import run_mode
+
+    root = make_shapes_detection(tmp_path / "det", classes=["circle", "square"], train_images=4, val_images=2,
+                                 test_images=2, image_size=64, empty_fraction=0.0, seed=3)
+    ann = root / "annotations" / "instances_test.json"
+    data = json.loads(ann.read_text())
+    data["images"][0].update(width=128, height=96)
+    ann.write_text(json.dumps(data))
+    metrics = run_mode(["task=detection", f"data.root={root}", "data.generator=null", "data.image_size=64",
+                        "data.batch_size=2", "backbone.width=0.25", "trainer.max_epochs=1", "task.log_images=0"],
+                       tmp_path / "run")
+    assert metrics["data/rescaled_annotations"] == 1
