@@ -21,7 +21,6 @@ from mbtasks.resume import resume_config
 log = logging.getLogger("mbtasks")
 
 
-
 def records_in(run_dir: Path) -> list[str]:
     """What ``run_dir`` holds besides Hydra's own files (``.hydra/``, ``*.log``): another run's records."""
     if not run_dir.is_dir():

@@ -110,7 +110,13 @@ def pickled_objects(path: Path) -> list[str]:
         except Exception as err:  # noqa: BLE001 - pickletools raises ValueError, EOFError... on non-pickles
             if not names:
                 raise ValueError(f"not a pickle ({err})") from err
-    return sorted(set(names))
+    try:  # leave out what torch allows (OrderedDict, tensor rebuilds); private, hence the guard
+        from torch._weights_only_unpickler import _get_allowed_globals
+
+        allowed = set(_get_allowed_globals())
+    except (ImportError, AttributeError):
+        allowed = set()
+    return sorted(set(names) - allowed) or sorted(set(names))
 
 
 def read_checkpoint(path: str | Path, key: str = "ckpt_path") -> dict[str, Any]:
