@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import math
+from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from mbtasks.errors import ConfigError
 
 MODES = ("train", "test", "predict", "profile", "export", "check")
+
+_PACKAGED_CONF = Path(__file__).parent / "conf"
+CONFIG_DIR = str(_PACKAGED_CONF if _PACKAGED_CONF.is_dir() else Path(__file__).parent.parent / "conf")
 
 
 def register_resolvers() -> None:
@@ -30,12 +36,70 @@ def suggest(word: str, options) -> str:
     return f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
 
 
-def _positive_number(cfg: DictConfig, key: str) -> None:
-    value = OmegaConf.select(cfg, key)
+# Numeric keys checked at start-up when the config has them: (integer?, lower bound, lower bound
+# included?, upper bound or None, an example). The width bound keeps a typo (width=100) from
+# building a network that exhausts memory; the seed range is numpy's.
+NUMERIC_KEYS = {
+    "seed": (True, 0, True, 2**32 - 1, "42"),
+    "backbone.width": (False, 0, False, 4.0, "1.0, 0.75, 0.5, 0.25"),
+    "data.batch_size": (True, 1, True, None, "32"),
+    "data.num_workers": (True, 0, True, None, "0 or 2"),
+    "data.val_fraction": (False, 0, False, 1.0, "0.1"),
+    "optimizer.lr": (False, 0, False, None, "0.01"),
+    "predict.batch_size": (True, 1, True, None, "32"),
+    "predict.top_k": (True, 1, True, None, "5"),
+    "export.num_inputs": (True, 1, True, None, "4"),
+    "profile.batch_size": (True, 1, True, None, "1"),
+    "profile.warmup": (True, 0, True, None, "3"),
+    "profile.repeats": (True, 1, True, None, "20"),
+}
+
+
+def _is_number(value, integer: bool) -> bool:
+    if isinstance(value, bool):
+        return False
+    if integer:
+        return isinstance(value, int)
+    return isinstance(value, int | float) and math.isfinite(value)
+
+
+def check_number(cfg: DictConfig, key: str) -> None:
+    """Raise :class:`ConfigError` when ``key`` (present and not null) is outside :data:`NUMERIC_KEYS`' range."""
+    integer, low, low_in, high, example = NUMERIC_KEYS[key]
+    value = OmegaConf.select(cfg, key, default=None)
     if value is None:
         return
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise ConfigError(f"{key}={value!r}: expected a number > 0 (e.g. 1.0, 0.75, 0.5, 0.25)")
+    if (not _is_number(value, integer) or (value < low if low_in else value <= low)
+            or (high is not None and value > high)):
+        bounds = f"{'>=' if low_in else '>'} {low}" + (f" and <= {high}" if high is not None else "")
+        raise ConfigError(f"{key}={value!r}: expected {'an integer' if integer else 'a number'} {bounds} "
+                          f"(e.g. {example})")
+
+
+def check_normalisation(cfg: DictConfig) -> None:
+    """``data.mean`` / ``data.std``: three finite numbers (one per RGB channel), std > 0."""
+    for key in ("data.mean", "data.std"):
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is None:
+            continue
+        items = list(value) if isinstance(value, ListConfig | list | tuple) else None
+        if (items is None or len(items) != 3 or not all(_is_number(v, False) for v in items)
+                or (key == "data.std" and min(items) <= 0)):
+            what = "three numbers > 0" if key == "data.std" else "three numbers"
+            raise ConfigError(f"{key}={value!r}: expected {what}, one per RGB channel (e.g. "
+                              f"{'[0.229, 0.224, 0.225]' if key == 'data.std' else '[0.485, 0.456, 0.406]'})")
+
+
+def check_epochs(cfg: DictConfig) -> None:
+    """``trainer.max_epochs`` >= 1 for training (0 would test an untrained model; -1 needs max_steps)."""
+    value = OmegaConf.select(cfg, "trainer.max_epochs", default=None)
+    if value is None or cfg.get("mode") != "train":
+        return
+    max_steps = OmegaConf.select(cfg, "trainer.max_steps", default=-1)
+    unlimited = value == -1 and _is_number(max_steps, True) and max_steps > 0
+    if not _is_number(value, True) or (value < 1 and not unlimited):
+        raise ConfigError(f"trainer.max_epochs={value!r}: expected an integer >= 1 for mode=train (or -1 with "
+                          "trainer.max_steps > 0)")
 
 
 def _task_input_multiple(cfg: DictConfig, default: int) -> int:
@@ -49,17 +113,50 @@ def _task_input_multiple(cfg: DictConfig, default: int) -> int:
         return default
 
 
+def check_head_fits_task(cfg: DictConfig) -> None:
+    """``head._target_`` must be the task's ``head_class`` (``task=detection head=linear`` cannot work)."""
+    from hydra.utils import get_class
+
+    try:
+        task, head = get_class(OmegaConf.select(cfg, "task._target_")), get_class(OmegaConf.select(cfg, "head._target_"))
+    except Exception:  # noqa: BLE001 - an unknown target is reported when the task is built
+        return
+    wanted = getattr(task, "head_class", None)
+    if wanted is None or (isinstance(head, type) and issubclass(head, wanted)):
+        return
+    fits = []
+    for option in sorted(Path(CONFIG_DIR, "head").glob("*.yaml")):
+        target = OmegaConf.load(option).get("_target_")
+        with contextlib.suppress(Exception):
+            if issubclass(get_class(target), wanted):
+                fits.append(f"head={option.stem}")
+    raise ConfigError(f"task={task.name} cannot use head._target_={OmegaConf.select(cfg, 'head._target_')}: it needs "
+                      f"a {wanted.__name__}; use {' or '.join(fits) or wanted.__name__}")
+
+
 def validate(cfg: DictConfig) -> None:
     """Check the keys every mode relies on; raise :class:`ConfigError` naming key and valid values."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if cfg.get("mode") in ("profile", "predict", "export"):  # these read no data set (predict/export: the checkpoint's)
+        missing = [k for k in missing if not k.startswith("data.")]
+    if missing:
+        raise ConfigError(f"{missing[0]} is not set (??? in the config): give {missing[0]}=VALUE on the command line"
+                          + (f" (also unset: {missing[1:]})" if len(missing) > 1 else ""))
     mode = cfg.get("mode")
     if mode not in MODES:
         raise ConfigError(f"mode={mode!r}: expected one of {list(MODES)}.{suggest(mode, MODES)}")
-    _positive_number(cfg, "backbone.width")
+    for key in NUMERIC_KEYS:
+        check_number(cfg, key)
+    check_normalisation(cfg)
+    check_epochs(cfg)
+    check_head_fits_task(cfg)
     size = OmegaConf.select(cfg, "data.image_size")
     stride = 32
     # A task class may accept sizes that are not multiples of 32 (detection: SSD300).
     multiple = _task_input_multiple(cfg, stride)
-    if not isinstance(size, int) or isinstance(size, bool) or size < stride or size % multiple:
+    if not isinstance(size, int) or isinstance(size, bool):
+        raise ConfigError(f"data.image_size={size!r}: expected an integer (pixels), e.g. 224")
+    if size < stride or size % multiple:
         lower = max(stride, (size if isinstance(size, int) else 0) // stride * stride)
         raise ConfigError(
             f"data.image_size={size!r}: the backbone reduces its input {stride}x, so the size must be a "
@@ -101,7 +198,10 @@ def misspelled_keys(overrides: list[str], config_dir: str) -> list[str]:
         if "." not in key or OmegaConf.select(cfg, key, default="__missing__") != "__missing__":
             continue
         parent, _, leaf = key.rpartition(".")
-        node = OmegaConf.select(cfg, parent) if parent else cfg
+        node = OmegaConf.select(cfg, parent, default=None) if parent else cfg
+        # keys() lists keys whose value is MISSING (``root: ???``) too: those exist, they are just unset.
+        if isinstance(node, DictConfig) and leaf in node.keys():
+            continue
         if isinstance(node, DictConfig):
             options = [f"{parent}.{k}" for k in node.keys()]
             hints.append(f"unknown key {key!r}.{suggest(key, options)} Valid keys under {parent!r}: {sorted(node.keys())}")

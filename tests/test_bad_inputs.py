@@ -1,5 +1,6 @@
-"""Bad-input corpus (issue 6): each bad input gives a clear error naming file / key / value,
-or a counted, logged skip; never a bare traceback from a training step, never a silent zero."""
+"""Bad-input corpus (issues 6 and 12): each bad input gives a clear error naming file / key / value,
+or a counted, logged skip; never a bare traceback from a training step, never a silent zero.
+The table of cases and their promised behaviour: ``tests/bad_inputs/README.md``."""
 
 from __future__ import annotations
 
@@ -11,8 +12,20 @@ from pathlib import Path
 import pytest
 import torch
 
+from mbtasks.data.io import ImageReadError
 from mbtasks.errors import ConfigError, DataError, UserError
-from tests.bad_inputs import box, coco, image_folder, jpeg_bytes, png_bytes
+from tests.bad_inputs import (
+    box,
+    coco,
+    fake_checkpoint,
+    image_folder,
+    jpeg_bytes,
+    png_bytes,
+    png_claiming,
+    png_text_bomb,
+    tiff_bytes,
+    voc_pair,
+)
 from tests.conftest import compose_cfg
 
 
@@ -193,6 +206,239 @@ def foreign_pickle(tmp: Path) -> None:
     read_checkpoint(tmp / "evil.ckpt")
 
 
+# --- issue 12: decoders and pixel formats ------------------------------------------------------------------
+
+def _read(tmp: Path, name: str, content: bytes):
+    from mbtasks.data.io import read_rgb
+
+    (tmp / name).write_bytes(content)
+    return read_rgb(tmp / name)
+
+
+def decoder_skip(content: bytes, name: str = "bad.png") -> Callable[[Path], dict]:
+    """The file is a named, counted skip in a training split (never an exception mid-epoch)."""
+    def run(tmp: Path) -> dict:
+        from mbtasks.data.imagefolder import ImageFolderDataset, scan_image_folder
+
+        root = image_folder(tmp / "train")
+        (root / "a" / name).write_bytes(content)
+        samples, _ = scan_image_folder(root)
+        ds = ImageFolderDataset(samples, None, (0.5,) * 3, (0.5,) * 3)
+        assert all(ds[i][0].shape == (3, 32, 32) for i in range(len(ds)))
+        return {"skipped": len(ds.skips.skipped), "named": str(root / "a" / name) in ds.skips.skipped}
+    return run
+
+
+def read_values(name: str, content: bytes) -> Callable[[Path], dict]:
+    """Decoded grey values of the first row (as 8-bit RGB)."""
+    def run(tmp: Path) -> dict:
+        image = _read(tmp, name, content)
+        assert image.dtype.name == "uint8" and image.shape[2] == 3
+        return {"row": image[0, :, 0].tolist()}
+    return run
+
+
+def read_refused(name: str, content: bytes) -> Callable[[Path], None]:
+    def run(tmp: Path) -> None:
+        _read(tmp, name, content)
+    return run
+
+
+def check_reports_decoder_failures(tmp: Path) -> dict:
+    """mode=check lists a decompression bomb and an unmappable pixel format as unreadable, without a traceback."""
+    from mbtasks.modes.check import scan
+
+    for split in ("train", "val"):
+        image_folder(tmp / split)
+    (tmp / "train" / "a" / "bomb.png").write_bytes(png_claiming(100_000, 100_000))
+    (tmp / "train" / "b" / "neg.tif").write_bytes(tiff_bytes("I", [[-5, 3], [4, 5]]))
+    report = scan(compose_cfg(["data=imagefolder", f"data.root={tmp}", "data.image_size=32"]))
+    first = report["unreadable"]["first"]
+    return {"ok": report["ok"], "unreadable": report["unreadable"]["count"],
+            "bomb named": "decompression bomb" in first[str(tmp / "train" / "a" / "bomb.png")],
+            "mode named": "pixel mode 'I'" in first[str(tmp / "train" / "b" / "neg.tif")]}
+
+
+# --- issue 12: COCO / VOC fields -----------------------------------------------------------------------------
+
+def coco_edit(edit: Callable[[dict], None], counts_only: bool = True) -> Callable[[Path], dict]:
+    """``load_coco`` after ``edit`` changed the parsed json of a 2-image file (one box each)."""
+    def run(tmp: Path) -> dict:
+        from mbtasks.data.coco import coco_categories, load_coco
+
+        ann = coco(tmp, [box(1, [8, 8, 20, 20]), box(2, [30, 30, 10, 10], image_id=2)])
+        data = json.loads(ann.read_text())
+        edit(data)
+        ann.write_text(json.dumps(data))
+        _, ids = coco_categories(data, ann)
+        records, report = load_coco(ann, tmp / "img", ids)
+        return {**report.counts, "boxes": int(sum(r.num_trainable for r in records))}
+    return run
+
+
+def _set(path: str, value) -> Callable[[dict], None]:
+    """``_set("images.0.width", "abc")``: assign inside the parsed json."""
+    def edit(data: dict) -> None:
+        *parents, leaf = path.split(".")
+        node = data
+        for key in parents:
+            node = node[int(key)] if isinstance(node, list) else node[key]
+        node[int(leaf) if isinstance(node, list) else leaf] = value
+    return edit
+
+
+def coco_deep_nesting(tmp: Path) -> None:
+    from mbtasks.data.coco import read_coco_json
+
+    (tmp / "ann.json").write_text("[" * 100_000 + "]" * 100_000)
+    read_coco_json(tmp / "ann.json")
+
+
+def coco_outside_file(name_of: Callable[[Path], str]) -> Callable[[Path], dict]:
+    """A file_name leaving the image folder: not read (the file it names exists)."""
+    def run(tmp: Path) -> dict:
+        (tmp / "secret.png").write_bytes(png_bytes(64))
+        return coco_edit(_set("images.1.file_name", name_of(tmp)))(tmp)
+    return run
+
+
+def coco_size_mismatch(tmp: Path) -> dict:
+    """The json says 128x128, the file is 64x64: boxes follow the image, the dataset counts it."""
+    from mbtasks.data.coco import load_coco
+    from mbtasks.data.detection import DetectionDataset
+
+    ann = coco(tmp, [box(1, [16, 16, 40, 40])])
+    data = json.loads(ann.read_text())
+    data["images"][0].update(width=128, height=128)
+    ann.write_text(json.dumps(data))
+    records, _ = load_coco(ann, tmp / "img", [1, 2])
+    ds = DetectionDataset(records, None, 64, (0.5,) * 3, (0.5,) * 3, train=False)
+    _, target = ds[0]
+    return {"rescaled": len(ds.rescaled.skipped), "box": target["boxes"][0].tolist()}
+
+
+def check_reports_size_mismatch(tmp: Path) -> dict:
+    from mbtasks.data.synthetic import make_shapes_detection
+    from mbtasks.modes.check import scan
+
+    root = make_shapes_detection(tmp / "det", classes=["circle", "square"], train_images=4, val_images=2,
+                                 test_images=2, image_size=64, empty_fraction=0.0, seed=3)
+    ann = root / "annotations" / "instances_train.json"
+    data = json.loads(ann.read_text())
+    data["images"][0].update(width=640, height=640)
+    ann.write_text(json.dumps(data))
+    report = scan(compose_cfg(["task=detection", "data=coco", f"data.root={root}", "data.train_ann=annotations/instances_train.json",
+                               "data.train_images=train", "data.val_ann=annotations/instances_val.json",
+                               "data.val_images=val", "data.image_size=64"]))
+    return {"rescaled": report["rescaled"]["count"], "warned": any("differ in size" in w for w in report["warnings"])}
+
+
+def voc_read(width="64", height="64", filename=None) -> Callable[[Path], dict]:
+    def run(tmp: Path) -> dict:
+        from mbtasks.data.voc import load_voc, split_files
+
+        (tmp / "secret.png").write_bytes(png_bytes(64))
+        voc_pair(tmp / "train", "a", width, height, filename)
+        records, report = load_voc(split_files(tmp, "train"), ["thing"], tmp / "train")
+        return {**report.counts, "size": (records[0].width, records[0].height), "file": records[0].path.name}
+    return run
+
+
+# --- issue 12: config, checkpoints, run dirs, pairs ----------------------------------------------------------
+
+def missing_value_is_not_a_misspelling(tmp: Path) -> dict:
+    from mbtasks.__main__ import CONFIG_DIR
+    from mbtasks.config import misspelled_keys
+
+    return {"hints": misspelled_keys(["data=imagefolder", "data.root=/data/x", "data.image_size=64"], CONFIG_DIR)}
+
+
+def checkpoint_of_task(task: str, overrides: list[str], given: bool = True) -> Callable[[Path], None]:
+    def run(tmp: Path) -> None:
+        from mbtasks.tasks import check_checkpoint_task
+
+        path = fake_checkpoint(tmp / "run" / "checkpoints" / "last.ckpt", task)
+        check_checkpoint_task(compose_cfg(overrides + [f"ckpt_path={path}"]), given)
+    return run
+
+
+def pickle_refusal_new_wording(tmp: Path) -> None:
+    """torch's newer text ("unsupported GLOBAL") is recognised by the exception type, not the text."""
+    import pickle
+    from unittest import mock
+
+    from mbtasks.tasks import read_checkpoint
+
+    torch.save({"mbtasks": {}, "payload": Path("/etc/passwd")}, tmp / "evil.ckpt")
+    error = pickle.UnpicklingError("Weights only load failed. Re-running `torch.load` with `weights_only` set to "
+                                   "`False` will likely succeed... unsupported GLOBAL pathlib.PosixPath")
+    with mock.patch("torch.load", side_effect=error):
+        read_checkpoint(tmp / "evil.ckpt")
+
+
+def raw_pickle_with_code(tmp: Path) -> None:
+    import pickle
+
+    from mbtasks.tasks import read_checkpoint
+
+    class RunsCode:
+        def __reduce__(self):
+            return (print, ("this would run on load",))
+
+    (tmp / "code.ckpt").write_bytes(pickle.dumps({"mbtasks": RunsCode()}, protocol=4))
+    read_checkpoint(tmp / "code.ckpt")
+
+
+def legacy_format_with_objects(tmp: Path) -> None:
+    from mbtasks.tasks import read_checkpoint
+
+    torch.save({"mbtasks": {}, "payload": Path("/etc/passwd")}, tmp / "old.ckpt", _use_new_zipfile_serialization=False)
+    read_checkpoint(tmp / "old.ckpt")
+
+
+def resume_with_pickled_objects(tmp: Path) -> None:
+    from mbtasks.tasks import check_checkpoint_task
+
+    last = tmp / "run" / "checkpoints" / "last.ckpt"
+    last.parent.mkdir(parents=True)
+    torch.save({"mbtasks": {}, "payload": Path("/etc/passwd")}, last)
+    check_checkpoint_task(compose_cfg([f"resume={tmp / 'run'}", f"ckpt_path={last}"]), False)
+
+
+def other_mode_into_a_run_dir(mode: str) -> Callable[[Path], dict]:
+    def run(tmp: Path) -> dict:
+        from omegaconf import OmegaConf
+
+        from mbtasks.__main__ import claim_run_dir
+
+        (tmp / "metrics.json").write_text('{"test/acc_top1": 0.9}')
+        (tmp / "config.yaml").write_text("old: config\n")
+        used = claim_run_dir(OmegaConf.create({"mode": mode, "resume": None}), tmp)
+        return {"dir": used.relative_to(tmp).as_posix(), "metrics kept": (tmp / "metrics.json").read_text() ==
+                '{"test/acc_top1": 0.9}'}
+    return run
+
+
+def train_into_a_dir_with_files(tmp: Path) -> None:
+    from omegaconf import OmegaConf
+
+    from mbtasks.__main__ import claim_run_dir
+
+    (tmp / "check.json").write_text("{}")
+    claim_run_dir(OmegaConf.create({"mode": "train", "resume": None}), tmp)
+
+
+def pairs_with_spaces(line: str) -> Callable[[Path], dict]:
+    def run(tmp: Path) -> dict:
+        from mbtasks.predictors.embedding import read_pair_list
+
+        for name in ("Ann Lee_1.png", "Ann Lee_2.png", "O'Brien_1.png", "O'Brien_2.png"):
+            (tmp / name).write_bytes(png_bytes())
+        (tmp / "pairs.txt").write_text(line + "\n")
+        return {"pairs": [(a.name, b.name) for a, b in read_pair_list(tmp / "pairs.txt")]}
+    return run
+
+
 CASES = [
     Case("truncated JPEG", truncated_jpeg, counts={"samples": 5, "skipped": 1, "named": True}),
     Case("zero-byte file", zero_byte_file, counts={"samples": 5, "skipped": 1, "named": True}),
@@ -227,6 +473,112 @@ CASES = [
     Case("truncated checkpoint", not_a_checkpoint(b"PK\x03\x04 truncated"), ConfigError, r"last\.ckpt: cannot read checkpoint"),
     Case("checkpoint that is not ours", not_a_checkpoint(b""), ConfigError, r"last\.ckpt"),
     Case("checkpoint with pickled objects", foreign_pickle, ConfigError, r"evil\.ckpt: .*pickled Python objects"),
+    # --- issue 12 ---
+    Case("header claiming 100000x100000 pixels (PIL's DecompressionBombError)", decoder_skip(png_claiming(100_000, 100_000)),
+         counts={"skipped": 1, "named": True}),
+    Case("header above the pixel limit, below 2x (PIL only warns)", read_refused("big.png", png_claiming(10_000, 10_000)),
+         ImageReadError, r"big\.png: 10000x10000 pixels is above the decoder limit of 89478485"),
+    Case("PNG text chunk inflating past MAX_TEXT_CHUNK", decoder_skip(png_text_bomb()), counts={"skipped": 1, "named": True}),
+    Case("PNG text bomb named with PIL's reason", read_refused("t.png", png_text_bomb()), ImageReadError,
+         r"t\.png: cannot decode image \(ValueError: Decompressed data too large"),
+    Case("16-bit little-endian greyscale", read_values("le.tif", tiff_bytes("I;16", [[0, 25700, 32896, 65535]])),
+         counts={"row": [0, 100, 128, 255]}),
+    Case("16-bit big-endian greyscale", read_values("be.tif", tiff_bytes("I;16B", [[0, 25700, 32896, 65535]])),
+         counts={"row": [0, 100, 128, 255]}),
+    Case("32-bit integer image holding 8-bit values", read_values("i8.tif", tiff_bytes("I", [[0, 100, 200, 255]])),
+         counts={"row": [0, 100, 200, 255]}),
+    Case("32-bit integer image holding 16-bit values", read_values("i16.tif", tiff_bytes("I", [[0, 25700, 65535, 300]])),
+         counts={"row": [0, 100, 255, 1]}),
+    Case("32-bit integer image with negative values", read_refused("neg.tif", tiff_bytes("I", [[-5, 3]])), ImageReadError,
+         r"neg\.tif: pixel mode 'I' with values -5\.\.3"),
+    Case("float image in [0, 1]", read_values("f.tif", tiff_bytes("F", [[0.0, 0.5, 0.25, 1.0]])),
+         counts={"row": [0, 128, 64, 255]}),
+    Case("float image holding NaN", read_refused("nan.tif", tiff_bytes("F", [[0.0, float("nan")]])), ImageReadError,
+         r"nan\.tif: pixel mode 'F' holds NaN or infinite values"),
+    Case("mode=check reports decoder failures by name", check_reports_decoder_failures,
+         counts={"ok": True, "unreadable": 2, "bomb named": True, "mode named": True}),
+    Case("COCO duplicate image id", coco_edit(_set("images.1.id", 1)), DataError,
+         r"ann\.json: image id 1 is used twice \(file_name '0\.png' and '1\.png'\)"),
+    Case("COCO width that is not a number", coco_edit(_set("images.0.width", "abc")),
+         counts={"image sizes that are not numbers": 1, "boxes": 2}),
+    Case("COCO height NaN", coco_edit(_set("images.0.height", float("nan"))),
+         counts={"image sizes that are not numbers": 1, "boxes": 2}),
+    Case("COCO annotation that is a list", coco_edit(_set("annotations.0", [1, 2, 3])),
+         counts={"malformed annotations": 1, "boxes": 1}),
+    Case("COCO image entry that is a string", coco_edit(_set("images.0", "0.png")),
+         counts={"malformed image entries": 1, "annotations of unlisted images": 1, "boxes": 1}),
+    Case("COCO json nested 100000 deep", coco_deep_nesting, DataError, r"ann\.json: json nested too deeply"),
+    Case("COCO file_name with '..'", coco_outside_file(lambda tmp: "../secret.png"),
+         counts={"file names outside the image folder": 1, "annotations of missing images": 1, "boxes": 1}),
+    Case("COCO absolute file_name", coco_outside_file(lambda tmp: str(tmp / "secret.png")),
+         counts={"file names outside the image folder": 1, "annotations of missing images": 1, "boxes": 1}),
+    Case("COCO float category_id", coco_edit(_set("annotations.0.category_id", 1.5)),
+         counts={"malformed annotations": 1, "boxes": 1}),
+    Case("COCO boolean category_id", coco_edit(_set("annotations.0.category_id", True)),
+         counts={"malformed annotations": 1, "boxes": 1}),
+    Case("COCO bbox given as a string", coco_edit(_set("annotations.0.bbox", "8820")),
+         counts={"malformed annotations": 1, "boxes": 1}),
+    Case("COCO area that is not a number (box area used)", coco_edit(_set("annotations.0.area", "big")),
+         counts={"boxes": 2}),
+    Case("COCO duplicate category names", coco_edit(_set("categories.1.name", "thing")), DataError,
+         r"ann\.json: categories 1 and 2 share the name 'thing'"),
+    Case("COCO float category id in categories", coco_edit(_set("categories.1.id", 2.5)), DataError,
+         r"ann\.json: category .*2\.5.*integer 'id'"),
+    Case("annotated size differs from the image (boxes rescaled, counted)", coco_size_mismatch,
+         counts={"rescaled": 1, "box": [8.0, 8.0, 28.0, 28.0]}),
+    Case("mode=check reports size mismatches", check_reports_size_mismatch, counts={"rescaled": 1, "warned": True}),
+    Case("VOC <width>abc", voc_read(width="abc"), counts={"image sizes that are not numbers": 1, "size": (64, 64), "file": "a.png"}),
+    Case("VOC <height>nan", voc_read(height="nan"), counts={"image sizes that are not numbers": 1, "size": (64, 64), "file": "a.png"}),
+    Case("VOC <filename> with '..'", voc_read(filename="../secret.png"),
+         counts={"file names outside the image folder": 1, "size": (64, 64), "file": "a.png"}),
+    Case("data.batch_size=0", validate_with(["data.batch_size=0"]), ConfigError, r"data\.batch_size=0: expected an integer >= 1"),
+    Case("data.num_workers=-1", validate_with(["data.num_workers=-1"]), ConfigError, r"data\.num_workers=-1: expected an integer >= 0"),
+    Case("optimizer.lr=0", validate_with(["optimizer.lr=0"]), ConfigError, r"optimizer\.lr=0: expected a number > 0"),
+    Case("optimizer.lr=nan", validate_with(["optimizer.lr=nan"]), ConfigError, r"optimizer\.lr=nan: expected a number > 0"),
+    Case("seed=-1", validate_with(["seed=-1"]), ConfigError, r"seed=-1: expected an integer >= 0 and <= 4294967295"),
+    Case("seed given as text", validate_with(["seed=abc"]), ConfigError, r"seed='abc': expected an integer"),
+    Case("data.mean of two values", validate_with(["data.mean=[0.5,0.5]"]), ConfigError, r"data\.mean=.*expected three numbers"),
+    Case("data.std with a zero", validate_with(["data.std=[0.2,0,0.2]"]), ConfigError, r"data\.std=.*expected three numbers > 0"),
+    Case("trainer.max_epochs=0", validate_with(["trainer.max_epochs=0"]), ConfigError,
+         r"trainer\.max_epochs=0: expected an integer >= 1 for mode=train"),
+    Case("backbone.width=nan", validate_with(["backbone.width=nan"]), ConfigError, r"backbone\.width=nan: expected a number > 0 and <= 4"),
+    Case("backbone.width=inf", validate_with(["backbone.width=inf"]), ConfigError, r"backbone\.width=inf: expected a number"),
+    Case("backbone.width=100 (would exhaust memory)", validate_with(["backbone.width=100"]), ConfigError, r"backbone\.width=100: .*<= 4"),
+    Case("data.image_size as a float", validate_with(["data.image_size=224.0"]), ConfigError,
+         r"data\.image_size=224\.0: expected an integer"),
+    Case("MISSING data.root is not called a misspelling", missing_value_is_not_a_misspelling, counts={"hints": []}),
+    Case("data.root left at ??? (MISSING)", validate_with(["data=imagefolder"]), ConfigError,
+         r"data\.root is not set \(\?\?\? in the config\): give data\.root=VALUE"),
+    Case("task=detection head=linear", validate_with(["task=detection", "head=linear"]), ConfigError,
+         r"task=detection cannot use head\._target_=mbtasks\.heads\.classifier\.ClassifierHead.*head=ssd or head=ssdlite"),
+    Case("classification checkpoint with task=embedding (mode=test)",
+         checkpoint_of_task("classification", ["task=embedding", "mode=test"]), ConfigError,
+         r"last\.ckpt is a classification checkpoint, but task=embedding was given"),
+    Case("detection checkpoint as ckpt_path of a classification training run",
+         checkpoint_of_task("detection", ["mode=train"], given=False), ConfigError,
+         r"last\.ckpt is a detection checkpoint, but task=classification"),
+    Case("torch's newer refusal wording ('unsupported GLOBAL')", pickle_refusal_new_wording, ConfigError,
+         r"evil\.ckpt: cannot read checkpoint: it holds pickled Python objects \(pathlib\.PosixPath\)"),
+    Case("raw pickle that runs code on load", raw_pickle_with_code, ConfigError,
+         r"code\.ckpt: cannot read checkpoint: it holds pickled Python objects \(builtins\.print\)"),
+    Case("legacy-format checkpoint with pickled objects", legacy_format_with_objects, ConfigError,
+         r"old\.ckpt: .*pickled Python objects \(pathlib\.PosixPath\)"),
+    Case("resume= a run whose last.ckpt holds pickled objects", resume_with_pickled_objects, ConfigError,
+         r"^resume=.*last\.ckpt: cannot read checkpoint: it holds pickled Python objects"),
+    Case("mode=test pointed at a training run dir", other_mode_into_a_run_dir("test"),
+         counts={"dir": "test", "metrics kept": True}),
+    Case("mode=predict pointed at a training run dir", other_mode_into_a_run_dir("predict"),
+         counts={"dir": "predict", "metrics kept": True}),
+    Case("mode=train into a dir holding other files", train_into_a_dir_with_files, ConfigError,
+         r"already holds other files \(check\.json\)"),
+    Case("pairs file: tab-separated paths with spaces", pairs_with_spaces("Ann Lee_1.png\tAnn Lee_2.png"),
+         counts={"pairs": [("Ann Lee_1.png", "Ann Lee_2.png")]}),
+    Case("pairs file: quoted paths with spaces", pairs_with_spaces('"Ann Lee_1.png" "Ann Lee_2.png"'),
+         counts={"pairs": [("Ann Lee_1.png", "Ann Lee_2.png")]}),
+    Case("pairs file: unquoted paths with spaces", pairs_with_spaces("Ann Lee_1.png Ann Lee_2.png"),
+         counts={"pairs": [("Ann Lee_1.png", "Ann Lee_2.png")]}),
+    Case("pairs file: names with an apostrophe", pairs_with_spaces("O'Brien_1.png O'Brien_2.png"),
+         counts={"pairs": [("O'Brien_1.png", "O'Brien_2.png")]}),
 ]
 
 
@@ -240,7 +592,16 @@ def test_bad_input(case: Case, tmp_path):
 
 
 def test_corpus_is_big_enough():
-    assert len(CASES) >= 15
+    assert len(CASES) >= 29 + 25
+
+
+def test_table_lists_every_case():
+    """``tests/bad_inputs/README.md`` has one row per case, in order."""
+    table = (Path(__file__).parent / "bad_inputs" / "README.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert len(rows) == len(CASES)
+    for number, (row, case) in enumerate(zip(rows, CASES, strict=True), 1):
+        assert row.startswith(f"| {number} | ") and case.name in row, (row, case.name)
 
 
 def test_user_errors_are_what_the_cli_prints_as_one_line():
@@ -257,3 +618,20 @@ def test_unreadable_files_are_counted_in_metrics_not_silently_dropped(tiny_shape
                         "backbone.width=0.25", "trainer.max_epochs=1", "task.log_images=0"], tmp_path)
     assert metrics["data/skipped_files"] == 1
     assert json.loads((tmp_path / "metrics.json").read_text())["data/skipped_files"] == 1
+
+
+def test_size_mismatches_are_counted_in_training_metrics(tmp_path):
+    """An image whose annotated size is wrong is trained on with rescaled boxes, and counted (issue 12)."""
+    from mbtasks.data.synthetic import make_shapes_detection
+    from tests.conftest import run_mode
+
+    root = make_shapes_detection(tmp_path / "det", classes=["circle", "square"], train_images=4, val_images=2,
+                                 test_images=2, image_size=64, empty_fraction=0.0, seed=3)
+    ann = root / "annotations" / "instances_test.json"
+    data = json.loads(ann.read_text())
+    data["images"][0].update(width=128, height=96)
+    ann.write_text(json.dumps(data))
+    metrics = run_mode(["task=detection", f"data.root={root}", "data.generator=null", "data.image_size=64",
+                        "data.batch_size=2", "backbone.width=0.25", "trainer.max_epochs=1", "task.log_images=0"],
+                       tmp_path / "run")
+    assert metrics["data/rescaled_annotations"] == 1

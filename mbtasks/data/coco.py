@@ -19,12 +19,14 @@ from mbtasks.data.detection import (
     AnnotationReport,
     DetectionDataModule,
     ImageRecord,
+    as_number,
+    as_size,
     check_box,
     image_size_of,
     require_boxes,
     split_off,
 )
-from mbtasks.data.io import ImageReadError
+from mbtasks.data.io import ImageReadError, inside_folder
 from mbtasks.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from mbtasks.errors import DataError
 
@@ -43,6 +45,8 @@ def read_coco_json(path: Path) -> dict:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise DataError(f"{path}: not valid json ({err})") from err
+    except RecursionError as err:
+        raise DataError(f"{path}: json nested too deeply to be a COCO file") from err
     if not isinstance(data, dict):
         raise DataError(f"{path}: expected a json object with images, annotations, categories")
     missing = [k for k in ("images", "categories") if not isinstance(data.get(k), list)]
@@ -52,17 +56,44 @@ def read_coco_json(path: Path) -> dict:
     return data
 
 
+def as_id(value) -> int | None:
+    """A COCO id: a json integer (or a string of digits, as some exporters write it).
+
+    Floats and booleans are not ids (``int(1.5)`` and ``int(True)`` would silently make one).
+    """
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    return None
+
+
 def coco_categories(data: dict, path: Path) -> tuple[list[str], list[int]]:
-    """Class names and ids from ``categories``, sorted by id."""
-    try:
-        cats = sorted((int(c["id"]), str(c["name"])) for c in data["categories"])
-    except (KeyError, TypeError, ValueError) as err:
-        raise DataError(f"{path}: every category needs an integer 'id' and a 'name' ({err})") from err
+    """Class names and ids from ``categories``, sorted by id.
+
+    Raises:
+        DataError: a category without an integer ``id`` or a ``name``, duplicate ids or names.
+    """
+    cats = []
+    for c in data["categories"]:
+        cid = as_id(c.get("id")) if isinstance(c, dict) else None
+        if cid is None or not isinstance(c.get("name"), str) or not c["name"]:
+            raise DataError(f"{path}: category {str(c)[:80]}: every category needs an integer 'id' and a 'name'")
+        cats.append((cid, c["name"]))
+    cats.sort()
     if not cats:
         raise DataError(f"{path}: 'categories' is empty")
     ids = [i for i, _ in cats]
     if len(set(ids)) != len(ids):
         raise DataError(f"{path}: duplicate category ids in {ids}")
+    first: dict[str, int] = {}
+    for cid, name in cats:
+        if name in first:
+            raise DataError(f"{path}: categories {first[name]} and {cid} share the name {name!r}; class names "
+                            "must be unique (merge the ids or rename one)")
+        first[name] = cid
     return [n for _, n in cats], ids
 
 
@@ -71,7 +102,14 @@ def load_coco(ann_file: Path, image_dir: Path, category_ids: list[int]) -> tuple
 
     Skipped, each with a message naming file and annotation id: boxes of zero or negative
     size, boxes outside the image, unknown category ids, annotations of images that are
-    not listed or whose file is missing. Images without annotations are kept (negatives).
+    not listed or whose file is missing, ``file_name`` entries that are absolute or contain
+    ``..`` (they would read outside ``image_dir``), malformed entries (an id or
+    ``category_id`` that is a float or boolean, a ``bbox`` that is not 4 numbers). A
+    ``width`` / ``height`` that is not a number is replaced by the file's own size (counted).
+    Images without annotations are kept (negatives).
+
+    Raises:
+        DataError: two image entries share an id (their boxes would mix), or no image is usable.
 
     Args:
         ann_file: the COCO json.
@@ -82,19 +120,31 @@ def load_coco(ann_file: Path, image_dir: Path, category_ids: list[int]) -> tuple
     report = AnnotationReport(ann_file)
     label_of = {cid: i for i, cid in enumerate(category_ids)}
     images: dict[int, ImageRecord] = {}
-    listed: set[int] = set()
+    listed: dict[int, str] = {}
     for entry in data["images"]:
-        try:
-            image_id, name = int(entry["id"]), str(entry["file_name"])
-        except (KeyError, TypeError, ValueError):
+        image_id = as_id(entry.get("id")) if isinstance(entry, dict) else None
+        name = entry.get("file_name") if isinstance(entry, dict) else None
+        if image_id is None or not isinstance(name, str):
             report.add("malformed image entries", f"image entry {str(entry)[:80]} lacks an integer 'id' or 'file_name'")
             continue
-        listed.add(image_id)
+        if image_id in listed:
+            raise DataError(f"{ann_file}: image id {image_id} is used twice (file_name {listed[image_id]!r} and "
+                            f"{name!r}); their boxes would mix: give every image its own id")
+        listed[image_id] = name
+        if not inside_folder(name):
+            report.add("file names outside the image folder",
+                       f"image id {image_id}: file_name {name!r} is absolute or climbs out of {image_dir} with '..'; "
+                       "it is not read")
+            continue
         path = image_dir / name
         if not path.is_file():
             report.add("missing image files", f"image id {image_id}: file {path} not found; its annotations are skipped")
             continue
-        width, height = int(entry.get("width") or 0), int(entry.get("height") or 0)
+        width, height = as_size(entry.get("width")), as_size(entry.get("height"))
+        if width is None or height is None:
+            report.add("image sizes that are not numbers", f"image id {image_id} ({name}): width={entry.get('width')!r}, "
+                                                           f"height={entry.get('height')!r}; the file's size is used")
+            width = height = 0
         if width <= 0 or height <= 0:
             try:
                 width, height = image_size_of(path)
@@ -104,14 +154,19 @@ def load_coco(ann_file: Path, image_dir: Path, category_ids: list[int]) -> tuple
         images[image_id] = ImageRecord(image_id, path, width, height)
     per_image: dict[int, list[tuple]] = {i: [] for i in images}
     for ann in data["annotations"]:
-        ann_id = ann.get("id", "?")
-        try:
-            image_id = int(ann["image_id"])
-            x, y, w, h = (float(v) for v in ann["bbox"])
-            category = int(ann["category_id"])
-        except (KeyError, TypeError, ValueError):
-            report.add("malformed annotations", f"annotation {ann_id}: needs image_id, category_id and bbox [x, y, w, h]")
+        if not isinstance(ann, dict):
+            report.add("malformed annotations", f"annotation {str(ann)[:80]}: expected a json object")
             continue
+        ann_id = ann.get("id", "?")
+        image_id, category, bbox = as_id(ann.get("image_id")), as_id(ann.get("category_id")), ann.get("bbox")
+        if (image_id is None or category is None or not isinstance(bbox, list) or len(bbox) != 4
+                or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in bbox)):
+            report.add("malformed annotations", f"annotation {ann_id}: needs an integer image_id and category_id "
+                                                f"and bbox [x, y, w, h] of numbers; got image_id="
+                                                f"{ann.get('image_id')!r}, category_id={ann.get('category_id')!r}, "
+                                                f"bbox={str(bbox)[:60]}")
+            continue
+        x, y, w, h = (float(v) for v in bbox)
         if image_id not in images:
             if image_id not in listed:
                 report.add("annotations of unlisted images", f"annotation {ann_id}: image id {image_id} is not in 'images'")
@@ -128,7 +183,7 @@ def load_coco(ann_file: Path, image_dir: Path, category_ids: list[int]) -> tuple
             report.add(f"boxes: {reason}", f"annotation {ann_id} ({rec.path.name}, {rec.width}x{rec.height}): "
                                            f"bbox [x, y, w, h] = {[x, y, w, h]}: {reason}")
             continue
-        area = float(ann.get("area") or (box[2] - box[0]) * (box[3] - box[1]))
+        area = as_number(ann.get("area")) or (box[2] - box[0]) * (box[3] - box[1])
         per_image[image_id].append((box, label_of[category], bool(ann.get("iscrowd", 0)), area))
     records = []
     for image_id, rec in images.items():

@@ -17,11 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
 from mbtasks.data.base import SplitDataModule
-from mbtasks.data.io import ImageReadError, SkipCounter, read_rgb
+from mbtasks.data.io import ImageReadError, SkipCounter, open_image, read_rgb
 from mbtasks.data.transforms import IMAGENET_MEAN, IMAGENET_STD, apply, to_tensor
 from mbtasks.errors import ConfigError, DataError
 
@@ -66,14 +65,11 @@ def image_size_of(path: Path) -> tuple[int, int]:
     Raises:
         ImageReadError: the file cannot be opened as an image.
     """
-    try:
-        with Image.open(path) as img:
-            w, h = img.size
-            if img.getexif().get(0x0112) in _SWAPPING_ORIENTATIONS:
-                w, h = h, w
-            return int(w), int(h)
-    except (OSError, SyntaxError) as err:
-        raise ImageReadError(f"{path}: cannot read image header ({err})") from err
+    with open_image(path) as img:
+        w, h = img.size
+        if img.getexif().get(0x0112) in _SWAPPING_ORIENTATIONS:
+            w, h = h, w
+        return int(w), int(h)
 
 
 class AnnotationReport:
@@ -123,6 +119,26 @@ def check_box(box: tuple[float, float, float, float], width: int, height: int) -
     if cx2 - cx1 < 1.0 or cy2 - cy1 < 1.0:
         return None, "outside the image"
     return (cx1, cy1, cx2, cy2), None
+
+
+def as_number(value) -> float | None:
+    """A finite json number (or numeric string); None for anything else, booleans included."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def as_size(value) -> int | None:
+    """An annotated image ``width`` / ``height``: 0 when absent or 0 (read from the file), None when not a
+    number >= 0 (``"abc"``, ``nan``, ``-5``, ``true``)."""
+    if value is None or value == "":
+        return 0
+    number = as_number(value)
+    return int(round(number)) if number is not None and number >= 0 else None
 
 
 def require_boxes(records: list[ImageRecord], source: str | Path, report: AnnotationReport | None = None) -> None:
@@ -178,6 +194,8 @@ class DetectionDataset(Dataset):
         self.mean, self.std = tuple(mean), tuple(std)
         self.train = train
         self.skips = SkipCounter()
+        # Images whose decoded size differs from the annotation file's (boxes are rescaled).
+        self.rescaled = SkipCounter("rescaling the boxes of")
 
     def __len__(self) -> int:
         return len(self.records)
@@ -198,6 +216,7 @@ class DetectionDataset(Dataset):
         boxes = rec.boxes
         if (w, h) != (rec.width, rec.height) and rec.width and rec.height:
             # The annotation file's size disagrees with the decoded image: keep boxes relative.
+            self.rescaled.skip(rec.path, f"annotated {rec.width}x{rec.height}, decoded {w}x{h}")
             boxes = boxes * np.array([w / rec.width, h / rec.height] * 2, np.float32)
         boxes = np.clip(boxes, 0, [w, h, w, h]).astype(np.float32)
         keep = ~rec.iscrowd

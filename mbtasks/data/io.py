@@ -1,16 +1,31 @@
-"""Image file reading shared by every data module: EXIF orientation, any mode -> RGB."""
+"""Image file reading shared by every data module: EXIF orientation, every PIL mode -> 8-bit RGB,
+decoder limits.
+
+Decoder limits (PIL's own, kept): an image above ``PIL.Image.MAX_IMAGE_PIXELS`` pixels (89,478,485,
+about 9459 x 9459; read at call time, so a script may raise it) is refused from its header, before
+any pixel is decoded; a PNG text chunk that inflates past ``PngImagePlugin.MAX_TEXT_CHUNK`` (1 MiB)
+is refused by PIL; truncated files are refused (``ImageFile.LOAD_TRUNCATED_IMAGES`` stays False).
+"""
 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp", ".gif")
+
+# Modes PIL converts to RGB itself (colour spaces, palettes, alpha, 1-bit); "La" goes through "LA".
+_PIL_CONVERTS = {"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"}
+# Single-channel modes mapped to 8 bits here from their value range (PIL's own convert clips them).
+_NUMERIC = {"I;16", "I;16L", "I;16B", "I;16N", "I", "F"}
 
 
 class ImageReadError(ValueError):
@@ -21,22 +36,88 @@ def is_image_file(path: str | Path) -> bool:
     return str(path).lower().endswith(IMAGE_EXTENSIONS)
 
 
+def inside_folder(name: str) -> bool:
+    """False for a ``file_name`` that is absolute or climbs out of the image folder with ``..``."""
+    pure = PurePosixPath(name.replace("\\", "/"))
+    return bool(name) and not pure.is_absolute() and ".." not in pure.parts and not PureWindowsPath(name).drive
+
+
+@contextmanager
+def open_image(path: str | Path) -> Iterator[Image.Image]:
+    """``Image.open`` that turns every decoder failure inside the block into :class:`ImageReadError`.
+
+    PIL's plugins raise more than ``OSError`` on hostile files (``DecompressionBombError``,
+    ``ValueError`` for inflating text chunks, ``SyntaxError``, ``EOFError``, ``struct.error``,
+    ``MemoryError``...), so any exception is a decoding failure of this one file.
+    """
+    try:
+        with warnings.catch_warnings():
+            # Refused below by the same limit, with a message naming the file.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                limit = Image.MAX_IMAGE_PIXELS
+                if limit and img.width * img.height > limit:
+                    raise ImageReadError(f"{path}: {img.width}x{img.height} pixels is above the decoder limit of "
+                                         f"{limit} pixels (PIL.Image.MAX_IMAGE_PIXELS)")
+                yield img
+    except ImageReadError:
+        raise
+    except FileNotFoundError as err:
+        raise ImageReadError(f"{path}: file not found") from err
+    except Exception as err:  # noqa: BLE001 - see the docstring
+        raise ImageReadError(f"{path}: cannot decode image ({type(err).__name__}: {err})") from err
+
+
+def _value_range_to_uint8(img: Image.Image, path: str | Path) -> np.ndarray:
+    """A 16-bit, 32-bit integer or float single-channel image as ``(H, W)`` uint8.
+
+    16-bit modes scale 0..65535 to 0..255. Modes ``I`` and ``F`` carry no range, so it is read
+    from the values: all within [0, 1] (float only) is taken as 0..1, within [0, 255] as 8-bit,
+    within [0, 65535] as 16-bit; negative, larger or non-finite values are refused.
+    """
+    arr = np.asarray(img).astype(np.float64)
+    if img.mode.startswith("I;16"):
+        top = 65535.0
+    else:
+        if not np.isfinite(arr).all():
+            raise ImageReadError(f"{path}: pixel mode {img.mode!r} holds NaN or infinite values")
+        lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
+        if lo < 0 or hi > 65535:
+            raise ImageReadError(f"{path}: pixel mode {img.mode!r} with values {lo:g}..{hi:g}: expected values "
+                                 "in [0, 1], [0, 255] or [0, 65535] to map to 8 bits")
+        top = 1.0 if img.mode == "F" and hi <= 1 else 255.0 if hi <= 255 else 65535.0
+    return np.rint(arr * (255.0 / top)).astype(np.uint8)
+
+
+def to_rgb_array(img: Image.Image, path: str | Path = "<image>") -> np.ndarray:
+    """Any PIL image as an ``(H, W, 3)`` uint8 RGB array; modes that cannot be mapped are refused by name."""
+    if img.mode in _NUMERIC:
+        grey = _value_range_to_uint8(img, path)
+        return np.repeat(grey[..., None], 3, axis=2)
+    if img.mode not in _PIL_CONVERTS:
+        raise ImageReadError(f"{path}: pixel mode {img.mode!r} is not supported (expected one of "
+                             f"{sorted(_PIL_CONVERTS | _NUMERIC)})")
+    if img.mode == "La" or (img.mode == "P" and "transparency" in img.info):
+        img = img.convert("LA" if img.mode == "La" else "RGBA")  # PIL's supported path to RGB
+    return np.asarray(img.convert("RGB"), dtype=np.uint8)
+
+
 def read_rgb(path: str | Path) -> np.ndarray:
     """Decode ``path`` to an ``(H, W, 3)`` uint8 RGB array, honouring EXIF orientation.
 
-    Grayscale, palette, RGBA and 16-bit images are converted to RGB.
+    Every PIL mode is mapped to 8-bit RGB (see :func:`to_rgb_array`); the decoder limits are
+    in the module docstring.
 
     Raises:
-        ImageReadError: the file is empty, truncated or not an image (message names the file).
+        ImageReadError: empty, truncated, too large, not an image, or a pixel format that cannot
+            be mapped (the message names the file).
     """
-    try:
-        with Image.open(path) as img:
-            img = ImageOps.exif_transpose(img)
-            if img.mode in ("I;16", "I"):
-                img = img.point(lambda v: v / 256).convert("L")
-            return np.array(img.convert("RGB"))
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
-        raise ImageReadError(f"{path}: cannot decode image ({err})") from err
+    with open_image(path) as img:
+        img = ImageOps.exif_transpose(img)
+        out = to_rgb_array(img, path)
+    if out.ndim != 3 or out.shape[2] != 3 or min(out.shape[:2]) < 1:
+        raise ImageReadError(f"{path}: decoded to an array of shape {out.shape}, expected (H, W, 3)")
+    return out
 
 
 def list_images(folder: str | Path) -> list[Path]:
@@ -47,10 +128,11 @@ def list_images(folder: str | Path) -> list[Path]:
 class SkipCounter:
     """Counts and logs (once per file) samples skipped because their file was unreadable."""
 
-    def __init__(self) -> None:
+    def __init__(self, what: str = "skipping unreadable image") -> None:
+        self.what = what
         self.skipped: dict[str, str] = {}
 
     def skip(self, path: str | Path, reason: str) -> None:
         if str(path) not in self.skipped:
-            log.warning("skipping unreadable image %s (%s)", path, reason)
+            log.warning("%s %s (%s)", self.what, path, reason)
         self.skipped[str(path)] = reason

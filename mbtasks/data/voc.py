@@ -21,12 +21,13 @@ from mbtasks.data.detection import (
     AnnotationReport,
     DetectionDataModule,
     ImageRecord,
+    as_size,
     check_box,
     image_size_of,
     require_boxes,
     split_off,
 )
-from mbtasks.data.io import IMAGE_EXTENSIONS, ImageReadError
+from mbtasks.data.io import IMAGE_EXTENSIONS, ImageReadError, inside_folder
 from mbtasks.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from mbtasks.errors import DataError
 
@@ -58,7 +59,7 @@ def split_files(root: Path, split: str) -> list[tuple[Path, Path]]:
 
 
 def _find_image(xml_path: Path, image_dir: Path, filename: str) -> Path | None:
-    if filename and (image_dir / filename).is_file():
+    if filename and inside_folder(filename) and (image_dir / filename).is_file():
         return image_dir / filename
     for ext in IMAGE_EXTENSIONS + tuple(e.upper() for e in IMAGE_EXTENSIONS):
         candidate = image_dir / f"{xml_path.stem}{ext}"
@@ -94,13 +95,21 @@ def load_voc(files: list[tuple[Path, Path]], class_names: Sequence[str], source:
         except (ET.ParseError, OSError) as err:
             report.add("unreadable xml files", f"{xml_path}: {err}")
             continue
-        path = _find_image(xml_path, image_dir, _text(root, "filename"))
+        filename = _text(root, "filename")
+        if filename and not inside_folder(filename):
+            report.add("file names outside the image folder", f"{xml_path}: <filename> {filename!r} is absolute or "
+                                                              f"climbs out of {image_dir} with '..'; it is not read")
+        path = _find_image(xml_path, image_dir, filename)
         if path is None:
             report.add("missing image files", f"{xml_path}: image {_text(root, 'filename') or xml_path.stem} not found "
                                               f"in {image_dir}; its objects are skipped")
             continue
         size = root.find("size")
-        width, height = int(float(_text(size, "width", "0") or 0)), int(float(_text(size, "height", "0") or 0))
+        width, height = as_size(_text(size, "width")), as_size(_text(size, "height"))
+        if width is None or height is None:
+            report.add("image sizes that are not numbers", f"{xml_path}: <size> width={_text(size, 'width')!r}, "
+                                                           f"height={_text(size, 'height')!r}; the file's size is used")
+            width = height = 0
         if width <= 0 or height <= 0:
             try:
                 width, height = image_size_of(path)

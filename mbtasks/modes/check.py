@@ -51,16 +51,19 @@ def recording_annotation_reports() -> Iterator[dict[str, Counter]]:
         AnnotationReport.add = original
 
 
-def _decode_all(paths: list[Path], unreadable: dict[str, str]) -> set[str]:
-    """Decode every file once; returns the readable ones and records the rest in ``unreadable``."""
+def _decode_all(paths: list[Path], unreadable: dict[str, str], sizes: dict[str, tuple[int, int]] | None = None) -> set[str]:
+    """Decode every file once; returns the readable ones and records the rest in ``unreadable``
+    (and the decoded ``(width, height)`` of each readable one in ``sizes``, when given)."""
     ok = set()
     for path in paths:
         key = str(path)
         if key in unreadable:
             continue
         try:
-            read_rgb(path)
+            h, w = read_rgb(path).shape[:2]
             ok.add(key)
+            if sizes is not None:
+                sizes[key] = (w, h)
         except ImageReadError as err:
             unreadable[key] = str(err.__cause__ or err)
     return ok
@@ -97,9 +100,14 @@ def _classification(dm, report: dict, unreadable: dict[str, str]) -> None:
 
 def _detection(dm, report: dict, unreadable: dict[str, str], dropped: dict[str, Counter]) -> None:
     names = list(dm.class_names)
+    sizes: dict[str, tuple[int, int]] = {}
+    rescaled: dict[str, str] = {}
     for split, ds in dm.datasets.items():
-        readable = _decode_all([r.path for r in ds.records], unreadable)
+        readable = _decode_all([r.path for r in ds.records], unreadable, sizes)
         usable = [r for r in ds.records if str(r.path) in readable]
+        # Training rescales these boxes by the size ratio (DetectionDataset); say so before it does.
+        rescaled.update({str(r.path): f"annotated {r.width}x{r.height}, decoded {sizes[str(r.path)][0]}x"
+                         f"{sizes[str(r.path)][1]}" for r in usable if sizes.get(str(r.path)) != (r.width, r.height)})
         hist = Counter(names[int(label)] for r in usable for label, crowd in zip(r.labels, r.iscrowd, strict=True)
                        if not crowd)
         backgrounds = sum(r.num_trainable == 0 for r in usable)
@@ -107,6 +115,11 @@ def _detection(dm, report: dict, unreadable: dict[str, str], dropped: dict[str, 
                                    "boxes": int(sum(hist.values())), "classes": {n: hist.get(n, 0) for n in names}}
         if split == "train" and not any(r.num_trainable for r in usable):
             report["errors"].append(f"{getattr(dm, 'root', '')}: no readable training image has a usable box")
+    report["rescaled"] = {"count": len(rescaled), "first": dict(list(rescaled.items())[:SHOW])}
+    if rescaled:
+        first = next(iter(rescaled))
+        report["warnings"].append(f"{len(rescaled)} images differ in size from their annotations; their boxes are "
+                                  f"rescaled in training (first: {first}: {rescaled[first]})")
     report["dropped"] = {source: dict(counts) for source, counts in dropped.items()}
     for source, counts in dropped.items():
         report["warnings"].append(f"{source}: dropped " + ", ".join(f"{n} {reason}" for reason, n in sorted(counts.items())))

@@ -60,6 +60,13 @@ def run(cfg: DictConfig, run_dir: Path, overrides=()) -> dict:
     if skipped:
         metrics["data/skipped_files"] = len(skipped)
         log.warning("%d unreadable files were skipped (first: %s)", len(skipped), next(iter(skipped)))
+    rescaled: dict[str, str] = {}
+    for ds in getattr(datamodule, "datasets", {}).values():
+        rescaled.update(getattr(getattr(ds, "rescaled", None), "skipped", {}))
+    if rescaled:
+        metrics["data/rescaled_annotations"] = len(rescaled)
+        log.warning("%d images differ in size from their annotations; their boxes were rescaled (first: %s: %s)",
+                    len(rescaled), *next(iter(rescaled.items())))
     flat = write_metrics(run_dir, metrics)
     if trainer.logger and trainer.is_global_zero:
         trainer.logger.log_hyperparams(flat_hparams(cfg), {k: v for k, v in flat.items() if k.startswith("test/") and v is not None})

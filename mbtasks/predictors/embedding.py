@@ -2,8 +2,9 @@
 
 - ``predict.input=DIR|FILE``: ``embeddings.npy`` (``(N, D)`` float32, unit rows) and
   ``embeddings.json`` (the files in row order, skipped files, threshold).
-- ``predict.pairs=FILE``: one pair a line, two image paths (whitespace or tab separated;
-  relative paths are taken from the pairs file's folder, else the working directory):
+- ``predict.pairs=FILE``: one pair a line, two image paths (whitespace or tab separated; paths
+  with spaces: tab-separated or quoted; relative paths are taken from the pairs file's folder,
+  else the working directory):
   ``pairs.json`` with each pair's squared L2 distance and same/different at the
   checkpoint's threshold.
 - ``predict.gallery=DIR``: identity folders ``DIR/<identity>/<image>``; every
@@ -46,8 +47,40 @@ def embed_files(task, train_cfg: DictConfig, files: list[Path], batch_size: int,
     return done, (np.concatenate(rows) if rows else np.zeros((0, dim), np.float32)).astype(np.float32)
 
 
+def _resolve(field: str, folder: Path) -> Path | None:
+    candidate = Path(field)
+    if not candidate.is_absolute() and (folder / candidate).is_file():
+        return folder / candidate
+    return candidate if candidate.is_file() else None
+
+
+def split_pair_line(line: str, folder: Path) -> list[str]:
+    """The two paths of a pairs line.
+
+    Tab-separated fields are taken as they are; otherwise shell-style quoting (``"a b.jpg" c.jpg``);
+    when that does not give two existing files (an apostrophe in ``O'Brien.jpg``, or unquoted
+    spaces), the one split of the whitespace-separated words into two existing files is used.
+    """
+    if "\t" in line:
+        return [f.strip() for f in line.split("\t") if f.strip()]
+    try:
+        fields = shlex.split(line)
+    except ValueError:  # an unmatched quote: a name with an apostrophe
+        fields = []
+    if len(fields) == 2 and all(_resolve(f, folder) for f in fields):
+        return fields
+    words = line.split()
+    splits = [(" ".join(words[:i]), " ".join(words[i:])) for i in range(1, len(words))]
+    found = [list(pair) for pair in splits if _resolve(pair[0], folder) and _resolve(pair[1], folder)]
+    if len(found) == 1:
+        return found[0]
+    return fields or words
+
+
 def read_pair_list(path: str | Path) -> list[tuple[Path, Path]]:
     """Parse a file of image pairs, two paths a line (``#`` comments and blank lines ignored).
+
+    Paths with spaces: separate the two paths with a tab, or quote them (see :func:`split_pair_line`).
 
     Raises:
         DataError: a line without exactly two paths, or naming a missing image (line number given).
@@ -60,16 +93,14 @@ def read_pair_list(path: str | Path) -> list[tuple[Path, Path]]:
         line = line.strip()
         if not line or line.startswith("#"):
             continue
-        fields = line.split("\t") if "\t" in line else shlex.split(line)
-        fields = [f.strip() for f in fields if f.strip()]
+        fields = split_pair_line(line, path.parent)
         if len(fields) != 2:
-            raise DataError(f"{path}:{lineno}: expected two image paths, got {len(fields)} fields: {line!r}")
+            raise DataError(f"{path}:{lineno}: expected two image paths, got {len(fields)} fields: {line!r} "
+                            "(separate paths that hold spaces with a tab, or quote them)")
         resolved = []
         for field in fields:
-            candidate = Path(field)
-            if not candidate.is_absolute() and (path.parent / candidate).is_file():
-                candidate = path.parent / candidate
-            if not candidate.is_file():
+            candidate = _resolve(field, path.parent)
+            if candidate is None:
                 raise DataError(f"{path}:{lineno}: image {field} not found")
             resolved.append(candidate)
         out.append((resolved[0], resolved[1]))

@@ -16,7 +16,7 @@ CHECKPOINT_KEY = "mbtasks"
 class BaseTask(L.LightningModule):
     """Base of the three tasks.
 
-    Subclasses set ``name``, ``monitor`` / ``monitor_mode`` (the metric that picks
+    Subclasses set ``name``, ``head_class``, ``monitor`` / ``monitor_mode`` (the metric that picks
     ``best.ckpt``) and build ``self.model`` (plain nn code, usable without Lightning).
 
     Args:
@@ -28,6 +28,8 @@ class BaseTask(L.LightningModule):
     """
 
     name: ClassVar[str] = ""
+    # The head class the task completes (``head._target_`` must be it or a subclass).
+    head_class: ClassVar[type | None] = None
     monitor: ClassVar[str] = "val/loss"
     monitor_mode: ClassVar[str] = "min"
 

@@ -15,7 +15,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 
 from mbtasks.backbones.base import Backbone  # noqa: E402
 from mbtasks.data.transforms import denormalize  # noqa: E402
-from mbtasks.heads.classifier import Classifier  # noqa: E402
+from mbtasks.heads.classifier import Classifier, ClassifierHead  # noqa: E402
 from mbtasks.tasks.base import BaseTask  # noqa: E402
 
 
@@ -32,6 +32,7 @@ class ClassificationTask(BaseTask):
     """
 
     name = "classification"
+    head_class = ClassifierHead
     monitor = "val/acc_top1"
     monitor_mode = "max"
 

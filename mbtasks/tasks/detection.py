@@ -17,6 +17,7 @@ from mbtasks.data.transforms import denormalize
 from mbtasks.heads.anchors import DefaultBoxes
 from mbtasks.heads.box_coding import BoxCoder
 from mbtasks.heads.detector import SSDDetector
+from mbtasks.heads.ssd import SSDHead
 from mbtasks.heads.ssd_loss import SSDLoss
 from mbtasks.metrics.coco import STAT_NAMES, CocoMeanAP
 from mbtasks.tasks.base import BaseTask
@@ -56,6 +57,7 @@ class DetectionTask(BaseTask):
     """
 
     name = "detection"
+    head_class = SSDHead
     monitor = "val/map"
     monitor_mode = "max"
     # Any input side >= 32 works (stride-2 convs round up): SSD300 is the paper's size.

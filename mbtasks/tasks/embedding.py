@@ -21,7 +21,7 @@ from mbtasks.backbones.base import Backbone
 from mbtasks.config import suggest
 from mbtasks.data.transforms import denormalize
 from mbtasks.errors import ConfigError
-from mbtasks.heads.embedding import EmbeddingNet
+from mbtasks.heads.embedding import EmbeddingHead, EmbeddingNet
 from mbtasks.metrics.verification import (
     EmbeddingStore,
     VerificationResult,
@@ -67,6 +67,7 @@ class EmbeddingTask(BaseTask):
     """
 
     name = "embedding"
+    head_class = EmbeddingHead
     monitor = "val/verification_acc"
     monitor_mode = "max"
 
