@@ -129,3 +129,12 @@ def test_evaluation_matches_boxes_and_counts(chain, monkeypatch):
         str(photos[0]), [*perfect(photos, gallery)[0].faces, Face([0, 0, 2, 2], 0.99, "unknown", 4.0, False, "x")])])
     m2 = evaluate_on_coco(pipeline, scenes / "annotations" / "instances_test.json", scenes / "test", scenes / "gallery")
     assert m2["detection_recall"] == 1.0 and m2["false_detections"] == len(coco["images"])
+
+
+def test_face_detector_recipe_composes():
+    from mbtasks.config import validate
+    from tests.conftest import compose_cfg
+
+    cfg = compose_cfg(["experiment=face_detector"])
+    validate(cfg)
+    assert cfg.data.generator._target_.endswith("make_face_scenes") and cfg.task.anchors.aspect_ratios == [[]]

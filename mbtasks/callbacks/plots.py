@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -211,7 +212,10 @@ class RunPlots(L.Callback):
     def _write_sample(self, pl_module, name: str, run_dir: Path) -> None:
         if self._sample is None or not hasattr(pl_module, "draw"):
             return
-        self.written.append(_save(image_grid(pl_module.draw(*self._sample)), run_dir / name))
+        with warnings.catch_warnings():  # torchvision warns for every image without a box to draw
+            warnings.filterwarnings("ignore", message="boxes doesn't contain any box")
+            drawn = pl_module.draw(*self._sample)
+        self.written.append(_save(image_grid(drawn), run_dir / name))
         self._sample = None
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
