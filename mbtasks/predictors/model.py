@@ -9,6 +9,7 @@ with the checkpoint's own eval transforms, and returns one result per image
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -103,6 +104,28 @@ def _to_float(output):
     if isinstance(output, dict):
         return {k: _to_float(v) for k, v in output.items()}
     return output
+
+
+@contextlib.contextmanager
+def fast_inference(task, channels_last: bool = False, precision="32", fold_bn: bool = False) -> Iterator[None]:
+    """The fast path around a bare task (what :class:`Predictor` sets up once): fold BatchNorm, NHWC,
+    bf16 autocast with float32 outputs. Folding and NHWC stay after the block; autocast does not."""
+    precision = str(precision)
+    if precision not in ("32", "32-true", "bf16", "bf16-mixed"):
+        raise ConfigError(f"predict.precision={precision!r}: expected 32 or bf16")
+    if fold_bn:
+        fold_batchnorm(task.model)
+    if channels_last:
+        task.to(memory_format=torch.channels_last)
+    if not precision.startswith("bf16"):
+        yield
+        return
+    hook = task.model.register_forward_hook(lambda module, args, output: _to_float(output))
+    try:
+        with torch.autocast("cuda" if torch.cuda.is_available() else "cpu", dtype=torch.bfloat16):
+            yield
+    finally:
+        hook.remove()
 
 
 @dataclass
