@@ -1,6 +1,6 @@
 """The Python API end to end on the synthetic sets, small and fast (about 2 minutes on 2 CPU cores).
 
-    python examples/python_api.py [--out runs/api_example]
+    python examples/python_api.py [--out outputs/api_example]
 
 Trains a tiny classifier, detector and embedder, then uses them from Python: predict on files,
 arrays and PIL images, draw detections, verify and identify faces, export, profile.
@@ -17,7 +17,7 @@ from PIL import Image
 import mbtasks
 
 p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-p.add_argument("--out", type=Path, default=Path("runs/api_example"))
+p.add_argument("--out", type=Path, default=Path("outputs/api_example"))
 args = p.parse_args()
 data = args.out / "data"
 tiny = ["backbone.width=0.25", "trainer.max_epochs=2", "trainer.enable_progress_bar=false", f"data_dir={data}"]
