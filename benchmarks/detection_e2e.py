@@ -24,7 +24,7 @@ import torchvision
 from common import build_task, parser, print_table, setup, time_rounds, write_results
 from torch.utils.flop_counter import FlopCounterMode
 
-from mbtasks.modes.predict import fast_inference
+from mbtasks.predictors.model import fast_inference
 
 SIZE = 320
 SCORE, NMS_IOU, MAX_DET = 0.05, 0.6, 100

@@ -1,4 +1,20 @@
-"""mbtasks: one MobileNet backbone, three vision tasks."""
+"""mbtasks: one MobileNet backbone, three vision tasks.
+
+Python API (the CLI runs the same code)::
+
+    import mbtasks
+
+    run = mbtasks.train("classification", ["backbone.width=0.5", "trainer.max_epochs=3"])
+    model = mbtasks.load(run.best_checkpoint)          # any task's checkpoint
+    results = model.predict("photos/")                 # one typed result per image
+    mbtasks.test(run.best_checkpoint).metrics          # {"test/acc_top1": ...}
+    pipeline = mbtasks.Pipeline("detector.ckpt", "embedder.ckpt")
+    photos = pipeline.identify("photos/", gallery="gallery/")
+
+``load(path)`` -> :class:`~mbtasks.api.Model` (``predict``, ``verify``, ``identify``, ``export``,
+``profile``); ``train`` / ``test`` -> :class:`~mbtasks.api.RunResult` (``metrics``, ``run_dir``,
+``best_checkpoint``); :class:`~mbtasks.pipeline.Pipeline`: detect, crop, embed, name.
+"""
 
 import os
 
@@ -10,3 +26,28 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.1.0"
+
+# The Python API (mbtasks/api.py), imported on first use so `import mbtasks` stays light.
+_API = {
+    "load": "mbtasks.api",
+    "train": "mbtasks.api",
+    "test": "mbtasks.api",
+    "Model": "mbtasks.api",
+    "RunResult": "mbtasks.api",
+    "Pipeline": "mbtasks.pipeline",
+    "Gallery": "mbtasks.predictors.model",
+}
+__all__ = [*_API, "__version__"]
+
+
+def __getattr__(name: str):
+    """``mbtasks.load``, ``mbtasks.train``, ``mbtasks.test``, ``mbtasks.Pipeline``...: see :mod:`mbtasks.api`."""
+    if name in _API:
+        import importlib
+
+        return getattr(importlib.import_module(_API[name]), name)
+    raise AttributeError(f"module 'mbtasks' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_API])

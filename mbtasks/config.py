@@ -152,17 +152,22 @@ def validate(cfg: DictConfig) -> None:
     check_head_fits_task(cfg)
     size = OmegaConf.select(cfg, "data.image_size")
     stride = 32
-    # A task class may accept sizes that are not multiples of 32 (detection: SSD300).
-    multiple = _task_input_multiple(cfg, stride)
+    # Any side >= 32 works (stride-2 convs round up, heads pool or size themselves: 112 for faces,
+    # SSD300); a task class whose head needs a multiple says so in ``input_multiple``.
+    multiple = _task_input_multiple(cfg, 1)
     if not isinstance(size, int) or isinstance(size, bool):
         raise ConfigError(f"data.image_size={size!r}: expected an integer (pixels), e.g. 224")
-    if size < stride or size % multiple:
-        lower = max(stride, (size if isinstance(size, int) else 0) // stride * stride)
-        raise ConfigError(
-            f"data.image_size={size!r}: the backbone reduces its input {stride}x, so the size must be a "
-            f"multiple of {stride} (>= {stride}), e.g. 224, 192, 160, 128 or {lower}"
-            if multiple == stride else f"data.image_size={size!r}: expected an integer >= {stride}"
-        )
+    if size < stride:
+        raise ConfigError(f"data.image_size={size!r}: expected an integer >= {stride} (the backbone reduces its "
+                          f"input {stride}x), e.g. 224, 160, 128 or 112")
+    if size % multiple:
+        task = OmegaConf.select(cfg, "task._target_")
+        raise ConfigError(f"data.image_size={size}: {task} needs a multiple of {multiple}, e.g. "
+                          f"{max(multiple, size // multiple * multiple)} or {(size // multiple + 1) * multiple}")
+    boxes = OmegaConf.select(cfg, "data.train_transforms.bbox_params") is not None
+    if boxes and "Detection" not in str(OmegaConf.select(cfg, "task._target_")):
+        raise ConfigError("data.train_transforms has bbox_params (box augmentation, e.g. augment=ssd), which only "
+                          "task=detection can use; choose augment=none|light|default")
     if mode == "train" and OmegaConf.select(cfg, "backbone.freeze") and OmegaConf.select(cfg, "backbone.pretrained") in (None, False):
         raise ConfigError("backbone.freeze=true with backbone.pretrained=null would freeze random weights; give "
                           "backbone.pretrained=PATH (a checkpoint of any mbtasks task or a state dict) or 'timm'")

@@ -110,8 +110,8 @@ def test_other_groups_resolve(name):
     [
         ("backbone.width=0", "backbone.width=0"),
         ("backbone.width=-0.5", "expected a number > 0"),
-        ("data.image_size=100", "multiple of 32"),
-        ("data.image_size=16", "data.image_size=16"),
+        ("data.image_size=16", "data.image_size=16: expected an integer >= 32"),
+        ("data.image_size=12.5", "data.image_size=12.5"),
         ("mode=trian", "Did you mean 'train'"),
         ("optimizer.no_decay=[norm,bais]", "unknown kinds \\['bais'\\]"),
     ],

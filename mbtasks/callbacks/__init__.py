@@ -4,6 +4,7 @@ from mbtasks.callbacks.backbone_freeze import BackboneFreeze
 from mbtasks.callbacks.channels_last import ChannelsLast
 from mbtasks.callbacks.epoch_log import EpochLog
 from mbtasks.callbacks.finite_loss import FiniteLoss
+from mbtasks.callbacks.plots import RunPlots
 from mbtasks.callbacks.rng_state import RngState
 
-__all__ = ["BackboneFreeze", "ChannelsLast", "EpochLog", "FiniteLoss", "RngState"]
+__all__ = ["BackboneFreeze", "ChannelsLast", "EpochLog", "FiniteLoss", "RngState", "RunPlots"]

@@ -28,7 +28,9 @@ def read_epoch_log(path: str | Path) -> list[dict]:
 
 
 class EpochLog(L.Callback):
-    """Appends ``{"epoch", "step", "train/...", "val/..."}`` to ``path`` after each training epoch.
+    """Appends ``{"epoch", "step", "train/...", "val/...", "lr/<group>"}`` to ``path`` after each training epoch.
+
+    ``val/`` keys appear only on epochs where validation ran (``trainer.check_val_every_n_epoch``).
 
     The number of epochs written is part of the checkpoint, so a resumed run first cuts the
     file back to the epochs its checkpoint has seen: no epoch is lost or written twice.
@@ -43,6 +45,8 @@ class EpochLog(L.Callback):
         self.path = Path(path)
         self.epochs_logged = 0
         self._resumed = False
+        # val/ values stay in callback_metrics after an epoch without validation: only record them when it ran
+        self._validated = False
 
     def state_dict(self) -> dict[str, Any]:
         return {"epochs_logged": self.epochs_logged}
@@ -80,14 +84,24 @@ class EpochLog(L.Callback):
             except Exception as err:  # noqa: BLE001 - cosmetic for TensorBoard; the run must go on
                 log.warning("could not mark the resume in TensorBoard (%s)", err)
 
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._validated = True
+
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
+        stages = ("train/", "val/") if self._validated else ("train/",)
+        self._validated = False
         record: dict[str, Any] = {"epoch": trainer.current_epoch, "step": trainer.global_step}
         for key, value in trainer.callback_metrics.items():
-            if key.startswith(("train/", "val/")):
+            if key.startswith(stages):
                 v = float(value.item() if hasattr(value, "item") else value)
                 record[key] = v if math.isfinite(v) else None
+        for j, group in enumerate(trainer.optimizers[0].param_groups if trainer.optimizers else ()):
+            name = str(group.get("name", j))
+            if not name.endswith("_no_decay"):  # same LR as its decayed twin
+                record[f"lr/{name}"] = float(group["lr"])
         with open(self.path, "a") as f:
             f.write(json.dumps(record, sort_keys=True) + "\n")
         self.epochs_logged = trainer.current_epoch + 1

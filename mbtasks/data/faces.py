@@ -160,7 +160,7 @@ class FacesDataModule(L.LightningDataModule):
 
     Args:
         root: ``root/<identity>/<image>`` training (and by default evaluation) identities.
-        image_size: network input side (a multiple of 32).
+        image_size: network input side (any >= 32; 112 is the common face size).
         identities_per_batch: P, identities in a training batch.
         images_per_identity: K, images of each identity in a training batch.
         batches_per_epoch: training batches per epoch; default covers each image once.

@@ -36,13 +36,15 @@ def _coco_from_dict(dataset: dict) -> COCO:
     return coco
 
 
-def evaluate_coco(gt: dict, detections: list[dict]) -> tuple[dict[str, float], str]:
+def evaluate_coco(gt: dict, detections: list[dict], curves: dict | None = None) -> tuple[dict[str, float], str]:
     """Run pycocotools box evaluation.
 
     Args:
         gt: a COCO dataset dict (``images``, ``annotations`` with ``bbox`` xywh, ``area``,
             ``iscrowd``, ``category_id``; ``categories``). Annotation ids must be >= 1.
         detections: COCO results: ``{"image_id", "category_id", "bbox": [x, y, w, h], "score"}``.
+        curves: if given, receives ``precision`` (COCOeval's ``(T=10 IoUs, R=101 recalls, K, A, M)``
+            array, -1 where there is no ground truth) and ``category_ids`` (its K axis), for plots.
 
     Returns:
         the 12 stats by :data:`STAT_NAMES` (-1 where the data has no ground truth of that
@@ -60,6 +62,8 @@ def evaluate_coco(gt: dict, detections: list[dict]) -> tuple[dict[str, float], s
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
+    if curves is not None:
+        curves.update(precision=evaluator.eval["precision"], category_ids=list(evaluator.params.catIds))
     return {name: float(v) for name, v in zip(STAT_NAMES, evaluator.stats, strict=True)}, text.getvalue()
 
 
@@ -106,6 +110,8 @@ class CocoMeanAP(Metric):
         self.add_state("dets", default=[], dist_reduce_fx="cat")
         self.add_state("gts", default=[], dist_reduce_fx="cat")
         self.summary_text = ""
+        # COCOeval's precision array of the last compute() (category id = label + 1), for the run-dir plots
+        self.curves: dict = {}
 
     def update(self, preds: list[dict[str, torch.Tensor]], targets: list[dict]) -> None:
         for p, t in zip(preds, targets, strict=True):
@@ -144,5 +150,5 @@ class CocoMeanAP(Metric):
         det_xywh = box_convert(dets[:, 1:5], "xyxy", "xywh").tolist()
         results = [{"image_id": int(row[0]), "category_id": int(row[6]) + 1, "bbox": box, "score": float(row[5])}
                    for row, box in zip(dets.tolist(), det_xywh, strict=True)]
-        stats, self.summary_text = evaluate_coco(dataset, results)
+        stats, self.summary_text = evaluate_coco(dataset, results, self.curves)
         return stats

@@ -10,8 +10,24 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from rich.progress import track
 
-from mbtasks.data.io import ImageReadError, read_rgb
+from mbtasks.data.io import ImageReadError, is_image_file, read_rgb
 from mbtasks.data.transforms import apply, to_tensor
+from mbtasks.errors import ConfigError
+
+
+def collect_inputs(spec: str) -> list[Path]:
+    """An image file, or every image below a folder (recursively, sorted)."""
+    path = Path(spec)
+    if path.is_file():
+        if not is_image_file(path):
+            raise ConfigError(f"predict.input={spec}: not an image file (by extension)")
+        return [path]
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and is_image_file(p))
+        if not files:
+            raise ConfigError(f"predict.input={spec}: the folder holds no image files")
+        return files
+    raise ConfigError(f"predict.input={spec}: no such file or folder")
 
 
 def eval_pipeline(train_cfg: DictConfig):
@@ -38,8 +54,3 @@ def iter_batches(files: list[Path], train_cfg: DictConfig, batch_size: int, skip
     if names:
         yield names, sizes, torch.stack(tensors)
 
-
-def device_of(task) -> torch.device:
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    task.to(device)
-    return device

@@ -19,32 +19,19 @@ import shlex
 from pathlib import Path
 
 import numpy as np
-import torch
 from omegaconf import DictConfig
 
-from mbtasks.data.faces import scan_identities
 from mbtasks.errors import ConfigError, DataError
 from mbtasks.modes.common import write_json_atomic
-from mbtasks.predictors.common import device_of, iter_batches
+from mbtasks.predictors.model import Predictor
 
 log = logging.getLogger(__name__)
 
 
-@torch.no_grad()
-def embed_files(task, train_cfg: DictConfig, files: list[Path], batch_size: int,
-                skipped: dict[str, str]) -> tuple[list[Path], np.ndarray]:
-    """Embed ``files`` with the checkpoint's eval preprocessing; unreadable ones go to ``skipped``.
-
-    Returns:
-        the embedded files and their ``(N, D)`` float32 embeddings, in the same order.
-    """
-    device = device_of(task)
-    done, rows = [], []
-    for paths, _, batch in iter_batches(files, train_cfg, batch_size, skipped):
-        rows.append(task.predict_step(batch.to(device)).float().cpu().numpy())
-        done.extend(paths)
-    dim = task.model.dim
-    return done, (np.concatenate(rows) if rows else np.zeros((0, dim), np.float32)).astype(np.float32)
+def embed_files(model: Predictor, files: list[Path], skipped: dict[str, str]) -> tuple[list[Path], np.ndarray]:
+    """Embed ``files``; unreadable ones go to ``skipped``. Returns the embedded files and ``(N, D)`` rows."""
+    done, emb = model.embed(files, skipped)
+    return [s.path for s in done], emb
 
 
 def _resolve(field: str, folder: Path) -> Path | None:
@@ -109,16 +96,15 @@ def read_pair_list(path: str | Path) -> list[tuple[Path, Path]]:
     return out
 
 
-def predict(task, train_cfg: DictConfig, cfg: DictConfig, files: list[Path], run_dir: Path) -> dict:
+def predict(model: Predictor, cfg: DictConfig, files: list[Path], run_dir: Path) -> dict:
     """Write the outputs asked for by ``predict.input`` / ``predict.pairs`` / ``predict.gallery``."""
-    threshold = float(task.threshold)
-    batch_size = int(cfg.predict.batch_size)
+    threshold = model.threshold
     pairs_file, gallery_dir = cfg.predict.get("pairs"), cfg.predict.get("gallery")
     if gallery_dir and not files:
         raise ConfigError("predict.gallery needs query images: set predict.input=FILE_OR_DIR as well")
     out: dict = {"threshold": threshold, "distance": "squared_l2"}
     skipped: dict[str, str] = {}
-    embedded, emb = embed_files(task, train_cfg, files, batch_size, skipped) if files else ([], None)
+    embedded, emb = embed_files(model, files, skipped) if files else ([], None)
     if files:
         np.save(run_dir / "embeddings.npy", emb)
         index = {"files": [str(p) for p in embedded], "dim": int(emb.shape[1]), "threshold": threshold,
@@ -127,11 +113,11 @@ def predict(task, train_cfg: DictConfig, cfg: DictConfig, files: list[Path], run
         out["embeddings"] = index
         log.info("wrote %d embeddings to %s", len(embedded), run_dir / "embeddings.npy")
     if pairs_file:
-        out["pairs"] = _predict_pairs(task, train_cfg, pairs_file, batch_size, threshold)
+        out["pairs"] = _predict_pairs(model, pairs_file, threshold)
         write_json_atomic(run_dir / "pairs.json", out["pairs"])
         log.info("wrote %d pair decisions to %s", len(out["pairs"]["pairs"]), run_dir / "pairs.json")
     if gallery_dir:
-        out["gallery"] = _predict_gallery(task, train_cfg, gallery_dir, embedded, emb, batch_size, threshold)
+        out["gallery"] = _predict_gallery(model, gallery_dir, embedded, emb, threshold)
         write_json_atomic(run_dir / "gallery.json", out["gallery"])
         log.info("wrote nearest identities of %d queries to %s", len(embedded), run_dir / "gallery.json")
     for path, reason in skipped.items():
@@ -139,11 +125,11 @@ def predict(task, train_cfg: DictConfig, cfg: DictConfig, files: list[Path], run
     return out
 
 
-def _predict_pairs(task, train_cfg, pairs_file, batch_size: int, threshold: float) -> dict:
+def _predict_pairs(model: Predictor, pairs_file, threshold: float) -> dict:
     pairs = read_pair_list(pairs_file)
     unique = sorted({p for pair in pairs for p in pair})
     skipped: dict[str, str] = {}
-    done, emb = embed_files(task, train_cfg, unique, batch_size, skipped)
+    done, emb = embed_files(model, unique, skipped)
     row = {p: i for i, p in enumerate(done)}
     results = []
     for a, b in pairs:
@@ -157,22 +143,12 @@ def _predict_pairs(task, train_cfg, pairs_file, batch_size: int, threshold: floa
     return {"threshold": threshold, "pairs": results, "skipped": skipped}
 
 
-def _predict_gallery(task, train_cfg, gallery_dir, queries: list[Path], query_emb: np.ndarray,
-                     batch_size: int, threshold: float) -> dict:
-    identities = scan_identities(gallery_dir)
-    files = [p for images in identities.values() for p in images]
-    owner = {p: name for name, images in identities.items() for p in images}
+def _predict_gallery(model: Predictor, gallery_dir, queries: list[Path], query_emb: np.ndarray,
+                     threshold: float) -> dict:
     skipped: dict[str, str] = {}
-    done, gallery = embed_files(task, train_cfg, files, batch_size, skipped)
-    if not done:
-        raise DataError(f"{gallery_dir}: no readable gallery image")
-    # squared L2 of unit vectors: 2 - 2 cos
-    dist = np.clip(2.0 - 2.0 * query_emb @ gallery.T, 0.0, 4.0) if len(queries) else np.zeros((0, len(done)))
-    results = []
-    for q, row in zip(queries, dist, strict=True):
-        j = int(np.argmin(row))
-        d = float(row[j])
-        results.append({"file": str(q), "identity": owner[done[j]], "distance": round(d, 6),
-                        "match": d <= threshold, "nearest_file": str(done[j])})
-    return {"threshold": threshold, "gallery": str(gallery_dir), "gallery_identities": len(identities),
-            "gallery_images": len(done), "queries": results, "skipped": skipped}
+    gallery = model.gallery(gallery_dir, skipped)
+    found = model.nearest(query_emb, gallery, [str(q) for q in queries]) if len(queries) else []
+    results = [{"file": r.source, "identity": r.nearest, "distance": round(r.distance, 6), "match": r.match,
+                "nearest_file": r.nearest_file} for r in found]
+    return {"threshold": threshold, "gallery": str(gallery_dir), "gallery_identities": len(set(gallery.identities)),
+            "gallery_images": len(gallery), "queries": results, "skipped": skipped}

@@ -32,6 +32,8 @@ class BaseTask(L.LightningModule):
     head_class: ClassVar[type | None] = None
     monitor: ClassVar[str] = "val/loss"
     monitor_mode: ClassVar[str] = "min"
+    # data.image_size must be a multiple of this (1: any side >= 32; a head that needs more says so)
+    input_multiple: ClassVar[int] = 1
 
     def __init__(self, info: dict, optimizer: Callable | None = None, scheduler: Callable | None = None) -> None:
         super().__init__()
@@ -46,6 +48,8 @@ class BaseTask(L.LightningModule):
         # Set by build_task from optimizer.no_decay: parameter kinds trained without weight decay.
         self.no_decay: tuple[str, ...] = ()
         self.model: nn.Module
+        # Lightning's model summary counts FLOPs on this input (without it the summary prints "Total FLOPs: 0")
+        self.example_input_array = self.example_input()
 
     def parameter_groups(self) -> list[dict]:
         """Optimizer groups: ``head`` (everything trainable but the backbone) and ``backbone``.

@@ -305,6 +305,7 @@ class EmbeddingTask(BaseTask):
         if evaluated is None:
             return
         result, distances, same = evaluated
+        self.test_pairs = (result, distances, same)  # for the run-dir plots (ROC, distance histograms)
         # test/threshold is the stored (validation-chosen) threshold that predict applies, and
         # test/accuracy_at_threshold its accuracy here; the protocol picks its own per fold.
         threshold = float(self.threshold)

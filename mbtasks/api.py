@@ -1,0 +1,159 @@
+"""The Python API: what ``import mbtasks`` offers (``mbtasks.load``, ``train``, ``test``, ``Pipeline``).
+
+The CLI and this module share one code path: :func:`train` / :func:`test` compose the same Hydra
+config as ``python -m mbtasks`` and run the same mode functions; ``mode=predict`` runs the
+:class:`~mbtasks.predictors.model.Predictor` that :func:`load` returns; :meth:`Model.export`
+runs ``mode=export``.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from mbtasks.predictors.model import Predictor
+
+
+def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
+    """The config ``python -m mbtasks <overrides>`` composes (without Hydra's own ``hydra`` node)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from mbtasks.__main__ import CONFIG_DIR
+
+    if GlobalHydra.instance().is_initialized():
+        GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def _new_run_dir(task: str) -> Path:
+    """``outputs/<task>/<date>/<time>`` like the CLI's; a suffix when that second is taken."""
+    now = datetime.datetime.now()
+    base = Path("outputs") / task / now.strftime("%Y-%m-%d") / now.strftime("%H-%M-%S")
+    run_dir, n = base, 0
+    while run_dir.exists():
+        n += 1
+        run_dir = base.with_name(f"{base.name}-{n}")
+    return run_dir
+
+
+@dataclass
+class RunResult:
+    """What :func:`train` / :func:`test` return: the final ``metrics`` (as in ``metrics.json``) and where."""
+
+    metrics: dict[str, float]
+    run_dir: Path
+
+    @property
+    def best_checkpoint(self) -> Path | None:
+        """``checkpoints/best.ckpt`` of a training run (``None`` for a test run)."""
+        path = self.run_dir / "checkpoints" / "best.ckpt"
+        return path if path.is_file() else None
+
+
+def run(overrides: Sequence[str] = (), run_dir: str | Path | None = None) -> RunResult:
+    """Run any mode as ``python -m mbtasks <overrides>`` would, in ``run_dir``.
+
+    Raises:
+        mbtasks.errors.UserError: a config or data mistake (the CLI prints these and exits with 2).
+    """
+    from mbtasks.__main__ import claim_run_dir, dispatch
+
+    overrides = list(overrides)
+    cfg = compose_config(overrides)
+    task = str(cfg.task._target_).rsplit(".", 1)[-1].removesuffix("Task").lower()
+    run_dir = Path(run_dir) if run_dir is not None else _new_run_dir(task)
+    run_dir = claim_run_dir(cfg, run_dir)
+    metrics = dispatch(cfg, run_dir, overrides)
+    return RunResult(metrics, run_dir)
+
+
+def train(task: str = "classification", overrides: Sequence[str] = (), run_dir: str | Path | None = None) -> RunResult:
+    """Train (then test the best checkpoint), as ``python -m mbtasks task=<task> <overrides>``.
+
+    Args:
+        task: ``classification``, ``detection`` or ``embedding``.
+        overrides: Hydra overrides, e.g. ``["backbone.width=0.5", "trainer.max_epochs=3"]``.
+        run_dir: where the run writes (default ``outputs/<task>/<date>/<time>``).
+
+    Returns:
+        a :class:`RunResult`: ``metrics`` (``test/...``, ``val/...``), ``run_dir``, ``best_checkpoint``.
+    """
+    return run([f"task={task}", "mode=train", *overrides], run_dir)
+
+
+def test(ckpt_path: str | Path, overrides: Sequence[str] = (), run_dir: str | Path | None = None) -> RunResult:
+    """Re-evaluate a checkpoint on its test split, as ``python -m mbtasks mode=test ckpt_path=...``."""
+    from mbtasks.tasks import read_checkpoint
+    from mbtasks.tasks.base import CHECKPOINT_KEY
+
+    task = read_checkpoint(ckpt_path)[CHECKPOINT_KEY]["task"]
+    return run([f"task={task}", "mode=test", f"ckpt_path={ckpt_path}", *overrides], run_dir)
+
+
+test.__test__ = False  # not a pytest test when imported into a test module
+
+
+class Model(Predictor):
+    """A loaded checkpoint: :meth:`predict`, and by task :meth:`verify` / :meth:`identify` (embedding),
+    plus :meth:`export` and :meth:`profile`. Made by :func:`load`."""
+
+    def export(self, fmt: str = "onnx", path: str | Path | None = None, overrides: Sequence[str] = ()) -> dict:
+        """Export the checkpoint with ``mode=export`` (verified against PyTorch before it is kept).
+
+        Args:
+            fmt: ``onnx`` or ``torchscript``.
+            path: the file to write (default: beside the checkpoint, ``<task>.onnx`` / ``.pt``).
+            overrides: more ``export.*`` keys (``export.inputs=DIR``...).
+
+        Returns:
+            what ``mode=export`` returns: the ``path``, its ``metadata`` JSON and the verification.
+        """
+        if self.checkpoint is None:
+            raise ValueError("export needs a model loaded from a checkpoint file (mbtasks.load(path))")
+        suffix = {"onnx": ".onnx", "torchscript": ".pt"}.get(fmt, "")
+        path = Path(path) if path is not None else Path(self.checkpoint).parent / f"{self.task_name}{suffix}"
+        result = run(["mode=export", f"ckpt_path={self.checkpoint}", f"export.format={fmt}", f"export.output={path}",
+                      *overrides], path.parent)
+        return result.metrics
+
+    def profile(self, batch_size: int = 1, warmup: int = 3, repeats: int = 20) -> dict:
+        """Parameters, mult-adds (``torch.utils.flop_counter``) and median latency of the loaded network
+        at the checkpoint's input size, as ``mode=profile`` counts them."""
+        import torch
+
+        from mbtasks.modes.profile import count_mult_adds, count_params, measure_latency_ms
+
+        size = self.image_size
+        network = self.task.model
+        example = torch.randn(batch_size, 3, size, size, device=self.device)
+        return {"task": self.task_name, "image_size": size, "params": count_params(network),
+                "mult_adds": count_mult_adds(network, example[:1]),
+                "latency_ms": round(measure_latency_ms(network, example, warmup, repeats), 3),
+                "batch_size": batch_size, "device": str(self.device), "threads": torch.get_num_threads()}
+
+
+def load(path: str | Path, device: str | None = None, fold_bn: bool = True, channels_last: bool = False,
+         precision: str = "32", batch_size: int = 32) -> Model:
+    """Load a checkpoint written by ``mode=train`` (any task) for inference.
+
+    Args:
+        path: ``.../checkpoints/best.ckpt`` (or ``last.ckpt``).
+        device: ``"cpu"``, ``"cuda"``... (default: CUDA when available).
+        fold_bn: fold BatchNorm into the convolutions (same outputs, faster).
+        channels_last / precision: the CPU fast path (NHWC, ``"bf16"`` autocast).
+        batch_size: images per forward pass in :meth:`Model.predict`.
+
+    Example::
+
+        model = mbtasks.load("outputs/classification/.../checkpoints/best.ckpt")
+        result = model.predict("cat.jpg")[0]
+        print(result.label, result.score)
+    """
+    return Model.from_checkpoint(path, device=device, fold_bn=fold_bn, channels_last=channels_last,
+                                 precision=precision, batch_size=batch_size)

@@ -1,0 +1,278 @@
+"""PNG plots and ``results.csv`` in the run dir, to read a run without TensorBoard (as ultralytics' runs).
+
+- after fitting: ``results.csv`` and ``results.png`` (losses, learning rates and metrics per epoch,
+  from the records of ``epochs.jsonl``); detection: ``val_predictions.png``;
+- after testing: classification ``confusion_matrix.png`` (counts and normalised); detection
+  ``pr_curve.png`` (pycocotools' precision arrays, per class and overall) and ``test_predictions.png``;
+  embedding ``roc.png`` (the stored threshold and TAR@FAR marked) and ``distances.png``.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import matplotlib
+import numpy as np
+import torch
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from mbtasks.callbacks.epoch_log import read_epoch_log  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+EPOCH_LOG = "epochs.jsonl"
+
+
+def _save(fig, path: Path) -> Path:
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_results(run_dir: Path) -> list[Path]:
+    """``results.csv`` and ``results.png`` from ``run_dir/epochs.jsonl`` (nothing if it has no records)."""
+    records = read_epoch_log(run_dir / EPOCH_LOG)
+    if not records:
+        return []
+    keys = sorted({k for r in records for k in r} - {"epoch", "step"})
+    with open(run_dir / "results.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["epoch", "step", *keys])
+        for r in records:
+            writer.writerow([r["epoch"], r["step"], *("" if r.get(k) is None else r[k] for k in keys)])
+    cols = min(4, len(keys))
+    rows = math.ceil(len(keys) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False)
+    for ax in axes.flat[len(keys):]:
+        ax.axis("off")
+    for ax, key in zip(axes.flat, keys, strict=False):
+        points = [(r["epoch"], r[key]) for r in records if r.get(key) is not None]
+        if points:
+            x, y = zip(*points, strict=True)
+            ax.plot(x, y, marker="o", ms=3, lw=1.5, color="tab:orange" if key.startswith("val/") else "tab:blue")
+        ax.set_title(key, fontsize=9)
+        ax.set_xlabel("epoch", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return [run_dir / "results.csv", _save(fig, run_dir / "results.png")]
+
+
+def confusion_figure(matrix: np.ndarray, names: list[str]):
+    """Counts and row-normalised (recall per true class) side by side."""
+    k = len(names)
+    side = min(12.0, 2.5 + 0.45 * k)
+    fig, axes = plt.subplots(1, 2, figsize=(2 * side, side))
+    normed = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
+    for ax, values, title, fmt in ((axes[0], matrix, "counts", "d"), (axes[1], normed, "normalised (rows)", ".2f")):
+        ax.imshow(values, cmap="Blues", vmin=0)
+        ax.set_title(f"confusion matrix, {title}", fontsize=10)
+        ax.set_xticks(range(k), names, rotation=90 if k > 6 else 0, fontsize=7)
+        ax.set_yticks(range(k), names, fontsize=7)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        if k <= 30:
+            peak = values.max() if values.size else 0
+            for i in range(k):
+                for j in range(k):
+                    ax.text(j, i, format(values[i, j], fmt), ha="center", va="center", fontsize=6,
+                            color="white" if peak and values[i, j] > peak / 2 else "black")
+    fig.tight_layout()
+    return fig
+
+
+def pr_figure(precision: np.ndarray, category_ids: list[int], names: list[str]):
+    """Precision-recall at IoU 0.5 per class and overall (mean over classes), from COCOeval's array."""
+    recall = np.linspace(0, 1, precision.shape[1])
+    fig, ax = plt.subplots(figsize=(6, 5))
+    curves = []
+    for k, cat in enumerate(category_ids):
+        p = precision[0, :, k, 0, -1]  # IoU 0.5, all areas, 100 detections
+        if (p < 0).all():
+            continue  # no ground truth of this class
+        p = np.clip(p, 0, None)
+        curves.append(p)
+        name = names[cat - 1] if 0 < cat <= len(names) else str(cat)
+        ax.plot(recall, p, lw=1, alpha=0.8, label=f"{name} {p.mean():.3f}")
+    if curves:
+        mean = np.mean(curves, axis=0)
+        ax.plot(recall, mean, lw=3, color="black", label=f"all classes {mean.mean():.3f} mAP@0.5")
+        every = np.clip(precision[:, :, :, 0, -1], 0, None)
+        valid = (precision[:, :, :, 0, -1] >= 0).all(axis=(0, 1))
+        if valid.any():
+            coco = every[:, :, valid].mean(axis=(0, 2))
+            ax.plot(recall, coco, lw=1.5, ls="--", color="gray", label=f"all, IoU .50:.95 {coco.mean():.3f}")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_title("precision-recall (IoU 0.5, pycocotools)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    return fig
+
+
+def image_grid(images: torch.Tensor):
+    """``(N, 3, H, W)`` uint8 images in one figure."""
+    cols = min(4, len(images))
+    rows = math.ceil(len(images) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, img in zip(axes.flat, images, strict=False):
+        ax.imshow(img.permute(1, 2, 0).numpy())
+    fig.suptitle("green: ground truth, red: predicted (score >= 0.3)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def verification_figures(result, distances: np.ndarray, same: np.ndarray, threshold: float):
+    """The ROC with the stored threshold and TAR@FAR marked, and the same / different distance histograms."""
+    from sklearn.metrics import roc_curve
+
+    same = np.asarray(same, bool)
+    roc, ax = plt.subplots(figsize=(5, 4.5))
+    if 0 < same.sum() < len(same):
+        fpr, tpr, _ = roc_curve(same, -np.asarray(distances))
+        ax.plot(np.clip(fpr, 1e-5, 1), tpr, lw=1.5, label=f"ROC, AUC {result.roc_auc:.3f}")
+        t_fpr, t_tpr = float(np.mean(distances[~same] <= threshold)), float(np.mean(distances[same] <= threshold))
+        ax.plot([max(t_fpr, 1e-5)], [t_tpr], "o", color="tab:red", ms=7,
+                label=f"threshold {threshold:.3f}: TAR {t_tpr:.3f} @ FAR {t_fpr:.4f}")
+        for far, tar in result.tar_at_far.items():
+            if tar is not None:
+                ax.plot([far], [tar], "s", ms=6, label=f"TAR@FAR={far:g}: {tar:.3f}")
+    ax.set_xscale("log")
+    ax.set_xlim(1e-4 if (~same).sum() >= 10_000 else 1e-3, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_xlabel("false accept rate")
+    ax.set_ylabel("true accept rate")
+    ax.set_title(f"verification ROC, acc {result.accuracy:.3f} +- {result.accuracy_std:.3f}", fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    roc.tight_layout()
+    hist, ax = plt.subplots(figsize=(5.5, 4))
+    top = max(float(np.max(distances)) if len(distances) else 0.0, threshold, 1e-3) * 1.05
+    bins = np.linspace(0, top, 50)
+    ax.hist(distances[same], bins=bins, alpha=0.6, label=f"same identity ({int(same.sum())})", color="tab:green")
+    ax.hist(distances[~same], bins=bins, alpha=0.6, label=f"different ({int((~same).sum())})", color="tab:red")
+    ax.axvline(threshold, color="black", ls="--", label=f"threshold {threshold:.3f}")
+    ax.set_xlabel("squared L2 distance")
+    ax.set_ylabel("pairs")
+    ax.set_title("test pair distances", fontsize=10)
+    ax.legend(fontsize=7)
+    hist.tight_layout()
+    return roc, hist
+
+
+class RunPlots(L.Callback):
+    """Writes the run-dir plots (see the module docstring) on rank 0.
+
+    Args:
+        enabled: ``callbacks.plots.enabled=false`` (or ``callbacks.plots=null``) turns them off.
+        images: detection images drawn with predicted and true boxes.
+    """
+
+    def __init__(self, enabled: bool = True, images: int = 8) -> None:
+        self.enabled = enabled
+        self.images = images
+        self._sample: tuple | None = None
+        self._preds: list[torch.Tensor] = []
+        self._labels: list[torch.Tensor] = []
+        self.written: list[Path] = []
+
+    def _active(self, trainer: L.Trainer) -> bool:
+        return self.enabled and trainer.is_global_zero and not trainer.sanity_checking
+
+    @staticmethod
+    def _run_dir(trainer: L.Trainer) -> Path:
+        return Path(trainer.default_root_dir)
+
+    # ---------------------------------------------------------------- detection samples
+    @torch.no_grad()
+    def _keep_sample(self, pl_module, batch) -> None:
+        images, targets = batch
+        n = self.images
+        detections = pl_module.predict_step(images[:n])
+        # drawn at >= 256 px so that labels stay readable on small inputs
+        scale = max(1, 256 // int(images.shape[-1]))
+        big = torch.nn.functional.interpolate(images[:n].detach().float().cpu(), scale_factor=scale, mode="nearest")
+        self._sample = (big, [t["boxes"].cpu() * scale for t in targets[:n]],
+                        [{k: (v.detach().cpu() * scale if k == "boxes" else v.detach().cpu()) for k, v in d.items()}
+                         for d in detections])
+
+    def _write_sample(self, pl_module, name: str, run_dir: Path) -> None:
+        if self._sample is None or not hasattr(pl_module, "draw"):
+            return
+        with warnings.catch_warnings():  # torchvision warns for every image without a box to draw
+            warnings.filterwarnings("ignore", message="boxes doesn't contain any box")
+            drawn = pl_module.draw(*self._sample)
+        self.written.append(_save(image_grid(drawn), run_dir / name))
+        self._sample = None
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if self._active(trainer) and batch_idx == 0 and self.images and pl_module.name == "detection":
+            self._keep_sample(pl_module, batch)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if not (self.enabled and trainer.is_global_zero):
+            return
+        run_dir = self._run_dir(trainer)
+        self.written += write_results(run_dir)
+        self._write_sample(pl_module, "val_predictions.png", run_dir)
+
+    # ---------------------------------------------------------------- test
+    def on_test_start(self, trainer, pl_module) -> None:
+        self._preds, self._labels, self._sample = [], [], None
+
+    @torch.no_grad()
+    def on_test_batch_end(self, trainer, pl_module, outputs: Any, batch, batch_idx, dataloader_idx=0) -> None:
+        if not self._active(trainer):
+            return
+        if pl_module.name == "classification":
+            images, labels = batch
+            self._preds.append(pl_module.predict_step(images).argmax(1).cpu())
+            self._labels.append(labels.cpu())
+        elif pl_module.name == "detection" and batch_idx == 0 and self.images:
+            self._keep_sample(pl_module, batch)
+
+    def on_test_end(self, trainer, pl_module) -> None:
+        if not (self.enabled and trainer.is_global_zero):
+            return
+        run_dir = self._run_dir(trainer)
+        try:
+            self._write_test_plots(pl_module, run_dir)
+        except Exception as err:  # noqa: BLE001 - a plot must never cost the run its metrics
+            log.warning("could not write the test plots: %s", err)
+        if self.written:
+            names = ", ".join(sorted({p.name for p in self.written}))
+            log.info("plots in %s: %s", run_dir, names)
+            log.info("TensorBoard: tensorboard --logdir %s", run_dir / "tensorboard")
+
+    def _write_test_plots(self, pl_module, run_dir: Path) -> None:
+        if pl_module.name == "classification" and self._preds:
+            from sklearn.metrics import confusion_matrix
+
+            names = list(pl_module.class_names)
+            matrix = confusion_matrix(torch.cat(self._labels).numpy(), torch.cat(self._preds).numpy(),
+                                      labels=list(range(len(names))))
+            self.written.append(_save(confusion_figure(matrix, names), run_dir / "confusion_matrix.png"))
+        elif pl_module.name == "detection":
+            curves = getattr(getattr(pl_module, "test_map", None), "curves", None) or {}
+            if "precision" in curves:
+                fig = pr_figure(curves["precision"], curves["category_ids"], list(pl_module.class_names))
+                self.written.append(_save(fig, run_dir / "pr_curve.png"))
+            self._write_sample(pl_module, "test_predictions.png", run_dir)
+        elif pl_module.name == "embedding" and getattr(pl_module, "test_pairs", None) is not None:
+            result, distances, same = pl_module.test_pairs
+            roc, hist = verification_figures(result, np.asarray(distances), np.asarray(same), float(pl_module.threshold))
+            self.written.append(_save(roc, run_dir / "roc.png"))
+            self.written.append(_save(hist, run_dir / "distances.png"))

@@ -1,0 +1,215 @@
+"""Photos in, identities out: a detection checkpoint finds the faces (or any class), an embedding
+checkpoint tells who they are by their nearest gallery identity (FaceNet Sec. 1: detect, crop, embed).
+
+    pipeline = mbtasks.Pipeline("detector.ckpt", "embedder.ckpt", margin=0.0)
+    for photo in pipeline.identify("photos/", gallery="gallery/"):
+        print(photo.source, [(f.identity, f.distance) for f in photo.faces])
+
+``mode=predict ckpt_path=<embedder> predict.detector=<detector> predict.input=photos/
+predict.gallery=gallery/`` runs the same code and writes ``identities.json`` and ``drawn/``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.ops import box_iou
+
+from mbtasks.data.io import read_rgb
+from mbtasks.errors import ConfigError, DataError
+from mbtasks.predictors.model import Gallery, Predictor
+from mbtasks.results import Detections, Face, PhotoIdentities
+
+log = logging.getLogger(__name__)
+
+
+def crop_boxes(image: np.ndarray, boxes: np.ndarray, margin: float = 0.0, square: bool = True) -> list[np.ndarray]:
+    """Crops of ``image`` (H, W, 3) around ``boxes`` (N, 4) x1y1x2y2 pixels.
+
+    Args:
+        margin: fraction of the box side added on every side (0.2: a box 1.4x as wide).
+        square: widen the shorter side to the longer one first (embedders take square inputs,
+            so a non-square crop would be stretched).
+
+    Parts of a crop outside the image are black.
+    """
+    out = []
+    pil = Image.fromarray(image)
+    for x1, y1, x2, y2 in np.asarray(boxes, np.float64).reshape(-1, 4):
+        cx, cy, w, h = (x1 + x2) / 2, (y1 + y2) / 2, max(x2 - x1, 1.0), max(y2 - y1, 1.0)
+        if square:
+            w = h = max(w, h)
+        w, h = w * (1 + 2 * margin), h * (1 + 2 * margin)
+        box = (round(cx - w / 2), round(cy - h / 2), round(cx + w / 2), round(cy + h / 2))
+        out.append(np.asarray(pil.crop(box)))
+    return out
+
+
+class Pipeline:
+    """Detect, crop, embed, match against a gallery.
+
+    Args:
+        detector: a detection checkpoint (path) or :class:`Predictor`.
+        embedder: an embedding checkpoint (path) or :class:`Predictor`.
+        margin: crop margin, a fraction of the box side added on every side.
+        square: square crops (the longer box side).
+        score_threshold: detections below this score are not identified.
+        classes: detector class names to keep (default: all).
+        device: for checkpoints given as paths.
+    """
+
+    def __init__(self, detector: str | Path | Predictor, embedder: str | Path | Predictor, margin: float = 0.0,
+                 square: bool = True, score_threshold: float = 0.5, classes: list[str] | None = None,
+                 device: str | None = None) -> None:
+        self.detector = detector if isinstance(detector, Predictor) else Predictor.from_checkpoint(detector, device=device)
+        self.embedder = embedder if isinstance(embedder, Predictor) else Predictor.from_checkpoint(embedder, device=device)
+        if self.detector.task_name != "detection":
+            raise ConfigError(f"predict.detector={self.detector.checkpoint}: a {self.detector.task_name} checkpoint; "
+                              "expected a detection checkpoint")
+        if self.embedder.task_name != "embedding":
+            raise ConfigError(f"ckpt_path={self.embedder.checkpoint}: a {self.embedder.task_name} checkpoint; "
+                              "expected an embedding checkpoint")
+        if margin < 0:
+            raise ConfigError(f"predict.crop_margin={margin}: expected a fraction >= 0 of the box side")
+        unknown = sorted(set(classes or ()) - set(self.detector.class_names))
+        if unknown:
+            raise ConfigError(f"predict.detector_classes={list(classes)}: the detector has no class {unknown}; "
+                              f"it knows {self.detector.class_names}")
+        self.margin, self.square, self.score_threshold = float(margin), bool(square), float(score_threshold)
+        self.classes = set(classes) if classes else None
+
+    def detect(self, photos: Any, skipped: dict[str, str] | None = None) -> list[Detections]:
+        """The detector's results kept for identification (score, class)."""
+        out = []
+        for det in self.detector.predict(photos, skipped=skipped):
+            keep = det.scores >= self.score_threshold
+            if self.classes is not None:
+                keep &= np.array([n in self.classes for n in det.names], bool)
+            out.append(Detections(det.source, det.boxes[keep], det.scores[keep], det.labels[keep],
+                                  [n for n, k in zip(det.names, keep, strict=True) if k], det.image))
+        return out
+
+    def identify(self, photos: Any, gallery: str | Path | dict[str, Any] | Gallery,
+                 skipped: dict[str, str] | None = None) -> list[PhotoIdentities]:
+        """Every kept detection of every photo with its nearest gallery identity (``"unknown"`` above the
+        embedder's threshold).
+
+        Args:
+            photos: any input :meth:`Predictor.predict` takes.
+            gallery: identity folders ``<dir>/<identity>/<image>``, ``{identity: images}`` or a :class:`Gallery`.
+        """
+        gallery = self.embedder.gallery(gallery)
+        out = []
+        for det in self.detect(photos, skipped):
+            image = det.image if det.image is not None else read_rgb(det.source)
+            faces = self.embed_boxes(image, det.boxes, det.scores, gallery)
+            out.append(PhotoIdentities(det.source, faces, det.image))
+        return out
+
+    def embed_boxes(self, image: np.ndarray, boxes: np.ndarray, scores: np.ndarray, gallery: Gallery) -> list[Face]:
+        """Crop, embed and match ``boxes`` of one image."""
+        if not len(boxes):
+            return []
+        _, vectors = self.embedder.embed(crop_boxes(image, boxes, self.margin, self.square))
+        found = self.embedder.nearest(vectors, gallery, [""] * len(vectors))
+        return [Face([float(v) for v in box], float(score), m.identity, m.distance, m.match, m.nearest)
+                for box, score, m in zip(boxes, scores, found, strict=True)]
+
+
+def write_predictions(pipeline: Pipeline, cfg, files: list[Path], run_dir: Path) -> dict:
+    """``mode=predict`` with ``predict.detector``: ``identities.json`` and ``drawn/<photo>``.
+
+    ``identities.json``: ``{"photos": [{"file", "faces": [{"box" x1y1x2y2, "score", "identity"
+    ("unknown" above the threshold), "nearest", "distance", "match"}]}], "threshold", ...}``.
+    """
+    from mbtasks.modes.common import write_json_atomic
+
+    if not cfg.predict.get("gallery"):
+        raise ConfigError("predict.detector needs predict.gallery=DIR (identity folders <dir>/<identity>/<image>)")
+    if not files:
+        raise ConfigError("predict.detector needs photos: set predict.input=FILE_OR_DIR")
+    skipped: dict[str, str] = {}
+    photos = pipeline.identify(files, cfg.predict.gallery, skipped)
+    drawn = run_dir / "drawn"
+    used: set[str] = set()
+    for i, photo in enumerate(photos):
+        name = Path(photo.source).name
+        name = name if name not in used else f"{i:05d}_{name}"
+        used.add(name)
+        photo.save(drawn / name)
+    out = {"photos": [p.to_dict() for p in photos], "threshold": pipeline.embedder.threshold,
+           "distance": "squared_l2", "detector": str(pipeline.detector.checkpoint),
+           "embedder": str(pipeline.embedder.checkpoint), "gallery": str(cfg.predict.gallery),
+           "crop_margin": pipeline.margin, "score_threshold": pipeline.score_threshold, "skipped": skipped}
+    write_json_atomic(run_dir / "identities.json", out)
+    for path, reason in skipped.items():
+        log.warning("skipped %s: %s", path, reason)
+    faces = sum(len(p.faces) for p in photos)
+    known = sum(f.match for p in photos for f in p.faces)
+    log.info("%d photos, %d faces (%d identified, %d unknown): %s, drawn images in %s", len(photos), faces, known,
+             faces - known, run_dir / "identities.json", drawn)
+    return out
+
+
+def evaluate_on_coco(pipeline: Pipeline, annotations: str | Path, images: str | Path,
+                     gallery: str | Path | dict | Gallery, iou_threshold: float = 0.5) -> dict[str, float]:
+    """Measure the chain on a COCO json whose annotations carry an ``identity`` (the synthetic face scenes).
+
+    Every ground-truth box is matched one-to-one to the highest-scoring kept detection with
+    IoU >= ``iou_threshold``. Identification is closed-set (the nearest gallery identity must be
+    the true one) and, stricter, at the embedder's threshold (also accepted as known).
+
+    Returns:
+        ``faces``, ``detection_recall``, ``chain_accuracy`` (correct identities among all
+        ground-truth faces; a missed face counts as wrong), ``chain_accuracy_at_threshold``,
+        ``gt_crop_accuracy`` / ``gt_crop_accuracy_at_threshold`` (the embedder on the ground-truth
+        boxes, cropped the same way: what a perfect detector would give), ``false_detections``.
+    """
+    coco = json.loads(Path(annotations).read_text())
+    by_image: dict[int, list[dict]] = {}
+    for ann in coco["annotations"]:
+        if "identity" not in ann:
+            raise DataError(f"{annotations}: annotation {ann.get('id')} has no 'identity' (expected the synthetic "
+                            "face scenes' json)")
+        by_image.setdefault(ann["image_id"], []).append(ann)
+    gallery = pipeline.embedder.gallery(gallery)
+    n = detected = chain = chain_thr = crop = crop_thr = false = 0
+    for info in coco["images"]:
+        path = Path(images) / info["file_name"]
+        anns = by_image.get(info["id"], [])
+        gt = np.array([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
+                       for a in anns], np.float32).reshape(-1, 4)
+        truth = [a["identity"] for a in anns]
+        photo = pipeline.identify([path], gallery)[0]
+        image = read_rgb(path)
+        on_gt = pipeline.embed_boxes(image, gt, np.ones(len(gt)), gallery)
+        crop += sum(f.nearest == t for f, t in zip(on_gt, truth, strict=True))
+        crop_thr += sum(f.match and f.nearest == t for f, t in zip(on_gt, truth, strict=True))
+        n += len(gt)
+        faces = sorted(photo.faces, key=lambda f: -f.score)
+        if not faces:
+            continue
+        iou = box_iou(torch.tensor([f.box for f in faces]), torch.from_numpy(gt)) if len(gt) else torch.zeros(len(faces), 0)
+        taken: set[int] = set()
+        for i, face in enumerate(faces):
+            row = iou[i].clone()
+            if taken:
+                row[list(taken)] = -1
+            j = int(row.argmax()) if len(row) else -1
+            if j < 0 or row[j] < iou_threshold:
+                false += 1
+                continue
+            taken.add(j)
+            detected += 1
+            chain += face.nearest == truth[j]
+            chain_thr += face.match and face.nearest == truth[j]
+    n = max(n, 1)
+    return {"faces": float(n), "detection_recall": detected / n, "chain_accuracy": chain / n,
+            "chain_accuracy_at_threshold": chain_thr / n, "gt_crop_accuracy": crop / n,
+            "gt_crop_accuracy_at_threshold": crop_thr / n, "false_detections": float(false)}
