@@ -28,3 +28,29 @@ def test_loader_workers_draw_different_augmentations(tmp_path):
     images = [x for x, _ in _OneSplit(ds, num_workers=2).val_dataloader()]
     assert not torch.equal(images[0], images[1])
     assert not torch.equal(images[2], images[3])
+
+
+def test_ssd_zoom_out_keeps_aspect_ratio_and_the_whole_image():
+    # A box around the whole 160x80 image must come out square (the image is resized to 64x64)
+    # and whole, at any zoom; the IoU crop is left out so only the zoom out moves it.
+    from hydra.utils import instantiate
+
+    from mbtasks.data.box_transforms import RandomIoUCrop
+    from tests.conftest import compose_cfg
+
+    cfg = compose_cfg(["task=detection", "data=voc", "data.root=unused", "data.image_size=64"])
+    full = instantiate(cfg.data.train_transforms)
+    pipeline = A.Compose([t for t in full.transforms if not isinstance(t, RandomIoUCrop | A.HorizontalFlip)],
+                         bbox_params=A.BboxParams(format="pascal_voc", label_fields=["labels"]), seed=0)
+    image = np.full((80, 160, 3), 200, np.uint8)
+    sides = []
+    for _ in range(100):
+        out = pipeline(image=image, bboxes=np.array([[0, 0, 160, 80]], np.float32), labels=np.array([0]))
+        assert out["image"].shape == (64, 64, 3)
+        x1, y1, x2, y2 = out["bboxes"][0]
+        assert x2 - x1 == pytest.approx(y2 - y1, abs=1.0), out["bboxes"]
+        # the whole image is on the canvas: the pasted region holds exactly the box's pixels
+        inside = (out["image"][..., 0] > 150).sum()
+        assert inside == pytest.approx((x2 - x1) * (y2 - y1), rel=0.1)
+        sides.append(x2 - x1)
+    assert min(sides) < 32 and max(sides) == pytest.approx(64)
