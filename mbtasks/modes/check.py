@@ -96,17 +96,27 @@ def _classification(dm, report: dict, unreadable: dict[str, str]) -> None:
 
 
 def _detection(dm, report: dict, unreadable: dict[str, str], dropped: dict[str, Counter]) -> None:
+    from mbtasks.data.detection import exif_orientation
+
     names = list(dm.class_names)
+    rotated = 0
     for split, ds in dm.datasets.items():
         readable = _decode_all([r.path for r in ds.records], unreadable)
         usable = [r for r in ds.records if str(r.path) in readable]
         hist = Counter(names[int(label)] for r in usable for label, crowd in zip(r.labels, r.iscrowd, strict=True)
                        if not crowd)
         backgrounds = sum(r.num_trainable == 0 for r in usable)
+        # images that EXIF turns or mirrors when decoded (their boxes are turned with them)
+        turned = sum(exif_orientation(r.path) != 1 for r in usable)
+        rotated += turned
         report["splits"][split] = {"images": len(ds.records), "readable": len(readable), "backgrounds": backgrounds,
-                                   "boxes": int(sum(hist.values())), "classes": {n: hist.get(n, 0) for n in names}}
+                                   "boxes": int(sum(hist.values())), "exif_rotated": turned,
+                                   "classes": {n: hist.get(n, 0) for n in names}}
         if split == "train" and not any(r.num_trainable for r in usable):
             report["errors"].append(f"{getattr(dm, 'root', '')}: no readable training image has a usable box")
+    if rotated:
+        report["warnings"].append(f"{rotated} images carry an EXIF rotation; boxes annotated on the stored pixels "
+                                  "are turned with the image (see docs/detection.md)")
     report["dropped"] = {source: dict(counts) for source, counts in dropped.items()}
     for source, counts in dropped.items():
         report["warnings"].append(f"{source}: dropped " + ", ".join(f"{n} {reason}" for reason, n in sorted(counts.items())))
