@@ -160,3 +160,26 @@ def test_embedding_ddp_matches_single_process_test(tmp_path):
     single = run_mode(["mode=test", f"ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}"], tmp_path / "single")
     for key in ("test/verification_acc", "test/roc_auc", "test/num_pairs", "test/accuracy_at_threshold"):
         assert ddp[key] == pytest.approx(single[key], abs=1e-6), key
+
+
+def test_coco_map_ignores_images_the_distributed_sampler_repeats():
+    """5 images on 2 ranks: DistributedSampler pads rank 1 with image 1 again; it must count once."""
+    import torch
+
+    from mbtasks.metrics.coco import CocoMeanAP
+
+    whole = CocoMeanAP()
+    _coco_update(whole, range(1, 6))
+    expected = whole.compute()
+    ranks = [CocoMeanAP(), CocoMeanAP()]
+    _coco_update(ranks[0], [1, 3, 5])
+    _coco_update(ranks[1], [2, 4, 1])
+    gathered = CocoMeanAP()
+    for name in ("images", "dets", "gts"):
+        setattr(gathered, name, torch.cat([torch.cat(getattr(r, name)) for r in ranks]))
+    gathered._update_count = 1
+    assert gathered.compute() == pytest.approx(expected)
+    # the same within one process (a sampler that repeats on one rank)
+    repeated = CocoMeanAP()
+    _coco_update(repeated, [1, 2, 3, 4, 5, 1, 2])
+    assert repeated.compute() == pytest.approx(expected)
