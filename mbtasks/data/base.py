@@ -33,9 +33,12 @@ class SplitDataModule(L.LightningDataModule):
 
     Subclasses set ``batch_size``, ``num_workers`` and, when batches need it, ``collate_fn``;
     each split's dataset carries a :class:`~mbtasks.data.io.SkipCounter` as ``skips``.
+    ``test_split`` names the split the test loader reads: ``"val"`` when the data has no test
+    split of its own (then the test metrics come from the split that also picked ``best.ckpt``).
     """
 
     collate_fn: Callable | None = None
+    test_split: str = "test"
 
     def __init__(self) -> None:
         super().__init__()

@@ -329,6 +329,8 @@ class DetectionDataModule(SplitDataModule):
             return
         self.prepare_data()
         splits = self.load_splits()
+        if splits["test"] is splits["val"] or [r.path for r in splits["test"]] == [r.path for r in splits["val"]]:
+            self.test_split = "val"
         for name, records in splits.items():
             train = name == "train"
             pipeline = self.train_transforms if train else self.eval_transforms

@@ -10,7 +10,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from mbtasks.errors import NonFiniteLossError
-from mbtasks.modes.common import build_trainer, write_config, write_metrics
+from mbtasks.modes.common import build_trainer, test_split_of, write_config, write_metrics
 from mbtasks.modes.profile import summary_line
 from mbtasks.tasks import build_task
 
@@ -37,6 +37,7 @@ def run(cfg: DictConfig, run_dir: Path, overrides=()) -> dict:
     write_config(run_dir, cfg)
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
+    test_split = test_split_of(datamodule, log)
     task = build_task(cfg, datamodule.info)
     log.info("model: %s", summary_line(task.model, int(cfg.data.image_size)))
     trainer, checkpoint = build_trainer(cfg, run_dir, task)
@@ -56,13 +57,16 @@ def run(cfg: DictConfig, run_dir: Path, overrides=()) -> dict:
     best = checkpoint.best_model_path or checkpoint.last_model_path or None
     trainer.test(task, datamodule=datamodule, ckpt_path=best, weights_only=True)
     metrics.update({k: v for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
+    metrics["test/split"] = test_split
     skipped = datamodule.skipped() if hasattr(datamodule, "skipped") else {}
     if skipped:
         metrics["data/skipped_files"] = len(skipped)
         log.warning("%d unreadable files were skipped (first: %s)", len(skipped), next(iter(skipped)))
     flat = write_metrics(run_dir, metrics)
     if trainer.logger and trainer.is_global_zero:
-        trainer.logger.log_hyperparams(flat_hparams(cfg), {k: v for k, v in flat.items() if k.startswith("test/") and v is not None})
-    log.info("metrics: %s", {k: round(v, 4) for k, v in flat.items() if v is not None and k.startswith("test/")})
+        trainer.logger.log_hyperparams(flat_hparams(cfg), {k: v for k, v in flat.items()
+                                                           if k.startswith("test/") and isinstance(v, float)})
+    log.info("metrics: %s", {k: round(v, 4) if isinstance(v, float) else v for k, v in flat.items()
+                             if v is not None and k.startswith("test/")})
     log.info("run dir: %s", run_dir)
     return flat
