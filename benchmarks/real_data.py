@@ -218,8 +218,9 @@ def peer_faces(name: str, budget_s: float, workers: int) -> dict:
                                                          rotate=(-10, 10), p=0.7), A.HorizontalFlip()])
     train = IdentityDataset(dm.train_set.samples, train_tf, IMAGENET_MEAN, IMAGENET_STD)
     labels = [label for _, label in dm.train_set.samples]
-    sampler = samplers.MPerClassSampler(labels, m=4, batch_size=64, length_before_new_iter=len(labels))
-    loader = DataLoader(train, batch_size=64, sampler=sampler, drop_last=True, num_workers=workers,
+    batch = min(64, 4 * len(set(labels)))  # the sampler needs m x identities >= batch (Yale: 11 identities)
+    sampler = samplers.MPerClassSampler(labels, m=4, batch_size=batch, length_before_new_iter=max(len(labels), batch))
+    loader = DataLoader(train, batch_size=batch, sampler=sampler, drop_last=True, num_workers=workers,
                         persistent_workers=workers > 0)
     model = timm.create_model("mobilenetv1_100", pretrained=False, num_classes=128)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
@@ -266,7 +267,7 @@ def main(argv: Iterable[str] | None = None) -> None:
     p.add_argument("--sets", default=",".join(SETS), help=f"comma-separated sets (default all: {','.join(SETS)})")
     p.add_argument("--threads", type=int, default=2, help="torch threads of the peer loops (mbtasks: torch's default)")
     p.add_argument("--workers", type=int, default=2, help="loader workers of the peer loops (mbtasks' default: 2)")
-    p.add_argument("--runs", type=Path, default=RESULTS / "real_data_runs", help="where the mbtasks run dirs go")
+    p.add_argument("--runs", type=Path, default=RESULTS / "real_data_runs", help="where the mbtasks run dirs go (a dated folder per invocation)")
     p.add_argument("--out", type=Path, default=None, help="JSON file (default benchmarks/results/real_data.json)")
     args = p.parse_args(argv)
     budget_s = parse_duration(args.budget)
@@ -274,10 +275,11 @@ def main(argv: Iterable[str] | None = None) -> None:
     unknown = [n for n in names if n not in SETS]
     if unknown:
         p.error(f"--sets: unknown {unknown}; expected some of {list(SETS)}")
+    runs = args.runs / time.strftime("%Y-%m-%d_%H-%M-%S")  # a fresh run dir per invocation
     rows, results = [], {}
     for name in names:
         print(f"[{name}] mbtasks, {args.budget} ...", flush=True)
-        ours = run_mbtasks(name, args.budget, args.runs / name)
+        ours = run_mbtasks(name, args.budget, runs / name)
         print(f"[{name}] peer, {args.budget} ...", flush=True)
         peer = run_peer(name, budget_s, args.threads, args.workers)
         ratio = ours["metric"] / peer["metric"] if ours["metric"] is not None and peer["metric"] else None
