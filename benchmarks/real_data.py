@@ -37,15 +37,15 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+import common  # noqa: F401 - first: sets OMP_WAIT_POLICY before torch loads
+import numpy as np
+import torch
 from common import REPO, RESULTS, machine, print_table, write_results
+from torch import nn
+from torch.utils.data import DataLoader
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
-
-from mbtasks.callbacks.epoch_log import read_epoch_log  # noqa: E402
-from mbtasks.callbacks.time_budget import parse_duration  # noqa: E402
+from mbtasks.callbacks.epoch_log import read_epoch_log
+from mbtasks.callbacks.time_budget import parse_duration
 
 DATASETS = REPO.parent / "shared" / "datasets"
 

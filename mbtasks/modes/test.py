@@ -9,7 +9,13 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from mbtasks.errors import DataError
-from mbtasks.modes.common import build_trainer, eval_data_config, test_split_of, write_config, write_metrics
+from mbtasks.modes.common import (
+    build_trainer,
+    eval_data_config,
+    test_split_of,
+    write_config,
+    write_metrics,
+)
 from mbtasks.tasks import load_task
 
 log = logging.getLogger(__name__)
