@@ -80,8 +80,9 @@ def test_detection_ddp_matches_single_process_test(tmp_path):
 
     # 96 px, batch 4: at 64 px / batch 2 the last extra layers' BatchNorm statistics (1x1 maps, two
     # values per channel) after a few steps make the eval-mode loss overflow to NaN
+    # 5 test images on 2 ranks: the distributed sampler repeats one, which must be scored once
     root = make_shapes_detection(tmp_path / "det", classes=["circle", "square"], train_images=16, val_images=4,
-                                 test_images=4, image_size=96, object_size=(0.3, 0.6), seed=3)
+                                 test_images=5, image_size=96, object_size=(0.3, 0.6), seed=3)
     run_dir = tmp_path / "run"
     args = ["task=detection", "trainer=ddp", "trainer.accelerator=cpu", f"data.root={root}", "data.generator=null",
             "data.image_size=96", "data.batch_size=4", "optimizer.lr=0.01", "backbone.width=0.25", "trainer.max_epochs=1",
