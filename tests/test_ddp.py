@@ -92,8 +92,10 @@ def test_detection_ddp_matches_single_process_test(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     ddp = json.loads((run_dir / "metrics.json").read_text())
     single = run_mode(["mode=test", f"ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}"], tmp_path / "single")
+    # abs 1e-4: ranks run batches of 3 where one process runs 4, so scores differ in the last float
+    # bits (1e-6 in mAP seen); scoring the repeated image twice moves mAP by far more
     for key in ("test/map", "test/map_50", "test/mar_100"):
-        assert ddp[key] == pytest.approx(single[key], abs=1e-6), key
+        assert ddp[key] == pytest.approx(single[key], abs=1e-4), key
     # test/loss is averaged over ranks too, but the SSD loss is normalised by the positives of each
     # batch, and DDP groups the images into other batches: it differs from one process's by design
     assert ddp["test/loss"] is not None  # finite (NaN is written as null)
