@@ -270,7 +270,10 @@ def main(argv: Iterable[str] | None = None) -> None:
     p.add_argument("--runs", type=Path, default=RESULTS / "real_data_runs", help="where the mbtasks run dirs go (a dated folder per invocation)")
     p.add_argument("--out", type=Path, default=None, help="JSON file (default benchmarks/results/real_data.json)")
     args = p.parse_args(argv)
-    budget_s = parse_duration(args.budget)
+    try:
+        budget_s = parse_duration(args.budget)
+    except ValueError as err:
+        p.error(f"--budget: {err}")
     names = [s.strip() for s in args.sets.split(",") if s.strip()]
     unknown = [n for n in names if n not in SETS]
     if unknown:

@@ -28,6 +28,11 @@ def test_parse_duration_refuses_with_the_key(text):
         parse_duration(text)
 
 
+def test_bad_budget_fails_before_the_data_is_read(tmp_path):
+    with pytest.raises(ConfigError, match="train.time='ten'"):
+        run_mode([f"data.root={tmp_path / 'missing'}", "data.generator=null", "train.time=ten"], tmp_path / "run")
+
+
 def _plan_and_lr(ckpt: dict) -> tuple[dict, float, float]:
     state = next(v for k, v in ckpt["callbacks"].items() if k.startswith("TimeBudget"))
     group = ckpt["optimizer_states"][0]["param_groups"][0]

@@ -124,6 +124,9 @@ class TimeBudget(L.Callback):
         now = time.monotonic()
         clock, step0 = self._timed_from
         done = trainer.global_step
+        if self.total_steps is not None and done >= self.total_steps:
+            trainer.should_stop = True  # the cosine has ended: never extend it (the LR would climb back)
+            return
         step_time = max(1e-6, (now - clock - self._val_seconds) / max(1, done - step0))
         per_epoch = self._steps_per_epoch(trainer)
         if self._last_val is not None:
@@ -154,8 +157,12 @@ class TimeBudget(L.Callback):
             return
         config = trainer.lr_scheduler_configs[0]
         # last_epoch = steps taken - 1: the new schedule starts where the old one is, at this step's LR.
-        config.scheduler = factory(config.scheduler.optimizer, total_steps=self.total_steps, steps_per_epoch=per_epoch,
-                                   last_epoch=trainer.global_step - 1)
+        try:
+            config.scheduler = factory(config.scheduler.optimizer, total_steps=self.total_steps,
+                                       steps_per_epoch=per_epoch, last_epoch=trainer.global_step - 1)
+        except TypeError as err:
+            raise ConfigError(f"train.time: the scheduler factory {factory} must take (optimizer, total_steps, "
+                              f"steps_per_epoch, last_epoch) to be re-sized ({err})") from err
 
     # -- checkpoints --------------------------------------------------------------------
 

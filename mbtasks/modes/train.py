@@ -9,6 +9,7 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from mbtasks.callbacks.time_budget import parse_duration
 from mbtasks.errors import NonFiniteLossError
 from mbtasks.modes.common import build_trainer, test_split_of, write_config, write_metrics
 from mbtasks.modes.profile import summary_line
@@ -33,6 +34,8 @@ def flat_hparams(cfg: DictConfig) -> dict:
 
 
 def run(cfg: DictConfig, run_dir: Path, overrides=()) -> dict:
+    if OmegaConf.select(cfg, "train.time"):
+        parse_duration(cfg.train.time)  # a bad budget fails before any data is read
     L.seed_everything(int(cfg.seed), workers=True)
     write_config(run_dir, cfg)
     datamodule = instantiate(cfg.data)
