@@ -127,7 +127,7 @@ def eval_data_config(cfg: DictConfig, train_cfg: DictConfig, overrides: Iterable
     return merged.data
 
 
-def test_split_of(datamodule, log) -> str:
+def which_test_split(datamodule, log) -> str:
     """The split the test metrics come from (``metrics.json`` ``test/split``); warns when it is not a test split.
 
     Without a test split the data modules test on the validation split, the one that also

@@ -12,7 +12,7 @@ from mbtasks.errors import DataError
 from mbtasks.modes.common import (
     build_trainer,
     eval_data_config,
-    test_split_of,
+    which_test_split,
     write_config,
     write_metrics,
 )
@@ -27,7 +27,7 @@ def run(cfg: DictConfig, run_dir: Path, overrides=()) -> dict:
     write_config(run_dir, cfg)
     datamodule = instantiate(data_cfg)
     datamodule.setup("test")
-    test_split = test_split_of(datamodule, log)
+    test_split = which_test_split(datamodule, log)
     trained = task.info.get("class_names")
     if trained is not None and list(datamodule.info.get("class_names", trained)) != list(trained):
         raise DataError(

@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mbtasks.callbacks.time_budget import parse_duration
 from mbtasks.errors import NonFiniteLossError
-from mbtasks.modes.common import build_trainer, test_split_of, write_config, write_metrics
+from mbtasks.modes.common import build_trainer, which_test_split, write_config, write_metrics
 from mbtasks.modes.profile import summary_line
 from mbtasks.tasks import build_task
 
@@ -40,7 +40,7 @@ def run(cfg: DictConfig, run_dir: Path, overrides=()) -> dict:
     write_config(run_dir, cfg)
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
-    test_split = test_split_of(datamodule, log)
+    test_split = which_test_split(datamodule, log)
     task = build_task(cfg, datamodule.info)
     log.info("model: %s", summary_line(task.model, int(cfg.data.image_size)))
     trainer, checkpoint = build_trainer(cfg, run_dir, task)
