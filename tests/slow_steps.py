@@ -15,3 +15,14 @@ class SlowSteps(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         time.sleep(self.seconds)
+
+
+class StopAfterEpoch(L.Callback):
+    """Ends fit after epoch ``epoch`` (as a crash would, but with the run finishing cleanly)."""
+
+    def __init__(self, epoch: int = 0) -> None:
+        self.epoch = int(epoch)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.current_epoch == self.epoch:
+            trainer.should_stop = True

@@ -40,9 +40,10 @@ def test_train_writes_run_dir(trained):
     _, run_dir, metrics = trained
     on_disk = json.loads((run_dir / "metrics.json").read_text())
     assert on_disk == pytest.approx(metrics)
-    for key in ("test/acc_top1", "test/acc_top5", "test/loss", "val/acc_top1", "val/loss", "train/loss"):
+    for key in ("test/acc_top1", "test/loss", "val/acc_top1", "val/loss", "train/loss"):
         assert key in on_disk, key
-    assert 0.0 <= on_disk["test/acc_top1"] <= on_disk["test/acc_top5"] <= 1.0
+    assert 0.0 <= on_disk["test/acc_top1"] <= 1.0
+    assert not any(k.startswith("test/acc_top5") for k in on_disk)  # 3 classes: top-5 would always be 1.0
     assert on_disk["data/skipped_files"] == 1  # the broken jpeg, skipped and counted
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert (run_dir / "checkpoints" / "best.ckpt").is_file()
@@ -151,3 +152,17 @@ def test_imagenet_recipes_run_two_steps(tmp_path):
         assert "test/acc_top1" in out
         cfg = (run_dir / "config.yaml").read_text()
         assert "RMSprop" in cfg and "step_decay" in cfg
+
+
+@pytest.mark.parametrize(("classes", "top_k", "key"), [(3, 5, None), (3, 3, None), (3, 2, "acc_top2"), (8, 5, "acc_top5")])
+def test_top_k_key_names_the_k_used_and_is_left_out_when_trivial(classes, top_k, key):
+    from functools import partial
+
+    from mbtasks.backbones.mobilenet_v1 import MobileNetV1
+    from mbtasks.heads.classifier import ClassifierHead
+    from mbtasks.tasks.classification import ClassificationTask
+
+    info = {"class_names": [f"c{i}" for i in range(classes)], "image_size": 32, "mean": [0] * 3, "std": [1] * 3}
+    task = ClassificationTask(MobileNetV1(width=0.25), partial(ClassifierHead), info, top_k=top_k)
+    names = set(task.test_metrics.keys())
+    assert names == {"test/acc_top1"} | ({f"test/{key}"} if key else set())

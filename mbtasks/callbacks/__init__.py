@@ -6,5 +6,6 @@ from mbtasks.callbacks.epoch_log import EpochLog
 from mbtasks.callbacks.finite_loss import FiniteLoss
 from mbtasks.callbacks.plots import RunPlots
 from mbtasks.callbacks.rng_state import RngState
+from mbtasks.callbacks.time_budget import TimeBudget
 
-__all__ = ["BackboneFreeze", "ChannelsLast", "EpochLog", "FiniteLoss", "RngState", "RunPlots"]
+__all__ = ["BackboneFreeze", "ChannelsLast", "EpochLog", "FiniteLoss", "RngState", "RunPlots", "TimeBudget"]

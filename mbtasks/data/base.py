@@ -6,7 +6,26 @@ from collections.abc import Callable
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from lightning.fabric.utilities.seed import pl_worker_init_function
+from torch.utils.data import DataLoader, Dataset, get_worker_info
+
+
+def seed_worker(worker_id: int) -> None:
+    """``worker_init_fn`` of every loader: give each worker its own augmentation stream.
+
+    albumentations pipelines hold their own RNG, created when the pipeline is built; forked
+    workers inherit one state, so without this every worker draws the same augmentations
+    (AlbumentationsX issue 266). Each pipeline the worker's dataset holds is re-seeded from
+    the worker's seed, which torch derives from the loader's base seed (so ``seed`` still
+    reproduces a run). numpy / random / torch are seeded as ``seed_everything(workers=True)``
+    would: Lightning adds its own ``worker_init_fn`` only to loaders that have none.
+    """
+    pl_worker_init_function(worker_id)
+    info = get_worker_info()
+    seed = info.seed % 2**32
+    for value in vars(info.dataset).values():
+        if callable(getattr(value, "set_random_seed", None)):
+            value.set_random_seed(seed)
 
 
 class SplitDataModule(L.LightningDataModule):
@@ -14,9 +33,12 @@ class SplitDataModule(L.LightningDataModule):
 
     Subclasses set ``batch_size``, ``num_workers`` and, when batches need it, ``collate_fn``;
     each split's dataset carries a :class:`~mbtasks.data.io.SkipCounter` as ``skips``.
+    ``test_split`` names the split the test loader reads: ``"val"`` when the data has no test
+    split of its own (then the test metrics come from the split that also picked ``best.ckpt``).
     """
 
     collate_fn: Callable | None = None
+    test_split: str = "test"
 
     def __init__(self) -> None:
         super().__init__()
@@ -33,6 +55,7 @@ class SplitDataModule(L.LightningDataModule):
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
             collate_fn=self.collate_fn,
+            worker_init_fn=seed_worker,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -37,7 +37,9 @@ class ImageRecord:
     Attributes:
         image_id: the annotation file's id for the image (COCO ``id``; VOC: running index).
         path: image file.
-        width / height: image size after EXIF orientation.
+        width / height: image size as the annotation file gives it (read from the image, after EXIF
+            orientation, when it gives none). When it is the stored size of an image that EXIF
+            turns by 90 degrees, the boxes are turned with the image at loading.
         boxes: ``(M, 4)`` float32, ``x1y1x2y2`` original pixels.
         labels: ``(M,)`` int64 contiguous class indices in ``[0, K)``.
         iscrowd: ``(M,)`` bool; COCO ``iscrowd`` or VOC ``difficult``: left out of training,
@@ -70,6 +72,34 @@ def image_size_of(path: Path) -> tuple[int, int]:
         if img.getexif().get(0x0112) in _SWAPPING_ORIENTATIONS:
             w, h = h, w
         return int(w), int(h)
+
+
+def exif_orientation(path: Path) -> int:
+    """The EXIF orientation of an image file (1: none; 2-8 as ``read_rgb`` applies them), header only."""
+    try:
+        with open_image(path) as img:
+            value = img.getexif().get(0x0112, 1)
+    except ImageReadError:
+        return 1
+    return int(value) if value in range(1, 9) else 1
+
+
+def orient_boxes(boxes: np.ndarray, orientation: int, width: int, height: int) -> np.ndarray:
+    """Move ``(M, 4)`` x1y1x2y2 boxes in stored pixels (``width`` x ``height``, before EXIF
+    orientation) the way PIL's ``ImageOps.exif_transpose`` moves the image."""
+    x1, y1, x2, y2 = np.asarray(boxes, np.float32).reshape(-1, 4).T
+    w, h = float(width), float(height)
+    moved = {
+        1: (x1, y1, x2, y2),
+        2: (w - x2, y1, w - x1, y2),  # mirror
+        3: (w - x2, h - y2, w - x1, h - y1),  # rotate 180
+        4: (x1, h - y2, x2, h - y1),  # flip
+        5: (y1, x1, y2, x2),  # transpose
+        6: (h - y2, x1, h - y1, x2),  # rotate 90 clockwise
+        7: (h - y2, w - x2, h - y1, w - x1),  # transverse
+        8: (y1, w - x2, y2, w - x1),  # rotate 90 counter-clockwise
+    }[orientation]
+    return np.stack(moved, axis=1).astype(np.float32)
 
 
 class AnnotationReport:
@@ -215,9 +245,14 @@ class DetectionDataset(Dataset):
         h, w = image.shape[:2]
         boxes = rec.boxes
         if (w, h) != (rec.width, rec.height) and rec.width and rec.height:
-            # The annotation file's size disagrees with the decoded image: keep boxes relative.
-            self.rescaled.skip(rec.path, f"annotated {rec.width}x{rec.height}, decoded {w}x{h}")
-            boxes = boxes * np.array([w / rec.width, h / rec.height] * 2, np.float32)
+            orientation = exif_orientation(rec.path)
+            if orientation in _SWAPPING_ORIENTATIONS and (h, w) == (rec.width, rec.height):
+                # Annotated on the stored pixels, decoded turned by EXIF: turn the boxes with the image.
+                boxes = orient_boxes(boxes, orientation, rec.width, rec.height)
+            else:
+                # The annotation file's size disagrees with the decoded image: keep boxes relative.
+                self.rescaled.skip(rec.path, f"annotated {rec.width}x{rec.height}, decoded {w}x{h}")
+                boxes = boxes * np.array([w / rec.width, h / rec.height] * 2, np.float32)
         boxes = np.clip(boxes, 0, [w, h, w, h]).astype(np.float32)
         keep = ~rec.iscrowd
         if self.train:
@@ -313,6 +348,8 @@ class DetectionDataModule(SplitDataModule):
             return
         self.prepare_data()
         splits = self.load_splits()
+        if splits["test"] is splits["val"] or [r.path for r in splits["test"]] == [r.path for r in splits["val"]]:
+            self.test_split = "val"
         for name, records in splits.items():
             train = name == "train"
             pipeline = self.train_transforms if train else self.eval_transforms

@@ -122,6 +122,7 @@ class ImageFolderDataModule(SplitDataModule):
         path = self.root / name
         if stage == "test" and not path.is_dir():
             path = self.root / self.splits[1]
+            self.test_split = "val"
         return path
 
     def setup(self, stage: str | None = None) -> None:

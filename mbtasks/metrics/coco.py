@@ -88,6 +88,25 @@ def _rows(state, width: int) -> torch.Tensor:
     return dim_zero_cat(state).cpu() if state else torch.zeros((0, width), dtype=torch.float64)
 
 
+def first_of_each_image(images: torch.Tensor, dets: torch.Tensor, gts: torch.Tensor):
+    """Keep each image id's first evaluation only, with its own detections and ground truth.
+
+    Lightning's ``DistributedSampler`` repeats images so every rank gets as many; scoring a
+    repeat again would count its ground truth and detections twice.
+    """
+    det_parts = torch.split(dets, images[:, 3].long().tolist())
+    gt_parts = torch.split(gts, images[:, 4].long().tolist())
+    seen, keep = set(), []
+    for k, image_id in enumerate(images[:, 0].long().tolist()):
+        if image_id not in seen:
+            seen.add(image_id)
+            keep.append(k)
+    if len(keep) == len(images):
+        return images, dets, gts
+    return (images[keep], torch.cat([det_parts[k] for k in keep]).reshape(-1, dets.shape[1]),
+            torch.cat([gt_parts[k] for k in keep]).reshape(-1, gts.shape[1]))
+
+
 class CocoMeanAP(Metric):
     """COCO mAP over a stage (val / test); states are per-row tensors, so DDP gathers them.
 
@@ -104,8 +123,10 @@ class CocoMeanAP(Metric):
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         # Under DDP, compute() first gathers these states from every rank (cat), so pycocotools
-        # runs once on all images. image rows: (image_id, h, w); detection rows: (image_id, x1, y1, x2, y2, score, label);
-        # ground-truth rows: (image_id, x1, y1, x2, y2, label, iscrowd, area)
+        # runs once on all images. image rows: (image_id, h, w, detections, ground truths);
+        # detection rows: (image_id, x1, y1, x2, y2, score, label);
+        # ground-truth rows: (image_id, x1, y1, x2, y2, label, iscrowd, area). The gather keeps each
+        # rank's order in every state, so an image row's counts find its detections and ground truth.
         self.add_state("images", default=[], dist_reduce_fx="cat")
         self.add_state("dets", default=[], dist_reduce_fx="cat")
         self.add_state("gts", default=[], dist_reduce_fx="cat")
@@ -117,13 +138,12 @@ class CocoMeanAP(Metric):
         for p, t in zip(preds, targets, strict=True):
             image_id = float(t["image_id"])
             h, w = t["orig_size"]
-            self.images.append(torch.tensor([[image_id, h, w]], dtype=torch.float64, device=self.device))
-            n = p["boxes"].shape[0]
+            n, g = p["boxes"].shape[0], t["gt_boxes"].shape[0]
+            self.images.append(torch.tensor([[image_id, h, w, n, g]], dtype=torch.float64, device=self.device))
             self.dets.append(torch.cat([
                 torch.full((n, 1), image_id, dtype=torch.float64, device=self.device),
                 p["boxes"].double(), p["scores"].double()[:, None], p["labels"].double()[:, None],
             ], dim=1))
-            g = t["gt_boxes"].shape[0]
             self.gts.append(torch.cat([
                 torch.full((g, 1), image_id, dtype=torch.float64, device=self.device),
                 t["gt_boxes"].double().to(self.device), t["gt_labels"].double().to(self.device)[:, None],
@@ -131,11 +151,12 @@ class CocoMeanAP(Metric):
             ], dim=1))
 
     def compute(self) -> dict[str, float]:
-        images = _rows(self.images, 3).numpy()
+        images = _rows(self.images, 5)
         dets, gts = _rows(self.dets, 7), _rows(self.gts, 8)
         if not len(images):
             return {name: -1.0 for name in STAT_NAMES}
-        image_rows = {int(r[0]): r for r in images}
+        images, dets, gts = first_of_each_image(images, dets, gts)
+        image_rows = {int(r[0]): r for r in images.numpy()}
         labels = sorted({int(v) for v in gts[:, 5].tolist()} | {int(v) for v in dets[:, 6].tolist()})
         gt_xywh = box_convert(gts[:, 1:5], "xyxy", "xywh").tolist()
         dataset = {

@@ -98,21 +98,37 @@ def _classification(dm, report: dict, unreadable: dict[str, str]) -> None:
     report["ignored_files"] = ignored[:SHOW]
 
 
+def _turned_by_exif(rec, sizes: dict[str, tuple[int, int]]) -> bool:
+    """Annotated on the stored pixels of an image EXIF turns by 90 degrees: boxes turn, not rescale."""
+    from mbtasks.data.detection import _SWAPPING_ORIENTATIONS, exif_orientation
+
+    return (sizes.get(str(rec.path)) == (rec.height, rec.width)
+            and exif_orientation(rec.path) in _SWAPPING_ORIENTATIONS)
+
+
 def _detection(dm, report: dict, unreadable: dict[str, str], dropped: dict[str, Counter]) -> None:
+    from mbtasks.data.detection import exif_orientation
+
     names = list(dm.class_names)
     sizes: dict[str, tuple[int, int]] = {}
     rescaled: dict[str, str] = {}
+    rotated = 0
     for split, ds in dm.datasets.items():
         readable = _decode_all([r.path for r in ds.records], unreadable, sizes)
         usable = [r for r in ds.records if str(r.path) in readable]
         # Training rescales these boxes by the size ratio (DetectionDataset); say so before it does.
         rescaled.update({str(r.path): f"annotated {r.width}x{r.height}, decoded {sizes[str(r.path)][0]}x"
-                         f"{sizes[str(r.path)][1]}" for r in usable if sizes.get(str(r.path)) != (r.width, r.height)})
+                         f"{sizes[str(r.path)][1]}" for r in usable if r.width and r.height
+                         and sizes.get(str(r.path)) != (r.width, r.height) and not _turned_by_exif(r, sizes)})
         hist = Counter(names[int(label)] for r in usable for label, crowd in zip(r.labels, r.iscrowd, strict=True)
                        if not crowd)
         backgrounds = sum(r.num_trainable == 0 for r in usable)
+        # images that EXIF turns or mirrors when decoded (their boxes are turned with them)
+        turned = sum(exif_orientation(r.path) != 1 for r in usable)
+        rotated += turned
         report["splits"][split] = {"images": len(ds.records), "readable": len(readable), "backgrounds": backgrounds,
-                                   "boxes": int(sum(hist.values())), "classes": {n: hist.get(n, 0) for n in names}}
+                                   "boxes": int(sum(hist.values())), "exif_rotated": turned,
+                                   "classes": {n: hist.get(n, 0) for n in names}}
         if split == "train" and not any(r.num_trainable for r in usable):
             report["errors"].append(f"{getattr(dm, 'root', '')}: no readable training image has a usable box")
     report["rescaled"] = {"count": len(rescaled), "first": dict(list(rescaled.items())[:SHOW])}
@@ -120,6 +136,9 @@ def _detection(dm, report: dict, unreadable: dict[str, str], dropped: dict[str, 
         first = next(iter(rescaled))
         report["warnings"].append(f"{len(rescaled)} images differ in size from their annotations; their boxes are "
                                   f"rescaled in training (first: {first}: {rescaled[first]})")
+    if rotated:
+        report["warnings"].append(f"{rotated} images carry an EXIF rotation; boxes annotated on the stored pixels "
+                                  "are turned with the image (see docs/detection.md)")
     report["dropped"] = {source: dict(counts) for source, counts in dropped.items()}
     for source, counts in dropped.items():
         report["warnings"].append(f"{source}: dropped " + ", ".join(f"{n} {reason}" for reason, n in sorted(counts.items())))

@@ -40,15 +40,18 @@ def write_json_atomic(path: Path, payload) -> None:
     os.replace(tmp, path)
 
 
-def to_float_dict(metrics: Mapping) -> dict[str, float]:
+def to_float_dict(metrics: Mapping) -> dict[str, float | str | None]:
     out = {}
     for key, value in metrics.items():
+        if isinstance(value, str):  # e.g. "test/split"
+            out[str(key)] = value
+            continue
         v = float(value.item() if hasattr(value, "item") else value)
         out[str(key)] = v if math.isfinite(v) else None
     return out
 
 
-def write_metrics(run_dir: Path, metrics: Mapping) -> dict[str, float]:
+def write_metrics(run_dir: Path, metrics: Mapping) -> dict[str, float | str | None]:
     """``run_dir/metrics.json``: a flat object of namespaced final metrics (``test/acc_top1``...)."""
     flat = to_float_dict(metrics)
     if is_rank_zero():
@@ -122,3 +125,18 @@ def eval_data_config(cfg: DictConfig, train_cfg: DictConfig, overrides: Iterable
             OmegaConf.update(data, key, OmegaConf.select(cfg, key), force_add=True)
     merged = OmegaConf.merge(OmegaConf.create({"data_dir": cfg.get("data_dir")}), data)
     return merged.data
+
+
+def which_test_split(datamodule, log) -> str:
+    """The split the test metrics come from (``metrics.json`` ``test/split``); warns when it is not a test split.
+
+    Without a test split the data modules test on the validation split, the one that also
+    picked ``best.ckpt``: those numbers are optimistic and must not be used to choose recipes.
+    """
+    split = getattr(datamodule, "test_split", "test")
+    if split != "test":
+        log.warning("NO TEST SPLIT in %s: the test/* metrics are measured on the %s split, which also picked "
+                    "best.ckpt, so they are optimistic; metrics.json says \"test/split\": \"%s\". Give the data a "
+                    "test split (data.test_ann, data.test_split or a test/ folder) for an unbiased number",
+                    getattr(datamodule, "root", "the data"), split, split)
+    return split

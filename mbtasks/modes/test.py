@@ -9,7 +9,13 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from mbtasks.errors import DataError
-from mbtasks.modes.common import build_trainer, eval_data_config, write_config, write_metrics
+from mbtasks.modes.common import (
+    build_trainer,
+    eval_data_config,
+    which_test_split,
+    write_config,
+    write_metrics,
+)
 from mbtasks.tasks import load_task
 
 log = logging.getLogger(__name__)
@@ -21,6 +27,7 @@ def run(cfg: DictConfig, run_dir: Path, overrides=()) -> dict:
     write_config(run_dir, cfg)
     datamodule = instantiate(data_cfg)
     datamodule.setup("test")
+    test_split = which_test_split(datamodule, log)
     trained = task.info.get("class_names")
     if trained is not None and list(datamodule.info.get("class_names", trained)) != list(trained):
         raise DataError(
@@ -29,6 +36,7 @@ def run(cfg: DictConfig, run_dir: Path, overrides=()) -> dict:
     trainer, _ = build_trainer(cfg, run_dir, task)
     trainer.test(task, datamodule=datamodule)
     metrics = {k: v for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
+    metrics["test/split"] = test_split
     flat = write_metrics(run_dir, metrics)
-    log.info("metrics: %s", {k: round(v, 4) for k, v in flat.items() if v is not None})
+    log.info("metrics: %s", {k: round(v, 4) if isinstance(v, float) else v for k, v in flat.items() if v is not None})
     return flat

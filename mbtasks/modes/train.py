@@ -9,8 +9,9 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from mbtasks.callbacks.time_budget import parse_duration
 from mbtasks.errors import NonFiniteLossError
-from mbtasks.modes.common import build_trainer, write_config, write_metrics
+from mbtasks.modes.common import build_trainer, which_test_split, write_config, write_metrics
 from mbtasks.modes.profile import summary_line
 from mbtasks.tasks import build_task
 
@@ -33,10 +34,13 @@ def flat_hparams(cfg: DictConfig) -> dict:
 
 
 def run(cfg: DictConfig, run_dir: Path, overrides=()) -> dict:
+    if OmegaConf.select(cfg, "train.time"):
+        parse_duration(cfg.train.time)  # a bad budget fails before any data is read
     L.seed_everything(int(cfg.seed), workers=True)
     write_config(run_dir, cfg)
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
+    test_split = which_test_split(datamodule, log)
     task = build_task(cfg, datamodule.info)
     log.info("model: %s", summary_line(task.model, int(cfg.data.image_size)))
     trainer, checkpoint = build_trainer(cfg, run_dir, task)
@@ -56,6 +60,7 @@ def run(cfg: DictConfig, run_dir: Path, overrides=()) -> dict:
     best = checkpoint.best_model_path or checkpoint.last_model_path or None
     trainer.test(task, datamodule=datamodule, ckpt_path=best, weights_only=True)
     metrics.update({k: v for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
+    metrics["test/split"] = test_split
     skipped = datamodule.skipped() if hasattr(datamodule, "skipped") else {}
     if skipped:
         metrics["data/skipped_files"] = len(skipped)
@@ -69,7 +74,9 @@ def run(cfg: DictConfig, run_dir: Path, overrides=()) -> dict:
                     len(rescaled), *next(iter(rescaled.items())))
     flat = write_metrics(run_dir, metrics)
     if trainer.logger and trainer.is_global_zero:
-        trainer.logger.log_hyperparams(flat_hparams(cfg), {k: v for k, v in flat.items() if k.startswith("test/") and v is not None})
-    log.info("metrics: %s", {k: round(v, 4) for k, v in flat.items() if v is not None and k.startswith("test/")})
+        trainer.logger.log_hyperparams(flat_hparams(cfg), {k: v for k, v in flat.items()
+                                                           if k.startswith("test/") and isinstance(v, float)})
+    log.info("metrics: %s", {k: round(v, 4) if isinstance(v, float) else v for k, v in flat.items()
+                             if v is not None and k.startswith("test/")})
     log.info("run dir: %s", run_dir)
     return flat

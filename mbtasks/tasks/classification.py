@@ -27,7 +27,8 @@ class ClassificationTask(BaseTask):
         head: partial ``ClassifierHead`` completed with ``in_channels`` and ``num_classes``.
         info: data info; ``info["class_names"]`` fixes the number of classes.
         label_smoothing: cross-entropy label smoothing.
-        top_k: the k of the top-k accuracy (clipped to the number of classes).
+        top_k: the k of the top-k accuracy, logged as ``acc_top{k}``; left out when the data has
+            no more than k classes (it would be 1.0 whatever the model does).
         log_images: images shown in the TensorBoard prediction grid (0 disables).
     """
 
@@ -54,11 +55,11 @@ class ClassificationTask(BaseTask):
             raise ValueError(f"classification needs at least 2 classes, the data has {k}: {self.class_names}")
         self.model = Classifier(backbone, head(in_channels=backbone.num_features, num_classes=k))
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
-        self.top_k = min(top_k, k)
-        metrics = MetricCollection({
-            "acc_top1": MulticlassAccuracy(k, top_k=1, average="micro"),
-            f"acc_top{top_k}": MulticlassAccuracy(k, top_k=self.top_k, average="micro"),
-        })
+        self.top_k = int(top_k)
+        metrics = {"acc_top1": MulticlassAccuracy(k, top_k=1, average="micro")}
+        if 1 < self.top_k < k:
+            metrics[f"acc_top{self.top_k}"] = MulticlassAccuracy(k, top_k=self.top_k, average="micro")
+        metrics = MetricCollection(metrics)
         self.train_metrics = metrics.clone(prefix="train/")
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
