@@ -39,7 +39,8 @@ def leftovers(folder) -> list[str]:
 
 @pytest.mark.parametrize("fmt, suffix", [("onnx", ".onnx"), ("torchscript", ".pt")])
 def test_classification_export_verified(cls_ckpt, tmp_path, fmt, suffix):
-    out = run_mode(["mode=export", f"ckpt_path={cls_ckpt}", f"export.format={fmt}"], tmp_path)
+    out = run_mode(["mode=export", f"ckpt_path={cls_ckpt}", f"export.format={fmt}", "export.end_to_end=false"],
+                   tmp_path)
     path = tmp_path / f"classification{suffix}"
     assert out["path"] == str(path) and path.is_file() and not leftovers(tmp_path)
     assert out["inputs"].startswith("4 images from")  # real images of the checkpoint's data
@@ -60,7 +61,8 @@ def test_classification_export_verified(cls_ckpt, tmp_path, fmt, suffix):
 
 
 def test_onnx_metadata_props(cls_ckpt, tmp_path):
-    run_mode(["mode=export", f"ckpt_path={cls_ckpt}", f"export.output={tmp_path}/m/model.onnx"], tmp_path)
+    run_mode(["mode=export", f"ckpt_path={cls_ckpt}", f"export.output={tmp_path}/m/model.onnx",
+              "export.end_to_end=false"], tmp_path)
     props = {p.key: p.value for p in onnx.load(str(tmp_path / "m" / "model.onnx")).metadata_props}
     assert json.loads(props["task"]) == "classification" and json.loads(props["class_names"]) == CLASSES
     assert json.loads(props["image_size"]) == 32 and json.loads(props["mbtasks"])["task"] == "classification"
@@ -148,7 +150,8 @@ def det_ckpt(tmp_path_factory):
 def test_detection_export_with_shipped_postprocess(det_ckpt, tmp_path, fmt, suffix):
     from mbtasks.export.postprocess import detections_from_outputs
 
-    out = run_mode(["mode=export", f"ckpt_path={det_ckpt}", f"export.format={fmt}"], tmp_path)
+    out = run_mode(["mode=export", f"ckpt_path={det_ckpt}", f"export.format={fmt}", "export.end_to_end=false"],
+                   tmp_path)
     assert set(out["max_abs_diff"]) == {"scores", "boxes"} and out["inputs"].startswith("4 images")
     meta = json.loads((tmp_path / "detection.json").read_text())
     assert meta["class_names"] == CLASSES and meta["category_ids"] == [1, 3, 5]
@@ -165,3 +168,147 @@ def test_detection_export_with_shipped_postprocess(det_ckpt, tmp_path, fmt, suff
         np.testing.assert_allclose(o["scores"], e["scores"].numpy(), atol=1e-4)
         np.testing.assert_allclose(o["boxes"], e["boxes"].numpy(), atol=1e-2)
         np.testing.assert_array_equal(o["labels"], e["labels"].numpy())
+
+
+# ---- end to end: uint8 pixels in, mode=predict's answers out -------------------------------------------
+
+SIZES = [(40, 24), (17, 50), (64, 64)]  # (width, height) of the verification / comparison images
+
+
+def sized_images(src_root, folder, sizes=SIZES):
+    """Real images of the data set, resized with PIL to several sizes (PNG, so pixels are exact)."""
+    from PIL import Image
+
+    src = sorted(p for p in src_root.rglob("*") if p.suffix.lower() in (".png", ".jpg"))
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, (size, path) in enumerate(zip(sizes, src, strict=False)):
+        Image.open(path).convert("RGB").resize(size).save(folder / f"img{i}_{size[0]}x{size[1]}.png")
+    return sorted(folder.iterdir())
+
+
+def data_root(ckpt):
+    from pathlib import Path
+
+    return Path(load_task(ckpt)[1].data.root)
+
+
+def pixels(path):
+    from mbtasks.data.io import read_rgb
+
+    return read_rgb(path)[None]
+
+
+@pytest.mark.parametrize("fmt, suffix", [("onnx", ".onnx"), ("torchscript", ".pt")])
+def test_classification_end_to_end_equals_predict(cls_ckpt, tmp_path, fmt, suffix):
+    from mbtasks.export.formats import load_e2e_runner
+
+    files = sized_images(data_root(cls_ckpt), tmp_path / "images")
+    out = run_mode(["mode=export", f"ckpt_path={cls_ckpt}", f"export.format={fmt}", f"export.inputs={tmp_path}/images",
+                    "export.top_k=2"], tmp_path / "export")
+    e2e = out["end_to_end"]
+    assert e2e["vs"] == "mode=predict" and {"40x24", "17x50", "64x64"} <= set(e2e["sizes"])
+    meta = json.loads((tmp_path / "export" / "classification.json").read_text())
+    assert meta["end_to_end"] and meta["input"]["name"] == "pixels" and meta["input"]["dtype"] == "uint8"
+    assert meta["output_names"] == ["probs", "scores", "labels"] and meta["top_k"] == 2
+    run = load_e2e_runner(fmt, tmp_path / "export" / f"classification{suffix}")
+    predicted = run_mode(["mode=predict", f"ckpt_path={cls_ckpt}", f"predict.input={tmp_path}/images",
+                          "predict.top_k=2"], tmp_path / "predict")["predictions"]
+    for path, pred in zip(files, predicted, strict=True):
+        got = run(pixels(path))
+        assert got["probs"].shape == (1, 3) and got["labels"].shape == (1, 2) and got["labels"].dtype == np.int64
+        assert [CLASSES[i] for i in got["labels"][0]] == [t["label"] for t in pred["top_k"]]
+        np.testing.assert_allclose(got["scores"][0], [t["score"] for t in pred["top_k"]], atol=2e-3)
+
+
+def test_end_to_end_centre_crop_pipeline(cls_ckpt, tmp_path):
+    """ImageFolder's eval pipeline (shorter side, then centre crop) rebuilt in the graph, checked against it."""
+    from omegaconf import OmegaConf
+
+    from mbtasks.modes.export import export_task
+
+    task, train_cfg = load_task(cls_ckpt)
+    OmegaConf.update(train_cfg, "data.eval_transforms", {"_target_": "albumentations.Compose", "transforms": [
+        {"_target_": "albumentations.SmallestMaxSize", "max_size": 37},
+        {"_target_": "albumentations.CenterCrop", "height": 32, "width": 32}]}, force_add=True)
+    sized_images(data_root(cls_ckpt), tmp_path / "images", [(90, 41), (33, 77), (37, 37)])
+    out = export_task(task, train_cfg, tmp_path / "m.onnx", inputs=str(tmp_path / "images"))
+    assert {"90x41", "33x77"} <= set(out["end_to_end"]["sizes"])
+    meta = json.loads((tmp_path / "m.json").read_text())
+    assert "shorter side resized to 37, centre 32x32 crop" in meta["input"]["preprocessing"]
+
+
+def test_end_to_end_refuses_unknown_eval_transforms(cls_ckpt, tmp_path):
+    from omegaconf import OmegaConf
+
+    from mbtasks.modes.export import export_task
+
+    task, train_cfg = load_task(cls_ckpt)
+    OmegaConf.update(train_cfg, "data.eval_transforms.transforms", [
+        {"_target_": "albumentations.LongestMaxSize", "max_size": 32}], force_add=True)
+    with pytest.raises(ConfigError, match=r"\['LongestMaxSize'\].*export.end_to_end=false"):
+        export_task(task, train_cfg, tmp_path / "m.onnx")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_end_to_end_mismatch_keeps_nothing(cls_ckpt, tmp_path, monkeypatch):
+    import mbtasks.modes.export as export
+
+    real = export.load_e2e_runner
+
+    def shifted(*args):
+        run = real(*args)
+        return lambda x, **kw: {k: (v + 0.01 if k == "probs" else v) for k, v in run(x, **kw).items()}
+
+    monkeypatch.setattr(export, "load_e2e_runner", shifted)
+    with pytest.raises(ExportError, match=r"end-to-end export verification failed on image 0 \(\d+x\d+\): "
+                                          "probabilities differ from mode=predict's by 0.01"):
+        run_mode(["mode=export", f"ckpt_path={cls_ckpt}"], tmp_path)
+    assert list(tmp_path.glob("classification.*")) == [] and not leftovers(tmp_path)
+
+
+def test_metadata_never_overwrites_an_unrelated_json(cls_ckpt, tmp_path):
+    mine = tmp_path / "model.json"
+    mine.write_text('{"my": "settings"}')
+    with pytest.raises(ConfigError, match=f"{mine} exists and is not an mbtasks export's metadata"):
+        run_mode(["mode=export", f"ckpt_path={cls_ckpt}", f"export.output={tmp_path}/model.onnx"], tmp_path)
+    assert mine.read_text() == '{"my": "settings"}' and not (tmp_path / "model.onnx").exists()
+    with pytest.raises(ConfigError, match="cannot end in .json"):
+        run_mode(["mode=export", f"ckpt_path={cls_ckpt}", f"export.output={tmp_path}/other.json"], tmp_path)
+    # an earlier export's metadata is replaced together with its model
+    run_mode(["mode=export", f"ckpt_path={cls_ckpt}", f"export.output={tmp_path}/m.onnx"], tmp_path)
+    run_mode(["mode=export", f"ckpt_path={cls_ckpt}", f"export.output={tmp_path}/m.onnx", "export.top_k=1"], tmp_path)
+    assert json.loads((tmp_path / "m.json").read_text())["top_k"] == 1
+
+
+@pytest.mark.parametrize("fmt, suffix", [("onnx", ".onnx"), ("torchscript", ".pt")])
+def test_detection_end_to_end_equals_predict(det_ckpt, tmp_path, fmt, suffix):
+    from mbtasks.export.formats import load_e2e_runner
+
+    files = sized_images(data_root(det_ckpt), tmp_path / "images", [(80, 48), (50, 90), (64, 64)])
+    out = run_mode(["mode=export", f"ckpt_path={det_ckpt}", f"export.format={fmt}",
+                    f"export.inputs={tmp_path}/images", "export.max_detections=20"], tmp_path / "export")
+    assert out["end_to_end"]["detections"] > 0
+    meta = json.loads((tmp_path / "export" / "detection.json").read_text())
+    assert meta["output_names"] == ["boxes", "scores", "labels", "category_ids", "num_detections"]
+    assert meta["thresholds"]["max_detections"] == 20
+    run = load_e2e_runner(fmt, tmp_path / "export" / f"detection{suffix}")
+    predicted = run_mode(["mode=predict", f"ckpt_path={det_ckpt}", f"predict.input={tmp_path}/images"],
+                         tmp_path / "predict")["detections"]
+    for path in files:
+        # predict keeps every detection (up to the checkpoint's 100); the export its best 20
+        ref = sorted((d for d in predicted if d["file_name"] == str(path)), key=lambda d: -d["score"])[:20]
+        got = run(pixels(path))
+        n = int(got["num_detections"][0])
+        assert got["boxes"].shape == (1, 20, 4) and n == len(ref) > 0
+        assert (got["labels"][0, n:] == -1).all() and (got["scores"][0, n:] == 0).all()
+        np.testing.assert_allclose(got["scores"][0, :n], [d["score"] for d in ref], atol=2e-3)
+        np.testing.assert_array_equal(got["category_ids"][0, :n], [d["category_id"] for d in ref])
+        xywh = got["boxes"][0, :n].copy()
+        xywh[:, 2:] -= xywh[:, :2]
+        np.testing.assert_allclose(xywh, [d["bbox"] for d in ref], atol=1.0)
+        # the thresholds stay inputs: a higher score threshold keeps exactly the detections above it
+        high = float(np.median(got["scores"][0, :n]))
+        fewer = run(pixels(path), score_threshold=high)
+        m = int(fewer["num_detections"][0])
+        assert m == int((got["scores"][0, :n] > high).sum())
+        np.testing.assert_allclose(fewer["boxes"][0, :m], got["boxes"][0, :m], atol=1e-4)

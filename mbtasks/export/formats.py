@@ -128,7 +128,7 @@ def load_e2e_runner(fmt: str, path: Path, threads: int | None = None) -> Callabl
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         module = torch.jit.load(str(path), map_location="cpu").eval()
-    names = json.loads(read_metadata_extra(path))["outputs"]
+    names = json.loads(read_metadata_extra(path))["output_names"]
 
     def run_script(pixels: np.ndarray, **thresholds) -> dict[str, np.ndarray]:
         with torch.no_grad():

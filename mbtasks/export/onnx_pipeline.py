@@ -59,12 +59,14 @@ def preprocess_nodes(g: _Graph, pre: Preprocessing, pixels: str = PIXELS, out: s
     if pre.stretch:
         x = g.op("Resize", x, "", "", g.const([s, s], np.int64), **resize)
     else:
-        # albumentations SmallestMaxSize: scale = max_size / min(H, W); side = int(side * scale), in float64
+        # albumentations SmallestMaxSize: scale = max_size / min(H, W); side = max(1, round(side * scale))
+        # in float64 with Python's round half to even (ONNX Round's rule too)
         hw = g.op("Slice", g.op("Shape", x), g.const([2], np.int64), g.const([4], np.int64))
         hw64 = g.op("Cast", hw, to=TensorProto.DOUBLE)
         scale = g.op("Div", g.const(float(pre.shorter_side), np.float64),
                      g.op("ReduceMin", hw64, g.const([0], np.int64), keepdims=1))
-        sizes = g.op("Cast", g.op("Floor", g.op("Mul", hw64, scale)), to=TensorProto.INT64)
+        sizes = g.op("Max", g.op("Round", g.op("Mul", hw64, scale)), g.const(1.0, np.float64))
+        sizes = g.op("Cast", sizes, to=TensorProto.INT64)
         x = g.op("Resize", x, "", "", sizes, **resize)
         # CenterCrop: start = (side - size) // 2
         start = g.op("Div", g.op("Sub", sizes, g.const([s, s], np.int64)), g.const(2, np.int64))

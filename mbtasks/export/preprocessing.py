@@ -30,7 +30,7 @@ class Preprocessing:
     Attributes:
         size: network input side (square).
         shorter_side: when set, the shorter image side is first resized to this (aspect kept,
-            ``int(side * shorter_side / min(H, W))``), then the centre ``size x size`` is cropped;
+            ``round(side * shorter_side / min(H, W))``), then the centre ``size x size`` is cropped;
             when ``None`` the image is stretched to ``size x size``.
         mean / std: ``(pixels / 255 - mean) / std`` per RGB channel.
     """

@@ -33,7 +33,7 @@ class Preprocess(nn.Module):
         h, w, s = x.shape[2], x.shape[3], self.size
         if self.shorter_side > 0:
             scale = float(self.shorter_side) / float(min(h, w))
-            nh, nw = int(h * scale), int(w * scale)
+            nh, nw = max(1, int(round(h * scale))), max(1, int(round(w * scale)))
             if nh != h or nw != w:
                 x = F.interpolate(x, size=[nh, nw], mode="bilinear", align_corners=False)
             top, left = (nh - s) // 2, (nw - s) // 2

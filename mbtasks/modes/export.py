@@ -253,6 +253,7 @@ def metadata(task, train_cfg: DictConfig, graph, fmt: str, source_checkpoint) ->
                   "preprocessing": "the eval transforms (resize to image_size), then (pixels / 255 - mean) / std",
                   "eval_transforms": transforms},
         **graph.details,
+        "output_names": list(graph.output_names),
         "backbone": describe_config(train_cfg.backbone),
         "source_checkpoint": str(source_checkpoint),
         "versions": {"mbtasks": mbtasks_version, "torch": torch.__version__},
@@ -308,7 +309,7 @@ def end_to_end_details(task, pre, post: dict) -> dict:
                       "num_detections": "(N,) int64 valid rows per image"},
         "embedding": {"embeddings": "(N, D) L2-normalised embeddings"},
     }[task.name]
-    details = {"end_to_end": True, "outputs": outputs,
+    details = {"end_to_end": True, "outputs": outputs, "output_names": list(outputs),
                "input": {"name": PIXELS, "shape": ["N", "H", "W", 3], "dtype": "uint8", "layout": "NHWC, RGB",
                          "preprocessing": pre.describe() + " (inside the graph)"}}
     if task.name == "classification":
