@@ -312,3 +312,51 @@ def test_detection_end_to_end_equals_predict(det_ckpt, tmp_path, fmt, suffix):
         m = int(fewer["num_detections"][0])
         assert m == int((got["scores"][0, :n] > high).sum())
         np.testing.assert_allclose(fewer["boxes"][0, :m], got["boxes"][0, :m], atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def emb_ckpt(tmp_path_factory):
+    base = tmp_path_factory.mktemp("emb")
+    run_mode(["task=embedding", "backbone.width=0.25", f"data_dir={base / 'data'}", "data.image_size=32",
+              "data.generator.num_identities=8", "data.generator.images_per_identity=4", "data.generator.image_size=32",
+              "data.val_identities=2", "data.test_identities=2", "data.identities_per_batch=4",
+              "data.images_per_identity=2", "data.num_folds=2", "data.pairs_per_fold=4", "trainer.max_epochs=1",
+              "trainer.limit_train_batches=2"], base / "run")
+    return base / "run" / "checkpoints" / "last.ckpt"
+
+
+def readme_deploy_examples() -> list[str]:
+    from pathlib import Path
+
+    text = (Path(__file__).parents[1] / "README.md").read_text()
+    section = text.split("\n## Deploy\n", 1)[1].split("\n## ", 1)[0]
+    return [block.split("\n", 1)[1] for block in section.split("```")[1::2] if block.startswith("python\n")]
+
+
+def test_readme_deploy_examples_run_as_written(cls_ckpt, det_ckpt, emb_ckpt, tmp_path):
+    """The README's Deploy examples, run in a clean interpreter beside the three exports: they print
+    the export's answers and import neither mbtasks nor torch."""
+    from PIL import Image
+
+    examples = readme_deploy_examples()
+    assert len(examples) == 3
+    for ckpt in (cls_ckpt, det_ckpt, emb_ckpt):
+        run_mode(["mode=export", f"ckpt_path={ckpt}"], tmp_path)
+    src = sorted(p for p in data_root(det_ckpt).rglob("*") if p.suffix.lower() in (".png", ".jpg"))
+    Image.open(src[0]).convert("RGB").resize((90, 70)).save(tmp_path / "photo.jpg")
+    faces = sorted(p for p in data_root(emb_ckpt).rglob("*") if p.suffix.lower() in (".png", ".jpg"))
+    Image.open(faces[0]).save(tmp_path / "a.jpg")
+    Image.open(faces[-1]).save(tmp_path / "b.jpg")
+    no_mbtasks = "\nimport sys\nassert not [m for m in sys.modules if m.split('.')[0] in ('mbtasks', 'torch')]\n"
+    outputs = []
+    for code in examples:
+        proc = subprocess.run([sys.executable, "-I", "-c", code + no_mbtasks], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        outputs.append(proc.stdout)
+    cls_lines = outputs[0].splitlines()
+    assert len(cls_lines) == 3 and {line.split(":")[0] for line in cls_lines} == set(CLASSES)
+    det_lines = outputs[1].splitlines()
+    assert det_lines[-1].endswith("detections score above 0.5") and len(det_lines) > 1
+    assert all("(category " in line for line in det_lines[:-1])
+    assert "squared distance" in outputs[2] and ("same person" in outputs[2] or "different people" in outputs[2])
