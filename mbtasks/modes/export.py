@@ -1,12 +1,15 @@
-"""mode=export: a checkpoint to ONNX or TorchScript, verified against PyTorch before it is kept.
+"""mode=export: a checkpoint to ONNX or TorchScript, verified before it is kept.
 
     python -m mbtasks mode=export ckpt_path=.../best.ckpt export.format=onnx
 
 Writes ``<task>.onnx`` (or ``.pt``) and ``<task>.json`` (preprocessing, outputs, class names,
-thresholds, verification) into the run dir, or to ``export.output``. The file is written under a
-temporary name, run on real images (the checkpoint's data, or ``export.inputs``) at two batch
-sizes, compared with the PyTorch model, and renamed to its final name only when every output is
-within tolerance; an interrupted or failed export leaves nothing under the final name.
+thresholds, verification) into the run dir, or to ``export.output``. By default the file is end
+to end (uint8 pixels in, final answers out: :mod:`mbtasks.export.onnx_pipeline`). It is written
+under a temporary name; the network graph is compared with the PyTorch model on real images (the
+checkpoint's data, or ``export.inputs``) at two batch sizes, then the end-to-end file with
+``mode=predict``'s answers on those images at their own sizes; it is renamed to its final name
+only when everything is within tolerance, so an interrupted or failed export leaves nothing under
+the final name. :func:`export_task` is the entry point for a task loaded in Python.
 """
 
 from __future__ import annotations
@@ -281,6 +284,8 @@ def post_settings(task, graph, top_k: int, score_threshold=None, nms_iou=None, m
     """The end-to-end graph's post-processing settings; detection overrides go into ``task.model`` too,
     so the ``mode=predict`` reference uses the same ones."""
     if task.name == "classification":
+        if int(top_k) < 1:
+            raise ConfigError(f"export.top_k={top_k}: expected >= 1")
         return {"top_k": min(int(top_k), len(task.class_names))}
     if task.name != "detection":
         return {}
