@@ -107,6 +107,15 @@ def frames(batch: int, folder: Path | None) -> np.ndarray:
 
 def end_to_end_speed(folder: Path, images: np.ndarray, threads: int, warmup: int, repeats: int) -> tuple[list, dict]:
     """Section 3: one end-to-end session vs predict's preprocessing + network session + numpy post."""
+    rows, table = [], {}
+    for name, overrides in END_TO_END.items():
+        row, table[name] = end_to_end_row(name, overrides, folder, images, threads, warmup, repeats)
+        rows.append(row)
+    return rows, table
+
+
+def end_to_end_row(name: str, overrides: list[str], folder: Path, images: np.ndarray, threads: int, warmup: int,
+                   repeats: int) -> tuple[list, dict]:
     import onnx
 
     from mbtasks.data.transforms import apply, to_tensor
@@ -116,45 +125,41 @@ def end_to_end_speed(folder: Path, images: np.ndarray, threads: int, warmup: int
     from mbtasks.modes.export import post_settings
     from mbtasks.predictors.common import eval_pipeline
 
-    rows, table = [], {}
-    batch = len(images)
-    for name, overrides in END_TO_END.items():
-        task, cfg = compose(overrides)
-        graph = export_graph(task)
-        size = int(cfg.data.image_size)
-        net_path, e2e_path = folder / "network.onnx", folder / "end_to_end.onnx"
-        write_onnx(graph.module, torch.randn(2, 3, size, size), net_path, graph.output_names, {"task": name})
-        pre = preprocessing_of(cfg, size, cfg.data.mean, cfg.data.std)
-        post = post_settings(task, graph, 5)
-        save_onnx(wrap_network(onnx.load(str(net_path)), pre, task.name, post), e2e_path, {"task": name})
-        network, e2e = load_runner("onnx", net_path, threads), load_e2e_runner("onnx", e2e_path, threads)
-        pipeline, mean, std = eval_pipeline(cfg), tuple(cfg.data.mean), tuple(cfg.data.std)
+    task, cfg = compose(overrides)
+    graph = export_graph(task)
+    size, batch = int(cfg.data.image_size), len(images)
+    net_path, e2e_path = folder / "network.onnx", folder / "end_to_end.onnx"
+    write_onnx(graph.module, torch.randn(2, 3, size, size), net_path, graph.output_names, {"task": name})
+    pre = preprocessing_of(cfg, size, cfg.data.mean, cfg.data.std)
+    post = post_settings(task, graph, 5)
+    save_onnx(wrap_network(onnx.load(str(net_path)), pre, task.name, post), e2e_path, {"task": name})
+    network, e2e = load_runner("onnx", net_path, threads), load_e2e_runner("onnx", e2e_path, threads)
+    pipeline, mean, std = eval_pipeline(cfg), tuple(cfg.data.mean), tuple(cfg.data.std)
 
-        def preprocess():
-            return np.stack([to_tensor(apply(pipeline, im)["image"], mean, std).numpy() for im in images])
+    def preprocess():
+        return np.stack([to_tensor(apply(pipeline, im)["image"], mean, std).numpy() for im in images])
 
-        def postprocess(outs):
-            if task.name == "classification":
-                probs = outs[1]
-                return np.argsort(-probs, axis=1)[:, :5]
-            if task.name == "detection":
-                dets = detections_from_outputs(*outs, **{k: post[k] for k in (
-                    "score_threshold", "nms_iou", "max_detections", "topk_candidates")})
-                scale = np.array([FRAME[1] / size, FRAME[0] / size] * 2, np.float32)
-                return [d["boxes"] * scale for d in dets]
-            return outs[0]
+    def postprocess(outs):
+        if task.name == "classification":
+            return np.argsort(-outs[1], axis=1)[:, :5]
+        if task.name == "detection":
+            dets = detections_from_outputs(*outs, **{k: post[k] for k in (
+                "score_threshold", "nms_iou", "max_detections", "topk_candidates")})
+            scale = np.array([FRAME[1] / size, FRAME[0] / size] * 2, np.float32)
+            return [d["boxes"] * scale for d in dets]
+        return outs[0]
 
-        x = preprocess()
-        t = time_rounds({"end_to_end": lambda: e2e(images), "two_step": lambda: postprocess(network(preprocess())),
-                         "network": lambda: network(x), "preprocess": preprocess,
-                         "postprocess": lambda o=network(x): postprocess(o)}, warmup, repeats)
-        e2e_s, two_s = batch / t["end_to_end"], batch / t["two_step"]
-        rows.append([name, e2e_s, two_s, e2e_s / two_s, batch / t["network"], 1000 * t["preprocess"] / batch,
-                     1000 * t["postprocess"] / batch])
-        table[name] = {"end_to_end_img_s": e2e_s, "network_plus_numpy_img_s": two_s, "ratio": e2e_s / two_s,
-                       "network_only_img_s": batch / t["network"], "numpy_preprocess_ms_per_img":
-                       1000 * t["preprocess"] / batch, "numpy_postprocess_ms_per_img": 1000 * t["postprocess"] / batch}
-    return rows, table
+    x = preprocess()
+    outs = network(x)
+    t = time_rounds({"end_to_end": lambda: e2e(images), "two_step": lambda: postprocess(network(preprocess())),
+                     "network": lambda: network(x), "preprocess": preprocess,
+                     "postprocess": lambda: postprocess(outs)}, warmup, repeats)
+    e2e_s, two_s = batch / t["end_to_end"], batch / t["two_step"]
+    pre_ms, post_ms = 1000 * t["preprocess"] / batch, 1000 * t["postprocess"] / batch
+    row = [name, e2e_s, two_s, e2e_s / two_s, batch / t["network"], pre_ms, post_ms]
+    return row, {"end_to_end_img_s": e2e_s, "network_plus_numpy_img_s": two_s, "ratio": e2e_s / two_s,
+                 "network_only_img_s": batch / t["network"], "numpy_preprocess_ms_per_img": pre_ms,
+                 "numpy_postprocess_ms_per_img": post_ms}
 
 
 def main() -> None:

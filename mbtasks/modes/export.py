@@ -29,8 +29,16 @@ from mbtasks.backbones.pretrained import describe_config
 from mbtasks.data.io import ImageReadError, is_image_file, read_rgb
 from mbtasks.data.transforms import apply, to_tensor
 from mbtasks.errors import ConfigError, ExportError
-from mbtasks.export.formats import (FORMATS, INPUT_NAME, PIXELS, load_e2e_runner, load_runner, set_metadata, write,
-                                    write_end_to_end)
+from mbtasks.export.formats import (
+    FORMATS,
+    INPUT_NAME,
+    PIXELS,
+    load_e2e_runner,
+    load_runner,
+    set_metadata,
+    write,
+    write_end_to_end,
+)
 from mbtasks.export.graphs import export_graph
 from mbtasks.export.preprocessing import preprocessing_of
 from mbtasks.modes.common import write_json_atomic
