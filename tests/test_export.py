@@ -360,3 +360,34 @@ def test_readme_deploy_examples_run_as_written(cls_ckpt, det_ckpt, emb_ckpt, tmp
     assert det_lines[-1].endswith("detections score above 0.5") and len(det_lines) > 1
     assert all("(category " in line for line in det_lines[:-1])
     assert "squared distance" in outputs[2] and ("same person" in outputs[2] or "different people" in outputs[2])
+
+
+def test_quantized_network_wraps_end_to_end(cls_ckpt, tmp_path):
+    """INT8 later: a QDQ-quantized network graph takes the same float pre/post-processing."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+
+    from mbtasks.export.graphs import export_graph
+    from mbtasks.export.onnx_pipeline import wrap_network
+    from mbtasks.export.preprocessing import preprocessing_of
+    from mbtasks.modes.export import export_task, post_settings
+
+    task, train_cfg = load_task(cls_ckpt)
+    export_task(task, train_cfg, tmp_path / "net.onnx", end_to_end=False)
+
+    class Calibration(CalibrationDataReader):
+        def __init__(self):
+            rng = np.random.default_rng(0)
+            self.batches = iter([{"images": rng.standard_normal((1, 3, 32, 32), np.float32)} for _ in range(4)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    quantize_static(str(tmp_path / "net.onnx"), str(tmp_path / "int8.onnx"), Calibration(), quant_format=QuantFormat.QDQ)
+    pre = preprocessing_of(train_cfg, 32, task.info["mean"], task.info["std"])
+    model = wrap_network(onnx.load(str(tmp_path / "int8.onnx")), pre, "classification",
+                         post_settings(task, export_graph(task), 2))
+    assert {"QuantizeLinear", "DequantizeLinear", "Resize", "TopK"} <= {n.op_type for n in model.graph.node}
+    session = ort.InferenceSession(model.SerializeToString())
+    pixels = np.random.default_rng(1).integers(0, 256, (2, 45, 30, 3), dtype=np.uint8)
+    probs, scores, labels = session.run(None, {"pixels": pixels})
+    assert probs.shape == (2, 3) and labels.shape == (2, 2) and np.allclose(probs.sum(1), 1, atol=1e-5)

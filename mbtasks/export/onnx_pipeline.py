@@ -55,20 +55,24 @@ def preprocess_nodes(g: _Graph, pre: Preprocessing, pixels: str = PIXELS, out: s
     """``pixels (N, H, W, 3) uint8`` -> ``out (N, 3, S, S)`` float32 normalised."""
     # NCHW while still uint8 (a quarter of the bytes to move), then float for the resize
     x = g.op("Cast", g.op("Transpose", pixels, perm=[0, 3, 1, 2]), to=TensorProto.FLOAT)
-    resize = dict(mode="linear", coordinate_transformation_mode="half_pixel", antialias=0, axes=[2, 3])
+    # sizes for all four axes (no ``axes`` attribute: onnxruntime's transpose optimizer, which runs on
+    # quantized graphs, mis-rewrites a Resize that has one)
+    resize = dict(mode="linear", coordinate_transformation_mode="half_pixel", antialias=0)
     s = pre.size
+    shape = g.op("Shape", x)
+    nc = g.op("Slice", shape, g.const([0], np.int64), g.const([2], np.int64))
     if pre.stretch:
-        x = g.op("Resize", x, "", "", g.const([s, s], np.int64), **resize)
+        x = g.op("Resize", x, "", "", g.op("Concat", nc, g.const([s, s], np.int64), axis=0), **resize)
     else:
         # albumentations SmallestMaxSize: scale = max_size / min(H, W); side = max(1, round(side * scale))
         # in float64 with Python's round half to even (ONNX Round's rule too)
-        hw = g.op("Slice", g.op("Shape", x), g.const([2], np.int64), g.const([4], np.int64))
+        hw = g.op("Slice", shape, g.const([2], np.int64), g.const([4], np.int64))
         hw64 = g.op("Cast", hw, to=TensorProto.DOUBLE)
         scale = g.op("Div", g.const(float(pre.shorter_side), np.float64),
                      g.op("ReduceMin", hw64, g.const([0], np.int64), keepdims=1))
         sizes = g.op("Max", g.op("Round", g.op("Mul", hw64, scale)), g.const(1.0, np.float64))
         sizes = g.op("Cast", sizes, to=TensorProto.INT64)
-        x = g.op("Resize", x, "", "", sizes, **resize)
+        x = g.op("Resize", x, "", "", g.op("Concat", nc, sizes, axis=0), **resize)
         # CenterCrop: start = (side - size) // 2
         start = g.op("Div", g.op("Sub", sizes, g.const([s, s], np.int64)), g.const(2, np.int64))
         x = g.op("Slice", x, start, g.op("Add", start, g.const([s, s], np.int64)), g.const([2, 3], np.int64))
