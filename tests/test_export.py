@@ -391,3 +391,57 @@ def test_quantized_network_wraps_end_to_end(cls_ckpt, tmp_path):
     pixels = np.random.default_rng(1).integers(0, 256, (2, 45, 30, 3), dtype=np.uint8)
     probs, scores, labels = session.run(None, {"pixels": pixels})
     assert probs.shape == (2, 3) and labels.shape == (2, 2) and np.allclose(probs.sum(1), 1, atol=1e-5)
+
+
+@pytest.mark.parametrize("fmt, suffix", [("onnx", ".onnx"), ("torchscript", ".pt")])
+def test_embedding_end_to_end_equals_predict(emb_ckpt, tmp_path, fmt, suffix):
+    from mbtasks.export.formats import load_e2e_runner
+
+    files = sized_images(data_root(emb_ckpt), tmp_path / "images", [(40, 52), (31, 29), (32, 32)])
+    out = run_mode(["mode=export", f"ckpt_path={emb_ckpt}", f"export.format={fmt}", f"export.inputs={tmp_path}/images"],
+                   tmp_path / "export")
+    assert {"40x52", "31x29"} <= set(out["end_to_end"]["sizes"])
+    task, _ = load_task(emb_ckpt)
+    meta = json.loads((tmp_path / "export" / "embedding.json").read_text())
+    assert meta["output_names"] == ["embeddings"] and meta["flip_tta"] == task.flip_tta
+    assert meta["thresholds"]["verification"] == pytest.approx(float(task.threshold))
+    run_mode(["mode=predict", f"ckpt_path={emb_ckpt}", f"predict.input={tmp_path}/images"], tmp_path / "predict")
+    expected = np.load(tmp_path / "predict" / "embeddings.npy")
+    run = load_e2e_runner(fmt, tmp_path / "export" / f"embedding{suffix}")
+    got = np.concatenate([run(pixels(p))["embeddings"] for p in files])
+    assert got.shape == expected.shape and np.abs(got - expected).max() < 5e-3
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("shorter_side", [None, 45])
+def test_in_graph_resize_matches_predict_within_one_level(shorter_side):
+    """The ONNX and TorchScript preprocessing vs albumentations (cv2), before normalisation: at most one
+    uint8 level apart (cv2's fixed-point weights), shrinking and enlarging, odd sizes."""
+    import albumentations as A
+    from onnx import TensorProto, helper
+
+    from mbtasks.export.onnx_pipeline import _Graph, preprocess_nodes
+    from mbtasks.export.preprocessing import Preprocessing
+    from mbtasks.export.torch_pipeline import Preprocess
+
+    pre = Preprocessing(40, shorter_side, (0.0, 0.0, 0.0), (1 / 255, 1 / 255, 1 / 255))  # output = pixel levels
+    g = _Graph("pre/")
+    preprocess_nodes(g, pre)
+    graph = helper.make_graph(g.nodes, "pre", [helper.make_tensor_value_info("pixels", TensorProto.UINT8, None)],
+                              [helper.make_tensor_value_info("images", TensorProto.FLOAT, None)], initializer=g.inits)
+    session = ort.InferenceSession(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+                                   .SerializeToString())
+    script = torch.jit.script(Preprocess(pre))
+    reference = A.Compose([A.Resize(40, 40)] if shorter_side is None else
+                          [A.SmallestMaxSize(max_size=shorter_side), A.CenterCrop(40, 40)])
+    rng = np.random.default_rng(0)
+    for h, w in [(97, 131), (23, 61), (40, 40), (300, 41)]:
+        # smooth content with sharp edges, like photos
+        image = np.clip(rng.normal(128, 60, (h // 4 + 1, w // 4 + 1, 3)), 0, 255).astype(np.uint8)
+        image = np.kron(image, np.ones((4, 4, 1), np.uint8))[:h, :w]
+        expected = reference(image=image)["image"].astype(np.float32).transpose(2, 0, 1)
+        got_onnx = session.run(None, {"pixels": image[None]})[0][0]
+        got_script = script(torch.from_numpy(image[None]))[0].numpy()
+        for got in (got_onnx, got_script):
+            assert got.shape == expected.shape and np.abs(got - expected).max() <= 1.0 + 1e-3
+            assert (np.abs(got - expected) > 0.5).mean() < 0.2
