@@ -5,8 +5,13 @@
    (target: ratio ours / timm >= 1.0).
 2. Every exported network of ours (classification V1 / V2 at 224, SSDLite V2 detection at 320
    with decoding, embedding V1 at 160) in onnxruntime vs the same network in PyTorch eager fp32.
+3. End to end (``mode=export``'s default): uint8 camera frames (640x480, real photos when
+   /work/shared/datasets or ``--images`` has them) to final answers in one onnxruntime call, vs
+   the network-only graph with ``mode=predict``'s own preprocessing (albumentations / cv2, numpy
+   normalisation) before it and numpy post-processing after it (top-k; NMS with
+   :func:`mbtasks.export.postprocess.detections_from_outputs` and box scaling).
 
-    python benchmarks/onnx_speed.py [--quick] [--threads 2] [--batch 32]
+    python benchmarks/onnx_speed.py [--quick] [--threads 2] [--batch 32] [--e2e-only]
 
 Prints tables and writes benchmarks/results/onnx_speed.json.
 """
@@ -23,7 +28,7 @@ import torch
 from common import build_task, parser, print_table, setup, time_rounds, write_results
 from torch import nn
 
-from mbtasks.export.formats import load_runner, write_onnx
+from mbtasks.export.formats import load_e2e_runner, load_runner, save_onnx, write_onnx
 from mbtasks.export.graphs import export_graph
 
 # name -> (config overrides, input size)
@@ -62,15 +67,122 @@ def pytorch_fn(module: nn.Module, x: torch.Tensor):
     return run
 
 
+# name -> (config overrides, deployment input: the checkpoint's eval pipeline decides the preprocessing)
+END_TO_END = {
+    "classification V1 1.0 (shorter side 256, crop 224)": ["data=imagefolder", "data.root=unused",
+                                                           "data.image_size=224"],
+    "detection SSDLite V2 1.0 @320": NETWORKS["detection SSDLite V2 1.0"][0],
+    "embedding V1 1.0 @160": NETWORKS["embedding V1 1.0"][0],
+}
+FRAME = (480, 640)  # (H, W) of the deployed camera frames
+
+
+def compose(overrides: list[str]):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from mbtasks.__main__ import CONFIG_DIR
+    from mbtasks.tasks import build_task as build
+    from mbtasks.tasks import task_class
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = hydra_compose(config_name="config", overrides=list(overrides))
+    return build(cfg, task_class(cfg).profile_info(cfg)).eval(), cfg
+
+
+def frames(batch: int, folder: Path | None) -> np.ndarray:
+    """``(batch, 480, 640, 3)`` uint8: real photos resized with PIL, else random pixels."""
+    from PIL import Image
+
+    roots = [folder] if folder else [Path("/work/shared/datasets/fruits_voc/test"),
+                                     Path("/work/shared/datasets/hymenoptera/val")]
+    files = [f for r in roots if r.is_dir() for f in sorted(r.rglob("*.jpg"))][:batch]
+    if not files:
+        return np.random.default_rng(0).integers(0, 256, (batch, *FRAME, 3), dtype=np.uint8)
+    imgs = [np.asarray(Image.open(f).convert("RGB").resize(FRAME[::-1])) for f in files]
+    return np.stack([imgs[i % len(imgs)] for i in range(batch)])
+
+
+def end_to_end_speed(folder: Path, images: np.ndarray, threads: int, warmup: int, repeats: int) -> tuple[list, dict]:
+    """Section 3: one end-to-end session vs predict's preprocessing + network session + numpy post."""
+    rows, table = [], {}
+    for name, overrides in END_TO_END.items():
+        row, table[name] = end_to_end_row(name, overrides, folder, images, threads, warmup, repeats)
+        rows.append(row)
+    return rows, table
+
+
+def end_to_end_row(name: str, overrides: list[str], folder: Path, images: np.ndarray, threads: int, warmup: int,
+                   repeats: int) -> tuple[list, dict]:
+    import onnx
+
+    from mbtasks.data.transforms import apply, to_tensor
+    from mbtasks.export.onnx_pipeline import wrap_network
+    from mbtasks.export.postprocess import detections_from_outputs
+    from mbtasks.export.preprocessing import preprocessing_of
+    from mbtasks.modes.export import post_settings
+    from mbtasks.predictors.common import eval_pipeline
+
+    task, cfg = compose(overrides)
+    graph = export_graph(task)
+    size, batch = int(cfg.data.image_size), len(images)
+    net_path, e2e_path = folder / "network.onnx", folder / "end_to_end.onnx"
+    write_onnx(graph.module, torch.randn(2, 3, size, size), net_path, graph.output_names, {"task": name})
+    pre = preprocessing_of(cfg, size, cfg.data.mean, cfg.data.std)
+    post = post_settings(task, graph, 5)
+    save_onnx(wrap_network(onnx.load(str(net_path)), pre, task.name, post), e2e_path, {"task": name})
+    network, e2e = load_runner("onnx", net_path, threads), load_e2e_runner("onnx", e2e_path, threads)
+    pipeline, mean, std = eval_pipeline(cfg), tuple(cfg.data.mean), tuple(cfg.data.std)
+
+    def preprocess():
+        return np.stack([to_tensor(apply(pipeline, im)["image"], mean, std).numpy() for im in images])
+
+    def postprocess(outs):
+        if task.name == "classification":
+            return np.argsort(-outs[1], axis=1)[:, :5]
+        if task.name == "detection":
+            dets = detections_from_outputs(*outs, **{k: post[k] for k in (
+                "score_threshold", "nms_iou", "max_detections", "topk_candidates")})
+            scale = np.array([FRAME[1] / size, FRAME[0] / size] * 2, np.float32)
+            return [d["boxes"] * scale for d in dets]
+        return outs[0]
+
+    x = preprocess()
+    outs = network(x)
+    t = time_rounds({"end_to_end": lambda: e2e(images), "two_step": lambda: postprocess(network(preprocess())),
+                     "network": lambda: network(x), "preprocess": preprocess,
+                     "postprocess": lambda: postprocess(outs)}, warmup, repeats)
+    e2e_s, two_s = batch / t["end_to_end"], batch / t["two_step"]
+    pre_ms, post_ms = 1000 * t["preprocess"] / batch, 1000 * t["postprocess"] / batch
+    row = [name, e2e_s, two_s, e2e_s / two_s, batch / t["network"], pre_ms, post_ms]
+    return row, {"end_to_end_img_s": e2e_s, "network_plus_numpy_img_s": two_s, "ratio": e2e_s / two_s,
+                 "network_only_img_s": batch / t["network"], "numpy_preprocess_ms_per_img": pre_ms,
+                 "numpy_postprocess_ms_per_img": post_ms}
+
+
 def main() -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--batch", type=int, default=None, help="batch (default 32, --quick 8)")
+    p.add_argument("--e2e-only", action="store_true", help="only section 3 (end to end vs network + numpy)")
+    p.add_argument("--images", type=Path, default=None, help="folder of photos for section 3")
     args = p.parse_args()
     setup(args.threads)
     batch = args.batch or (8 if args.quick else 32)
     repeats = args.repeats or (3 if args.quick else 7)
     warmup = 1 if args.quick else 2
     results: dict = {"batch": batch, "repeats": repeats, "quick": args.quick}
+    with tempfile.TemporaryDirectory() as tmp:
+        rows, table = end_to_end_speed(Path(tmp), frames(batch, args.images), args.threads, warmup, repeats)
+    results["end_to_end_vs_network_plus_numpy"] = table
+    print_table(f"onnxruntime, {FRAME[1]}x{FRAME[0]} uint8 frames to answers, batch {batch}, {args.threads} threads: "
+                "one end-to-end graph vs predict's preprocessing + network graph + numpy post-processing",
+                ["model", "end to end img/s", "network + numpy img/s", "ratio", "network alone img/s",
+                 "numpy pre ms/img", "numpy post ms/img"], rows)
+    if args.e2e_only:
+        write_results("onnx_speed_e2e", results, args.out)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         ours = export_graph(build_task(NETWORKS["classification V1 1.0"][0]))

@@ -1,2 +1,4 @@
-"""Exported networks (ONNX, TorchScript): the graphs per task, the file formats, and the
-detection post-processing that ships with them. ``mbtasks.modes.export`` drives them."""
+"""Exported models (ONNX, TorchScript): the network graphs per task, the end-to-end wrappers
+(uint8 pixels -> answers: ``preprocessing``, ``onnx_pipeline``, ``torch_pipeline``), the file
+formats, and the numpy detection post-processing for network-only exports.
+``mbtasks.modes.export`` drives them."""

@@ -1,6 +1,7 @@
 """Writing and running exported networks: ONNX (torch.onnx, onnxruntime) and TorchScript.
 
-Both take one input ``images (N, 3, H, W)`` float32 with a dynamic batch ``N`` and carry their
+The network graphs take one input ``images (N, 3, H, W)`` float32 with a dynamic batch ``N``; the
+end-to-end ones wrap them and take ``pixels (N, H, W, 3)`` uint8. Both formats carry their
 metadata inside the file: ONNX in ``metadata_props`` (key ``mbtasks`` holds the whole JSON, a few
 keys are repeated flat), TorchScript as the extra file ``mbtasks.json``.
 """
@@ -16,8 +17,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from mbtasks.export.preprocessing import Preprocessing
+
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
 INPUT_NAME = "images"
+# the end-to-end exports' input: (N, H, W, 3) uint8 RGB
+PIXELS = "pixels"
 # metadata keys repeated as flat ONNX metadata_props (readable without parsing JSON)
 FLAT_KEYS = ("task", "image_size", "mean", "std", "class_names", "thresholds")
 
@@ -36,11 +41,18 @@ def write_onnx(module: nn.Module, example: torch.Tensor, path: Path, output_name
                           output_names=list(output_names), dynamic_shapes={INPUT_NAME: {0: batch}},
                           opset_version=opset, external_data=False, verbose=False)
     model = onnx.load(str(path))
+    onnx.checker.check_model(model)
+    save_onnx(model, path, metadata)
+
+
+def save_onnx(model, path: Path, metadata: dict) -> None:
+    """Save an ONNX model with ``metadata`` as its ``metadata_props`` (replacing earlier ones)."""
+    import onnx
+
     del model.metadata_props[:]
     for key, value in {"mbtasks": metadata, **{k: metadata[k] for k in FLAT_KEYS if k in metadata}}.items():
         prop = model.metadata_props.add()
         prop.key, prop.value = key, json.dumps(value)
-    onnx.checker.check_model(model)
     onnx.save(model, str(path))
 
 
@@ -59,6 +71,71 @@ def write(fmt: str, module: nn.Module, example: torch.Tensor, path: Path, output
         write_onnx(module, example, path, output_names, metadata, opset)
     else:
         write_torchscript(module, example, path, metadata)
+
+
+def write_end_to_end(fmt: str, network_path: Path, path: Path, pre: Preprocessing, task: str, post: dict,
+                     metadata: dict) -> None:
+    """Wrap the exported network at ``network_path`` into the end-to-end model written to ``path``:
+    ONNX by :func:`~mbtasks.export.onnx_pipeline.wrap_network`, TorchScript by
+    :func:`~mbtasks.export.torch_pipeline.script_end_to_end`."""
+    if fmt == "onnx":
+        import onnx
+
+        from mbtasks.export.onnx_pipeline import wrap_network
+
+        save_onnx(wrap_network(onnx.load(str(network_path)), pre, task, post), path, metadata)
+        return
+    from mbtasks.export.torch_pipeline import script_end_to_end
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        network = torch.jit.load(str(network_path), map_location="cpu")
+        module = script_end_to_end(network, pre, task, post)
+        torch.jit.save(module, str(path), _extra_files={"mbtasks.json": json.dumps(metadata)})
+
+
+def set_metadata(fmt: str, path: Path, metadata: dict) -> None:
+    """Replace the metadata stored inside an exported file."""
+    if fmt == "onnx":
+        import onnx
+
+        save_onnx(onnx.load(str(path)), path, metadata)
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        module = torch.jit.load(str(path), map_location="cpu")
+        torch.jit.save(module, str(path), _extra_files={"mbtasks.json": json.dumps(metadata)})
+
+
+def load_e2e_runner(fmt: str, path: Path, threads: int | None = None) -> Callable[..., dict[str, np.ndarray]]:
+    """A function ``pixels (N, H, W, 3) uint8 [, score_threshold, iou_threshold] -> {output: array}``
+    running an end-to-end export."""
+    if fmt == "onnx":
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = int(threads)
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        names = [o.name for o in session.get_outputs()]
+
+        def run_onnx(pixels: np.ndarray, **thresholds) -> dict[str, np.ndarray]:
+            feed = {PIXELS: np.ascontiguousarray(pixels, dtype=np.uint8),
+                    **{k: np.asarray(v, np.float32) for k, v in thresholds.items()}}
+            return dict(zip(names, session.run(None, feed), strict=True))
+
+        return run_onnx
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        module = torch.jit.load(str(path), map_location="cpu").eval()
+    names = json.loads(read_metadata_extra(path))["output_names"]
+
+    def run_script(pixels: np.ndarray, **thresholds) -> dict[str, np.ndarray]:
+        with torch.no_grad():
+            out = module(torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.uint8)), **thresholds)
+        return {name: t.numpy() for name, t in zip(names, out, strict=True)}
+
+    return run_script
 
 
 def load_runner(fmt: str, path: Path, threads: int | None = None) -> Runner:
@@ -90,8 +167,12 @@ def read_metadata(fmt: str, path: Path) -> dict:
 
         props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
         return json.loads(props["mbtasks"])
+    return json.loads(read_metadata_extra(path))
+
+
+def read_metadata_extra(path: Path) -> str:
     extra = {"mbtasks.json": ""}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
-    return json.loads(extra["mbtasks.json"])
+    return extra["mbtasks.json"]

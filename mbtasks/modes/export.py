@@ -1,17 +1,21 @@
-"""mode=export: a checkpoint to ONNX or TorchScript, verified against PyTorch before it is kept.
+"""mode=export: a checkpoint to ONNX or TorchScript, verified before it is kept.
 
     python -m mbtasks mode=export ckpt_path=.../best.ckpt export.format=onnx
 
 Writes ``<task>.onnx`` (or ``.pt``) and ``<task>.json`` (preprocessing, outputs, class names,
-thresholds, verification) into the run dir, or to ``export.output``. The file is written under a
-temporary name, run on real images (the checkpoint's data, or ``export.inputs``) at two batch
-sizes, compared with the PyTorch model, and renamed to its final name only when every output is
-within tolerance; an interrupted or failed export leaves nothing under the final name.
+thresholds, verification) into the run dir, or to ``export.output``. By default the file is end
+to end (uint8 pixels in, final answers out: :mod:`mbtasks.export.onnx_pipeline`). It is written
+under a temporary name; the network graph is compared with the PyTorch model on real images (the
+checkpoint's data, or ``export.inputs``) at two batch sizes, then the end-to-end file with
+``mode=predict``'s answers on those images at their own sizes; it is renamed to its final name
+only when everything is within tolerance, so an interrupted or failed export leaves nothing under
+the final name. :func:`export_task` is the entry point for a task loaded in Python.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import os
 from importlib.metadata import PackageNotFoundError, version
@@ -22,13 +26,25 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from mbtasks.backbones.pretrained import describe_config
-from mbtasks.data.io import is_image_file
+from mbtasks.data.io import ImageReadError, is_image_file, read_rgb
+from mbtasks.data.transforms import apply, to_tensor
 from mbtasks.errors import ConfigError, ExportError
-from mbtasks.export.formats import FORMATS, INPUT_NAME, load_runner, write
+from mbtasks.export.formats import (
+    FORMATS,
+    INPUT_NAME,
+    PIXELS,
+    load_e2e_runner,
+    load_runner,
+    set_metadata,
+    write,
+    write_end_to_end,
+)
 from mbtasks.export.graphs import export_graph
+from mbtasks.export.preprocessing import preprocessing_of
 from mbtasks.modes.common import write_json_atomic
-from mbtasks.predictors.common import iter_batches
+from mbtasks.predictors.common import eval_pipeline, iter_batches
 from mbtasks.tasks import load_task
+from mbtasks.tasks.detection import to_original
 
 log = logging.getLogger(__name__)
 
@@ -54,20 +70,137 @@ def find_images(spec: str | None, train_cfg: DictConfig, limit: int) -> tuple[li
     return files[:limit], str(root)
 
 
-def verification_inputs(cfg: DictConfig, train_cfg: DictConfig, task) -> tuple[torch.Tensor, str]:
+def verification_inputs(files: list[Path], source: str, spec, train_cfg: DictConfig, task,
+                        n: int) -> tuple[torch.Tensor, str]:
     """``(N, 3, S, S)`` normalised real images (random ones, with a warning, if none are found)."""
-    n = max(2, int(cfg.export.num_inputs))
-    files, source = find_images(cfg.export.get("inputs"), train_cfg, n)
     skipped: dict[str, str] = {}
     batches = [b for _, _, b in iter_batches(files, train_cfg, n, skipped)] if files else []
     if batches:
         return torch.cat(batches)[:n], f"{sum(len(b) for b in batches)} images from {source}"
-    if cfg.export.get("inputs"):
-        raise ConfigError(f"export.inputs={cfg.export.inputs}: no readable images there")
+    if spec:
+        raise ConfigError(f"export.inputs={spec}: no readable images there")
     log.warning("no images found under the checkpoint's data.root (%s): verifying on random inputs; "
                 "give export.inputs=FOLDER for real ones", source)
     size = int(task.info.get("image_size", 224))
     return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(0)), "random normal inputs"
+
+
+def e2e_pictures(files: list[Path], size: int) -> list[np.ndarray]:
+    """``(H, W, 3)`` uint8 images for the end-to-end check: the readable ``files``, plus crops of the
+    first one so that several sizes and aspect ratios are always covered (random pixels when there
+    are no files)."""
+    pictures = []
+    for path in files:
+        try:
+            pictures.append(read_rgb(path))
+        except ImageReadError:
+            continue
+    if not pictures:
+        rng = np.random.default_rng(0)
+        pictures = [rng.integers(0, 256, (size + 7, size - 5, 3), dtype=np.uint8)]
+    first = pictures[0]
+    h, w = first.shape[:2]
+    pictures.append(first[: max(1, h * 3 // 4), : max(1, w // 2 + 1)])  # other aspect ratio
+    pictures.append(first[: max(1, h - 1), : max(1, w - 3)])  # odd sizes
+    return pictures
+
+
+@torch.no_grad()
+def predict_reference(task, train_cfg: DictConfig, image: np.ndarray):
+    """``mode=predict``'s answer for one ``(H, W, 3)`` uint8 image: its eval preprocessing
+    (:func:`mbtasks.predictors.common.iter_batches`) and ``predict_step``."""
+    x = to_tensor(apply(eval_pipeline(train_cfg), image)["image"], tuple(train_cfg.data.mean),
+                  tuple(train_cfg.data.std))[None]
+    out = task.predict_step(x)
+    if task.name == "detection":
+        return {k: v.numpy() for k, v in to_original(out, tuple(x.shape[-2:]), [image.shape[:2]])[0].items()}
+    return out[0].numpy()
+
+
+def _fail(what: str, i: int, image: np.ndarray, detail: str):
+    raise ExportError(f"end-to-end export verification failed on image {i} ({image.shape[1]}x{image.shape[0]}): "
+                      f"{what} {detail}")
+
+
+def check_classification(ref: np.ndarray, got: dict, atol: float, i: int, image: np.ndarray) -> dict:
+    d = float(np.abs(got["probs"] - ref).max())
+    if not d <= atol:
+        _fail("probabilities differ from mode=predict's by", i, image, f"{d:.3g} (export.e2e_atol={atol})")
+    best = np.sort(ref)[::-1][: len(got["scores"])]
+    # the same labels, up to ties within the tolerance
+    if not (np.abs(got["scores"] - best).max() <= atol and np.abs(ref[got["labels"]] - best).max() <= atol):
+        _fail("top-k labels differ from mode=predict's:", i, image, f"{got['labels'].tolist()} vs "
+              f"{np.argsort(-ref, kind='stable')[: len(best)].tolist()}")
+    return {"probs": d}
+
+
+def check_embedding(ref: np.ndarray, got: dict, atol: float, i: int, image: np.ndarray) -> dict:
+    d = float(np.abs(got["embeddings"] - ref).max())
+    if not d <= atol:
+        _fail("embedding differs from mode=predict's by", i, image, f"{d:.3g} (export.e2e_atol={atol})")
+    return {"embeddings": d}
+
+
+def check_detection(ref: dict, got: dict, atol: float, box_atol: float, i: int, image: np.ndarray,
+                    score_threshold: float, max_detections: int, category_ids: list[int]) -> dict:
+    """Every detection of ``mode=predict`` is found in the export (same label and category id, box
+    corners within ``box_atol`` pixels, score within ``atol``) and vice versa, except those whose
+    score is within ``atol`` of a cut-off (the score threshold, or the last kept score when
+    ``max_detections`` are kept), which a tiny numerical difference may legitimately flip."""
+    n = int(got["num_detections"])
+    gb, gs, gl, gi = got["boxes"][:n], got["scores"][:n], got["labels"][:n], got["category_ids"][:n]
+    if n and (gi != np.asarray(category_ids)[gl]).any():
+        _fail("category ids do not match the labels:", i, image, f"{gi.tolist()} for labels {gl.tolist()}")
+    cut_ref = ref["scores"].min() if len(ref["scores"]) >= max_detections else score_threshold
+    cut_got = gs.min() if n >= max_detections else score_threshold
+    used = np.zeros(n, bool)
+    box_diff = score_diff = 0.0
+    for box, score, label in zip(ref["boxes"], ref["scores"], ref["labels"], strict=True):
+        err = np.abs(gb - box).max(axis=1) if n else np.zeros(0)
+        ok = ~used & (gl == label) & (np.abs(gs - score) <= atol) & (err <= box_atol)
+        if ok.any():
+            j = int(np.flatnonzero(ok)[np.argmin(err[ok])])
+            used[j] = True
+            box_diff, score_diff = max(box_diff, float(err[j])), max(score_diff, float(abs(gs[j] - score)))
+        elif score > max(cut_ref, cut_got) + atol:
+            _fail("misses mode=predict's detection", i, image, f"label {int(label)} score {score:.4f} box "
+                  f"{np.round(box, 2).tolist()} (export.box_atol={box_atol}, export.e2e_atol={atol})")
+    extra = gs[~used]
+    if extra.size and extra.max() > max(cut_ref, cut_got) + atol:
+        j = int(np.flatnonzero(~used)[np.argmax(extra)])
+        _fail("has a detection mode=predict does not:", i, image, f"label {int(gl[j])} score {gs[j]:.4f} box "
+              f"{np.round(gb[j], 2).tolist()}")
+    return {"boxes": box_diff, "scores": score_diff}
+
+
+def verify_end_to_end(runner, task, train_cfg: DictConfig, pictures: list[np.ndarray], atol: float,
+                      box_atol: float) -> dict:
+    """The end-to-end export's answers vs ``mode=predict``'s on each picture (batch 1), and on the first
+    twice (batch 2); raises :class:`ExportError` on a mismatch.
+
+    Returns:
+        ``{"max_abs_diff": {output: float}, "detections": int}`` (detections compared, detection only).
+    """
+    diffs: dict[str, float] = {}
+    matched = 0
+    for i, image in enumerate(pictures):
+        ref = predict_reference(task, train_cfg, image)
+        batch = np.stack([image, image]) if i == 0 else image[None]
+        outs = runner(batch)
+        for row in range(len(batch)):
+            got = {k: v[row] for k, v in outs.items()}
+            if task.name == "classification":
+                d = check_classification(ref, got, atol, i, image)
+            elif task.name == "embedding":
+                d = check_embedding(ref, got, atol, i, image)
+            else:
+                det = task.model
+                d = check_detection(ref, got, atol, box_atol, i, image, float(det.score_threshold),
+                                    int(det.max_detections), list(task.category_ids))
+                matched += len(ref["scores"])
+            for k, v in d.items():
+                diffs[k] = max(diffs.get(k, 0.0), v)
+    return {"max_abs_diff": diffs, **({"detections": matched} if task.name == "detection" else {})}
 
 
 def compare(runner, module: torch.nn.Module, images: torch.Tensor, names, atol: float, rtol: float) -> dict:
@@ -108,7 +241,7 @@ def compare(runner, module: torch.nn.Module, images: torch.Tensor, names, atol: 
     return {"max_abs_diff": diffs, "pytorch_fp32_error": own}
 
 
-def metadata(task, train_cfg: DictConfig, graph, fmt: str, cfg: DictConfig) -> dict:
+def metadata(task, train_cfg: DictConfig, graph, fmt: str, source_checkpoint) -> dict:
     info = task.info
     size = int(info.get("image_size", 224))
     try:
@@ -122,6 +255,7 @@ def metadata(task, train_cfg: DictConfig, graph, fmt: str, cfg: DictConfig) -> d
     return {
         "task": task.name,
         "format": fmt,
+        "end_to_end": False,
         "image_size": size,
         "mean": list(info["mean"]),
         "std": list(info["std"]),
@@ -130,10 +264,153 @@ def metadata(task, train_cfg: DictConfig, graph, fmt: str, cfg: DictConfig) -> d
                   "preprocessing": "the eval transforms (resize to image_size), then (pixels / 255 - mean) / std",
                   "eval_transforms": transforms},
         **graph.details,
+        "output_names": list(graph.output_names),
         "backbone": describe_config(train_cfg.backbone),
-        "source_checkpoint": str(cfg.ckpt_path),
+        "source_checkpoint": str(source_checkpoint),
         "versions": {"mbtasks": mbtasks_version, "torch": torch.__version__},
     }
+
+
+def check_sidecar(out: Path) -> Path:
+    """The metadata path beside ``out``; refuses to overwrite a file that is not an earlier export's."""
+    if out.suffix.lower() == ".json":
+        raise ConfigError(f"export.output={out}: the export file cannot end in .json (its metadata goes to <name>.json)")
+    sidecar = out.with_suffix(".json")
+    if sidecar.exists():
+        try:
+            old = json.loads(sidecar.read_text())
+            ours = isinstance(old, dict) and {"task", "format", "source_checkpoint"} <= set(old)
+        except (OSError, ValueError):
+            ours = False
+        if not ours:
+            raise ConfigError(f"export.output={out}: {sidecar} exists and is not an mbtasks export's metadata; "
+                              "choose another export.output (nothing was written)")
+    return sidecar
+
+
+def post_settings(task, graph, top_k: int, score_threshold=None, nms_iou=None, max_detections=None) -> dict:
+    """The end-to-end graph's post-processing settings; detection overrides go into ``task.model`` too,
+    so the ``mode=predict`` reference uses the same ones."""
+    if task.name == "classification":
+        if int(top_k) < 1:
+            raise ConfigError(f"export.top_k={top_k}: expected >= 1")
+        return {"top_k": min(int(top_k), len(task.class_names))}
+    if task.name != "detection":
+        return {}
+    det = task.model
+    for key, value in (("score_threshold", score_threshold), ("nms_iou", nms_iou), ("max_detections", max_detections)):
+        if value is not None:
+            setattr(det, key, type(getattr(det, key))(value))
+    if not 0 <= det.score_threshold < 1 or not 0 < det.nms_iou <= 1 or det.max_detections < 1:
+        raise ConfigError(f"export: score_threshold={det.score_threshold} (expected [0, 1)), nms_iou={det.nms_iou} "
+                          f"(expected (0, 1]), max_detections={det.max_detections} (expected >= 1)")
+    return {"num_anchors": graph.details["num_anchors"], "num_classes": len(task.class_names),
+            "category_ids": list(task.category_ids), "score_threshold": float(det.score_threshold),
+            "nms_iou": float(det.nms_iou), "max_detections": int(det.max_detections),
+            "topk_candidates": int(det.topk_candidates)}
+
+
+def end_to_end_details(task, pre, post: dict) -> dict:
+    """Metadata of an end-to-end export: its input and outputs."""
+    d = post.get("max_detections")
+    outputs = {
+        "classification": {"probs": "(N, K) softmax probabilities", "scores": f"(N, {post.get('top_k')}) top-k "
+                           "probabilities, decreasing", "labels": "(N, k) int64 indices into class_names"},
+        "detection": {"boxes": f"(N, {d}, 4) x1y1x2y2 in the input image's pixels",
+                      "scores": f"(N, {d}) decreasing", "labels": f"(N, {d}) int64 index into class_names, -1 = padding",
+                      "category_ids": f"(N, {d}) int64 original (COCO) category ids, -1 = padding",
+                      "num_detections": "(N,) int64 valid rows per image"},
+        "embedding": {"embeddings": "(N, D) L2-normalised embeddings"},
+    }[task.name]
+    details = {"end_to_end": True, "outputs": outputs, "output_names": list(outputs),
+               "input": {"name": PIXELS, "shape": ["N", "H", "W", 3], "dtype": "uint8", "layout": "NHWC, RGB",
+                         "preprocessing": pre.describe() + " (inside the graph)"}}
+    if task.name == "classification":
+        details["top_k"] = post["top_k"]
+    if task.name == "detection":
+        details["thresholds"] = {k: post[k] for k in ("score_threshold", "nms_iou", "max_detections", "topk_candidates")}
+        details["optional_inputs"] = {"score_threshold": "float32 scalar", "iou_threshold": "float32 scalar"}
+    return details
+
+
+def export_task(task, train_cfg: DictConfig, out: str | Path, fmt: str = "onnx", *, end_to_end: bool = True,
+                inputs: str | None = None, num_inputs: int = 4, opset: int = 18, atol: float = 1e-4,
+                rtol: float = 1e-4, e2e_atol: float = 5e-3, box_atol: float = 1.0, top_k: int = 5,
+                score_threshold: float | None = None, nms_iou: float | None = None,
+                max_detections: int | None = None, source_checkpoint: str | None = None) -> dict:
+    """Export a loaded task to ``out`` (+ ``out.with_suffix('.json')``), verified before it is kept.
+
+    ``export_task(task, train_cfg, out, fmt="onnx", *, end_to_end=True, inputs=None, num_inputs=4,
+    opset=18, atol=1e-4, rtol=1e-4, e2e_atol=5e-3, box_atol=1.0, top_k=5, score_threshold=None,
+    nms_iou=None, max_detections=None, source_checkpoint=None) -> dict``
+
+    Args:
+        task, train_cfg: what :func:`mbtasks.tasks.load_task` returns (the task is copied, not changed).
+        out: the file to write (``.onnx`` / ``.pt``); ``<out>.json`` holds the metadata.
+        fmt: ``onnx`` (verified in onnxruntime) or ``torchscript`` (verified with ``torch.jit.load``).
+        end_to_end: uint8 pixels in, final answers out (:mod:`mbtasks.export.onnx_pipeline`);
+            ``False``: the network alone (normalised ``images`` in).
+        inputs: image file or folder to verify on (default: the checkpoint's ``data.root``).
+        num_inputs: how many images to verify on.
+        atol, rtol: the network graph vs PyTorch on the same normalised input.
+        e2e_atol, box_atol: the end-to-end answers vs ``mode=predict``'s (probabilities, scores and
+            embedding components; box corners in pixels).
+        top_k: classification labels per image (capped at the number of classes).
+        score_threshold, nms_iou, max_detections: detection overrides of the checkpoint's values.
+        source_checkpoint: recorded in the metadata.
+
+    Returns:
+        ``{"path", "metadata", "inputs", "max_abs_diff", ...}`` (the verification record).
+
+    Raises:
+        ConfigError: a bad setting, or an existing ``.json`` beside ``out`` that is not an export's.
+        ExportError: the exported file does not reproduce PyTorch / ``mode=predict``; nothing is kept.
+    """
+    if fmt not in FORMATS:
+        raise ConfigError(f"export.format={fmt!r}: expected one of {list(FORMATS)}")
+    out = Path(out)
+    sidecar = check_sidecar(out)
+    task = copy.deepcopy(task).cpu().float().eval()
+    graph = export_graph(task)
+    pre = preprocessing_of(train_cfg, int(task.info.get("image_size", 224)), task.info["mean"], task.info["std"]) \
+        if end_to_end else None
+    post = post_settings(task, graph, top_k, score_threshold, nms_iou, max_detections)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    files, source = find_images(inputs, train_cfg, max(2, int(num_inputs)))
+    images, source = verification_inputs(files, source, inputs, train_cfg, task, max(2, int(num_inputs)))
+    meta = metadata(task, train_cfg, graph, fmt, source_checkpoint)
+    # Written and checked under temporary names in the same folder; renamed only once verified.
+    tmp = out.with_name(f".{out.stem}.tmp-{os.getpid()}{out.suffix}")
+    tmp_net = out.with_name(f".{out.stem}.tmp-{os.getpid()}-network{out.suffix}")
+    try:
+        write(fmt, graph.module, images[:2], tmp_net if end_to_end else tmp, graph.output_names, meta, int(opset))
+        diffs = compare(load_runner(fmt, tmp_net if end_to_end else tmp), graph.module, images, graph.output_names,
+                        float(atol), float(rtol))
+        meta["verification"] = {"inputs": source, "batch_sizes": [len(images), 1], **diffs, "atol": float(atol),
+                                "rtol": float(rtol), "runtime": "onnxruntime" if fmt == "onnx" else "torch.jit"}
+        if end_to_end:
+            meta.update(end_to_end_details(task, pre, post))
+            write_end_to_end(fmt, tmp_net, tmp, pre, task.name, post, meta)
+            pictures = e2e_pictures(files, pre.size)
+            record = verify_end_to_end(load_e2e_runner(fmt, tmp), task, train_cfg, pictures, float(e2e_atol),
+                                       float(box_atol))
+            meta["verification"]["end_to_end"] = {"vs": "mode=predict", "images": len(pictures),
+                                                  "sizes": sorted({f"{p.shape[1]}x{p.shape[0]}" for p in pictures}),
+                                                  "e2e_atol": float(e2e_atol), "box_atol": float(box_atol), **record}
+            set_metadata(fmt, tmp, meta)
+        write_json_atomic(sidecar, meta)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+        tmp_net.unlink(missing_ok=True)
+    summary = ", ".join(f"{k} {v:.2e}" for k, v in diffs["max_abs_diff"].items())
+    e2e = meta["verification"].get("end_to_end")
+    if e2e:
+        summary += "; end to end vs mode=predict on {} images ({}): {}".format(
+            e2e["images"], ", ".join(e2e["sizes"]), ", ".join(f"{k} {v:.2e}" for k, v in e2e["max_abs_diff"].items()))
+    print(f"export: {out} verified with {meta['verification']['runtime']} on {source}: max abs diff {summary}")
+    log.info("wrote %s and %s", out, sidecar)
+    return {"path": str(out), "metadata": str(sidecar), **meta["verification"]}
 
 
 def run(cfg: DictConfig, run_dir: Path, overrides=()) -> dict:
@@ -141,26 +418,11 @@ def run(cfg: DictConfig, run_dir: Path, overrides=()) -> dict:
     if fmt not in FORMATS:
         raise ConfigError(f"export.format={fmt!r}: expected one of {list(FORMATS)}")
     task, train_cfg = load_task(cfg.ckpt_path)
-    task = task.cpu().float().eval()
-    graph = export_graph(task)
-    out = Path(cfg.export.output) if cfg.export.get("output") else run_dir / f"{task.name}{FORMATS[fmt]}"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    images, source = verification_inputs(cfg, train_cfg, task)
-    meta = metadata(task, train_cfg, graph, fmt, cfg)
-    # Written and checked under a temporary name in the same folder; renamed only once verified.
-    tmp = out.with_name(f".{out.stem}.tmp-{os.getpid()}{out.suffix}")
-    try:
-        write(fmt, graph.module, images[:2], tmp, graph.output_names, meta, int(cfg.export.opset))
-        runner = load_runner(fmt, tmp)
-        diffs = compare(runner, graph.module, images, graph.output_names, float(cfg.export.atol), float(cfg.export.rtol))
-        meta["verification"] = {"inputs": source, "batch_sizes": [len(images), 1], **diffs,
-                                "atol": float(cfg.export.atol), "rtol": float(cfg.export.rtol),
-                                "runtime": "onnxruntime" if fmt == "onnx" else "torch.jit"}
-        write_json_atomic(out.with_suffix(".json"), meta)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-    summary = ", ".join(f"{k} {v:.2e}" for k, v in diffs["max_abs_diff"].items())
-    print(f"export: {out} verified with {meta['verification']['runtime']} on {source}: max abs diff {summary}")
-    log.info("wrote %s and %s", out, out.with_suffix(".json"))
-    return {"path": str(out), "metadata": str(out.with_suffix(".json")), **meta["verification"]}
+    e = cfg.export
+    out = Path(e.output) if e.get("output") else run_dir / f"{task.name}{FORMATS[fmt]}"
+    return export_task(task, train_cfg, out, fmt, end_to_end=bool(e.get("end_to_end", True)), inputs=e.get("inputs"),
+                       num_inputs=int(e.num_inputs), opset=int(e.opset), atol=float(e.atol), rtol=float(e.rtol),
+                       e2e_atol=float(e.get("e2e_atol", 5e-3)), box_atol=float(e.get("box_atol", 1.0)),
+                       top_k=int(e.get("top_k") or cfg.predict.top_k), score_threshold=e.get("score_threshold"),
+                       nms_iou=e.get("nms_iou"), max_detections=e.get("max_detections"),
+                       source_checkpoint=str(cfg.ckpt_path))
