@@ -8,6 +8,8 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from mbtasks.data.transforms import decode_side
+
 
 class SplitDataModule(L.LightningDataModule):
     """A data module whose ``setup`` fills ``self.datasets`` (``train`` / ``val`` / ``test``).
@@ -17,6 +19,8 @@ class SplitDataModule(L.LightningDataModule):
     """
 
     collate_fn: Callable | None = None
+    # Decode JPEGs at the smallest size the transforms need (io.read_rgb_sized); False: full size.
+    reduced_decode: bool = True
 
     def __init__(self) -> None:
         super().__init__()
@@ -34,6 +38,10 @@ class SplitDataModule(L.LightningDataModule):
             pin_memory=torch.cuda.is_available(),
             collate_fn=self.collate_fn,
         )
+
+    def min_side_for(self, pipeline: Callable | None) -> int:
+        """The ``min_side`` a split's reader gets: what ``pipeline`` needs (0: full size)."""
+        return decode_side(pipeline) if self.reduced_decode else 0
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", True)

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from mbtasks.data.io import ImageReadError, SkipCounter, list_images, read_rgb
 from mbtasks.data.pairs import PairSet, generate_pairs, read_lfw_pairs
 from mbtasks.data.samplers import PKBatchSampler
-from mbtasks.data.transforms import IMAGENET_MEAN, IMAGENET_STD, apply, to_tensor
+from mbtasks.data.transforms import IMAGENET_MEAN, IMAGENET_STD, apply, decode_side, to_tensor
 from mbtasks.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -102,8 +102,10 @@ class IdentityDataset(Dataset):
     identity, so labels stay right.
     """
 
-    def __init__(self, samples: list[tuple[Path, int]], pipeline: Callable | None, mean, std) -> None:
+    def __init__(self, samples: list[tuple[Path, int]], pipeline: Callable | None, mean, std,
+                 decode_side: int = 0) -> None:
         self.samples = samples
+        self.decode_side = int(decode_side)  # JPEGs may decode down to this side (0: full size)
         self.labels = [label for _, label in samples]
         self.by_label: dict[int, list[int]] = {}
         for i, label in enumerate(self.labels):
@@ -122,7 +124,7 @@ class IdentityDataset(Dataset):
         for offset in range(len(group)):
             path, _ = self.samples[group[(start + offset) % len(group)]]
             try:
-                image = read_rgb(path)
+                image = read_rgb(path, self.decode_side)
             except ImageReadError as err:
                 self.skips.skip(path, str(err.__cause__ or err))
                 continue
@@ -136,8 +138,10 @@ class EvalImageDataset(Dataset):
     The task drops the embeddings of unreadable images and the pairs that use them.
     """
 
-    def __init__(self, images: list[Path], pipeline: Callable | None, mean, std, image_size: int) -> None:
+    def __init__(self, images: list[Path], pipeline: Callable | None, mean, std, image_size: int,
+                 decode_side: int = 0) -> None:
         self.images = images
+        self.decode_side = int(decode_side)  # JPEGs may decode down to this side (0: full size)
         self.pipeline = pipeline
         self.mean, self.std = tuple(mean), tuple(std)
         self.image_size = image_size
@@ -148,7 +152,7 @@ class EvalImageDataset(Dataset):
 
     def __getitem__(self, idx: int) -> tuple[torch.Tensor, int, bool]:
         try:
-            image = read_rgb(self.images[idx])
+            image = read_rgb(self.images[idx], self.decode_side)
         except ImageReadError as err:
             self.skips.skip(self.images[idx], str(err.__cause__ or err))
             return torch.zeros(3, self.image_size, self.image_size), idx, False
@@ -224,6 +228,9 @@ class FacesDataModule(L.LightningDataModule):
         self.eval_sets: dict[str, EvalImageDataset] = {}
         self.stats: dict[str, int] = {}
 
+    # As SplitDataModule: decode JPEGs at the smallest size the transforms need; False: full size.
+    reduced_decode: bool = True
+
     def prepare_data(self) -> None:
         if self.generator is not None:
             self.generator(self.root)
@@ -260,10 +267,12 @@ class FacesDataModule(L.LightningDataModule):
             "test": test_set,
         }
         samples = [(p, label) for label, name in enumerate(train) for p in identities[name]]
-        self.train_set = IdentityDataset(samples, self.train_transforms, self.mean, self.std)
+        eval_side = decode_side(self.eval_transforms) if self.reduced_decode else 0
+        self.train_set = IdentityDataset(samples, self.train_transforms, self.mean, self.std,
+                                         decode_side(self.train_transforms) if self.reduced_decode else 0)
         for split, pair_set in self.pair_sets.items():
             self.eval_sets[split] = EvalImageDataset(pair_set.images, self.eval_transforms, self.mean, self.std,
-                                                     self.image_size)
+                                                     self.image_size, eval_side)
         single = sum(len(v) < 2 for v in identities.values())
         self.stats = {"train": len(train), "val": len(val), "test": len(self.pair_sets["test"].identities),
                       "single_image": single,
