@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from mbtasks.data.base import init_worker
 from mbtasks.data.io import ImageReadError, SkipCounter, list_images, read_rgb
 from mbtasks.data.pairs import PairSet, generate_pairs, read_lfw_pairs
 from mbtasks.data.samplers import PKBatchSampler
@@ -312,7 +313,8 @@ class FacesDataModule(L.LightningDataModule):
         sampler = PKBatchSampler(self.train_set.labels, self.p, self.k, self.batches_per_epoch, self.split_seed,
                                  num_replicas=world, rank=rank)
         return DataLoader(self.train_set, batch_sampler=sampler, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available())
+                          persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available(),
+                          worker_init_fn=init_worker)
 
     def _eval_loader(self, split: str) -> DataLoader:
         world, rank = self._ranks()
@@ -321,7 +323,7 @@ class FacesDataModule(L.LightningDataModule):
                    if world > 1 else None)
         return DataLoader(self.eval_sets[split], batch_size=self.eval_batch_size, shuffle=False, sampler=sampler,
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
-                          pin_memory=torch.cuda.is_available())
+                          pin_memory=torch.cuda.is_available(), worker_init_fn=init_worker)
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("val")
