@@ -16,7 +16,7 @@ and prints img/s of both and full / bare (target >= 0.9). As full and bare run o
 load from other processes moves that ratio; the full loop's own split of its time (inside the
 training steps / in validation / the rest: waiting for data, checkpoints) is measured within
 one run and is the steadier number. ``--no-worker-thread-limit`` runs the
-loader workers without :func:`mbtasks.data.base.limit_worker_threads` (the "before" of that fix).
+loader workers with OpenCV's default thread pool (without :func:`mbtasks.data.base.limit_worker_threads`).
 
     python benchmarks/train_throughput.py [--tasks classification detection embedding] [--real fruits_voc]
     python benchmarks/train_throughput.py --tasks detection -- trainer.precision=bf16-mixed
@@ -40,6 +40,7 @@ from common import parser, print_table, setup, write_results
 from hydra.utils import instantiate
 
 import mbtasks.data.base
+import mbtasks.data.faces
 from mbtasks.tasks import build_task
 from mbtasks.tasks.base import split_no_decay
 
@@ -176,7 +177,7 @@ def main() -> None:
     args = p.parse_args()
     setup(args.threads)
     if args.no_worker_thread_limit:
-        mbtasks.data.base.limit_worker_threads = lambda: None
+        mbtasks.data.base.limit_worker_threads = mbtasks.data.faces.limit_worker_threads = lambda: None
     if args.quick:
         args.epochs, args.steps, args.bare_steps = 1, args.steps or 5, 3
     runs = {name: [f"task={name}"] for name in args.tasks}

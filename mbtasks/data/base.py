@@ -7,26 +7,21 @@ from collections.abc import Callable
 import cv2
 import lightning as L
 import torch
-from lightning.fabric.utilities.seed import pl_worker_init_function
 from torch.utils.data import DataLoader, Dataset
 
 from mbtasks.data.transforms import decode_side
 
 
 def limit_worker_threads() -> None:
-    """Loader workers run OpenCV (albumentations) on one thread, as torch already does in them.
+    """Make loader workers run OpenCV (albumentations) on one thread, as torch already does in them.
 
     OpenCV's pool is as wide as the machine in every worker: N workers next to the training
-    process oversubscribe the cores (``benchmarks/train_throughput.py --no-worker-thread-limit``).
+    process oversubscribe the cores. Called in the main process before workers start, as forked
+    workers inherit the setting: resizing the pool inside a forked worker deadlocks once the
+    parent's pool has run (seen in the test suite). With workers, the main process runs no
+    augmentation, so its own pool is not needed.
     """
     cv2.setNumThreads(1)
-
-
-def init_worker(worker_id: int) -> None:
-    """``worker_init_fn`` of every loader: :func:`limit_worker_threads`, then the per-worker seeding
-    ``seed_everything(workers=True)`` asks for (Lightning adds its own only to loaders that have none)."""
-    limit_worker_threads()
-    pl_worker_init_function(worker_id)
 
 
 class SplitDataModule(L.LightningDataModule):
@@ -46,6 +41,8 @@ class SplitDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         ds = self.datasets[split]
+        if self.num_workers > 0:
+            limit_worker_threads()
         return DataLoader(
             ds,
             batch_size=self.batch_size,
@@ -55,7 +52,6 @@ class SplitDataModule(L.LightningDataModule):
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
             collate_fn=self.collate_fn,
-            worker_init_fn=init_worker,
         )
 
     def min_side_for(self, pipeline: Callable | None) -> int:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from mbtasks.data.base import init_worker
+from mbtasks.data.base import limit_worker_threads
 from mbtasks.data.io import ImageReadError, SkipCounter, list_images, read_rgb
 from mbtasks.data.pairs import PairSet, generate_pairs, read_lfw_pairs
 from mbtasks.data.samplers import PKBatchSampler
@@ -309,21 +309,24 @@ class FacesDataModule(L.LightningDataModule):
     # The embedding task runs with use_distributed_sampler=false (Lightning cannot inject a
     # DistributedSampler into a P x K batch sampler), so the loaders split the work by rank.
     def train_dataloader(self) -> DataLoader:
+        if self.num_workers > 0:
+            limit_worker_threads()
         world, rank = self._ranks()
         sampler = PKBatchSampler(self.train_set.labels, self.p, self.k, self.batches_per_epoch, self.split_seed,
                                  num_replicas=world, rank=rank)
         return DataLoader(self.train_set, batch_sampler=sampler, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available(),
-                          worker_init_fn=init_worker)
+                          persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available())
 
     def _eval_loader(self, split: str) -> DataLoader:
+        if self.num_workers > 0:
+            limit_worker_threads()
         world, rank = self._ranks()
         # each rank embeds its share; the task gathers the embeddings before the protocol runs
         sampler = (DistributedSampler(self.eval_sets[split], num_replicas=world, rank=rank, shuffle=False)
                    if world > 1 else None)
         return DataLoader(self.eval_sets[split], batch_size=self.eval_batch_size, shuffle=False, sampler=sampler,
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
-                          pin_memory=torch.cuda.is_available(), worker_init_fn=init_worker)
+                          pin_memory=torch.cuda.is_available())
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("val")
