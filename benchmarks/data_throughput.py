@@ -32,7 +32,7 @@ from pathlib import Path
 
 import common  # noqa: F401 - first: sets OMP_WAIT_POLICY before torch loads
 import torch
-from common import parser, print_table, setup, write_results
+from common import parser, print_table, setup, time_rounds, write_results
 from hydra.utils import instantiate
 
 from mbtasks.data.io import read_rgb_sized
@@ -86,15 +86,15 @@ def train_split(datamodule):
     return ds, [path for path, _ in ds.samples]
 
 
-def decode_throughput(files: list[Path], side: int, rounds: int) -> float:
-    """Images per second of :func:`read_rgb_sized` over ``files`` in this process (best of ``rounds``)."""
-    best = float("inf")
-    for _ in range(rounds):
-        start = time.perf_counter()
-        for path in files:
-            read_rgb_sized(path, side)
-        best = min(best, time.perf_counter() - start)
-    return len(files) / best
+def decode_throughput(files: list[Path], sides: dict[str, int], rounds: int) -> dict[str, float]:
+    """Images per second of :func:`read_rgb_sized` over ``files`` in this process, per ``min_side``;
+    the sides interleaved round by round (median of ``rounds``, after one warm-up that fills the page cache)."""
+
+    def decode(side: int):
+        return lambda: [read_rgb_sized(path, side) for path in files]
+
+    seconds = time_rounds({name: decode(side) for name, side in sides.items()}, warmup=1, repeats=rounds)
+    return {name: len(files) / t for name, t in seconds.items()}
 
 
 def measure_loaders(cfg, modes: list[str], batches: int, rounds: int) -> tuple[dict[str, float], object]:
@@ -143,6 +143,7 @@ def main() -> None:
     p.add_argument("--decode", choices=["both", "reduced", "full"], default="both",
                    help="loader with reduced-size JPEG decoding, full-size decoding, or both (interleaved)")
     p.add_argument("--decode-images", type=int, default=60, help="files timed in the decode-only measurement")
+    p.add_argument("--decode-only", action="store_true", help="only the decode measurement (no loader, no step)")
     p.add_argument("overrides", nargs="*", help="extra config overrides (e.g. data.num_workers=1)")
     args = p.parse_args()
     setup(args.threads)
@@ -160,9 +161,14 @@ def main() -> None:
         ds, files = train_split(datamodule)
         side, eval_side = decode_side(datamodule.train_transforms), decode_side(datamodule.eval_transforms)
         files = files[: args.decode_images]
-        decode = {"full": decode_throughput(files, 0, rounds + 1), "reduced": decode_throughput(files, side, rounds + 1),
-                  "reduced_eval": decode_throughput(files, eval_side, rounds + 1)}
+        decode = decode_throughput(files, {"full": 0, "reduced": side, "reduced_eval": eval_side}, 3 if args.quick else 7)
         del datamodule, ds
+        if args.decode_only:
+            rows.append([name, f"{side} / {eval_side}", decode["full"], decode["reduced"],
+                         decode["reduced"] / decode["full"], decode["reduced_eval"] / decode["full"]])
+            out[name] = {"overrides": base, "decode_side": side, "eval_decode_side": eval_side,
+                         "decode_images": len(files), "decode_img_s": decode}
+            continue
         loader, batch = measure_loaders(cfg, modes, batches, rounds)
         task = build_task(cfg, instantiate(cfg.data).info)
         step_s = step_throughput(task, batch, repeats)
@@ -182,6 +188,11 @@ def main() -> None:
                      "loader_speedup": loader["reduced"] / loader["full"] if len(loader) == 2 else None,
                      "train_step_img_s": step_s, "ratio": best / step_s, "target_ratio": 2.0}
     what = "shared real sets" if args.real else "default configs"
+    if args.decode_only:
+        print_table(f"JPEG decoding alone, one process ({'median of 3' if args.quick else 'median of 7'}, interleaved)",
+                    ["set", "decode side train / eval", "full img/s", "train-side img/s", "x train", "x eval"], rows)
+        write_results("data_decode", {"quick": args.quick, "tasks": out}, args.out)
+        return
     print_table(f"Decode, loader and training step on the {what} ({args.threads} threads, "
                 f"steps: median of {repeats}; loader: median of {rounds}, {batches} batches)",
                 ["set", "network", "batch", "workers", "decode side train / eval", "decode full img/s",
