@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import cv2
 import lightning as L
 import torch
 from lightning.fabric.utilities.seed import pl_worker_init_function
 from torch.utils.data import DataLoader, Dataset, get_worker_info
+
+from mbtasks.data.transforms import decode_side
 
 
 def seed_worker(worker_id: int) -> None:
@@ -28,6 +31,18 @@ def seed_worker(worker_id: int) -> None:
             value.set_random_seed(seed)
 
 
+def limit_worker_threads() -> None:
+    """Make loader workers run OpenCV (albumentations) on one thread, as torch already does in them.
+
+    OpenCV's pool is as wide as the machine in every worker: N workers next to the training
+    process oversubscribe the cores. Called in the main process before workers start, as forked
+    workers inherit the setting: resizing the pool inside a forked worker deadlocks once the
+    parent's pool has run (seen in the test suite). With workers, the main process runs no
+    augmentation, so its own pool is not needed.
+    """
+    cv2.setNumThreads(1)
+
+
 class SplitDataModule(L.LightningDataModule):
     """A data module whose ``setup`` fills ``self.datasets`` (``train`` / ``val`` / ``test``).
 
@@ -39,6 +54,8 @@ class SplitDataModule(L.LightningDataModule):
 
     collate_fn: Callable | None = None
     test_split: str = "test"
+    # Decode JPEGs at the smallest size the transforms need (io.read_rgb_sized); False: full size.
+    reduced_decode: bool = True
 
     def __init__(self) -> None:
         super().__init__()
@@ -46,6 +63,8 @@ class SplitDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         ds = self.datasets[split]
+        if self.num_workers > 0:
+            limit_worker_threads()
         return DataLoader(
             ds,
             batch_size=self.batch_size,
@@ -57,6 +76,10 @@ class SplitDataModule(L.LightningDataModule):
             collate_fn=self.collate_fn,
             worker_init_fn=seed_worker,
         )
+
+    def min_side_for(self, pipeline: Callable | None) -> int:
+        """The ``min_side`` a split's reader gets: what ``pipeline`` needs (0: full size)."""
+        return decode_side(pipeline) if self.reduced_decode else 0
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", True)

@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import Dataset
 
 from mbtasks.data.base import SplitDataModule
-from mbtasks.data.io import ImageReadError, SkipCounter, open_image, read_rgb
+from mbtasks.data.io import ImageReadError, SkipCounter, open_image, read_rgb_sized
 from mbtasks.data.transforms import IMAGENET_MEAN, IMAGENET_STD, apply, to_tensor
 from mbtasks.errors import ConfigError, DataError
 
@@ -209,6 +209,8 @@ class DetectionDataset(Dataset):
         mean / std: normalisation after the pipeline.
         train: training samples (augmented boxes, crowd/difficult boxes dropped) or
             evaluation samples (original ground truth attached for COCO eval).
+        decode_side: the smallest side ``pipeline`` needs; a JPEG may decode smaller than its full
+            size (boxes follow by the decoded / full size ratio). 0: full size.
 
     Item:
         ``(image (3, S, S), target)`` with target ``boxes (M, 4)`` x1y1x2y2 in input pixels,
@@ -217,8 +219,9 @@ class DetectionDataset(Dataset):
     """
 
     def __init__(self, records: list[ImageRecord], pipeline: Callable | None, image_size: int,
-                 mean, std, train: bool) -> None:
+                 mean, std, train: bool, decode_side: int = 0) -> None:
         self.records = records
+        self.decode_side = int(decode_side)
         self.pipeline = pipeline
         self.image_size = int(image_size)
         self.mean, self.std = tuple(mean), tuple(std)
@@ -234,15 +237,17 @@ class DetectionDataset(Dataset):
         for offset in range(len(self.records)):
             rec = self.records[(idx + offset) % len(self.records)]
             try:
-                image = read_rgb(rec.path)
+                image, size = read_rgb_sized(rec.path, self.decode_side)
             except ImageReadError as err:
                 self.skips.skip(rec.path, str(err.__cause__ or err))
                 continue
-            return self._sample(rec, image)
+            return self._sample(rec, image, size)
         raise DataError("no readable image in the data set")
 
-    def _sample(self, rec: ImageRecord, image: np.ndarray) -> tuple[torch.Tensor, dict]:
-        h, w = image.shape[:2]
+    def _sample(self, rec: ImageRecord, image: np.ndarray, size: tuple[int, int] | None = None,
+                ) -> tuple[torch.Tensor, dict]:
+        # Full-resolution size: boxes, ground truth and orig_size stay in full-size pixels.
+        w, h = size or (image.shape[1], image.shape[0])
         boxes = rec.boxes
         if (w, h) != (rec.width, rec.height) and rec.width and rec.height:
             orientation = exif_orientation(rec.path)
@@ -256,7 +261,9 @@ class DetectionDataset(Dataset):
         boxes = np.clip(boxes, 0, [w, h, w, h]).astype(np.float32)
         keep = ~rec.iscrowd
         if self.train:
-            out = apply(self.pipeline, image, bboxes=boxes[keep], labels=rec.labels[keep])
+            # A reduced-size decode: the pipeline gets the boxes in the decoded image's pixels.
+            to_decoded = np.array([image.shape[1] / w, image.shape[0] / h] * 2, np.float32)
+            out = apply(self.pipeline, image, bboxes=boxes[keep] * to_decoded, labels=rec.labels[keep])
             net_boxes = np.asarray(out["bboxes"], np.float32).reshape(-1, 4)
             net_labels = np.asarray(out["labels"], np.int64).reshape(-1)
         else:
@@ -353,7 +360,8 @@ class DetectionDataModule(SplitDataModule):
         for name, records in splits.items():
             train = name == "train"
             pipeline = self.train_transforms if train else self.eval_transforms
-            self.datasets[name] = DetectionDataset(records, pipeline, self.image_size, self.mean, self.std, train)
+            self.datasets[name] = DetectionDataset(records, pipeline, self.image_size, self.mean, self.std, train,
+                                                   self.min_side_for(pipeline))
         log.info("detection data: %s images, %d classes",
                  ", ".join(f"{k} {len(v)}" for k, v in splits.items()), len(self.class_names or []))
 

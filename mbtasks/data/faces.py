@@ -19,11 +19,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from mbtasks.data.base import seed_worker
+from mbtasks.data.base import limit_worker_threads, seed_worker
 from mbtasks.data.io import ImageReadError, SkipCounter, list_images, read_rgb
 from mbtasks.data.pairs import PairSet, generate_pairs, read_lfw_pairs
 from mbtasks.data.samplers import PKBatchSampler
-from mbtasks.data.transforms import IMAGENET_MEAN, IMAGENET_STD, apply, to_tensor
+from mbtasks.data.transforms import IMAGENET_MEAN, IMAGENET_STD, apply, decode_side, to_tensor
 from mbtasks.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -103,8 +103,10 @@ class IdentityDataset(Dataset):
     identity, so labels stay right.
     """
 
-    def __init__(self, samples: list[tuple[Path, int]], pipeline: Callable | None, mean, std) -> None:
+    def __init__(self, samples: list[tuple[Path, int]], pipeline: Callable | None, mean, std,
+                 decode_side: int = 0) -> None:
         self.samples = samples
+        self.decode_side = int(decode_side)  # JPEGs may decode down to this side (0: full size)
         self.labels = [label for _, label in samples]
         self.by_label: dict[int, list[int]] = {}
         for i, label in enumerate(self.labels):
@@ -123,7 +125,7 @@ class IdentityDataset(Dataset):
         for offset in range(len(group)):
             path, _ = self.samples[group[(start + offset) % len(group)]]
             try:
-                image = read_rgb(path)
+                image = read_rgb(path, self.decode_side)
             except ImageReadError as err:
                 self.skips.skip(path, str(err.__cause__ or err))
                 continue
@@ -137,8 +139,10 @@ class EvalImageDataset(Dataset):
     The task drops the embeddings of unreadable images and the pairs that use them.
     """
 
-    def __init__(self, images: list[Path], pipeline: Callable | None, mean, std, image_size: int) -> None:
+    def __init__(self, images: list[Path], pipeline: Callable | None, mean, std, image_size: int,
+                 decode_side: int = 0) -> None:
         self.images = images
+        self.decode_side = int(decode_side)  # JPEGs may decode down to this side (0: full size)
         self.pipeline = pipeline
         self.mean, self.std = tuple(mean), tuple(std)
         self.image_size = image_size
@@ -149,7 +153,7 @@ class EvalImageDataset(Dataset):
 
     def __getitem__(self, idx: int) -> tuple[torch.Tensor, int, bool]:
         try:
-            image = read_rgb(self.images[idx])
+            image = read_rgb(self.images[idx], self.decode_side)
         except ImageReadError as err:
             self.skips.skip(self.images[idx], str(err.__cause__ or err))
             return torch.zeros(3, self.image_size, self.image_size), idx, False
@@ -225,6 +229,9 @@ class FacesDataModule(L.LightningDataModule):
         self.eval_sets: dict[str, EvalImageDataset] = {}
         self.stats: dict[str, int] = {}
 
+    # As SplitDataModule: decode JPEGs at the smallest size the transforms need; False: full size.
+    reduced_decode: bool = True
+
     def prepare_data(self) -> None:
         if self.generator is not None:
             self.generator(self.root)
@@ -261,10 +268,12 @@ class FacesDataModule(L.LightningDataModule):
             "test": test_set,
         }
         samples = [(p, label) for label, name in enumerate(train) for p in identities[name]]
-        self.train_set = IdentityDataset(samples, self.train_transforms, self.mean, self.std)
+        eval_side = decode_side(self.eval_transforms) if self.reduced_decode else 0
+        self.train_set = IdentityDataset(samples, self.train_transforms, self.mean, self.std,
+                                         decode_side(self.train_transforms) if self.reduced_decode else 0)
         for split, pair_set in self.pair_sets.items():
             self.eval_sets[split] = EvalImageDataset(pair_set.images, self.eval_transforms, self.mean, self.std,
-                                                     self.image_size)
+                                                     self.image_size, eval_side)
         single = sum(len(v) < 2 for v in identities.values())
         self.stats = {"train": len(train), "val": len(val), "test": len(self.pair_sets["test"].identities),
                       "single_image": single,
@@ -300,6 +309,8 @@ class FacesDataModule(L.LightningDataModule):
     # The embedding task runs with use_distributed_sampler=false (Lightning cannot inject a
     # DistributedSampler into a P x K batch sampler), so the loaders split the work by rank.
     def train_dataloader(self) -> DataLoader:
+        if self.num_workers > 0:
+            limit_worker_threads()
         world, rank = self._ranks()
         sampler = PKBatchSampler(self.train_set.labels, self.p, self.k, self.batches_per_epoch, self.split_seed,
                                  num_replicas=world, rank=rank)
@@ -308,6 +319,8 @@ class FacesDataModule(L.LightningDataModule):
                           worker_init_fn=seed_worker)
 
     def _eval_loader(self, split: str) -> DataLoader:
+        if self.num_workers > 0:
+            limit_worker_threads()
         world, rank = self._ranks()
         # each rank embeds its share; the task gathers the embeddings before the protocol runs
         sampler = (DistributedSampler(self.eval_sets[split], num_replicas=world, rank=rank, shuffle=False)

@@ -47,10 +47,15 @@ def scan_image_folder(split_dir: Path, class_names: list[str] | None = None) -> 
 
 
 class ImageFolderDataset(Dataset):
-    """``(image tensor (3, H, W), label)`` pairs; unreadable files are skipped and counted."""
+    """``(image tensor (3, H, W), label)`` pairs; unreadable files are skipped and counted.
 
-    def __init__(self, samples: list[tuple[Path, int]], pipeline: Callable | None, mean, std) -> None:
+    ``decode_side``: the smallest side ``pipeline`` needs (JPEGs may decode smaller; 0: full size).
+    """
+
+    def __init__(self, samples: list[tuple[Path, int]], pipeline: Callable | None, mean, std,
+                 decode_side: int = 0) -> None:
         self.samples = samples
+        self.decode_side = int(decode_side)
         self.pipeline = pipeline
         self.mean, self.std = tuple(mean), tuple(std)
         self.skips = SkipCounter()
@@ -62,7 +67,7 @@ class ImageFolderDataset(Dataset):
         for offset in range(len(self.samples)):
             path, label = self.samples[(idx + offset) % len(self.samples)]
             try:
-                image = read_rgb(path)
+                image = read_rgb(path, self.decode_side)
             except ImageReadError as err:
                 self.skips.skip(path, str(err.__cause__ or err))
                 continue
@@ -135,7 +140,8 @@ class ImageFolderDataModule(SplitDataModule):
                 continue
             samples, _ = scan_image_folder(self._split_dir(split), self.class_names)
             pipeline = self.train_transforms if split == "train" else self.eval_transforms
-            self.datasets[split] = ImageFolderDataset(samples, pipeline, self.mean, self.std)
+            self.datasets[split] = ImageFolderDataset(samples, pipeline, self.mean, self.std,
+                                                       self.min_side_for(pipeline))
 
     @property
     def info(self) -> dict:

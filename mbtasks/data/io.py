@@ -1,5 +1,10 @@
 """Image file reading shared by every data module: EXIF orientation, every PIL mode -> 8-bit RGB,
-decoder limits.
+decoder limits, reduced-size JPEG decoding.
+
+Reduced-size decoding: a reader that is told the smallest side its transforms need (``min_side``)
+lets libjpeg decode a JPEG at 1/2, 1/4 or 1/8 scale (PIL's ``Image.draft``) as long as both sides
+stay >= ``min_side``; the IDCT then runs on a fraction of the pixels. Other formats decode at
+full size.
 
 Decoder limits (PIL's own, kept): an image above ``PIL.Image.MAX_IMAGE_PIXELS`` pixels (89,478,485,
 about 9459 x 9459; read at call time, so a script may raise it) is refused from its header, before
@@ -99,25 +104,54 @@ def to_rgb_array(img: Image.Image, path: str | Path = "<image>") -> np.ndarray:
                              f"{sorted(_PIL_CONVERTS | _NUMERIC)})")
     if img.mode == "La" or (img.mode == "P" and "transparency" in img.info):
         img = img.convert("LA" if img.mode == "La" else "RGBA")  # PIL's supported path to RGB
-    return np.asarray(img.convert("RGB"), dtype=np.uint8)
+    if img.mode != "RGB":  # convert() copies even RGB -> RGB; a 20-megapixel copy is not free
+        img = img.convert("RGB")
+    return np.asarray(img, dtype=np.uint8)
 
 
-def read_rgb(path: str | Path) -> np.ndarray:
+def read_rgb(path: str | Path, min_side: int = 0) -> np.ndarray:
     """Decode ``path`` to an ``(H, W, 3)`` uint8 RGB array, honouring EXIF orientation.
 
     Every PIL mode is mapped to 8-bit RGB (see :func:`to_rgb_array`); the decoder limits are
-    in the module docstring.
+    in the module docstring. ``min_side``: see :func:`read_rgb_sized`.
 
     Raises:
         ImageReadError: empty, truncated, too large, not an image, or a pixel format that cannot
             be mapped (the message names the file).
     """
+    return read_rgb_sized(path, min_side)[0]
+
+
+def read_rgb_sized(path: str | Path, min_side: int = 0) -> tuple[np.ndarray, tuple[int, int]]:
+    """:func:`read_rgb` that may decode a JPEG at reduced size, and says the full size.
+
+    Args:
+        path: image file.
+        min_side: the smallest side the caller needs; > 0 lets a JPEG decode at 1/2, 1/4 or 1/8
+            scale while both of its sides stay >= ``min_side``. 0: full size.
+
+    Returns:
+        ``(image, (width, height))``: the ``(h, w, 3)`` uint8 RGB array (``h``, ``w`` are the
+        full-size ``height``, ``width`` divided by the decoder's scale, rounded up) and the
+        full-resolution size after EXIF orientation, so callers can scale coordinates given in
+        full-size pixels by ``w / width``, ``h / height``.
+
+    Raises:
+        ImageReadError: as :func:`read_rgb`.
+    """
     with open_image(path) as img:
-        img = ImageOps.exif_transpose(img)
+        width, height = img.size
+        if min_side > 0:
+            img.draft(None, (int(min_side), int(min_side)))  # before any pixel is read; no-op unless JPEG
+        orientation = img.getexif().get(0x0112, 1)
+        if orientation in range(2, 9):  # exif_transpose copies even when there is nothing to turn
+            img = ImageOps.exif_transpose(img)
+            if orientation >= 5:
+                width, height = height, width
         out = to_rgb_array(img, path)
     if out.ndim != 3 or out.shape[2] != 3 or min(out.shape[:2]) < 1:
         raise ImageReadError(f"{path}: decoded to an array of shape {out.shape}, expected (H, W, 3)")
-    return out
+    return out, (int(width), int(height))
 
 
 def list_images(folder: str | Path) -> list[Path]:
