@@ -10,6 +10,7 @@ import pytest
 from hydra.utils import instantiate
 from PIL import Image
 
+from mbtasks.data.box_transforms import RandomIoUCrop
 from mbtasks.data.detection import DetectionDataset, ImageRecord
 from mbtasks.data.io import read_rgb, read_rgb_sized
 from mbtasks.data.transforms import decode_side
@@ -140,7 +141,9 @@ def test_decode_side_from_the_configured_pipelines():
                       decode_side(instantiate(cfg.data.eval_transforms)))
     # RandomResizedCrop at scale 0.25, ratio 3/4: 224 / sqrt(0.25 * 0.75); the eval resize to 256
     assert side["cls"] == (518, 256)
-    assert side["det"] == (747, 224)  # RandomIoUCrop's min_scale 0.3 in front of the resize
+    assert side["det"] == (224, 224)  # the SSD pipeline resizes to the input square first
+    # an IoU crop of min_scale 0.3 in front of the resize needs 1 / 0.3 more
+    assert decode_side(A.Compose([RandomIoUCrop(min_scale=0.3), A.Resize(224, 224)])) == 747
     assert side["emb"] == (224, 224)
     assert decode_side(None) == 0
     assert decode_side(A.Compose([A.CenterCrop(32, 32), A.Resize(16, 16)])) == 0  # pixel crop: full size
