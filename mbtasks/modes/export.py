@@ -378,7 +378,7 @@ def verify_int8(task, train_cfg: DictConfig, fp32_path: Path, int8_path: Path, i
                           f"{err}") from err
     fp32, int8 = (load_runner("onnx", p, threads) for p in (fp32_path, int8_path))
     metric = {"fp32": evaluate(task, datamodule, fp32), "int8": evaluate(task, datamodule, int8)}
-    speed = {"fp32": throughput(fp32, images, batch), "int8": throughput(int8, images, batch)}
+    speed = throughput({"fp32": fp32, "int8": int8}, images, batch)
     record = {"metric": name, "split": "val", **metric, "drop": metric["fp32"] - metric["int8"],
               "max_drop": tolerance, "speed": {"batch": batch, "threads": threads, "unit": "images/s",
                                                **speed, "int8_vs_fp32": speed["int8"] / speed["fp32"]}}

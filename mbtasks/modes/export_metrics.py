@@ -87,14 +87,17 @@ def evaluate(task, datamodule, runner: Runner, max_images: int = 10**9) -> float
     return float(result.accuracy)
 
 
-def throughput(runner: Runner, images: np.ndarray, batch: int = 32, repeats: int = 5) -> float:
-    """Images per second of ``runner`` on a batch of ``batch`` images (tiled from ``images``):
-    the median of ``repeats`` timed runs after one warm-up."""
+def throughput(runners: dict[str, Runner], images: np.ndarray, batch: int = 32, repeats: int = 7) -> dict[str, float]:
+    """Images per second of each runner on a batch of ``batch`` images (tiled from ``images``): the
+    median of ``repeats`` timed runs after one warm-up, the runners interleaved run by run so that
+    a change of machine load hits them alike."""
     x = np.ascontiguousarray(np.resize(images, (batch, *images.shape[1:])), dtype=np.float32)
-    runner(x)
-    times = []
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    for run in runners.values():
+        run(x)
     for _ in range(int(repeats)):
-        start = time.perf_counter()
-        runner(x)
-        times.append(time.perf_counter() - start)
-    return batch / float(np.median(times))
+        for name, run in runners.items():
+            start = time.perf_counter()
+            run(x)
+            times[name].append(time.perf_counter() - start)
+    return {name: batch / float(np.median(t)) for name, t in times.items()}
