@@ -17,7 +17,7 @@
    of both (targets: >= 2x, <= 1 point top-1 / 0.01 mAP@0.5 / 0.01 verification accuracy lost).
 
     python benchmarks/onnx_speed.py [--quick] [--threads 2] [--batch 32] [--e2e-only]
-    python benchmarks/onnx_speed.py --int8 hym.ckpt raccoon.ckpt orl.ckpt [--int8-exclude depthwise]
+    python benchmarks/onnx_speed.py --int8 hym.ckpt raccoon.ckpt orl.ckpt [--int8-exclude depthwise --int8-exclude Gemm]
 
 Prints tables and writes benchmarks/results/onnx_speed.json.
 """
@@ -201,8 +201,8 @@ def main() -> None:
     p.add_argument("--images", type=Path, default=None, help="folder of photos for section 3")
     p.add_argument("--int8", type=Path, nargs="+", default=None, metavar="CKPT",
                    help="only section 4: export.quantize=int8 of these checkpoints vs fp32")
-    p.add_argument("--int8-exclude", default="",
-                   help="comma-separated op types (or 'depthwise') to also measure kept float")
+    p.add_argument("--int8-exclude", action="append", default=[],
+                   help="comma-separated op types (or 'depthwise') to also measure kept float (repeatable)")
     p.add_argument("--calibration-images", type=int, default=256)
     args = p.parse_args()
     setup(args.threads)
@@ -211,7 +211,7 @@ def main() -> None:
     warmup = 1 if args.quick else 2
     results: dict = {"batch": batch, "repeats": repeats, "quick": args.quick}
     if args.int8:
-        variants = [[]] + ([[k.strip() for k in args.int8_exclude.split(",") if k.strip()]] if args.int8_exclude else [])
+        variants = [[]] + [[k.strip() for k in v.split(",") if k.strip()] for v in args.int8_exclude]
         rows, results["int8_vs_fp32"] = int8_speed(args.int8, variants, batch, args.threads, args.calibration_images)
         print_table(f"onnxruntime INT8 (QDQ) vs fp32 network graphs, batch {batch}, {args.threads} threads; metric on "
                     "the checkpoint's validation split (top1 in %)",
