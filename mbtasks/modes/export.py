@@ -9,7 +9,10 @@ under a temporary name; the network graph is compared with the PyTorch model on 
 checkpoint's data, or ``export.inputs``) at two batch sizes, then the end-to-end file with
 ``mode=predict``'s answers on those images at their own sizes; it is renamed to its final name
 only when everything is within tolerance, so an interrupted or failed export leaves nothing under
-the final name. :func:`export_task` is the entry point for a task loaded in Python.
+the final name. With ``export.quantize=int8`` the network is quantized (:mod:`mbtasks.export.quantize`)
+and verified on the task metric of the checkpoint's validation split instead
+(:mod:`mbtasks.modes.export_metrics`). :func:`export_task` is the entry point for a task loaded
+in Python.
 """
 
 from __future__ import annotations
@@ -383,9 +386,9 @@ def verify_int8(task, train_cfg: DictConfig, fp32_path: Path, int8_path: Path, i
               "max_drop": tolerance, "speed": {"batch": batch, "threads": threads, "unit": "images/s",
                                                **speed, "int8_vs_fp32": speed["int8"] / speed["fp32"]}}
     if not record["drop"] <= tolerance:
-        raise ExportError(f"export.quantize=int8 refused: {int8_summary(record)} exceeds export.{key}={tolerance:g}"
-                          " (nothing was written; keep layers in float with export.int8_exclude, or calibrate "
-                          "on more images with export.calibration_images)")
+        raise ExportError(f"export.quantize=int8 refused: the {name} drop {record['drop']:.4g} exceeds "
+                          f"export.{key}={tolerance:g} ({int8_summary(record)}); nothing was written: keep layers "
+                          "in float with export.int8_exclude, or calibrate on more images (export.calibration_images)")
     return record
 
 
@@ -418,7 +421,8 @@ def export_task(task, train_cfg: DictConfig, out: str | Path, fmt: str = "onnx",
 
     ``export_task(task, train_cfg, out, fmt="onnx", *, end_to_end=True, inputs=None, num_inputs=4,
     opset=18, atol=1e-4, rtol=1e-4, e2e_atol=5e-3, box_atol=1.0, top_k=5, score_threshold=None,
-    nms_iou=None, max_detections=None, source_checkpoint=None) -> dict``
+    nms_iou=None, max_detections=None, source_checkpoint=None, quantize=None, calibration=None,
+    calibration_images=256, int8_exclude=(), max_drop=None, speed_batch=32, speed_threads=2) -> dict``
 
     Args:
         task, train_cfg: what :func:`mbtasks.tasks.load_task` returns (the task is copied, not changed).
