@@ -91,3 +91,17 @@ def test_int8_exclude_keeps_op_type_float(cls_ckpt, tmp_path):  # noqa: F811
         export_task(task, train_cfg, tmp_path / "x.onnx", int8_exclude=["Foo"], **kw)
     with pytest.raises(ConfigError, match="export.format=onnx"):
         export_task(task, train_cfg, tmp_path / "x.pt", "torchscript", quantize="int8")
+
+
+def test_int8_bad_keys_are_refused_by_name(cls_ckpt, tmp_path):  # noqa: F811
+    import subprocess
+    import sys
+
+    for overrides, expected in (
+            (["export.quantize=int8", "export.int8_max_drop_top1=abc"], "export.int8_max_drop_top1='abc': expected a number"),
+            (["export.quantize=int4"], "export.quantize='int4': expected null or 'int8'")):
+        proc = subprocess.run([sys.executable, "-m", "mbtasks", "mode=export", f"ckpt_path={cls_ckpt}",
+                               *overrides, f"export.output={tmp_path / 'm.onnx'}",
+                               f"hydra.run.dir={tmp_path / 'run'}"], capture_output=True, text=True)
+        assert proc.returncode == 2 and expected in proc.stderr + proc.stdout, proc.stderr[-1500:]
+    assert not (tmp_path / "m.onnx").exists()

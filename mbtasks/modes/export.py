@@ -527,6 +527,13 @@ def export_task(task, train_cfg: DictConfig, out: str | Path, fmt: str = "onnx",
     return {"path": str(out), "metadata": str(sidecar), **meta["verification"]}
 
 
+def number(e: DictConfig, key: str, default: float) -> float:
+    value = e.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"export.{key}={value!r}: expected a number (e.g. {default})")
+    return float(value)
+
+
 def run(cfg: DictConfig, run_dir: Path, overrides=()) -> dict:
     fmt = str(cfg.export.format)
     if fmt not in FORMATS:
@@ -542,5 +549,5 @@ def run(cfg: DictConfig, run_dir: Path, overrides=()) -> dict:
                        source_checkpoint=str(cfg.ckpt_path), quantize=e.get("quantize"),
                        calibration=e.get("calibration"), calibration_images=int(e.get("calibration_images", 256)),
                        int8_exclude=list(e.get("int8_exclude") or ()),
-                       max_drop={name: e.get(key, INT8_MAX_DROP[name]) for name, key in METRICS.values()},
+                       max_drop={name: number(e, key, INT8_MAX_DROP[name]) for name, key in METRICS.values()},
                        speed_batch=int(e.get("speed_batch", 32)), speed_threads=int(e.get("speed_threads", 2)))
