@@ -11,7 +11,13 @@
    normalisation) before it and numpy post-processing after it (top-k; NMS with
    :func:`mbtasks.export.postprocess.detections_from_outputs` and box scaling).
 
+4. INT8 (``--int8 CKPT ...``, only this section): each checkpoint exported with
+   ``export.quantize=int8`` (network graph, calibrated on its own data) and with the op types of
+   ``--int8-exclude`` kept float: int8 vs fp32 onnxruntime throughput and the validation metric
+   of both (targets: >= 2x, <= 1 point top-1 / 0.01 mAP@0.5 / 0.01 verification accuracy lost).
+
     python benchmarks/onnx_speed.py [--quick] [--threads 2] [--batch 32] [--e2e-only]
+    python benchmarks/onnx_speed.py --int8 hym.ckpt raccoon.ckpt orl.ckpt [--int8-exclude depthwise --int8-exclude Gemm]
 
 Prints tables and writes benchmarks/results/onnx_speed.json.
 """
@@ -162,17 +168,57 @@ def end_to_end_row(name: str, overrides: list[str], folder: Path, images: np.nda
                  "numpy_postprocess_ms_per_img": post_ms}
 
 
+def int8_speed(checkpoints: list[Path], variants: list[list[str]], batch: int, threads: int,
+               calibration_images: int) -> tuple[list, dict]:
+    """Section 4: ``export.quantize=int8`` of each checkpoint, per set of op types kept float."""
+    from mbtasks.modes.export import INT8_MAX_DROP, export_task
+    from mbtasks.tasks import load_task
+
+    rows, table = [], {}
+    for ckpt in checkpoints:
+        task, train_cfg = load_task(ckpt)
+        data = Path(str(train_cfg.data.get("root") or "?")).name
+        for exclude in variants:
+            with tempfile.TemporaryDirectory() as tmp:
+                r = export_task(task, train_cfg, Path(tmp) / "net.onnx", end_to_end=False, quantize="int8",
+                                calibration_images=calibration_images, int8_exclude=exclude,
+                                max_drop={k: float("inf") for k in INT8_MAX_DROP}, speed_batch=batch,
+                                speed_threads=threads)
+            q, s = r["int8"], r["int8"]["speed"]
+            name = f"{data} {task.name}" + (f" (float: {', '.join(exclude)})" if exclude else "")
+            ok = q["drop"] <= INT8_MAX_DROP[q["metric"]] and s["int8_vs_fp32"] >= 2.0
+            rows.append([name, q["metric"], q["fp32"], q["int8"], q["drop"], s["fp32"], s["int8"], s["int8_vs_fp32"],
+                         "yes" if ok else "no"])
+            table[name] = {"checkpoint": str(ckpt), "kept_float": exclude, **q,
+                           "target": {"max_drop": INT8_MAX_DROP[q["metric"]], "min_speedup": 2.0}, "met": ok}
+    return rows, table
+
+
 def main() -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--batch", type=int, default=None, help="batch (default 32, --quick 8)")
     p.add_argument("--e2e-only", action="store_true", help="only section 3 (end to end vs network + numpy)")
     p.add_argument("--images", type=Path, default=None, help="folder of photos for section 3")
+    p.add_argument("--int8", type=Path, nargs="+", default=None, metavar="CKPT",
+                   help="only section 4: export.quantize=int8 of these checkpoints vs fp32")
+    p.add_argument("--int8-exclude", action="append", default=[],
+                   help="comma-separated op types (or 'depthwise') to also measure kept float (repeatable)")
+    p.add_argument("--calibration-images", type=int, default=256)
     args = p.parse_args()
     setup(args.threads)
     batch = args.batch or (8 if args.quick else 32)
     repeats = args.repeats or (3 if args.quick else 7)
     warmup = 1 if args.quick else 2
     results: dict = {"batch": batch, "repeats": repeats, "quick": args.quick}
+    if args.int8:
+        variants = [[]] + [[k.strip() for k in v.split(",") if k.strip()] for v in args.int8_exclude]
+        rows, results["int8_vs_fp32"] = int8_speed(args.int8, variants, batch, args.threads, args.calibration_images)
+        print_table(f"onnxruntime INT8 (QDQ) vs fp32 network graphs, batch {batch}, {args.threads} threads; metric on "
+                    "the checkpoint's validation split (top1 in %)",
+                    ["checkpoint", "metric", "fp32", "int8", "drop", "fp32 img/s", "int8 img/s", "speed-up",
+                     "targets met"], rows)
+        write_results("onnx_speed_int8", results, args.out)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         rows, table = end_to_end_speed(Path(tmp), frames(batch, args.images), args.threads, warmup, repeats)
     results["end_to_end_vs_network_plus_numpy"] = table

@@ -9,7 +9,10 @@ under a temporary name; the network graph is compared with the PyTorch model on 
 checkpoint's data, or ``export.inputs``) at two batch sizes, then the end-to-end file with
 ``mode=predict``'s answers on those images at their own sizes; it is renamed to its final name
 only when everything is within tolerance, so an interrupted or failed export leaves nothing under
-the final name. :func:`export_task` is the entry point for a task loaded in Python.
+the final name. With ``export.quantize=int8`` the network is quantized (:mod:`mbtasks.export.quantize`)
+and verified on the task metric of the checkpoint's validation split instead
+(:mod:`mbtasks.modes.export_metrics`). :func:`export_task` is the entry point for a task loaded
+in Python.
 """
 
 from __future__ import annotations
@@ -35,18 +38,23 @@ from mbtasks.export.formats import (
     PIXELS,
     load_e2e_runner,
     load_runner,
+    save_onnx,
     set_metadata,
     write,
     write_end_to_end,
 )
 from mbtasks.export.graphs import export_graph
 from mbtasks.export.preprocessing import preprocessing_of
+from mbtasks.export.quantize import quantize_network
 from mbtasks.modes.common import write_json_atomic
+from mbtasks.modes.export_metrics import METRICS, evaluate, throughput, val_datamodule
 from mbtasks.predictors.common import eval_pipeline, iter_batches
 from mbtasks.tasks import load_task
 from mbtasks.tasks.detection import to_original
 
 log = logging.getLogger(__name__)
+# tolerated metric drop of an INT8 export (export.int8_max_drop_*): top-1 in points, the others absolute
+INT8_MAX_DROP = {"top1": 1.0, "map_50": 0.01, "verification_accuracy": 0.01}
 
 
 def find_images(spec: str | None, train_cfg: DictConfig, limit: int) -> tuple[list[Path], str]:
@@ -333,16 +341,88 @@ def end_to_end_details(task, pre, post: dict) -> dict:
     return details
 
 
+def onnx_load(path: Path):
+    import onnx
+
+    return onnx.load(str(path))
+
+
+def quantize_int8(task, train_cfg: DictConfig, src: Path, dst: Path, spec: str | None, limit: int,
+                  exclude: list[str]) -> dict:
+    """Quantize the network graph ``src`` to ``dst``, calibrated on up to ``limit`` real images spread
+    over ``export.calibration`` (default: the checkpoint's ``data.root``, training and validation)."""
+    if limit < 1:
+        raise ConfigError(f"export.calibration_images={limit}: expected >= 1")
+    files, source = find_images(spec, train_cfg, 50 * limit)
+    if len(files) > limit:  # evenly spread: os.walk lists one class / split after the other
+        files = [files[i] for i in np.linspace(0, len(files) - 1, limit).round().astype(int)]
+    skipped: dict[str, str] = {}
+    batches = [b.numpy() for _, _, b in iter_batches(files, train_cfg, 32, skipped)] if files else []
+    if not batches:
+        where = f"export.calibration={spec}" if spec else f"the checkpoint's data.root ({source})"
+        raise ConfigError(f"export.quantize=int8: no readable images under {where} to calibrate on; give "
+                          "export.calibration=FOLDER")
+    record = quantize_network(src, dst, batches, INPUT_NAME, exclude)
+    return {"type": "int8", **record, "calibration_source": source}
+
+
+def verify_int8(task, train_cfg: DictConfig, fp32_path: Path, int8_path: Path, images: np.ndarray,
+                max_drop: dict, batch: int, threads: int) -> dict:
+    """The task metric of the fp32 and int8 network graphs on the checkpoint's validation split, and
+    their throughput (``batch`` images, ``threads`` onnxruntime threads); raises :class:`ExportError`
+    when the int8 metric drops more than the tolerance."""
+    name, key = METRICS[task.name]
+    tolerance = float(max_drop.get(name, INT8_MAX_DROP[name]))
+    try:
+        datamodule = val_datamodule(train_cfg)
+    except Exception as err:  # noqa: BLE001 - any failure to rebuild the data is the user's to fix
+        raise ConfigError(f"export.quantize=int8 measures the metric on the checkpoint's validation data "
+                          f"(data.root={OmegaConf.select(train_cfg, 'data.root')}), which could not be loaded: "
+                          f"{err}") from err
+    fp32, int8 = (load_runner("onnx", p, threads) for p in (fp32_path, int8_path))
+    metric = {"fp32": evaluate(task, datamodule, fp32), "int8": evaluate(task, datamodule, int8)}
+    speed = throughput({"fp32": fp32, "int8": int8}, images, batch)
+    record = {"metric": name, "split": "val", **metric, "drop": metric["fp32"] - metric["int8"],
+              "max_drop": tolerance, "speed": {"batch": batch, "threads": threads, "unit": "images/s",
+                                               **speed, "int8_vs_fp32": speed["int8"] / speed["fp32"]}}
+    if not record["drop"] <= tolerance:
+        raise ExportError(f"export.quantize=int8 refused: the {name} drop {record['drop']:.4g} exceeds "
+                          f"export.{key}={tolerance:g} ({int8_summary(record)}); nothing was written: keep layers "
+                          "in float with export.int8_exclude, or calibrate on more images (export.calibration_images)")
+    return record
+
+
+def int8_summary(r: dict) -> str:
+    s = r["speed"]
+    return (f"val {r['metric']} fp32 {r['fp32']:.4g} -> int8 {r['int8']:.4g} (drop {r['drop']:.4g}); "
+            f"{s['fp32']:.0f} -> {s['int8']:.0f} images/s ({s['int8_vs_fp32']:.2f}x, batch {s['batch']}, "
+            f"{s['threads']} threads)")
+
+
+def smoke_end_to_end(runner, task, pictures: list[np.ndarray]) -> dict:
+    """The int8 end-to-end file runs on each picture with finite answers of the right shapes."""
+    for i, image in enumerate(pictures):
+        outs = runner(image[None])
+        bad = [k for k, v in outs.items() if v.dtype.kind == "f" and not np.isfinite(v).all()]
+        if bad or any(len(v) != 1 for v in outs.values()):
+            _fail("int8 end-to-end file gives non-finite or misshapen outputs", i, image, str(bad))
+    return {"images": len(pictures), "sizes": sorted({f"{p.shape[1]}x{p.shape[0]}" for p in pictures})}
+
+
 def export_task(task, train_cfg: DictConfig, out: str | Path, fmt: str = "onnx", *, end_to_end: bool = True,
                 inputs: str | None = None, num_inputs: int = 4, opset: int = 18, atol: float = 1e-4,
                 rtol: float = 1e-4, e2e_atol: float = 5e-3, box_atol: float = 1.0, top_k: int = 5,
                 score_threshold: float | None = None, nms_iou: float | None = None,
-                max_detections: int | None = None, source_checkpoint: str | None = None) -> dict:
+                max_detections: int | None = None, source_checkpoint: str | None = None,
+                quantize: str | None = None, calibration: str | None = None, calibration_images: int = 256,
+                int8_exclude=(), max_drop: dict | None = None, speed_batch: int = 32,
+                speed_threads: int = 2) -> dict:
     """Export a loaded task to ``out`` (+ ``out.with_suffix('.json')``), verified before it is kept.
 
     ``export_task(task, train_cfg, out, fmt="onnx", *, end_to_end=True, inputs=None, num_inputs=4,
     opset=18, atol=1e-4, rtol=1e-4, e2e_atol=5e-3, box_atol=1.0, top_k=5, score_threshold=None,
-    nms_iou=None, max_detections=None, source_checkpoint=None) -> dict``
+    nms_iou=None, max_detections=None, source_checkpoint=None, quantize=None, calibration=None,
+    calibration_images=256, int8_exclude=(), max_drop=None, speed_batch=32, speed_threads=2) -> dict``
 
     Args:
         task, train_cfg: what :func:`mbtasks.tasks.load_task` returns (the task is copied, not changed).
@@ -358,6 +438,14 @@ def export_task(task, train_cfg: DictConfig, out: str | Path, fmt: str = "onnx",
         top_k: classification labels per image (capped at the number of classes).
         score_threshold, nms_iou, max_detections: detection overrides of the checkpoint's values.
         source_checkpoint: recorded in the metadata.
+        quantize: ``"int8"``: the network is quantized (:mod:`mbtasks.export.quantize`, ONNX only) and
+            verified on the task metric instead of raw outputs (:func:`verify_int8`).
+        calibration: image file or folder to calibrate on (default: the checkpoint's ``data.root``);
+        calibration_images: at most this many.
+        int8_exclude: op types (or ``depthwise``) kept in float.
+        max_drop: tolerated metric drop per metric name (``top1`` in points, ``map_50``,
+            ``verification_accuracy``); defaults :data:`INT8_MAX_DROP`.
+        speed_batch, speed_threads: where fp32 and int8 throughput are measured.
 
     Returns:
         ``{"path", "metadata", "inputs", "max_abs_diff", ...}`` (the verification record).
@@ -368,6 +456,12 @@ def export_task(task, train_cfg: DictConfig, out: str | Path, fmt: str = "onnx",
     """
     if fmt not in FORMATS:
         raise ConfigError(f"export.format={fmt!r}: expected one of {list(FORMATS)}")
+    if quantize not in (None, "none", "int8"):
+        raise ConfigError(f"export.quantize={quantize!r}: expected null or 'int8'")
+    quantize = None if quantize == "none" else quantize
+    if quantize and fmt != "onnx":
+        raise ConfigError(f"export.quantize={quantize}: needs export.format=onnx (onnxruntime quantization), "
+                          f"not {fmt}")
     out = Path(out)
     sidecar = check_sidecar(out)
     task = copy.deepcopy(task).cpu().float().eval()
@@ -382,13 +476,30 @@ def export_task(task, train_cfg: DictConfig, out: str | Path, fmt: str = "onnx",
     # Written and checked under temporary names in the same folder; renamed only once verified.
     tmp = out.with_name(f".{out.stem}.tmp-{os.getpid()}{out.suffix}")
     tmp_net = out.with_name(f".{out.stem}.tmp-{os.getpid()}-network{out.suffix}")
+    tmp_q = out.with_name(f".{out.stem}.tmp-{os.getpid()}-int8{out.suffix}")
+    separate = end_to_end or quantize
     try:
-        write(fmt, graph.module, images[:2], tmp_net if end_to_end else tmp, graph.output_names, meta, int(opset))
-        diffs = compare(load_runner(fmt, tmp_net if end_to_end else tmp), graph.module, images, graph.output_names,
+        write(fmt, graph.module, images[:2], tmp_net if separate else tmp, graph.output_names, meta, int(opset))
+        diffs = compare(load_runner(fmt, tmp_net if separate else tmp), graph.module, images, graph.output_names,
                         float(atol), float(rtol))
         meta["verification"] = {"inputs": source, "batch_sizes": [len(images), 1], **diffs, "atol": float(atol),
                                 "rtol": float(rtol), "runtime": "onnxruntime" if fmt == "onnx" else "torch.jit"}
-        if end_to_end:
+        if quantize:
+            meta["quantization"] = quantize_int8(task, train_cfg, tmp_net, tmp_q, calibration,
+                                                 int(calibration_images), list(int8_exclude or ()))
+            meta["verification"]["int8"] = verify_int8(task, train_cfg, tmp_net, tmp_q, images.numpy(),
+                                                       max_drop or {}, int(speed_batch), int(speed_threads))
+            os.replace(tmp_q, tmp_net)
+            if not end_to_end:
+                save_onnx(onnx_load(tmp_net), tmp, meta)
+        if end_to_end and quantize:
+            meta.update(end_to_end_details(task, pre, post))
+            write_end_to_end(fmt, tmp_net, tmp, pre, task.name, post, meta)
+            record = smoke_end_to_end(load_e2e_runner(fmt, tmp), task, e2e_pictures(files, pre.size))
+            meta["verification"]["end_to_end"] = {"vs": "runs on real images (answers checked through the int8 "
+                                                  "metric, not against mode=predict)", **record}
+            set_metadata(fmt, tmp, meta)
+        elif end_to_end:
             meta.update(end_to_end_details(task, pre, post))
             write_end_to_end(fmt, tmp_net, tmp, pre, task.name, post, meta)
             pictures = e2e_pictures(files, pre.size)
@@ -403,14 +514,24 @@ def export_task(task, train_cfg: DictConfig, out: str | Path, fmt: str = "onnx",
     finally:
         tmp.unlink(missing_ok=True)
         tmp_net.unlink(missing_ok=True)
+        tmp_q.unlink(missing_ok=True)
     summary = ", ".join(f"{k} {v:.2e}" for k, v in diffs["max_abs_diff"].items())
     e2e = meta["verification"].get("end_to_end")
-    if e2e:
+    if e2e and "max_abs_diff" in e2e:
         summary += "; end to end vs mode=predict on {} images ({}): {}".format(
             e2e["images"], ", ".join(e2e["sizes"]), ", ".join(f"{k} {v:.2e}" for k, v in e2e["max_abs_diff"].items()))
+    if quantize:
+        summary += "; " + int8_summary(meta["verification"]["int8"])
     print(f"export: {out} verified with {meta['verification']['runtime']} on {source}: max abs diff {summary}")
     log.info("wrote %s and %s", out, sidecar)
     return {"path": str(out), "metadata": str(sidecar), **meta["verification"]}
+
+
+def number(e: DictConfig, key: str, default: float) -> float:
+    value = e.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"export.{key}={value!r}: expected a number (e.g. {default})")
+    return float(value)
 
 
 def run(cfg: DictConfig, run_dir: Path, overrides=()) -> dict:
@@ -425,4 +546,8 @@ def run(cfg: DictConfig, run_dir: Path, overrides=()) -> dict:
                        e2e_atol=float(e.get("e2e_atol", 5e-3)), box_atol=float(e.get("box_atol", 1.0)),
                        top_k=int(e.get("top_k") or cfg.predict.top_k), score_threshold=e.get("score_threshold"),
                        nms_iou=e.get("nms_iou"), max_detections=e.get("max_detections"),
-                       source_checkpoint=str(cfg.ckpt_path))
+                       source_checkpoint=str(cfg.ckpt_path), quantize=e.get("quantize"),
+                       calibration=e.get("calibration"), calibration_images=int(e.get("calibration_images", 256)),
+                       int8_exclude=list(e.get("int8_exclude") or ()),
+                       max_drop={name: number(e, key, INT8_MAX_DROP[name]) for name, key in METRICS.values()},
+                       speed_batch=int(e.get("speed_batch", 32)), speed_threads=int(e.get("speed_threads", 2)))

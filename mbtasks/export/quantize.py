@@ -1,0 +1,141 @@
+"""INT8 network graphs: onnxruntime static quantization (QDQ, per-channel weights).
+
+Only the network is quantized: every node after its last weighted layer (softmax, L2
+normalisation, the detector's box decoding) stays float, and so does what
+:func:`~mbtasks.export.onnx_pipeline.wrap_network` adds around it (resize, normalise, NMS).
+Activations are unsigned and weights signed 8-bit, the pairing onnxruntime recommends for x86
+CPUs with VNNI; MinMax calibration on real images.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from mbtasks.errors import ConfigError
+
+# layers with weights: where quantization pays (int8 GEMM) and what the float tail comes after
+WEIGHTED = ("Conv", "Gemm", "MatMul")
+# keyword for int8_exclude: convolutions with one group per input channel
+DEPTHWISE = "depthwise"
+
+
+def _weights_shapes(model) -> dict[str, tuple[int, ...]]:
+    return {t.name: tuple(t.dims) for t in model.graph.initializer}
+
+
+def is_depthwise(node, shapes: dict[str, tuple[int, ...]]) -> bool:
+    """A ``Conv`` with ``group`` == its input channels > 1 (weight ``(C, 1, k, k)``)."""
+    if node.op_type != "Conv":
+        return False
+    group = next((a.i for a in node.attribute if a.name == "group"), 1)
+    weight = shapes.get(node.input[1]) if len(node.input) > 1 else None
+    return group > 1 and weight is not None and weight[1] == 1
+
+
+def float_tail(model) -> list[str]:
+    """Names of the nodes with no weighted layer downstream: the post-processing the network
+    ends with (softmax, normalisation, box decoding), kept in float."""
+    consumers: dict[str, list] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    feeds_weights: dict[str, bool] = {}
+
+    def feeds(node) -> bool:  # the graph is topologically sorted: recursion depth is the tail's length at most
+        if node.name not in feeds_weights:
+            feeds_weights[node.name] = node.op_type in WEIGHTED or any(
+                feeds(c) for out in node.output for c in consumers.get(out, []))
+        return feeds_weights[node.name]
+
+    for node in reversed(model.graph.node):  # from the outputs back: memoised, no deep recursion
+        feeds(node)
+    return [n.name for n in model.graph.node if not feeds_weights[n.name]]
+
+
+def excluded_nodes(model, exclude: Sequence[str]) -> tuple[list[str], dict[str, int]]:
+    """Nodes kept in float: the float tail, plus every node of an op type in ``exclude`` (``Conv``,
+    ``Add``, ...; ``depthwise`` = depthwise convolutions).
+
+    Returns:
+        ``(node names, {excluded kind: count})``.
+    """
+    op_types = {n.op_type for n in model.graph.node}
+    for kind in exclude:
+        if kind != DEPTHWISE and kind not in op_types:
+            raise ConfigError(f"export.int8_exclude: {kind!r} is not an op type of this network; expected "
+                              f"'{DEPTHWISE}' or one of {sorted(op_types)}")
+    shapes = _weights_shapes(model)
+    names = set(float_tail(model))
+    counts = {"float_tail": len(names)}
+    for kind in exclude:
+        chosen = [n.name for n in model.graph.node
+                  if (is_depthwise(n, shapes) if kind == DEPTHWISE else n.op_type == kind)]
+        counts[kind] = len(chosen)
+        names.update(chosen)
+    return [n.name for n in model.graph.node if n.name in names], counts
+
+
+def name_nodes(model) -> None:
+    """Give every unnamed node a unique name (exclusion lists refer to nodes by name)."""
+    seen: set[str] = set()
+    for i, node in enumerate(model.graph.node):
+        if not node.name or node.name in seen:
+            node.name = f"{node.op_type}_{i}"
+        seen.add(node.name)
+
+
+def quantize_network(src: Path, dst: Path, batches: Iterable[np.ndarray], input_name: str = "images",
+                     exclude: Sequence[str] = ()) -> dict:
+    """Write the QDQ INT8 version of the network graph ``src`` to ``dst``.
+
+    Args:
+        src, dst: ONNX network graphs (float ``images (N, 3, H, W)`` in).
+        batches: calibration inputs, normalised float32 ``(n, 3, H, W)`` each.
+        exclude: op types (or ``depthwise``) kept in float besides the float tail.
+
+    Returns:
+        what was done, for the metadata: format, types, calibration, excluded node counts.
+    """
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self, data: Iterable[np.ndarray]) -> None:
+            self.data: Iterator[np.ndarray] = iter(data)
+            self.count = 0
+
+        def get_next(self):
+            x = next(self.data, None)
+            if x is None:
+                return None
+            self.count += len(x)
+            return {input_name: np.ascontiguousarray(x, dtype=np.float32)}
+
+    # shape inference + graph optimisation first, as onnxruntime's quantization guide advises
+    prep = dst.with_name(dst.stem + "-prep.onnx")
+    try:
+        # onnxruntime's symbolic shape inference fails on some exported graphs; ONNX's own is enough here
+        quant_pre_process(str(src), str(prep), skip_symbolic_shape=True)
+        model = onnx.load(str(prep))
+        name_nodes(model)
+        onnx.save(model, str(prep))
+        nodes, counts = excluded_nodes(model, list(exclude))
+        reader = Reader(batches)
+        quantize_static(str(prep), str(dst), reader, quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=nodes)
+    finally:
+        prep.unlink(missing_ok=True)
+    return {"format": "QDQ", "weights": "int8, per channel", "activations": "uint8, per tensor",
+            "calibration_method": "MinMax", "calibration_images": reader.count,
+            "kept_float": {"op_types": list(exclude), "nodes": counts}}
