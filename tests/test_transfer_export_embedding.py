@@ -9,11 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("mbtasks.tasks.embedding")
-
-from mbtasks.export.formats import load_runner  # noqa: E402
-from mbtasks.tasks import load_task, read_checkpoint  # noqa: E402
-from tests.conftest import run_mode  # noqa: E402
+from mbtasks.export.formats import load_runner
+from mbtasks.tasks import load_task, read_checkpoint
+from tests.conftest import run_mode
 
 GEN = {"num_identities": 12, "images_per_identity": 4, "image_size": 32, "seed": 0}
 

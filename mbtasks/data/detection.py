@@ -84,6 +84,15 @@ def exif_orientation(path: Path) -> int:
     return int(value) if value in range(1, 9) else 1
 
 
+def turning_orientation(rec: ImageRecord, decoded: tuple[int, int]) -> int:
+    """The EXIF orientation (5-8) that explains a decoded ``(width, height)`` which is the record's
+    annotated size turned by 90 degrees (boxes turn with the image); 0 when it does not."""
+    if decoded != (rec.height, rec.width):
+        return 0
+    orientation = exif_orientation(rec.path)
+    return orientation if orientation in _SWAPPING_ORIENTATIONS else 0
+
+
 def orient_boxes(boxes: np.ndarray, orientation: int, width: int, height: int) -> np.ndarray:
     """Move ``(M, 4)`` x1y1x2y2 boxes in stored pixels (``width`` x ``height``, before EXIF
     orientation) the way PIL's ``ImageOps.exif_transpose`` moves the image."""
@@ -250,8 +259,8 @@ class DetectionDataset(Dataset):
         w, h = size or (image.shape[1], image.shape[0])
         boxes = rec.boxes
         if (w, h) != (rec.width, rec.height) and rec.width and rec.height:
-            orientation = exif_orientation(rec.path)
-            if orientation in _SWAPPING_ORIENTATIONS and (h, w) == (rec.width, rec.height):
+            orientation = turning_orientation(rec, (w, h))
+            if orientation:
                 # Annotated on the stored pixels, decoded turned by EXIF: turn the boxes with the image.
                 boxes = orient_boxes(boxes, orientation, rec.width, rec.height)
             else:

@@ -98,16 +98,8 @@ def _classification(dm, report: dict, unreadable: dict[str, str]) -> None:
     report["ignored_files"] = ignored[:SHOW]
 
 
-def _turned_by_exif(rec, sizes: dict[str, tuple[int, int]]) -> bool:
-    """Annotated on the stored pixels of an image EXIF turns by 90 degrees: boxes turn, not rescale."""
-    from mbtasks.data.detection import _SWAPPING_ORIENTATIONS, exif_orientation
-
-    return (sizes.get(str(rec.path)) == (rec.height, rec.width)
-            and exif_orientation(rec.path) in _SWAPPING_ORIENTATIONS)
-
-
 def _detection(dm, report: dict, unreadable: dict[str, str], dropped: dict[str, Counter]) -> None:
-    from mbtasks.data.detection import exif_orientation
+    from mbtasks.data.detection import exif_orientation, turning_orientation
 
     names = list(dm.class_names)
     sizes: dict[str, tuple[int, int]] = {}
@@ -119,7 +111,7 @@ def _detection(dm, report: dict, unreadable: dict[str, str], dropped: dict[str, 
         # Training rescales these boxes by the size ratio (DetectionDataset); say so before it does.
         rescaled.update({str(r.path): f"annotated {r.width}x{r.height}, decoded {sizes[str(r.path)][0]}x"
                          f"{sizes[str(r.path)][1]}" for r in usable if r.width and r.height
-                         and sizes.get(str(r.path)) != (r.width, r.height) and not _turned_by_exif(r, sizes)})
+                         and sizes.get(str(r.path)) != (r.width, r.height) and not turning_orientation(r, sizes[str(r.path)])})
         hist = Counter(names[int(label)] for r in usable for label, crowd in zip(r.labels, r.iscrowd, strict=True)
                        if not crowd)
         backgrounds = sum(r.num_trainable == 0 for r in usable)
