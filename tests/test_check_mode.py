@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from mbtasks.__main__ import CONFIG_DIR
 from mbtasks.errors import DataError
 from tests.conftest import run_mode
 
@@ -68,15 +67,13 @@ def test_check_detection_reports_backgrounds_and_dropped_boxes(tmp_path):
                        "data.image_size=64"], tmp_path / "run")
     assert report["ok"]
     train = report["splits"]["train"]
-    assert train["images"] + report["splits"]["val"]["images"] >= 5 and train["backgrounds"] >= 0
+    assert train["images"] + report["splits"]["val"]["images"] >= 5
     dropped = report["dropped"][str(ann)]
     assert sum(dropped.values()) >= 2, dropped
     assert sum(s.get("backgrounds", 0) for s in report["splits"].values()) >= 1
     assert set(train["classes"]) == set(DET_CLASSES)
 
 
-@pytest.mark.skipif(not (Path(CONFIG_DIR) / "task" / "embedding.yaml").is_file(),
-                    reason="the embedding task has not landed yet")
 def test_check_faces_reports_single_image_identities(tmp_path):
     from mbtasks.data.synthetic_faces import make_synthetic_faces
 
