@@ -69,10 +69,12 @@ def mbtasks_args(name: str, budget: str) -> list[str]:
             f"train.time={budget}"]
 
 
-def run_mbtasks(name: str, budget: str, run_dir: Path) -> dict:
-    """``python -m mbtasks`` in a subprocess; the last epoch's validation metric, steps and wall time."""
+def run_mbtasks(name: str, budget: str, run_dir: Path, overrides: list[str] = ()) -> dict:
+    """``python -m mbtasks`` in a subprocess; the last epoch's validation metric, steps and wall time.
+
+    ``overrides`` (a recipe to compare with the defaults) go after the user's arguments."""
     metric = SETS[name][3]
-    args = [sys.executable, "-m", "mbtasks", *mbtasks_args(name, budget), f"hydra.run.dir={run_dir}"]
+    args = [sys.executable, "-m", "mbtasks", *mbtasks_args(name, budget), *overrides, f"hydra.run.dir={run_dir}"]
     run_dir.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
     with open(run_dir / "stdout.log", "w") as out:
@@ -269,6 +271,9 @@ def main(argv: Iterable[str] | None = None) -> None:
     p.add_argument("--workers", type=int, default=2, help="loader workers of the peer loops (mbtasks' default: 2)")
     p.add_argument("--runs", type=Path, default=RESULTS / "real_data_runs", help="where the mbtasks run dirs go (a dated folder per invocation)")
     p.add_argument("--out", type=Path, default=None, help="JSON file (default benchmarks/results/real_data.json)")
+    p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                   help="an mbtasks override for every set (a recipe to try against the defaults; repeatable)")
+    p.add_argument("--no-peer", action="store_true", help="run mbtasks only (the peer columns stay empty)")
     args = p.parse_args(argv)
     try:
         budget_s = parse_duration(args.budget)
@@ -282,9 +287,12 @@ def main(argv: Iterable[str] | None = None) -> None:
     rows, results = [], {}
     for name in names:
         print(f"[{name}] mbtasks, {args.budget} ...", flush=True)
-        ours = run_mbtasks(name, args.budget, runs / name)
-        print(f"[{name}] peer, {args.budget} ...", flush=True)
-        peer = run_peer(name, budget_s, args.threads, args.workers)
+        ours = run_mbtasks(name, args.budget, runs / name, args.override)
+        if args.no_peer:
+            peer = {"metric": None, "steps": "-", "wall_s": float("nan")}
+        else:
+            print(f"[{name}] peer, {args.budget} ...", flush=True)
+            peer = run_peer(name, budget_s, args.threads, args.workers)
         ratio = ours["metric"] / peer["metric"] if ours["metric"] is not None and peer["metric"] else None
         results[name] = {"task": SETS[name][0], "metric": SETS[name][3], "input_size": SETS[name][2],
                          "mbtasks": ours, "peer": peer, "ratio": ratio}
@@ -293,7 +301,7 @@ def main(argv: Iterable[str] | None = None) -> None:
         print_table(f"real data, {args.budget} per run (val split; ratio = mbtasks / peer)",
                     ["set", "metric (val)", "mbtasks", "peer", "ratio", "steps (ours / peer)", "wall s (ours / peer)"],
                     rows)
-    write_results("real_data", {"budget": args.budget, "budget_s": budget_s, "sets": results,
+    write_results("real_data", {"budget": args.budget, "budget_s": budget_s, "overrides": args.override, "sets": results,
                                 "machine_at_end": machine()}, args.out)
 
 

@@ -38,7 +38,7 @@ def test_ssd_zoom_out_keeps_aspect_ratio_and_the_whole_image():
     from mbtasks.data.box_transforms import RandomIoUCrop
     from tests.conftest import compose_cfg
 
-    cfg = compose_cfg(["task=detection", "data=voc", "data.root=unused", "data.image_size=64"])
+    cfg = compose_cfg(["task=detection", "data=voc", "data.root=unused", "data.image_size=64", "augment=ssd"])
     full = instantiate(cfg.data.train_transforms)
     pipeline = A.Compose([t for t in full.transforms if not isinstance(t, RandomIoUCrop | A.HorizontalFlip)],
                          bbox_params=A.BboxParams(format="pascal_voc", label_fields=["labels"]), seed=0)

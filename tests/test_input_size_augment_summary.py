@@ -88,3 +88,17 @@ def test_augment_is_accepted_on_the_command_line(tmp_path):
 
     composed = yaml.safe_load((tmp_path / ".hydra" / "config.yaml").read_text())
     assert [t["_target_"] for t in composed["data"]["train_transforms"]["transforms"]] == ["albumentations.Resize"]
+
+
+@pytest.mark.parametrize("data", ["voc", "coco"])
+def test_real_detection_data_default_to_the_mild_pipeline_and_papers_keep_ssd(data, tmp_path):
+    # chosen on the real sets' validation mAP (README "Real data"): mild augmentation, boxes following
+    cfg = compose_cfg(["task=detection", f"data={data}", f"data.root={tmp_path}"])
+    pipeline = instantiate(cfg.data.train_transforms)
+    assert [type(t).__name__ for t in pipeline.transforms] == ["Resize", "HorizontalFlip", "Affine", "ColorJitter"]
+    assert "bboxes" in pipeline.processors and cfg.data.batch_size == 8
+    out = pipeline(image=np.zeros((80, 100, 3), np.uint8), bboxes=np.array([[10, 10, 60, 50]], np.float32), labels=[0])
+    assert out["image"].shape == (cfg.data.image_size,) * 2 + (3,) and len(out["bboxes"]) == 1
+    for experiment in ("ssd300_coco_mobilenet_v1", "ssdlite320_coco_mobilenet_v2"):
+        names = [type(t).__name__ for t in instantiate(compose_cfg([f"experiment={experiment}"]).data.train_transforms).transforms]
+        assert "RandomIoUCrop" in names and "RandomScale" in names
