@@ -171,6 +171,7 @@ def end_to_end_row(name: str, overrides: list[str], folder: Path, images: np.nda
 def int8_speed(checkpoints: list[Path], variants: list[list[str]], batch: int, threads: int,
                calibration_images: int) -> tuple[list, dict]:
     """Section 4: ``export.quantize=int8`` of each checkpoint, per set of op types kept float."""
+    from mbtasks.errors import ConfigError
     from mbtasks.modes.export import INT8_MAX_DROP, export_task
     from mbtasks.tasks import load_task
 
@@ -179,17 +180,22 @@ def int8_speed(checkpoints: list[Path], variants: list[list[str]], batch: int, t
         task, train_cfg = load_task(ckpt)
         data = Path(str(train_cfg.data.get("root") or "?")).name
         for exclude in variants:
-            with tempfile.TemporaryDirectory() as tmp:
-                r = export_task(task, train_cfg, Path(tmp) / "net.onnx", end_to_end=False, quantize="int8",
-                                calibration_images=calibration_images, int8_exclude=exclude,
-                                max_drop={k: float("inf") for k in INT8_MAX_DROP}, speed_batch=batch,
-                                speed_threads=threads)
+            try:
+                with tempfile.TemporaryDirectory() as tmp:
+                    r = export_task(task, train_cfg, Path(tmp) / "net.onnx", end_to_end=False, quantize="int8",
+                                    calibration_images=calibration_images, int8_exclude=exclude,
+                                    max_drop={k: float("inf") for k in INT8_MAX_DROP}, speed_batch=batch,
+                                    speed_threads=threads)
+            except ConfigError as err:  # e.g. --int8-exclude Gemm on a network without Gemm: skip that variant
+                print(f"{data} {task.name}, float {exclude}: skipped ({err})")
+                continue
             q, s = r["int8"], r["int8"]["speed"]
-            name = f"{data} {task.name}" + (f" (float: {', '.join(exclude)})" if exclude else "")
+            name = f"{data} {task.name}" + (" (default)" if exclude is None else f" (float: {', '.join(exclude) or 'none'})")
             ok = q["drop"] <= INT8_MAX_DROP[q["metric"]] and s["int8_vs_fp32"] >= 2.0
             rows.append([name, q["metric"], q["fp32"], q["int8"], q["drop"], s["fp32"], s["int8"], s["int8_vs_fp32"],
                          "yes" if ok else "no"])
-            table[name] = {"checkpoint": str(ckpt), "kept_float": exclude, **q,
+            kept = list(task.int8_keep_float) if exclude is None else exclude
+            table[name] = {"checkpoint": str(ckpt), "kept_float": kept, **q,
                            "target": {"max_drop": INT8_MAX_DROP[q["metric"]], "min_speedup": 2.0}, "met": ok}
     return rows, table
 
@@ -202,7 +208,8 @@ def main() -> None:
     p.add_argument("--int8", type=Path, nargs="+", default=None, metavar="CKPT",
                    help="only section 4: export.quantize=int8 of these checkpoints vs fp32")
     p.add_argument("--int8-exclude", action="append", default=[],
-                   help="comma-separated op types (or 'depthwise') to also measure kept float (repeatable)")
+                   help="comma-separated op types (or 'depthwise') to also measure kept float (repeatable; ',' = "
+                        "nothing float); the first row per checkpoint is the task's default")
     p.add_argument("--calibration-images", type=int, default=256)
     args = p.parse_args()
     setup(args.threads)
@@ -211,7 +218,7 @@ def main() -> None:
     warmup = 1 if args.quick else 2
     results: dict = {"batch": batch, "repeats": repeats, "quick": args.quick}
     if args.int8:
-        variants = [[]] + [[k.strip() for k in v.split(",") if k.strip()] for v in args.int8_exclude]
+        variants = [None] + [[k.strip() for k in v.split(",") if k.strip()] for v in args.int8_exclude]
         rows, results["int8_vs_fp32"] = int8_speed(args.int8, variants, batch, args.threads, args.calibration_images)
         print_table(f"onnxruntime INT8 (QDQ) vs fp32 network graphs, batch {batch}, {args.threads} threads; metric on "
                     "the checkpoint's validation split (top1 in %)",

@@ -105,3 +105,18 @@ def test_int8_bad_keys_are_refused_by_name(cls_ckpt, tmp_path):  # noqa: F811
                                f"hydra.run.dir={tmp_path / 'run'}"], capture_output=True, text=True)
         assert proc.returncode == 2 and expected in proc.stderr + proc.stdout, proc.stderr[-1500:]
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_int8_default_keeps_the_embeddings_last_layer_float(emb_ckpt, cls_ckpt, tmp_path):  # noqa: F811
+    # export.int8_exclude=null (the default): the task's measured choice; [] quantizes everything
+    def kept(ckpt, name, **extra):
+        task, train_cfg = load_task(ckpt)
+        export_task(task, train_cfg, tmp_path / f"{name}.onnx", end_to_end=False, quantize="int8",
+                    calibration_images=4, max_drop={"top1": 100.0, "verification_accuracy": 100.0}, speed_batch=2,
+                    **extra)
+        return json.loads((tmp_path / f"{name}.json").read_text())["quantization"]["kept_float"]
+
+    emb = kept(emb_ckpt, "emb")
+    assert emb["op_types"] == ["Gemm"] and emb["nodes"]["Gemm"] >= 1
+    assert kept(emb_ckpt, "emb_all", int8_exclude=[])["op_types"] == []
+    assert kept(cls_ckpt, "cls")["op_types"] == []

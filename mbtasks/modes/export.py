@@ -415,14 +415,14 @@ def export_task(task, train_cfg: DictConfig, out: str | Path, fmt: str = "onnx",
                 score_threshold: float | None = None, nms_iou: float | None = None,
                 max_detections: int | None = None, source_checkpoint: str | None = None,
                 quantize: str | None = None, calibration: str | None = None, calibration_images: int = 256,
-                int8_exclude=(), max_drop: dict | None = None, speed_batch: int = 32,
+                int8_exclude=None, max_drop: dict | None = None, speed_batch: int = 32,
                 speed_threads: int = 2) -> dict:
     """Export a loaded task to ``out`` (+ ``out.with_suffix('.json')``), verified before it is kept.
 
     ``export_task(task, train_cfg, out, fmt="onnx", *, end_to_end=True, inputs=None, num_inputs=4,
     opset=18, atol=1e-4, rtol=1e-4, e2e_atol=5e-3, box_atol=1.0, top_k=5, score_threshold=None,
     nms_iou=None, max_detections=None, source_checkpoint=None, quantize=None, calibration=None,
-    calibration_images=256, int8_exclude=(), max_drop=None, speed_batch=32, speed_threads=2) -> dict``
+    calibration_images=256, int8_exclude=None, max_drop=None, speed_batch=32, speed_threads=2) -> dict``
 
     Args:
         task, train_cfg: what :func:`mbtasks.tasks.load_task` returns (the task is copied, not changed).
@@ -442,7 +442,8 @@ def export_task(task, train_cfg: DictConfig, out: str | Path, fmt: str = "onnx",
             verified on the task metric instead of raw outputs (:func:`verify_int8`).
         calibration: image file or folder to calibrate on (default: the checkpoint's ``data.root``);
         calibration_images: at most this many.
-        int8_exclude: op types (or ``depthwise``) kept in float.
+        int8_exclude: op types (or ``depthwise``) kept in float; ``None``: the task's ``int8_keep_float``
+            (embedding: its ``Gemm`` layers), ``[]``: quantize everything.
         max_drop: tolerated metric drop per metric name (``top1`` in points, ``map_50``,
             ``verification_accuracy``); defaults :data:`INT8_MAX_DROP`.
         speed_batch, speed_threads: where fp32 and int8 throughput are measured.
@@ -486,7 +487,8 @@ def export_task(task, train_cfg: DictConfig, out: str | Path, fmt: str = "onnx",
                                 "rtol": float(rtol), "runtime": "onnxruntime" if fmt == "onnx" else "torch.jit"}
         if quantize:
             meta["quantization"] = quantize_int8(task, train_cfg, tmp_net, tmp_q, calibration,
-                                                 int(calibration_images), list(int8_exclude or ()))
+                                                 int(calibration_images),
+                                                 list(task.int8_keep_float if int8_exclude is None else int8_exclude))
             meta["verification"]["int8"] = verify_int8(task, train_cfg, tmp_net, tmp_q, images.numpy(),
                                                        max_drop or {}, int(speed_batch), int(speed_threads))
             os.replace(tmp_q, tmp_net)
@@ -548,6 +550,6 @@ def run(cfg: DictConfig, run_dir: Path, overrides=()) -> dict:
                        nms_iou=e.get("nms_iou"), max_detections=e.get("max_detections"),
                        source_checkpoint=str(cfg.ckpt_path), quantize=e.get("quantize"),
                        calibration=e.get("calibration"), calibration_images=int(e.get("calibration_images", 256)),
-                       int8_exclude=list(e.get("int8_exclude") or ()),
+                       int8_exclude=None if e.get("int8_exclude") is None else list(e.int8_exclude),
                        max_drop={name: number(e, key, INT8_MAX_DROP[name]) for name, key in METRICS.values()},
                        speed_batch=int(e.get("speed_batch", 32)), speed_threads=int(e.get("speed_threads", 2)))

@@ -34,6 +34,8 @@ class BaseTask(L.LightningModule):
     monitor_mode: ClassVar[str] = "min"
     # data.image_size must be a multiple of this (1: any side >= 32; a head that needs more says so)
     input_multiple: ClassVar[int] = 1
+    # op types export.quantize=int8 keeps in float unless export.int8_exclude says otherwise (measured per task)
+    int8_keep_float: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, info: dict, optimizer: Callable | None = None, scheduler: Callable | None = None) -> None:
         super().__init__()
