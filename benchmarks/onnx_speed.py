@@ -194,8 +194,7 @@ def int8_speed(checkpoints: list[Path], variants: list[list[str]], batch: int, t
             ok = q["drop"] <= INT8_MAX_DROP[q["metric"]] and s["int8_vs_fp32"] >= 2.0
             rows.append([name, q["metric"], q["fp32"], q["int8"], q["drop"], s["fp32"], s["int8"], s["int8_vs_fp32"],
                          "yes" if ok else "no"])
-            kept = list(task.int8_keep_float) if exclude is None else exclude
-            table[name] = {"checkpoint": str(ckpt), "kept_float": kept, **q,
+            table[name] = {"checkpoint": str(ckpt), "kept_float": r["quantization"]["kept_float"]["op_types"], **q,
                            "target": {"max_drop": INT8_MAX_DROP[q["metric"]], "min_speedup": 2.0}, "met": ok}
     return rows, table
 

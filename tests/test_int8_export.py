@@ -25,6 +25,7 @@ def test_int8_export_records_metric_and_speed(name, end_to_end, request, tmp_pat
     meta = json.loads(out.with_suffix(".json").read_text())
     int8 = meta["verification"]["int8"]
     assert record["int8"] == int8 and int8["metric"] == metric and meta["end_to_end"] is end_to_end
+    assert record["quantization"] == meta["quantization"]
     assert int8["drop"] == pytest.approx(int8["fp32"] - int8["int8"])
     assert int8["speed"]["fp32"] > 0 and int8["speed"]["int8"] > 0 and int8["speed"]["batch"] == 4
     assert 0 < meta["quantization"]["calibration_images"] <= 8

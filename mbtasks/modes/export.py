@@ -449,7 +449,8 @@ def export_task(task, train_cfg: DictConfig, out: str | Path, fmt: str = "onnx",
         speed_batch, speed_threads: where fp32 and int8 throughput are measured.
 
     Returns:
-        ``{"path", "metadata", "inputs", "max_abs_diff", ...}`` (the verification record).
+        ``{"path", "metadata", "inputs", "max_abs_diff", ...}`` (the verification record), plus
+        ``"quantization"`` (what was quantized and what kept float) with ``quantize``.
 
     Raises:
         ConfigError: a bad setting, or an existing ``.json`` beside ``out`` that is not an export's.
@@ -526,7 +527,8 @@ def export_task(task, train_cfg: DictConfig, out: str | Path, fmt: str = "onnx",
         summary += "; " + int8_summary(meta["verification"]["int8"])
     print(f"export: {out} verified with {meta['verification']['runtime']} on {source}: max abs diff {summary}")
     log.info("wrote %s and %s", out, sidecar)
-    return {"path": str(out), "metadata": str(sidecar), **meta["verification"]}
+    return {"path": str(out), "metadata": str(sidecar), **meta["verification"],
+            **({"quantization": meta["quantization"]} if "quantization" in meta else {})}
 
 
 def number(e: DictConfig, key: str, default: float) -> float:
