@@ -29,7 +29,7 @@ from torch import nn
 from mbtasks.backbones.mobilenet_v1 import MobileNetV1
 from mbtasks.backbones.mobilenet_v2 import MobileNetV2
 from mbtasks.fusion import fold_batchnorm
-from mbtasks.heads.classifier import Classifier, ClassifierHead
+from mbtasks.models.classifier import Classifier, ClassifierHead
 
 SIZE = 224
 

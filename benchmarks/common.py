@@ -118,11 +118,11 @@ def build_task(overrides: list[str]):
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from mbtasks.__main__ import CONFIG_DIR
+    from mbtasks.config import CONFIG_DIR
     from mbtasks.tasks import build_task as build
-    from mbtasks.tasks import task_class
+    from mbtasks.tasks import spec_for_config
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose(config_name="config", overrides=list(overrides))
-    return build(cfg, task_class(cfg).profile_info(cfg)).eval()
+    return build(cfg, spec_for_config(cfg).profile_info(cfg), training=False).eval()

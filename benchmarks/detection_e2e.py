@@ -22,9 +22,10 @@ import common  # noqa: F401 - first: sets OMP_WAIT_POLICY before torch loads
 import torch
 import torchvision
 from common import build_task, parser, print_table, setup, time_rounds, write_results
+from omegaconf import OmegaConf
 from torch.utils.flop_counter import FlopCounterMode
 
-from mbtasks.predictors.model import fast_inference
+from mbtasks.inference import Predictor
 
 SIZE = 320
 SCORE, NMS_IOU, MAX_DET = 0.05, 0.6, 100
@@ -58,26 +59,23 @@ def main() -> None:
     plain_task, fast_task = ours()[0], ours()[0]
     plain_task.load_state_dict(task.state_dict())
     fast_task.load_state_dict(task.state_dict())
-    with fast_inference(task, fold_bn=True):  # the predict default
-        pass
+    # what mbtasks.load / mode=predict run: BN folded (the default), and the fast path on top
+    cfg = OmegaConf.create({"data": {"eval_transforms": None}})  # tensors in: no eval transforms to run
+    predictor = Predictor(task, cfg, device="cpu", fold_bn=True)
+    fast = Predictor(fast_task, cfg, device="cpu", fold_bn=True, channels_last=True, precision="bf16")
     theirs = torchvision.models.detection.ssdlite320_mobilenet_v3_large(
         weights=None, weights_backbone=None, num_classes=91, score_thresh=SCORE, nms_thresh=NMS_IOU,
         detections_per_img=MAX_DET).eval()
 
     def run_ours(x=images):
-        with torch.inference_mode():
-            return task.model.detect((x - mean) / std)
+        return predictor.forward((x - mean) / std)
 
     def run_plain(x=images):
         with torch.inference_mode():
             return plain_task.model.detect((x - mean) / std)
 
-    with fast_inference(fast_task, channels_last=True, fold_bn=True):  # folds and converts once
-        pass
-
     def run_fast(x=images):
-        with torch.inference_mode(), fast_inference(fast_task, precision="bf16"):
-            return fast_task.model.detect((x - mean) / std)
+        return fast.forward((x - mean) / std)
 
     def run_theirs(x=images):
         with torch.inference_mode():

@@ -39,7 +39,7 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from mbtasks.__main__ import CONFIG_DIR  # noqa: E402
+from mbtasks.config import CONFIG_DIR  # noqa: E402
 from mbtasks.modes.profile import count_mult_adds, count_params, profile_network  # noqa: E402
 
 OURS = {

@@ -33,10 +33,11 @@ from rich.table import Table
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from mbtasks.__main__ import CONFIG_DIR, dispatch  # noqa: E402
+from mbtasks.config import CONFIG_DIR  # noqa: E402
 from mbtasks.data.faces import FacesDataModule  # noqa: E402
 from mbtasks.data.io import read_rgb  # noqa: E402
 from mbtasks.metrics.verification import evaluate_verification, pair_distances  # noqa: E402
+from mbtasks.modes.run import dispatch  # noqa: E402
 
 DATASETS = {
     # name: (folder, held-out validation identities, test identities)
@@ -124,7 +125,7 @@ def main() -> None:
                                 "verification_acc_std": metrics["test/verification_acc_std"],
                                 "roc_auc": metrics["test/roc_auc"], "seconds": time.perf_counter() - start})
                 start = time.perf_counter()
-                metrics = run_cli([*train_over, f"backbone.pretrained={args.ckpt}", "backbone.lr_mult=0.1"],
+                metrics = run_cli([*train_over, f"backbone.pretrained={args.ckpt}", "finetune.lr_mult=0.1"],
                                   Path(tmp) / f"{name}_finetune")
                 results.append({**common, "method": f"checkpoint fine-tuned on {name} ({args.epochs} ep)",
                                 "verification_acc": metrics["test/verification_acc"],

@@ -35,7 +35,6 @@ from common import build_task, parser, print_table, setup, time_rounds, write_re
 from torch import nn
 
 from mbtasks.export.formats import load_e2e_runner, load_runner, save_onnx, write_onnx
-from mbtasks.export.graphs import export_graph
 
 # name -> (config overrides, input size)
 NETWORKS = {
@@ -83,19 +82,24 @@ END_TO_END = {
 FRAME = (480, 640)  # (H, W) of the deployed camera frames
 
 
+
+def graph_of(task):
+    """The network ``mode=export`` writes for ``task`` (its spec's export graph)."""
+    return task.spec.export.graph(task)
+
 def compose(overrides: list[str]):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from mbtasks.__main__ import CONFIG_DIR
+    from mbtasks.config import CONFIG_DIR
     from mbtasks.tasks import build_task as build
-    from mbtasks.tasks import task_class
+    from mbtasks.tasks import spec_for_config
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = hydra_compose(config_name="config", overrides=list(overrides))
-    return build(cfg, task_class(cfg).profile_info(cfg)).eval(), cfg
+    return build(cfg, spec_for_config(cfg).profile_info(cfg), training=False).eval(), cfg
 
 
 def frames(batch: int, folder: Path | None) -> np.ndarray:
@@ -128,17 +132,17 @@ def end_to_end_row(name: str, overrides: list[str], folder: Path, images: np.nda
     from mbtasks.export.onnx_pipeline import wrap_network
     from mbtasks.export.postprocess import detections_from_outputs
     from mbtasks.export.preprocessing import preprocessing_of
-    from mbtasks.modes.export import post_settings
-    from mbtasks.predictors.common import eval_pipeline
+    from mbtasks.inference.inputs import eval_pipeline
 
     task, cfg = compose(overrides)
-    graph = export_graph(task)
+    spec = task.spec.export
+    graph = spec.graph(task)
     size, batch = int(cfg.data.image_size), len(images)
     net_path, e2e_path = folder / "network.onnx", folder / "end_to_end.onnx"
     write_onnx(graph.module, torch.randn(2, 3, size, size), net_path, graph.output_names, {"task": name})
     pre = preprocessing_of(cfg, size, cfg.data.mean, cfg.data.std)
-    post = post_settings(task, graph, 5)
-    save_onnx(wrap_network(onnx.load(str(net_path)), pre, task.name, post), e2e_path, {"task": name})
+    post = spec.post_settings(task, graph, top_k=5)
+    save_onnx(wrap_network(onnx.load(str(net_path)), pre, spec.post_kind, post), e2e_path, {"task": name})
     network, e2e = load_runner("onnx", net_path, threads), load_e2e_runner("onnx", e2e_path, threads)
     pipeline, mean, std = eval_pipeline(cfg), tuple(cfg.data.mean), tuple(cfg.data.std)
 
@@ -172,7 +176,7 @@ def int8_speed(checkpoints: list[Path], variants: list[list[str]], batch: int, t
                calibration_images: int) -> tuple[list, dict]:
     """Section 4: ``export.quantize=int8`` of each checkpoint, per set of op types kept float."""
     from mbtasks.errors import ConfigError
-    from mbtasks.modes.export import INT8_MAX_DROP, export_task
+    from mbtasks.modes.export import export_task
     from mbtasks.tasks import load_task
 
     rows, table = [], {}
@@ -184,18 +188,19 @@ def int8_speed(checkpoints: list[Path], variants: list[list[str]], batch: int, t
                 with tempfile.TemporaryDirectory() as tmp:
                     r = export_task(task, train_cfg, Path(tmp) / "net.onnx", end_to_end=False, quantize="int8",
                                     calibration_images=calibration_images, int8_exclude=exclude,
-                                    max_drop={k: float("inf") for k in INT8_MAX_DROP}, speed_batch=batch,
+                                    max_drop={task.spec.export.metric: float("inf")}, speed_batch=batch,
                                     speed_threads=threads)
             except ConfigError as err:  # e.g. --int8-exclude Gemm on a network without Gemm: skip that variant
                 print(f"{data} {task.name}, float {exclude}: skipped ({err})")
                 continue
             q, s = r["int8"], r["int8"]["speed"]
             name = f"{data} {task.name}" + (" (default)" if exclude is None else f" (float: {', '.join(exclude) or 'none'})")
-            ok = q["drop"] <= INT8_MAX_DROP[q["metric"]] and s["int8_vs_fp32"] >= 2.0
+            target = task.spec.export.max_drop
+            ok = q["drop"] <= target and s["int8_vs_fp32"] >= 2.0
             rows.append([name, q["metric"], q["fp32"], q["int8"], q["drop"], s["fp32"], s["int8"], s["int8_vs_fp32"],
                          "yes" if ok else "no"])
             table[name] = {"checkpoint": str(ckpt), "kept_float": r["quantization"]["kept_float"]["op_types"], **q,
-                           "target": {"max_drop": INT8_MAX_DROP[q["metric"]], "min_speedup": 2.0}, "met": ok}
+                           "target": {"max_drop": target, "min_speedup": 2.0}, "met": ok}
     return rows, table
 
 
@@ -237,7 +242,7 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        ours = export_graph(build_task(NETWORKS["classification V1 1.0"][0]))
+        ours = graph_of(build_task(NETWORKS["classification V1 1.0"][0]))
         ref = Plain(timm.create_model("mobilenetv1_100", pretrained=False))
         x = torch.randn(batch, 3, 224, 224).numpy()
         run_ours = export(ours.module, ours.output_names, 224, folder, "ours_v1", args.threads)
@@ -249,7 +254,7 @@ def main() -> None:
                     ["model", "img/s", "ratio"], [["ours", o, o / r], ["timm mobilenetv1_100", r, 1.0]])
         rows, table = [], {}
         for name, (overrides, size) in NETWORKS.items():
-            graph = export_graph(build_task(overrides))
+            graph = graph_of(build_task(overrides))
             runner = export(graph.module, graph.output_names, size, folder, name, args.threads)
             images = torch.randn(batch, 3, size, size)
             arr = images.numpy()

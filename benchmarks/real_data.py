@@ -124,7 +124,7 @@ def _instantiate_data(name: str):
     from hydra.core.global_hydra import GlobalHydra
     from hydra.utils import instantiate
 
-    from mbtasks.__main__ import CONFIG_DIR
+    from mbtasks.config import CONFIG_DIR
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
@@ -169,7 +169,7 @@ def peer_detection(name: str, budget_s: float, workers: int) -> dict:
 
     from mbtasks.data.detection import DetectionDataset, detection_collate
     from mbtasks.metrics.coco import CocoMeanAP
-    from mbtasks.tasks.detection import to_original
+    from mbtasks.models.detection.postprocess import to_original
 
     size = 320  # the model's own transform resizes to 320 x 320; resizing first only saves decoding work
     dm = _instantiate_data(name)

@@ -2,7 +2,7 @@
 
 For each task's default config, and optionally a shared real set, the script runs
 
-- the full loop: ``mode=train`` through :func:`mbtasks.__main__.dispatch`, the function
+- the full loop: ``mode=train`` through :func:`mbtasks.modes.run.dispatch`, the function
   ``python -m mbtasks`` calls (data loading in ``data.num_workers`` processes, augmentation,
   Lightning, logging, metrics, validation every epoch, checkpoints), for ``--epochs`` epochs
   of at most ``--steps`` batches; training images per second from the end of the first
@@ -42,7 +42,7 @@ from hydra.utils import instantiate
 import mbtasks.data.base
 import mbtasks.data.faces
 from mbtasks.tasks import build_task
-from mbtasks.tasks.base import split_no_decay
+from mbtasks.tasks.optim import split_no_decay
 
 # Real sets: folder and the overrides that make them a default run of their task.
 REAL_SETS = {
@@ -97,7 +97,7 @@ def compose(overrides: list[str]):
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from mbtasks.__main__ import CONFIG_DIR
+    from mbtasks.config import CONFIG_DIR
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
@@ -106,7 +106,7 @@ def compose(overrides: list[str]):
 
 def full_loop(overrides: list[str], run_dir: Path) -> dict:
     """Train-mode timing through the function ``python -m mbtasks`` calls (see :class:`FitClock`)."""
-    from mbtasks.__main__ import dispatch
+    from mbtasks.modes.run import dispatch
 
     clock = run_dir.parent / "fit_clock.json"
     overrides = [*overrides, "+callbacks.fit_clock._target_=train_throughput.FitClock",

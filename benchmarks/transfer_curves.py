@@ -22,7 +22,8 @@ from common import parser, print_table, setup, write_results
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from mbtasks.__main__ import CONFIG_DIR, dispatch
+from mbtasks.config import CONFIG_DIR
+from mbtasks.modes.run import dispatch
 
 
 def run(overrides: list[str], run_dir: Path) -> dict:

@@ -35,7 +35,7 @@ _API = {
     "Model": "mbtasks.api",
     "RunResult": "mbtasks.api",
     "Pipeline": "mbtasks.pipeline",
-    "Gallery": "mbtasks.predictors.model",
+    "Gallery": "mbtasks.tasks.embedding.predictor",
 }
 __all__ = [*_API, "__version__"]
 

@@ -1,9 +1,9 @@
 """The Python API: what ``import mbtasks`` offers (``mbtasks.load``, ``train``, ``test``, ``Pipeline``).
 
 The CLI and this module share one code path: :func:`train` / :func:`test` compose the same Hydra
-config as ``python -m mbtasks`` and run the same mode functions; ``mode=predict`` runs the
-:class:`~mbtasks.predictors.model.Predictor` that :func:`load` returns; :meth:`Model.export`
-runs ``mode=export``.
+config as ``python -m mbtasks`` and run the same mode functions (:mod:`mbtasks.modes.run`);
+``mode=predict`` runs the task's predictor that :func:`load` returns (a
+:class:`~mbtasks.inference.Predictor` subclass); :meth:`Model.export` runs ``mode=export``.
 """
 
 from __future__ import annotations
@@ -13,18 +13,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
-from mbtasks.predictors.model import Predictor
+from mbtasks import checkpoint
+from mbtasks.config import CONFIG_DIR
+from mbtasks.inference import Predictor
+from mbtasks.modes.run import claim_run_dir, dispatch
+from mbtasks.profiling import count_mult_adds, count_params, measure_latency_ms
+from mbtasks.tasks import load_task, spec_for_config
 
 
 def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
     """The config ``python -m mbtasks <overrides>`` composes (without Hydra's own ``hydra`` node)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from mbtasks.__main__ import CONFIG_DIR
-
     if GlobalHydra.instance().is_initialized():
         GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
@@ -62,11 +65,9 @@ def run(overrides: Sequence[str] = (), run_dir: str | Path | None = None) -> Run
     Raises:
         mbtasks.errors.UserError: a config or data mistake (the CLI prints these and exits with 2).
     """
-    from mbtasks.__main__ import claim_run_dir, dispatch
-
     overrides = list(overrides)
     cfg = compose_config(overrides)
-    task = str(cfg.task._target_).rsplit(".", 1)[-1].removesuffix("Task").lower()
+    task = spec_for_config(cfg).name
     run_dir = Path(run_dir) if run_dir is not None else _new_run_dir(task)
     run_dir = claim_run_dir(cfg, run_dir)
     metrics = dispatch(cfg, run_dir, overrides)
@@ -89,10 +90,7 @@ def train(task: str = "classification", overrides: Sequence[str] = (), run_dir: 
 
 def test(ckpt_path: str | Path, overrides: Sequence[str] = (), run_dir: str | Path | None = None) -> RunResult:
     """Re-evaluate a checkpoint on its test split, as ``python -m mbtasks mode=test ckpt_path=...``."""
-    from mbtasks.tasks import read_checkpoint
-    from mbtasks.tasks.base import CHECKPOINT_KEY
-
-    task = read_checkpoint(ckpt_path)[CHECKPOINT_KEY]["task"]
+    task = checkpoint.task_name(checkpoint.read(ckpt_path))
     return run([f"task={task}", "mode=test", f"ckpt_path={ckpt_path}", *overrides], run_dir)
 
 
@@ -100,7 +98,7 @@ test.__test__ = False  # not a pytest test when imported into a test module
 
 
 class Model(Predictor):
-    """A loaded checkpoint: :meth:`predict`, and by task :meth:`verify` / :meth:`identify` (embedding),
+    """A loaded checkpoint: its task's predictor (:meth:`predict`; embedding: ``verify`` / ``identify``...)
     plus :meth:`export` and :meth:`profile`. Made by :func:`load`."""
 
     def export(self, fmt: str = "onnx", path: str | Path | None = None, overrides: Sequence[str] = ()) -> dict:
@@ -125,10 +123,6 @@ class Model(Predictor):
     def profile(self, batch_size: int = 1, warmup: int = 3, repeats: int = 20) -> dict:
         """Parameters, mult-adds (``torch.utils.flop_counter``) and median latency of the loaded network
         at the checkpoint's input size, as ``mode=profile`` counts them."""
-        import torch
-
-        from mbtasks.modes.profile import count_mult_adds, count_params, measure_latency_ms
-
         size = self.image_size
         network = self.task.model
         example = torch.randn(batch_size, 3, size, size, device=self.device)
@@ -155,5 +149,19 @@ def load(path: str | Path, device: str | None = None, fold_bn: bool = True, chan
         result = model.predict("cat.jpg")[0]
         print(result.label, result.score)
     """
-    return Model.from_checkpoint(path, device=device, fold_bn=fold_bn, channels_last=channels_last,
-                                 precision=precision, batch_size=batch_size)
+    task, train_cfg = load_task(path)
+    return model_class(type(task).spec.predictor)(task, train_cfg, device=device, fold_bn=fold_bn,
+                                                  channels_last=channels_last, precision=precision,
+                                                  batch_size=batch_size, checkpoint=path)
+
+
+_MODEL_CLASSES: dict[type, type] = {}
+
+
+def model_class(predictor: type[Predictor]) -> type:
+    """:class:`Model` joined with a task's predictor class (so ``isinstance(m, mbtasks.Model)`` holds
+    for every task and the task's own methods, ``verify`` / ``identify``..., are there)."""
+    if predictor not in _MODEL_CLASSES:
+        _MODEL_CLASSES[predictor] = type(f"{predictor.__name__.removesuffix('Predictor')}Model", (Model, predictor),
+                                         {"__doc__": Model.__doc__, "__module__": __name__})
+    return _MODEL_CLASSES[predictor]

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import contextlib
-import difflib
 import math
 from pathlib import Path
 
+from hydra.utils import get_class
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from mbtasks.errors import ConfigError
+from mbtasks.errors import ConfigError, suggest
+from mbtasks.resume import run_dir_for
+from mbtasks.tasks import spec_for_config
+from mbtasks.tasks.optim import check_no_decay
 
 MODES = ("train", "test", "predict", "profile", "export", "check")
 
@@ -22,18 +25,11 @@ def register_resolvers() -> None:
     if not OmegaConf.has_resolver("crop_resize"):
         OmegaConf.register_new_resolver("crop_resize", lambda size: int(round(int(size) / 0.875)))
     if not OmegaConf.has_resolver("run_dir_for"):
-        from mbtasks.resume import run_dir_for
-
         # hydra.run.dir: resume=<run dir> continues in the old dir instead of making a new one.
         OmegaConf.register_new_resolver("run_dir_for", run_dir_for)
 
 
 register_resolvers()
-
-
-def suggest(word: str, options) -> str:
-    close = difflib.get_close_matches(str(word), [str(o) for o in options], n=3, cutoff=0.6)
-    return f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
 
 
 # Numeric keys checked at start-up when the config has them: (integer?, lower bound, lower bound
@@ -105,27 +101,14 @@ def check_epochs(cfg: DictConfig) -> None:
                           "trainer.max_steps > 0)")
 
 
-def _task_input_multiple(cfg: DictConfig, default: int) -> int:
-    """The task class's ``input_multiple`` (what ``data.image_size`` must be a multiple of)."""
-    target = OmegaConf.select(cfg, "task._target_")
-    try:
-        from hydra.utils import get_class
-
-        return int(getattr(get_class(target), "input_multiple", default))
-    except Exception:  # noqa: BLE001 - an unknown target is reported when the task is built
-        return default
-
-
 def check_head_fits_task(cfg: DictConfig) -> None:
-    """``head._target_`` must be the task's ``head_class`` (``task=detection head=linear`` cannot work)."""
-    from hydra.utils import get_class
-
+    """``head._target_`` must be the task's head class (``task=detection head=linear`` cannot work)."""
+    wanted = spec_for_config(cfg).head
     try:
-        task, head = get_class(OmegaConf.select(cfg, "task._target_")), get_class(OmegaConf.select(cfg, "head._target_"))
-    except Exception:  # noqa: BLE001 - an unknown target is reported when the task is built
+        head = get_class(OmegaConf.select(cfg, "head._target_"))
+    except Exception:  # noqa: BLE001 - an unknown target is reported when the head is built
         return
-    wanted = getattr(task, "head_class", None)
-    if wanted is None or (isinstance(head, type) and issubclass(head, wanted)):
+    if isinstance(head, type) and issubclass(head, wanted):
         return
     fits = []
     for option in sorted(Path(CONFIG_DIR, "head").glob("*.yaml")):
@@ -133,8 +116,8 @@ def check_head_fits_task(cfg: DictConfig) -> None:
         with contextlib.suppress(Exception):
             if issubclass(get_class(target), wanted):
                 fits.append(f"head={option.stem}")
-    raise ConfigError(f"task={task.name} cannot use head._target_={OmegaConf.select(cfg, 'head._target_')}: it needs "
-                      f"a {wanted.__name__}; use {' or '.join(fits) or wanted.__name__}")
+    raise ConfigError(f"task={spec_for_config(cfg).name} cannot use head._target_={OmegaConf.select(cfg, 'head._target_')}: "
+                      f"it needs a {wanted.__name__}; use {' or '.join(fits) or wanted.__name__}")
 
 
 def validate(cfg: DictConfig) -> None:
@@ -152,31 +135,29 @@ def validate(cfg: DictConfig) -> None:
         check_number(cfg, key)
     check_normalisation(cfg)
     check_epochs(cfg)
+    spec = spec_for_config(cfg)
     check_head_fits_task(cfg)
     size = OmegaConf.select(cfg, "data.image_size")
     stride = 32
     # Any side >= 32 works (stride-2 convs round up, heads pool or size themselves: 112 for faces,
-    # SSD300); a task class whose head needs a multiple says so in ``input_multiple``.
-    multiple = _task_input_multiple(cfg, 1)
+    # SSD300); a task whose head needs a multiple says so in its spec's ``input_multiple``.
+    multiple = spec.input_multiple
     if not isinstance(size, int) or isinstance(size, bool):
         raise ConfigError(f"data.image_size={size!r}: expected an integer (pixels), e.g. 224")
     if size < stride:
         raise ConfigError(f"data.image_size={size!r}: expected an integer >= {stride} (the backbone reduces its "
                           f"input {stride}x), e.g. 224, 160, 128 or 112")
     if size % multiple:
-        task = OmegaConf.select(cfg, "task._target_")
-        raise ConfigError(f"data.image_size={size}: {task} needs a multiple of {multiple}, e.g. "
+        raise ConfigError(f"data.image_size={size}: task={spec.name} needs a multiple of {multiple}, e.g. "
                           f"{max(multiple, size // multiple * multiple)} or {(size // multiple + 1) * multiple}")
     boxes = OmegaConf.select(cfg, "data.train_transforms.bbox_params") is not None
-    if boxes and "Detection" not in str(OmegaConf.select(cfg, "task._target_")):
-        raise ConfigError("data.train_transforms has bbox_params (box augmentation, e.g. augment=ssd), which only "
-                          "task=detection can use; choose augment=none|light|default")
-    if mode == "train" and OmegaConf.select(cfg, "backbone.freeze") and OmegaConf.select(cfg, "backbone.pretrained") in (None, False):
-        raise ConfigError("backbone.freeze=true with backbone.pretrained=null would freeze random weights; give "
+    if boxes and not spec.boxes:
+        raise ConfigError(f"data.train_transforms has bbox_params (box augmentation, e.g. augment=ssd), which "
+                          f"task={spec.name} cannot use; choose augment=none|light|default")
+    if mode == "train" and OmegaConf.select(cfg, "finetune.freeze") and OmegaConf.select(cfg, "backbone.pretrained") in (None, False):
+        raise ConfigError("finetune.freeze=true with backbone.pretrained=null would freeze random weights; give "
                           "backbone.pretrained=PATH (a checkpoint of any mbtasks task or a state dict) or 'timm'")
-    from mbtasks.tasks.base import check_no_decay
-
-    check_no_decay(OmegaConf.select(cfg, "optimizer.no_decay"))
+    check_no_decay(OmegaConf.select(cfg, "task.no_decay"))
     if mode in ("test", "predict", "export") and not cfg.get("ckpt_path"):
         raise ConfigError(f"mode={mode} needs ckpt_path=PATH (a checkpoint written by mode=train)")
     if mode == "predict" and not any(OmegaConf.select(cfg, f"predict.{k}") for k in ("input", "pairs", "gallery")):

@@ -1,5 +1,7 @@
 """Errors for user mistakes: the CLI prints their message (no traceback) and exits with 2."""
 
+import difflib
+
 
 class UserError(Exception):
     """Base of errors caused by input the user can fix."""
@@ -19,3 +21,9 @@ class ExportError(UserError):
 
 class NonFiniteLossError(UserError, FloatingPointError):
     """The training loss became NaN or infinite; the message names step, epoch and loss terms."""
+
+
+def suggest(word, options) -> str:
+    """`` Did you mean 'x'?`` for the options close to ``word`` (empty when none is)."""
+    close = difflib.get_close_matches(str(word), [str(o) for o in options], n=3, cutoff=0.6)
+    return f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""

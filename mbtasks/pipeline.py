@@ -23,8 +23,11 @@ from torchvision.ops import box_iou
 
 from mbtasks.data.io import read_rgb
 from mbtasks.errors import ConfigError, DataError
-from mbtasks.predictors.model import Gallery, Predictor
+from mbtasks.inference import Predictor
+from mbtasks.io import unique_name, write_json_atomic
 from mbtasks.results import Detections, Face, PhotoIdentities
+from mbtasks.tasks import load_predictor
+from mbtasks.tasks.embedding.predictor import Gallery
 
 log = logging.getLogger(__name__)
 
@@ -67,14 +70,14 @@ class Pipeline:
     def __init__(self, detector: str | Path | Predictor, embedder: str | Path | Predictor, margin: float = 0.0,
                  square: bool = True, score_threshold: float = 0.5, classes: list[str] | None = None,
                  device: str | None = None) -> None:
-        self.detector = detector if isinstance(detector, Predictor) else Predictor.from_checkpoint(detector, device=device)
-        self.embedder = embedder if isinstance(embedder, Predictor) else Predictor.from_checkpoint(embedder, device=device)
+        self.detector = detector if isinstance(detector, Predictor) else load_predictor(detector, device=device)
+        self.embedder = embedder if isinstance(embedder, Predictor) else load_predictor(embedder, device=device)
+        if self.embedder.task_name != "embedding":
+            raise ConfigError(f"predict.detector needs an embedding checkpoint as ckpt_path; {self.embedder.checkpoint} "
+                              f"is a {self.embedder.task_name} checkpoint")
         if self.detector.task_name != "detection":
             raise ConfigError(f"predict.detector={self.detector.checkpoint}: a {self.detector.task_name} checkpoint; "
                               "expected a detection checkpoint")
-        if self.embedder.task_name != "embedding":
-            raise ConfigError(f"ckpt_path={self.embedder.checkpoint}: a {self.embedder.task_name} checkpoint; "
-                              "expected an embedding checkpoint")
         if margin < 0:
             raise ConfigError(f"predict.crop_margin={margin}: expected a fraction >= 0 of the box side")
         unknown = sorted(set(classes or ()) - set(self.detector.class_names))
@@ -128,8 +131,6 @@ def write_predictions(pipeline: Pipeline, cfg, files: list[Path], run_dir: Path)
     ``identities.json``: ``{"photos": [{"file", "faces": [{"box" x1y1x2y2, "score", "identity"
     ("unknown" above the threshold), "nearest", "distance", "match"}]}], "threshold", ...}``.
     """
-    from mbtasks.modes.common import write_json_atomic
-
     if not cfg.predict.get("gallery"):
         raise ConfigError("predict.detector needs predict.gallery=DIR (identity folders <dir>/<identity>/<image>)")
     if not files:
@@ -139,10 +140,7 @@ def write_predictions(pipeline: Pipeline, cfg, files: list[Path], run_dir: Path)
     drawn = run_dir / "drawn"
     used: set[str] = set()
     for i, photo in enumerate(photos):
-        name = Path(photo.source).name
-        name = name if name not in used else f"{i:05d}_{name}"
-        used.add(name)
-        photo.save(drawn / name)
+        photo.save(drawn / unique_name(used, Path(photo.source).name, i))
     out = {"photos": [p.to_dict() for p in photos], "threshold": pipeline.embedder.threshold,
            "distance": "squared_l2", "detector": str(pipeline.detector.checkpoint),
            "embedder": str(pipeline.embedder.checkpoint), "gallery": str(cfg.predict.gallery),

@@ -13,6 +13,8 @@ import torch
 from PIL import Image
 from torchvision.utils import draw_bounding_boxes
 
+from mbtasks.data.io import read_rgb
+
 # Box colours by class index (cycled).
 PALETTE = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45",
            "#fabed4", "#469990", "#dcbeff", "#9a6324", "#800000", "#aaffc3", "#808000", "#000075"]
@@ -72,8 +74,6 @@ class Detections:
     def _pixels(self) -> np.ndarray:
         if self.image is not None:
             return self.image
-        from mbtasks.data.io import read_rgb
-
         return read_rgb(self.source)
 
     def draw(self, score_threshold: float = 0.3) -> Image.Image:
@@ -160,8 +160,6 @@ class PhotoIdentities:
 
     def draw(self) -> Image.Image:
         """The photo with each face's box and name (green: known, red: unknown)."""
-        from mbtasks.data.io import read_rgb
-
         pixels = self.image if self.image is not None else read_rgb(self.source)
         texts = [f"{f.identity} {f.distance:.2f}" for f in self.faces]
         colours = ["#3cb44b" if f.match else "#e6194b" for f in self.faces]

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from mbtasks.checkpoint import upgrade_config
 from mbtasks.errors import ConfigError
 
 LAST = Path("checkpoints") / "last.ckpt"
@@ -48,7 +49,8 @@ def resume_config(cfg: DictConfig, run_dir: Path, overrides=()) -> tuple[DictCon
         raise ConfigError(f"resume={resume!r}: {last} not found; resume=<run dir> needs the dir of a "
                           f"mode=train run (outputs/<task>/<date>/<time>) that wrote checkpoints/last.ckpt")
     saved = run_dir / "config.yaml"
-    base = OmegaConf.load(saved) if saved.is_file() else cfg.copy()
+    # a run dir of an older version names old keys and targets: read it in today's shape
+    base = OmegaConf.create(upgrade_config(OmegaConf.to_container(OmegaConf.load(saved)))) if saved.is_file() else cfg.copy()
     for item in overrides:
         key = item.partition("=")[0].lstrip("+~")
         if key in _RESUME_KEYS or key.startswith("hydra."):

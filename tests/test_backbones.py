@@ -9,8 +9,8 @@ from mbtasks.backbones.blocks import DepthwiseSeparableConv, InvertedResidual, r
 from mbtasks.backbones.mobilenet_v1 import MobileNetV1
 from mbtasks.backbones.mobilenet_v2 import MobileNetV2
 from mbtasks.backbones.timm import TimmBackbone
-from mbtasks.heads.classifier import Classifier, ClassifierHead
-from mbtasks.modes.profile import count_mult_adds, count_params
+from mbtasks.models.classifier import Classifier, ClassifierHead
+from mbtasks.profiling import count_mult_adds, count_params
 
 
 def classifier(backbone, classes=1000):

@@ -166,8 +166,7 @@ def unknown_group_value(tmp: Path) -> None:
 
 
 def misspelled_key(tmp: Path) -> None:
-    from mbtasks.__main__ import CONFIG_DIR
-    from mbtasks.config import misspelled_keys
+    from mbtasks.config import CONFIG_DIR, misspelled_keys
 
     hints = misspelled_keys(["backbone.widht=0.5"], CONFIG_DIR)
     raise ConfigError(" ".join(hints))
@@ -191,7 +190,7 @@ def other_width_as_pretrained(tmp: Path) -> None:
 
 def not_a_checkpoint(content: bytes) -> Callable[[Path], None]:
     def run(tmp: Path) -> None:
-        from mbtasks.tasks import read_checkpoint
+        from mbtasks.checkpoint import read as read_checkpoint
 
         (tmp / "last.ckpt").write_bytes(content)
         read_checkpoint(tmp / "last.ckpt")
@@ -200,7 +199,7 @@ def not_a_checkpoint(content: bytes) -> Callable[[Path], None]:
 
 def foreign_pickle(tmp: Path) -> None:
     """A checkpoint holding arbitrary pickled objects: weights_only refuses to run its code."""
-    from mbtasks.tasks import read_checkpoint
+    from mbtasks.checkpoint import read as read_checkpoint
 
     torch.save({"mbtasks": {}, "payload": Path("/etc/passwd")}, tmp / "evil.ckpt")
     read_checkpoint(tmp / "evil.ckpt")
@@ -347,8 +346,7 @@ def voc_read(width="64", height="64", filename=None) -> Callable[[Path], dict]:
 # --- issue 12: config, checkpoints, run dirs, pairs ----------------------------------------------------------
 
 def missing_value_is_not_a_misspelling(tmp: Path) -> dict:
-    from mbtasks.__main__ import CONFIG_DIR
-    from mbtasks.config import misspelled_keys
+    from mbtasks.config import CONFIG_DIR, misspelled_keys
 
     return {"hints": misspelled_keys(["data=imagefolder", "data.root=/data/x", "data.image_size=64"], CONFIG_DIR)}
 
@@ -367,7 +365,7 @@ def pickle_refusal_new_wording(tmp: Path) -> None:
     import pickle
     from unittest import mock
 
-    from mbtasks.tasks import read_checkpoint
+    from mbtasks.checkpoint import read as read_checkpoint
 
     torch.save({"mbtasks": {}, "payload": Path("/etc/passwd")}, tmp / "evil.ckpt")
     error = pickle.UnpicklingError("Weights only load failed. Re-running `torch.load` with `weights_only` set to "
@@ -379,7 +377,7 @@ def pickle_refusal_new_wording(tmp: Path) -> None:
 def raw_pickle_with_code(tmp: Path) -> None:
     import pickle
 
-    from mbtasks.tasks import read_checkpoint
+    from mbtasks.checkpoint import read as read_checkpoint
 
     class RunsCode:
         def __reduce__(self):
@@ -390,7 +388,7 @@ def raw_pickle_with_code(tmp: Path) -> None:
 
 
 def legacy_format_with_objects(tmp: Path) -> None:
-    from mbtasks.tasks import read_checkpoint
+    from mbtasks.checkpoint import read as read_checkpoint
 
     torch.save({"mbtasks": {}, "payload": Path("/etc/passwd")}, tmp / "old.ckpt", _use_new_zipfile_serialization=False)
     read_checkpoint(tmp / "old.ckpt")
@@ -409,7 +407,7 @@ def other_mode_into_a_run_dir(mode: str) -> Callable[[Path], dict]:
     def run(tmp: Path) -> dict:
         from omegaconf import OmegaConf
 
-        from mbtasks.__main__ import claim_run_dir
+        from mbtasks.modes.run import claim_run_dir
 
         (tmp / "metrics.json").write_text('{"test/acc_top1": 0.9}')
         (tmp / "config.yaml").write_text("old: config\n")
@@ -422,7 +420,7 @@ def other_mode_into_a_run_dir(mode: str) -> Callable[[Path], dict]:
 def train_into_a_dir_with_files(tmp: Path) -> None:
     from omegaconf import OmegaConf
 
-    from mbtasks.__main__ import claim_run_dir
+    from mbtasks.modes.run import claim_run_dir
 
     (tmp / "check.json").write_text("{}")
     claim_run_dir(OmegaConf.create({"mode": "train", "resume": None}), tmp)
@@ -430,7 +428,7 @@ def train_into_a_dir_with_files(tmp: Path) -> None:
 
 def pairs_with_spaces(line: str) -> Callable[[Path], dict]:
     def run(tmp: Path) -> dict:
-        from mbtasks.predictors.embedding import read_pair_list
+        from mbtasks.tasks.embedding.predictor import read_pair_list
 
         for name in ("Ann Lee_1.png", "Ann Lee_2.png", "O'Brien_1.png", "O'Brien_2.png"):
             (tmp / name).write_bytes(png_bytes())
@@ -550,7 +548,7 @@ CASES = [
     Case("data.root left at ??? (MISSING)", validate_with(["data=imagefolder"]), ConfigError,
          r"data\.root is not set \(\?\?\? in the config\): give data\.root=VALUE"),
     Case("task=detection head=linear", validate_with(["task=detection", "head=linear"]), ConfigError,
-         r"task=detection cannot use head\._target_=mbtasks\.heads\.classifier\.ClassifierHead.*head=ssd or head=ssdlite"),
+         r"task=detection cannot use head\._target_=mbtasks\.models\.classifier\.ClassifierHead.*head=ssd or head=ssdlite"),
     Case("classification checkpoint with task=embedding (mode=test)",
          checkpoint_of_task("classification", ["task=embedding", "mode=test"]), ConfigError,
          r"last\.ckpt is a classification checkpoint, but task=embedding was given"),

@@ -5,14 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mbtasks.checkpoint_io import AtomicCheckpointIO, remove_stale_temporaries, save_atomic
+from mbtasks.checkpoint import AtomicCheckpointIO
 from mbtasks.errors import NonFiniteLossError
-from tests.conftest import run_mode
+from mbtasks.io import remove_stale_temporaries, save_torch_atomic, write_json_atomic
+from tests.conftest import compose_cfg, run_mode
 
 
 def test_save_atomic_failure_mid_write_keeps_the_old_file(tmp_path, monkeypatch):
     path = tmp_path / "last.ckpt"
-    save_atomic({"step": 1, "w": torch.ones(3)}, path)
+    save_torch_atomic({"step": 1, "w": torch.ones(3)}, path)
     before = path.read_bytes()
 
     def dies_half_way(obj, f, *args, **kwargs):
@@ -25,6 +26,14 @@ def test_save_atomic_failure_mid_write_keeps_the_old_file(tmp_path, monkeypatch)
     assert path.read_bytes() == before
     assert torch.load(path, weights_only=True)["step"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary left behind
+
+
+def test_json_write_failure_keeps_the_old_file(tmp_path):
+    path = tmp_path / "metrics.json"
+    write_json_atomic(path, {"a": 1})
+    with pytest.raises(TypeError):
+        write_json_atomic(path, {"a": object()})  # not serialisable: fails after the temporary file was opened
+    assert path.read_text() == '{\n  "a": 1\n}' and [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
 
 
 def test_stale_temporaries_of_a_killed_save_are_removed(tmp_path):
@@ -54,17 +63,19 @@ def test_absurd_learning_rate_stops_naming_step_and_terms(tiny_shapes, tmp_path)
         assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
 
 
-def test_injected_nan_caught_by_the_callback_for_any_task():
-    from mbtasks.callbacks import FiniteLoss
+def test_injected_nan_is_caught_by_the_task_guard_before_backward():
+    """Every task's training_step (BaseTask) checks its loss terms; the step's error names all of them."""
+    from mbtasks.tasks import build_task
 
-    class Trainer:
-        global_step, current_epoch = 7, 2
-        callback_metrics = {"train/loss_box": torch.tensor(0.5), "train/loss_cls": torch.tensor(float("inf"))}
-
-    with pytest.raises(NonFiniteLossError, match=r"global step 7 \(epoch 2\): loss=nan, train/loss_box=0.5, "
-                                                 r"train/loss_cls=inf"):
-        FiniteLoss().on_train_batch_end(Trainer(), None, {"loss": torch.tensor(float("nan"))}, None, 0)
-    FiniteLoss().on_train_batch_end(Trainer(), None, {"loss": torch.tensor(1.0)}, None, 0)  # finite: no error
+    task = build_task(compose_cfg(["backbone.width=0.25"]),
+                      {"class_names": ["a", "b"], "image_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3})
+    terms = {"loss": torch.tensor(float("nan")), "loss_box": torch.tensor(0.5), "loss_cls": torch.tensor(float("inf"))}
+    task.loss_terms = lambda batch: terms
+    with pytest.raises(NonFiniteLossError, match=r"global step 0 \(epoch 0\): loss=nan, loss_box=0.5, loss_cls=inf"):
+        task.training_step((torch.zeros(2, 3, 32, 32), torch.zeros(2, dtype=torch.long)), 0)
+    terms = {"loss": torch.tensor(1.0)}
+    task.log = lambda *args, **kwargs: None  # no trainer attached: logging is not what is tested
+    assert task.training_step((torch.zeros(2, 3, 32, 32), torch.zeros(2, dtype=torch.long)), 0).item() == 1.0
 
 
 def test_cli_prints_one_error_line_for_a_diverged_run(tiny_shapes, tmp_path):

@@ -7,13 +7,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import OmegaConf
 
-from mbtasks.__main__ import CONFIG_DIR, dispatch
-from mbtasks.config import misspelled_keys
+from mbtasks.config import CONFIG_DIR, misspelled_keys
 from mbtasks.errors import ConfigError
-from mbtasks.tasks import build_backbone, build_optimizer_factory
+from mbtasks.modes.run import RUNNERS, dispatch
+from mbtasks.tasks.finetune import FineTune
 from tests.conftest import compose_cfg
 
 CONF = Path(CONFIG_DIR)
@@ -28,8 +28,8 @@ def test_backbones_instantiate(name):
     overrides = [f"backbone={name}"]
     if name == "timm":
         overrides.append("backbone.name=mobilenetv3_small_100")
-    backbone, report = build_backbone(compose_cfg(overrides))
-    assert report is None  # backbone.pretrained=null loads nothing
+    backbone = instantiate(compose_cfg(overrides).backbone)  # one constructor: pretrained is its argument
+    assert backbone.pretrained_report is None  # backbone.pretrained=null loads nothing
     assert backbone.out_channels and backbone.strides
 
 
@@ -37,19 +37,33 @@ def test_backbones_instantiate(name):
 def test_optimizers_instantiate(name):
     import torch
 
-    opt = build_optimizer_factory(compose_cfg([f"optimizer={name}"]))([torch.nn.Parameter(torch.zeros(2))])
+    opt = instantiate(compose_cfg([f"optimizer={name}"]).optimizer)([torch.nn.Parameter(torch.zeros(2))])
     assert isinstance(opt, torch.optim.Optimizer)
 
 
+def test_finetune_group_is_its_constructor():
+    ft = instantiate(compose_cfg(["finetune.freeze=true", "finetune.unfreeze_at_epoch=2", "finetune.lr_mult=0.1"]).finetune)
+    assert ft == FineTune(freeze=True, unfreeze_at_epoch=2, lr_mult=0.1)
+    assert ft.frozen_at(1) and not ft.frozen_at(2)
+    with pytest.raises(ConfigError, match="finetune.unfreeze_at_epoch=-1"):
+        FineTune(freeze=True, unfreeze_at_epoch=-1)
+
+
+def test_every_mode_has_a_runner():
+    from mbtasks.config import MODES
+
+    assert set(RUNNERS) == set(MODES)
+
+
 def test_no_decay_groups_exempt_depthwise_norm_and_bias():
-    """optimizer.no_decay: depthwise filters (MobileNet V1 Sec. 3.4), BatchNorm and biases get weight_decay 0."""
+    """task.no_decay: depthwise filters (MobileNet V1 Sec. 3.4), BatchNorm and biases get weight_decay 0."""
     import torch
 
     from mbtasks.tasks import build_task
-    from mbtasks.tasks.base import split_no_decay
+    from mbtasks.tasks.optim import split_no_decay
 
     cfg = compose_cfg(["backbone.width=0.25"])
-    assert list(cfg.optimizer.no_decay) == ["norm", "bias", "depthwise"]
+    assert list(cfg.task.no_decay) == ["norm", "bias", "depthwise"]
     task = build_task(cfg, {"class_names": ["a", "b"], "image_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3})
     # what configure_optimizers builds (it needs a trainer for the schedule's length)
     opt = task.optimizer_factory(split_no_decay(task, task.parameter_groups(), task.no_decay))
@@ -102,7 +116,9 @@ def test_data_groups_compose(name, tmp_path):
 def test_other_groups_resolve(name):
     group = next(g for g in ("callbacks", "logger", "head") if (CONF / g / f"{name}.yaml").exists())
     cfg = compose_cfg([f"{group}={name}"])
-    OmegaConf.to_container(cfg, resolve=True)
+    node = OmegaConf.to_container(cfg, resolve=True)[group]
+    targets = [node["_target_"]] if "_target_" in node else [v["_target_"] for v in node.values() if v]
+    assert targets and all(isinstance(get_class(t), type) for t in targets)
 
 
 @pytest.mark.parametrize(
@@ -113,7 +129,7 @@ def test_other_groups_resolve(name):
         ("data.image_size=16", "data.image_size=16: expected an integer >= 32"),
         ("data.image_size=12.5", "data.image_size=12.5"),
         ("mode=trian", "Did you mean 'train'"),
-        ("optimizer.no_decay=[norm,bais]", "unknown kinds \\['bais'\\]"),
+        ("task.no_decay=[norm,bais]", "unknown kinds \\['bais'\\]"),
     ],
 )
 def test_config_errors_name_key_and_values(override, message, tmp_path):

@@ -14,9 +14,8 @@ from mbtasks.data.imagefolder import ImageFolderDataset
 
 class _OneSplit(SplitDataModule):
     def __init__(self, dataset, num_workers: int) -> None:
-        super().__init__()
+        super().__init__(root=".", image_size=32, batch_size=1, num_workers=num_workers)
         self.datasets["val"] = dataset
-        self.batch_size, self.num_workers = 1, num_workers
 
 
 def test_loader_workers_draw_different_augmentations(tmp_path):

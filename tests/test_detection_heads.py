@@ -9,13 +9,13 @@ import torch
 
 from mbtasks.backbones.mobilenet_v1 import MobileNetV1
 from mbtasks.backbones.mobilenet_v2 import MobileNetV2
-from mbtasks.heads.anchors import DefaultBoxes
-from mbtasks.heads.box_coding import BoxCoder
-from mbtasks.heads.detector import SSDDetector
-from mbtasks.heads.matching import BACKGROUND, match_default_boxes
-from mbtasks.heads.postprocess import postprocess_detections
-from mbtasks.heads.ssd import SSDHead
-from mbtasks.heads.ssd_loss import SSDLoss, hard_negative_mask
+from mbtasks.models.detection.anchors import DefaultBoxes
+from mbtasks.models.detection.box_coding import BoxCoder
+from mbtasks.models.detection.loss import SSDLoss, hard_negative_mask
+from mbtasks.models.detection.matching import BACKGROUND, match_default_boxes
+from mbtasks.models.detection.postprocess import postprocess_detections
+from mbtasks.models.detection.ssd import SSDDetector
+from mbtasks.models.detection.ssd_head import SSDHead
 
 
 def test_default_boxes_count_and_shape_per_map():

@@ -8,11 +8,11 @@ from hydra.errors import InstantiationException
 
 from mbtasks.backbones.mobilenet_v1 import MobileNetV1
 from mbtasks.errors import ConfigError
-from mbtasks.heads.embedding import EmbeddingHead, EmbeddingNet
+from mbtasks.models.embedding import EmbeddingHead, EmbeddingNet
 from mbtasks.tasks import build_task, load_task
-from mbtasks.tasks.base import CHECKPOINT_KEY
-from mbtasks.tasks.distillation import DistillationLoss, load_teacher
-from tests.conftest import compose_cfg
+from mbtasks.tasks.embedding.distill import Distiller, load_teacher
+from mbtasks.tasks.embedding.losses import active_fraction
+from tests.conftest import compose_cfg, save_checkpoint
 
 INFO = {"image_size": 32, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "num_train_identities": 6}
 
@@ -58,10 +58,10 @@ def test_active_triplet_fraction():
     labels = torch.tensor([0, 0, 1, 1])
     # well separated: no triplet violates the margin
     good = torch.nn.functional.normalize(torch.tensor([[1.0, 0], [1, 0.01], [0, 1], [0.01, 1]]), dim=1)
-    assert task._active_fraction(good, labels) == 0.0
+    assert active_fraction(task.metric_loss, good, labels, task.margin) == 0.0
     # each identity's two images are far apart, and each has a twin of the other identity
     bad = torch.tensor([[1.0, 0], [0, 1], [1, 0], [0, 1]])
-    assert task._active_fraction(bad, labels) == 1.0
+    assert active_fraction(task.metric_loss, bad, labels, task.margin) == 1.0
 
 
 def test_bad_task_options_are_config_errors():
@@ -80,20 +80,16 @@ def test_bad_task_options_are_config_errors():
 def _save_teacher(tmp_path, dim: int):
     """An embedding checkpoint (as mode=train writes it) of a random 32-px network."""
     cfg = _cfg(f"head.dim={dim}")
-    teacher = build_task(cfg, INFO)
-    path = tmp_path / "teacher.ckpt"
-    torch.save({"state_dict": teacher.state_dict(),
-                CHECKPOINT_KEY: {"task": "embedding", "config": teacher.run_config, "info": teacher.info}}, path)
-    return path
+    return save_checkpoint(build_task(cfg, INFO), cfg, tmp_path / "teacher.ckpt")
 
 
 def test_distillation_loss_decreases_toward_a_fixed_teacher(tmp_path):
     torch.manual_seed(0)
     path = _save_teacher(tmp_path, dim=48)
     student = build_task(_cfg("head.dim=32", "task.loss=none", f"task.teacher={path}"), INFO)
-    assert student.info["teacher_dim"] == 48  # sizes differ: a projection bridges them
-    assert isinstance(student.distill.projection, torch.nn.Linear)
-    teacher = student._teacher
+    assert student.task_args() == {"teacher_dim": 48} and "teacher_dim" not in student.info
+    assert isinstance(student.distill.projection, torch.nn.Linear)  # sizes differ: a projection bridges them
+    teacher = student.distill.teacher
     frozen = [p.clone() for p in teacher.parameters()]
     student.log = lambda *a, **k: None
     opt = torch.optim.Adam(student.parameters(), lr=3e-3)
@@ -108,19 +104,19 @@ def test_distillation_loss_decreases_toward_a_fixed_teacher(tmp_path):
     assert losses[-1] < 0.5 * losses[0]
     assert all(torch.equal(a, b) for a, b in zip(frozen, teacher.parameters(), strict=True))
     # the teacher is neither trained, saved nor counted
-    assert not any(k.startswith("_teacher") for k in student.state_dict())
+    assert not any("teacher" in k for k in student.state_dict())
     assert all(id(p) not in {id(q) for q in teacher.parameters()} for p in student.parameters())
 
 
 def test_distilled_checkpoint_rebuilds_without_its_teacher(tmp_path):
     path = _save_teacher(tmp_path, dim=48)
-    student = build_task(_cfg("head.dim=32", f"task.teacher={path}"), INFO)
-    ckpt = tmp_path / "student.ckpt"
-    torch.save({"state_dict": student.state_dict(),
-                CHECKPOINT_KEY: {"task": "embedding", "config": student.run_config, "info": student.info}}, ckpt)
-    path.unlink()  # the teacher is gone; the student still loads
+    cfg = _cfg("head.dim=32", f"task.teacher={path}")
+    student = build_task(cfg, INFO)
+    ckpt = save_checkpoint(student, cfg, tmp_path / "student.ckpt")
+    path.unlink()  # the teacher is gone; the student still loads (its size is in the checkpoint's task_args)
     task, _ = load_task(ckpt)
-    assert task._teacher is None and task.distill is not None
+    assert task.distill.ref.teacher is None and task.distill.teacher_dim == 48
+    torch.testing.assert_close(task.distill.projection.weight, student.distill.projection.weight)
 
 
 def test_timm_teacher_and_input_adaptation():
@@ -134,8 +130,20 @@ def test_timm_teacher_and_input_adaptation():
 
 def test_distillation_loss_values():
     same = torch.nn.functional.normalize(torch.randn(4, 8), dim=1)
-    assert DistillationLoss(8, 8)(same, same).item() == pytest.approx(0.0, abs=1e-6)
-    assert DistillationLoss(8, 8)(same, -same).item() == pytest.approx(4.0, abs=1e-5)
+    images = torch.zeros(4, 3, 32, 32)
+
+    class Fixed(torch.nn.Module):
+        def __init__(self, out):
+            super().__init__()
+            self.out = out
+
+        def forward(self, images):
+            return self.out
+
+    for target, expected in ((same, 0.0), (-same, 4.0)):
+        distiller = Distiller("fixed", 8, 8, INFO["mean"], INFO["std"])
+        distiller.ref.teacher = Fixed(target)
+        assert distiller(same, images).item() == pytest.approx(expected, abs=1e-5)
 
 
 def test_threshold_and_profile_network():

@@ -22,15 +22,8 @@ CLASSES = ["circle", "square", "triangle"]
 
 
 @pytest.fixture(scope="module")
-def cls_ckpt(tmp_path_factory):
-    from mbtasks.data.synthetic import make_shapes_classification
-
-    root = make_shapes_classification(tmp_path_factory.mktemp("shapes"), classes=CLASSES, train_per_class=4,
-                                      val_per_class=2, test_per_class=2, image_size=32, seed=1)
-    run_dir = tmp_path_factory.mktemp("cls")
-    run_mode([f"data.root={root}", "data.generator=null", "data.image_size=32", "data.batch_size=6",
-              "backbone.width=0.25", "trainer.max_epochs=1", "task.log_images=0"], run_dir)
-    return run_dir / "checkpoints" / "best.ckpt"
+def cls_ckpt(tiny_run):
+    return tiny_run[1] / "checkpoints" / "best.ckpt"
 
 
 def leftovers(folder) -> list[str]:
@@ -113,8 +106,8 @@ def test_cli_failing_comparison_exits_nonzero(cls_ckpt, tmp_path):
 
 def test_numpy_postprocess_matches_torchvision():
     from mbtasks.export.postprocess import detections_from_outputs
-    from mbtasks.heads.box_coding import BoxCoder
-    from mbtasks.heads.postprocess import postprocess_detections
+    from mbtasks.models.detection.box_coding import BoxCoder
+    from mbtasks.models.detection.postprocess import postprocess_detections
 
     g = torch.Generator().manual_seed(0)
     n, a, k = 2, 300, 4
@@ -366,10 +359,9 @@ def test_quantized_network_wraps_end_to_end(cls_ckpt, tmp_path):
     """INT8 later: a QDQ-quantized network graph takes the same float pre/post-processing."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
 
-    from mbtasks.export.graphs import export_graph
     from mbtasks.export.onnx_pipeline import wrap_network
     from mbtasks.export.preprocessing import preprocessing_of
-    from mbtasks.modes.export import export_task, post_settings
+    from mbtasks.modes.export import export_task
 
     task, train_cfg = load_task(cls_ckpt)
     export_task(task, train_cfg, tmp_path / "net.onnx", end_to_end=False)
@@ -384,8 +376,9 @@ def test_quantized_network_wraps_end_to_end(cls_ckpt, tmp_path):
 
     quantize_static(str(tmp_path / "net.onnx"), str(tmp_path / "int8.onnx"), Calibration(), quant_format=QuantFormat.QDQ)
     pre = preprocessing_of(train_cfg, 32, task.info["mean"], task.info["std"])
-    model = wrap_network(onnx.load(str(tmp_path / "int8.onnx")), pre, "classification",
-                         post_settings(task, export_graph(task), 2))
+    spec = task.spec.export
+    model = wrap_network(onnx.load(str(tmp_path / "int8.onnx")), pre, spec.post_kind,
+                         spec.post_settings(task, spec.graph(task), top_k=2))
     assert {"QuantizeLinear", "DequantizeLinear", "Resize", "TopK"} <= {n.op_type for n in model.graph.node}
     session = ort.InferenceSession(model.SerializeToString())
     pixels = np.random.default_rng(1).integers(0, 256, (2, 45, 30, 3), dtype=np.uint8)

@@ -137,4 +137,4 @@ def test_face_detector_recipe_composes():
 
     cfg = compose_cfg(["experiment=face_detector"])
     validate(cfg)
-    assert cfg.data.generator._target_.endswith("make_face_scenes") and cfg.task.anchors.aspect_ratios == [[]]
+    assert cfg.data.generator._target_.endswith("make_face_scenes") and cfg.head.anchors.aspect_ratios == [[]]

@@ -23,9 +23,8 @@ def test_workers_run_opencv_single_threaded_and_draw_apart():
     cv2.setNumThreads(2)
     # Run the parent's pool first: resizing it inside a forked worker would then deadlock.
     cv2.GaussianBlur(np.random.rand(512, 512, 3).astype(np.float32), (9, 9), 0)
-    dm = SplitDataModule()
+    dm = SplitDataModule(root=".", image_size=32, batch_size=1, num_workers=2)
     dm.datasets = {"train": Probe()}
-    dm.batch_size, dm.num_workers = 1, 2
     threads, draws = zip(*[(int(t), int(d)) for t, d in dm.train_dataloader()], strict=True)
     assert set(threads) == {1}
     assert len(set(draws)) == len(draws)  # Lightning-free loaders still seed workers apart (torch)

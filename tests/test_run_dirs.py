@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from mbtasks.__main__ import claim_run_dir
 from mbtasks.errors import ConfigError
+from mbtasks.modes.run import claim_run_dir
 
 REPO = Path(__file__).resolve().parent.parent
 

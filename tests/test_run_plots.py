@@ -65,7 +65,7 @@ def test_plots_can_be_turned_off(tiny_shapes, tmp_path):
 def test_confusion_figure_any_class_count(tmp_path, n):
     import numpy as np
 
-    from mbtasks.callbacks.plots import _save, confusion_figure
+    from mbtasks.callbacks.plots import confusion_figure, save_figure
 
     matrix = np.random.default_rng(0).integers(0, 9, (n, n))
-    assert_png(_save(confusion_figure(matrix, [f"c{i}" for i in range(n)]), tmp_path / "cm.png"))
+    assert_png(save_figure(confusion_figure(matrix, [f"c{i}" for i in range(n)]), tmp_path / "cm.png"))

@@ -13,8 +13,9 @@ from mbtasks.backbones.mobilenet_v1 import MobileNetV1
 from mbtasks.backbones.mobilenet_v2 import MobileNetV2
 from mbtasks.backbones.pretrained import load_pretrained
 from mbtasks.callbacks.backbone_freeze import BackboneFreeze
+from mbtasks.checkpoint import read as read_checkpoint
 from mbtasks.errors import ConfigError
-from mbtasks.tasks import build_task, load_task, read_checkpoint
+from mbtasks.tasks import build_task, load_task
 from tests.conftest import compose_cfg, run_mode
 
 CLASSES = ["circle", "square", "triangle"]
@@ -34,16 +35,9 @@ def detection(root, run_extra=()) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def source_ckpt(tmp_path_factory):
+def source_ckpt(tiny_run):
     """A classification run (V1 width 0.25, 32 px shapes): the backbone every test transfers."""
-    from mbtasks.data.synthetic import make_shapes_classification
-
-    root = make_shapes_classification(tmp_path_factory.mktemp("shapes"), classes=CLASSES, train_per_class=4,
-                                      val_per_class=2, test_per_class=2, image_size=32, seed=1)
-    run_dir = tmp_path_factory.mktemp("cls")
-    run_mode([f"data.root={root}", "data.generator=null", "data.image_size=32", "data.batch_size=6",
-              "backbone.width=0.25", "trainer.max_epochs=1", "task.log_images=0"], run_dir)
-    return run_dir / "checkpoints" / "last.ckpt"
+    return tiny_run[1] / "checkpoints" / "last.ckpt"
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +72,7 @@ def test_loaded_tensors_equal_source_and_report(source_ckpt, caplog):
                        "data.image_size=64"])
     with caplog.at_level("INFO"):
         task = build_task(cfg, {"class_names": CLASSES, "image_size": 64, "mean": [0.5] * 3, "std": [0.5] * 3})
-    report = task.pretrained_report
+    report = task.model.backbone.pretrained_report  # the backbone loaded it (backbone.pretrained)
     assert report.kind == "mbtasks classification checkpoint"
     assert len(report.loaded) == len(source) and report.missing == [] and report.unexpected == []
     for k, v in task.model.backbone.state_dict().items():
@@ -88,8 +82,8 @@ def test_loaded_tensors_equal_source_and_report(source_ckpt, caplog):
 
 def test_unfreeze_at_epoch_with_lower_lr(source_ckpt, det_root, tmp_path):
     run_dir = tmp_path / "det"
-    run_mode(detection(det_root, [f"backbone.pretrained={source_ckpt}", "backbone.freeze=true",
-                                  "backbone.unfreeze_at_epoch=1", "backbone.lr_mult=0.1", "trainer.max_epochs=2",
+    run_mode(detection(det_root, [f"backbone.pretrained={source_ckpt}", "finetune.freeze=true",
+                                  "finetune.unfreeze_at_epoch=1", "finetune.lr_mult=0.1", "trainer.max_epochs=2",
                                   "scheduler=constant"]), run_dir)
     ckpt = read_checkpoint(run_dir / "checkpoints" / "last.ckpt")
     source = backbone_tensors(read_checkpoint(source_ckpt)["state_dict"])
@@ -100,7 +94,7 @@ def test_unfreeze_at_epoch_with_lower_lr(source_ckpt, det_root, tmp_path):
 
 
 def test_freeze_without_pretrained_is_refused(tmp_path):
-    with pytest.raises(ConfigError, match="backbone.pretrained=null would freeze random weights"):
+    with pytest.raises(ConfigError, match="finetune.freeze=true with backbone.pretrained=null would freeze random"):
         run_mode(["experiment=transfer_cls_to_det"], tmp_path)
 
 
@@ -110,9 +104,7 @@ def test_freeze_callback_keeps_batchnorm_in_eval():
     class Module(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            self.model = torch.nn.Module()
-            self.model.backbone = backbone
-            self.backbone_lr_mult = 0.1
+            self.backbone = backbone
 
     class Trainer:
         current_epoch = 0
@@ -131,7 +123,7 @@ def test_freeze_callback_keeps_batchnorm_in_eval():
 
 
 def test_lr_mult_makes_backbone_group():
-    cfg = compose_cfg(["backbone.width=0.25", "backbone.lr_mult=0.25", "optimizer.lr=0.2"])
+    cfg = compose_cfg(["backbone.width=0.25", "finetune.lr_mult=0.25", "optimizer.lr=0.2"])
     task = build_task(cfg, {"class_names": CLASSES, "image_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3})
     optimizer = task.optimizer_factory(task.parameter_groups())
     groups = {g["name"]: g for g in task.parameter_groups()}
@@ -206,6 +198,9 @@ def test_unfreeze_refused_under_ddp():
     class Trainer:
         world_size, current_epoch = 2, 0
 
-    with pytest.raises(ConfigError, match="unfreeze_at_epoch=1 needs a single-process run"):
-        callback.on_fit_start(Trainer(), torch.nn.Module())
-    BackboneFreeze(freeze=True).on_fit_start(Trainer(), torch.nn.Module())  # frozen throughout: fine
+    module = torch.nn.Module()
+    module.backbone = MobileNetV1(0.25)
+    with pytest.raises(ConfigError, match="finetune.unfreeze_at_epoch=1 needs a single-process run"):
+        callback.on_fit_start(Trainer(), module)
+    BackboneFreeze(freeze=True).on_fit_start(Trainer(), module)  # frozen throughout: fine
+    assert not any(p.requires_grad for p in module.backbone.parameters())

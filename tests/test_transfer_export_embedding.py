@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from mbtasks.checkpoint import read as read_checkpoint
 from mbtasks.export.formats import load_runner
-from mbtasks.tasks import load_task, read_checkpoint
+from mbtasks.tasks import load_task
 from tests.conftest import run_mode
 
 GEN = {"num_identities": 12, "images_per_identity": 4, "image_size": 32, "seed": 0}
@@ -21,15 +22,9 @@ def backbone_tensors(state_dict: dict) -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture(scope="module")
-def chain(tmp_path_factory):
-    from mbtasks.data.synthetic import make_shapes_classification
-
+def chain(tmp_path_factory, tiny_run):
     base = tmp_path_factory.mktemp("chain")
-    root = make_shapes_classification(base / "shapes", classes=["circle", "square", "triangle"], train_per_class=4,
-                                      val_per_class=2, test_per_class=2, image_size=32, seed=1)
-    run_mode([f"data.root={root}", "data.generator=null", "data.image_size=32", "data.batch_size=6",
-              "backbone.width=0.25", "trainer.max_epochs=1", "task.log_images=0"], base / "cls")
-    source = base / "cls" / "checkpoints" / "last.ckpt"
+    source = tiny_run[1] / "checkpoints" / "last.ckpt"
     run_mode(["experiment=transfer_cls_to_emb", f"backbone.pretrained={source}", "backbone.width=0.25",
               f"data_dir={base / 'data'}", "data.image_size=32", *(f"data.generator.{k}={v}" for k, v in GEN.items()),
               "data.val_identities=3", "data.test_identities=3", "data.identities_per_batch=4",

@@ -10,7 +10,7 @@ import torchvision
 from mbtasks.backbones.mobilenet_v1 import MobileNetV1
 from mbtasks.backbones.mobilenet_v2 import MobileNetV2
 from mbtasks.backbones.weights import convert_by_position, load_foreign_classifier
-from mbtasks.heads.classifier import Classifier, ClassifierHead
+from mbtasks.models.classifier import Classifier, ClassifierHead
 
 
 def randomize_bn(model):

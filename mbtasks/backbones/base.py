@@ -10,6 +10,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mbtasks.backbones.blocks import init_weights
+from mbtasks.backbones.pretrained import LoadReport, load_pretrained
+
 # Feature levels are indexed by reduction: level i has stride 2 ** (i + 1).
 LEVEL_STRIDES = (2, 4, 8, 16, 32)
 
@@ -31,20 +34,31 @@ def resolve_out_indices(out_indices: tuple[int, ...] | list[int], num_levels: in
 
 
 class Backbone(nn.Module):
-    """Base class: subclasses set ``out_channels`` and ``strides`` and return ``list[Tensor]``."""
+    """Base class: subclasses set ``out_channels``, ``strides`` and ``width`` and return ``list[Tensor]``.
+
+    ``pretrained`` (``backbone.pretrained``: PATH | ``timm`` | null) is a constructor argument of
+    every backbone; what the load did is kept as ``pretrained_report``.
+    """
 
     out_channels: list[int]
     strides: list[int]
+    width: float = 1.0
+    pretrained_report: LoadReport | None = None
+
+    def finish(self, out_indices: tuple[int, ...], channels: list[int], taps: dict, pretrained) -> None:
+        """The end of a MobileNet constructor: the returned levels, the tap table (block index -> what
+        to return there; forward stops after the last), initial weights, then ``pretrained`` loaded."""
+        self.out_channels = list(channels)
+        self.strides = [LEVEL_STRIDES[lvl] for lvl in out_indices]
+        self._taps = taps
+        self._last_block = max(taps)
+        init_weights(self)
+        self.pretrained_report = load_pretrained(self, pretrained)
 
     @property
     def num_features(self) -> int:
         """Channels of the last (coarsest) returned feature map."""
         return self.out_channels[-1]
-
-    @property
-    def max_stride(self) -> int:
-        """Input sides must be multiples of this (the network's total reduction)."""
-        return 32
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError

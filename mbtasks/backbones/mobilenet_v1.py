@@ -17,7 +17,6 @@ from mbtasks.backbones.blocks import (
     ConvBNAct,
     DepthwiseSeparableConv,
     get_activation,
-    init_weights,
     round_channels,
 )
 
@@ -48,12 +47,14 @@ class MobileNetV1(Backbone):
         width: width multiplier alpha (> 0); 1.0, 0.75, 0.5, 0.25 are the paper's.
         out_indices: feature levels to return, by stride: 0->2, 1->4, 2->8, 3->16, 4->32.
         act: activation name; ``relu`` is the paper's, ``relu6`` matches timm's weights.
+        pretrained: weights to start from (PATH | ``timm`` | null; :mod:`mbtasks.backbones.pretrained`).
 
     Returns (forward):
         list of ``(N, C_i, H / s_i, W / s_i)`` tensors, finest first.
     """
 
-    def __init__(self, width: float = 1.0, out_indices: tuple[int, ...] = (4,), act: str = "relu") -> None:
+    def __init__(self, width: float = 1.0, out_indices: tuple[int, ...] = (4,), act: str = "relu",
+                 pretrained: str | None = None) -> None:
         super().__init__()
         act_layer = get_activation(act)
         self.width = width
@@ -70,11 +71,8 @@ class MobileNetV1(Backbone):
             in_ch = out_ch
         self.blocks = nn.Sequential(*blocks)
         self.out_indices = resolve_out_indices(out_indices, len(LEVEL_STRIDES))
-        self._taps = {level_end[lvl]: lvl for lvl in self.out_indices}
-        self._last_block = max(self._taps)
-        self.out_channels = [level_channels[lvl] for lvl in self.out_indices]
-        self.strides = [LEVEL_STRIDES[lvl] for lvl in self.out_indices]
-        init_weights(self)
+        self.finish(self.out_indices, [level_channels[lvl] for lvl in self.out_indices],
+                    {level_end[lvl]: lvl for lvl in self.out_indices}, pretrained)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = self.stem(x)

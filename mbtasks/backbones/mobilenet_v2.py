@@ -16,7 +16,6 @@ from mbtasks.backbones.blocks import (
     ConvBNAct,
     InvertedResidual,
     get_activation,
-    init_weights,
     round_channels,
 )
 
@@ -45,6 +44,7 @@ class MobileNetV2(Backbone):
         expansion_taps: return the *expansion* output of the block that follows a level
             instead of the level's bottleneck output (SSDLite taps the 576-channel
             expansion at stride 16, Sandler et al. Sec. 6.2).
+        pretrained: weights to start from (PATH | ``timm`` | null; :mod:`mbtasks.backbones.pretrained`).
 
     Returns (forward):
         list of ``(N, C_i, H / s_i, W / s_i)`` tensors, finest first.
@@ -56,6 +56,7 @@ class MobileNetV2(Backbone):
         out_indices: tuple[int, ...] = (4,),
         act: str = "relu6",
         expansion_taps: bool = False,
+        pretrained: str | None = None,
     ) -> None:
         super().__init__()
         act_layer = get_activation(act)
@@ -81,20 +82,17 @@ class MobileNetV2(Backbone):
         self.out_indices = resolve_out_indices(out_indices, len(LEVEL_STRIDES))
         self.expansion_taps = expansion_taps
         # tap = (block index, read expansion of that block?)
-        self._taps: dict[int, tuple[int, bool]] = {}
+        taps: dict[int, tuple[int, bool]] = {}
         channels = []
         for lvl in self.out_indices:
             nxt = level_end[lvl] + 1
             if expansion_taps and lvl < 4 and isinstance(blocks[nxt], InvertedResidual):
-                self._taps[nxt] = (lvl, True)
+                taps[nxt] = (lvl, True)
                 channels.append(blocks[nxt].hidden_channels)
             else:
-                self._taps[level_end[lvl]] = (lvl, False)
+                taps[level_end[lvl]] = (lvl, False)
                 channels.append(level_channels[lvl])
-        self._last_block = max(self._taps)
-        self.out_channels = channels
-        self.strides = [LEVEL_STRIDES[lvl] for lvl in self.out_indices]
-        init_weights(self)
+        self.finish(self.out_indices, channels, taps, pretrained)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = self.stem(x)

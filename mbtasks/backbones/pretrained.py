@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from mbtasks import checkpoint
 from mbtasks.backbones.weights import convert_by_position
 from mbtasks.errors import ConfigError
 
@@ -70,10 +71,6 @@ class LoadReport:
 
         return (f"{KEY}={self.source} ({self.kind}): loaded {len(self.loaded)} tensors, "
                 f"missing {len(self.missing)}{few(self.missing)}, unexpected {len(self.unexpected)}{few(self.unexpected)}")
-
-    def as_dict(self) -> dict:
-        return {"source": self.source, "kind": self.kind, "loaded": len(self.loaded),
-                "missing": list(self.missing), "unexpected": list(self.unexpected)}
 
 
 def describe(backbone: nn.Module) -> str:
@@ -126,25 +123,19 @@ def read_backbone_state(path: Path, backbone: nn.Module) -> tuple[dict[str, torc
     """
     if not path.is_file():
         raise ConfigError(f"{KEY}={path}: file not found (give an mbtasks checkpoint, a state dict, 'timm' or null)")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure: not a weights file
-        raise ConfigError(f"{KEY}={path}: cannot read it as PyTorch weights ({err})") from err
+    obj = checkpoint.load_weights_only(path, KEY, "expected an mbtasks checkpoint or a (timm / torchvision) "
+                                       "state dict")
     if not isinstance(obj, Mapping):
         raise ConfigError(f"{KEY}={path}: holds a {type(obj).__name__}, expected a checkpoint or a state dict")
-    from mbtasks.tasks.base import CHECKPOINT_KEY
-
-    if CHECKPOINT_KEY in obj and "state_dict" in obj:
-        meta = obj[CHECKPOINT_KEY]
-        source_cfg = (meta.get("config") or {}).get("backbone") or {}
+    if checkpoint.is_ours(obj) and "state_dict" in obj:
+        source_cfg = checkpoint.backbone_config(obj)
         source_arch = describe_config(source_cfg) if source_cfg else None
         if source_cfg and source_cfg.get("_target_", "").rsplit(".", 1)[-1] != type(backbone).__name__:
             raise mismatch(path, source_arch, backbone)
-        prefix = "model.backbone."
-        state = {k[len(prefix):]: v for k, v in obj["state_dict"].items() if k.startswith(prefix)}
+        state = checkpoint.backbone_state(obj)
         if not state:
-            raise ConfigError(f"{KEY}={path}: the checkpoint has no '{prefix}*' tensors")
-        return state, f"mbtasks {meta.get('task', '?')} checkpoint", source_arch
+            raise ConfigError(f"{KEY}={path}: the checkpoint has no '{checkpoint.BACKBONE_PREFIX}*' tensors")
+        return state, f"mbtasks {checkpoint.task_name(obj)} checkpoint", source_arch
     if "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         obj = obj["state_dict"]
     tensors = OrderedDict((k, v) for k, v in obj.items() if isinstance(v, torch.Tensor))

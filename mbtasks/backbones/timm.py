@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from mbtasks.backbones.base import Backbone
+from mbtasks.backbones.pretrained import is_published, load_pretrained, published_weights
 
 
 class TimmBackbone(Backbone):
@@ -13,11 +14,13 @@ class TimmBackbone(Backbone):
     Args:
         name: any timm model name that supports ``features_only`` (``mobilenetv3_large_100``,
             ``efficientnet_b0``, ``mobilenetv1_100`` ...).
-        pretrained: ask timm for published weights (needs internet access).
+        pretrained: ``timm`` (or ``true``): timm's published weights (needs internet or a filled
+            cache); PATH: an mbtasks checkpoint or a state dict of this backbone; null: random init.
         out_indices: timm feature levels (by reduction 2, 4, 8, 16, 32 for most models).
     """
 
-    def __init__(self, name: str = "mobilenetv3_large_100", pretrained: bool = False, out_indices: tuple[int, ...] = (-1,)) -> None:
+    def __init__(self, name: str = "mobilenetv3_large_100", pretrained: bool | str | None = None,
+                 out_indices: tuple[int, ...] = (-1,)) -> None:
         super().__init__()
         import timm
 
@@ -28,14 +31,16 @@ class TimmBackbone(Backbone):
         num_levels = len(probe.feature_info)
         indices = tuple(i + num_levels if i < 0 else i for i in out_indices)
         del probe
-        self.model = timm.create_model(name, pretrained=pretrained, features_only=True, out_indices=indices)
+        if is_published(pretrained):
+            with published_weights(name):
+                self.model = timm.create_model(name, pretrained=True, features_only=True, out_indices=indices)
+        else:
+            self.model = timm.create_model(name, pretrained=False, features_only=True, out_indices=indices)
         self.out_channels = list(self.model.feature_info.channels())
         self.strides = list(self.model.feature_info.reduction())
         self.width = 1.0
-
-    @property
-    def max_stride(self) -> int:
-        return max(self.strides)
+        if not is_published(pretrained):
+            self.pretrained_report = load_pretrained(self, pretrained)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         return list(self.model(x))

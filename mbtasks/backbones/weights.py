@@ -39,14 +39,6 @@ def convert_by_position(source: Mapping[str, torch.Tensor], target: nn.Module) -
     return out
 
 
-def looks_like_timm_mobilenetv1(state: Mapping[str, torch.Tensor]) -> bool:
-    return "conv_stem.weight" in state and any(k.startswith("blocks.") and "conv_dw" in k for k in state)
-
-
-def looks_like_torchvision_mobilenetv2(state: Mapping[str, torch.Tensor]) -> bool:
-    return "features.0.0.weight" in state and "features.18.0.weight" in state
-
-
 def load_foreign_classifier(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
     """Load a timm V1 / torchvision V2 state dict into our classifier (strict)."""
     model.load_state_dict(convert_by_position(state, model))

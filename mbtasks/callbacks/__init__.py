@@ -1,11 +1,10 @@
-"""Lightning callbacks that config files name (``conf/callbacks``)."""
+"""Lightning callbacks: those config files name (``conf/callbacks``), and those the trainer or a task adds."""
 
 from mbtasks.callbacks.backbone_freeze import BackboneFreeze
 from mbtasks.callbacks.channels_last import ChannelsLast
 from mbtasks.callbacks.epoch_log import EpochLog
-from mbtasks.callbacks.finite_loss import FiniteLoss
 from mbtasks.callbacks.plots import RunPlots
 from mbtasks.callbacks.rng_state import RngState
 from mbtasks.callbacks.time_budget import TimeBudget
 
-__all__ = ["BackboneFreeze", "ChannelsLast", "EpochLog", "FiniteLoss", "RngState", "RunPlots", "TimeBudget"]
+__all__ = ["BackboneFreeze", "ChannelsLast", "EpochLog", "RngState", "RunPlots", "TimeBudget"]

@@ -4,7 +4,7 @@ Lightning's ``BackboneFinetuning`` looks for ``pl_module.backbone``, adds a new 
 when it unfreezes (which LR schedulers built earlier do not step) and keeps frozen BatchNorm
 layers in training mode with batch statistics. Here the backbone is ``task.model.backbone``, its
 parameters sit in their own optimizer group from the start (``BaseTask.parameter_groups``, LR
-scaled by ``backbone.lr_mult``), and a frozen backbone runs entirely in eval mode: BatchNorm
+scaled by ``finetune.lr_mult``), and a frozen backbone runs entirely in eval mode: BatchNorm
 normalises with the pretrained running statistics and does not update them.
 """
 
@@ -16,12 +16,9 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 
+from mbtasks.errors import ConfigError
+
 log = logging.getLogger(__name__)
-
-
-def backbone_of(pl_module: L.LightningModule) -> nn.Module | None:
-    backbone = getattr(getattr(pl_module, "model", None), "backbone", None)
-    return backbone if isinstance(backbone, nn.Module) else None
 
 
 def set_frozen(backbone: nn.Module, frozen: bool) -> None:
@@ -32,36 +29,37 @@ def set_frozen(backbone: nn.Module, frozen: bool) -> None:
 
 
 class BackboneFreeze(Callback):
-    """Keep ``task.model.backbone`` frozen while ``epoch < unfreeze_at_epoch``.
+    """Keep the task's ``backbone`` frozen while ``epoch < unfreeze_at_epoch`` (added by the task itself,
+    ``BaseTask.configure_callbacks``, from ``finetune.*``).
 
     Args:
-        freeze: freeze the backbone at the start of training (``backbone.freeze``).
-        unfreeze_at_epoch: first epoch (0-based) that trains the backbone, at the optimizer's
-            LR times ``backbone.lr_mult``; ``None`` keeps it frozen for the whole run.
+        freeze: freeze the backbone at the start of training (``finetune.freeze``).
+        unfreeze_at_epoch: first epoch (0-based) that trains the backbone; ``None`` keeps it frozen
+            for the whole run.
+        lr_mult: the backbone's LR multiplier once it trains (for the log line).
     """
 
-    def __init__(self, freeze: bool = False, unfreeze_at_epoch: int | None = None) -> None:
+    def __init__(self, freeze: bool = False, unfreeze_at_epoch: int | None = None, lr_mult: float = 1.0) -> None:
         if unfreeze_at_epoch is not None and (isinstance(unfreeze_at_epoch, bool) or int(unfreeze_at_epoch) < 0):
-            from mbtasks.errors import ConfigError
-
-            raise ConfigError(f"backbone.unfreeze_at_epoch={unfreeze_at_epoch!r}: expected an epoch >= 0 or null")
+            raise ConfigError(f"finetune.unfreeze_at_epoch={unfreeze_at_epoch!r}: expected an epoch >= 0 or null")
         self.freeze = bool(freeze)
         self.unfreeze_at_epoch = None if unfreeze_at_epoch is None else int(unfreeze_at_epoch)
+        self.lr_mult = float(lr_mult)
         self._frozen: bool | None = None
 
     def frozen_at(self, epoch: int) -> bool:
         return self.freeze and (self.unfreeze_at_epoch is None or epoch < self.unfreeze_at_epoch)
 
     def _apply(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        backbone = backbone_of(pl_module)
-        if backbone is None or not self.freeze:
+        backbone = pl_module.backbone
+        if not self.freeze:
             return
         frozen = self.frozen_at(trainer.current_epoch)
         if frozen != self._frozen:
             set_frozen(backbone, frozen)
             log.info("epoch %d: backbone %s", trainer.current_epoch,
                      "frozen (BatchNorm in eval)" if frozen
-                     else f"trainable (LR x {getattr(pl_module, 'backbone_lr_mult', 1.0)})")
+                     else f"trainable (LR x {self.lr_mult})")
             self._frozen = frozen
         elif frozen:
             # Lightning puts the whole module back in train mode (each epoch, after validation).
@@ -69,14 +67,12 @@ class BackboneFreeze(Callback):
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.freeze and self.unfreeze_at_epoch is not None and getattr(trainer, "world_size", 1) > 1:
-            from mbtasks.errors import ConfigError
-
             # DDP fixes the parameters it synchronises when it wraps the model: a backbone frozen
             # then would be trained, after unfreezing, with gradients never averaged across ranks.
             raise ConfigError(
-                f"backbone.unfreeze_at_epoch={self.unfreeze_at_epoch} needs a single-process run: with "
+                f"finetune.unfreeze_at_epoch={self.unfreeze_at_epoch} needs a single-process run: with "
                 f"{trainer.world_size} DDP processes the unfrozen backbone would not be synchronised; "
-                "freeze for the whole run (backbone.unfreeze_at_epoch=null) or train on one device")
+                "freeze for the whole run (finetune.unfreeze_at_epoch=null) or train on one device")
         self._frozen = None
         self._apply(trainer, pl_module)
 

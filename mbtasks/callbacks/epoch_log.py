@@ -10,6 +10,9 @@ from typing import Any
 
 import lightning as L
 
+# One line of train/val metrics per finished epoch, exact across crash + resume.
+EPOCH_LOG = "epochs.jsonl"
+
 log = logging.getLogger(__name__)
 
 

@@ -24,14 +24,14 @@ import torch
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from mbtasks.callbacks.epoch_log import read_epoch_log  # noqa: E402
+from mbtasks.callbacks.epoch_log import EPOCH_LOG, read_epoch_log  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-EPOCH_LOG = "epochs.jsonl"
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path) -> Path:
+    """Write ``fig`` as a PNG and close it."""
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -63,7 +63,7 @@ def write_results(run_dir: Path) -> list[Path]:
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    return [run_dir / "results.csv", _save(fig, run_dir / "results.png")]
+    return [run_dir / "results.csv", save_figure(fig, run_dir / "results.png")]
 
 
 def confusion_figure(matrix: np.ndarray, names: list[str]):
@@ -176,17 +176,19 @@ def verification_figures(result, distances: np.ndarray, same: np.ndarray, thresh
 class RunPlots(L.Callback):
     """Writes the run-dir plots (see the module docstring) on rank 0.
 
+    What a task draws comes from the task itself (``BaseTask.plot_batch`` for the drawn
+    validation / test images, ``BaseTask.test_figures`` after testing); this callback only
+    decides when, and writes the files.
+
     Args:
         enabled: ``callbacks.plots.enabled=false`` (or ``callbacks.plots=null``) turns them off.
-        images: detection images drawn with predicted and true boxes.
+        images: images drawn with their predictions (detection: predicted and true boxes).
     """
 
     def __init__(self, enabled: bool = True, images: int = 8) -> None:
         self.enabled = enabled
         self.images = images
-        self._sample: tuple | None = None
-        self._preds: list[torch.Tensor] = []
-        self._labels: list[torch.Tensor] = []
+        self._sample: torch.Tensor | None = None
         self.written: list[Path] = []
 
     def _active(self, trainer: L.Trainer) -> bool:
@@ -196,83 +198,44 @@ class RunPlots(L.Callback):
     def _run_dir(trainer: L.Trainer) -> Path:
         return Path(trainer.default_root_dir)
 
-    # ---------------------------------------------------------------- detection samples
-    @torch.no_grad()
-    def _keep_sample(self, pl_module, batch) -> None:
-        images, targets = batch
-        n = self.images
-        detections = pl_module.predict_step(images[:n])
-        # drawn at >= 256 px so that labels stay readable on small inputs
-        scale = max(1, 256 // int(images.shape[-1]))
-        big = torch.nn.functional.interpolate(images[:n].detach().float().cpu(), scale_factor=scale, mode="nearest")
-        self._sample = (big, [t["boxes"].cpu() * scale for t in targets[:n]],
-                        [{k: (v.detach().cpu() * scale if k == "boxes" else v.detach().cpu()) for k, v in d.items()}
-                         for d in detections])
+    def _keep_sample(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        if self._active(trainer) and batch_idx == 0 and self.images:
+            with torch.no_grad(), warnings.catch_warnings():  # torchvision warns for every image without a box
+                warnings.filterwarnings("ignore", message="boxes doesn't contain any box")
+                self._sample = pl_module.plot_batch(batch, self.images)
 
-    def _write_sample(self, pl_module, name: str, run_dir: Path) -> None:
-        if self._sample is None or not hasattr(pl_module, "draw"):
-            return
-        with warnings.catch_warnings():  # torchvision warns for every image without a box to draw
-            warnings.filterwarnings("ignore", message="boxes doesn't contain any box")
-            drawn = pl_module.draw(*self._sample)
-        self.written.append(_save(image_grid(drawn), run_dir / name))
+    def _write_sample(self, name: str, run_dir: Path) -> None:
+        if self._sample is not None:
+            self.written.append(save_figure(image_grid(self._sample), run_dir / name))
         self._sample = None
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        if self._active(trainer) and batch_idx == 0 and self.images and pl_module.name == "detection":
-            self._keep_sample(pl_module, batch)
+        self._keep_sample(trainer, pl_module, batch, batch_idx)
 
     def on_train_end(self, trainer, pl_module) -> None:
         if not (self.enabled and trainer.is_global_zero):
             return
         run_dir = self._run_dir(trainer)
         self.written += write_results(run_dir)
-        self._write_sample(pl_module, "val_predictions.png", run_dir)
+        self._write_sample("val_predictions.png", run_dir)
 
-    # ---------------------------------------------------------------- test
     def on_test_start(self, trainer, pl_module) -> None:
-        self._preds, self._labels, self._sample = [], [], None
+        self._sample = None
 
-    @torch.no_grad()
     def on_test_batch_end(self, trainer, pl_module, outputs: Any, batch, batch_idx, dataloader_idx=0) -> None:
-        if not self._active(trainer):
-            return
-        if pl_module.name == "classification":
-            images, labels = batch
-            self._preds.append(pl_module.predict_step(images).argmax(1).cpu())
-            self._labels.append(labels.cpu())
-        elif pl_module.name == "detection" and batch_idx == 0 and self.images:
-            self._keep_sample(pl_module, batch)
+        self._keep_sample(trainer, pl_module, batch, batch_idx)
 
     def on_test_end(self, trainer, pl_module) -> None:
         if not (self.enabled and trainer.is_global_zero):
             return
         run_dir = self._run_dir(trainer)
         try:
-            self._write_test_plots(pl_module, run_dir)
+            for name, fig in pl_module.test_figures().items():
+                self.written.append(save_figure(fig, run_dir / name))
+            self._write_sample("test_predictions.png", run_dir)
         except Exception as err:  # noqa: BLE001 - a plot must never cost the run its metrics
             log.warning("could not write the test plots: %s", err)
         if self.written:
             names = ", ".join(sorted({p.name for p in self.written}))
             log.info("plots in %s: %s", run_dir, names)
             log.info("TensorBoard: tensorboard --logdir %s", run_dir / "tensorboard")
-
-    def _write_test_plots(self, pl_module, run_dir: Path) -> None:
-        if pl_module.name == "classification" and self._preds:
-            from sklearn.metrics import confusion_matrix
-
-            names = list(pl_module.class_names)
-            matrix = confusion_matrix(torch.cat(self._labels).numpy(), torch.cat(self._preds).numpy(),
-                                      labels=list(range(len(names))))
-            self.written.append(_save(confusion_figure(matrix, names), run_dir / "confusion_matrix.png"))
-        elif pl_module.name == "detection":
-            curves = getattr(getattr(pl_module, "test_map", None), "curves", None) or {}
-            if "precision" in curves:
-                fig = pr_figure(curves["precision"], curves["category_ids"], list(pl_module.class_names))
-                self.written.append(_save(fig, run_dir / "pr_curve.png"))
-            self._write_sample(pl_module, "test_predictions.png", run_dir)
-        elif pl_module.name == "embedding" and getattr(pl_module, "test_pairs", None) is not None:
-            result, distances, same = pl_module.test_pairs
-            roc, hist = verification_figures(result, np.asarray(distances), np.asarray(same), float(pl_module.threshold))
-            self.written.append(_save(roc, run_dir / "roc.png"))
-            self.written.append(_save(hist, run_dir / "distances.png"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import cv2
 import lightning as L
@@ -10,7 +11,7 @@ import torch
 from lightning.fabric.utilities.seed import pl_worker_init_function
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
-from mbtasks.data.transforms import decode_side
+from mbtasks.data.transforms import IMAGENET_MEAN, IMAGENET_STD, decode_side
 
 
 def seed_worker(worker_id: int) -> None:
@@ -43,23 +44,88 @@ def limit_worker_threads() -> None:
     cv2.setNumThreads(1)
 
 
-class SplitDataModule(L.LightningDataModule):
-    """A data module whose ``setup`` fills ``self.datasets`` (``train`` / ``val`` / ``test``).
+class DataModuleBase(L.LightningDataModule):
+    """What every data module takes and offers: root, input size, loaders' workers, the two
+    albumentations pipelines, normalisation, an optional generator; ``skipped()`` / ``rescaled()``
+    for the run's metrics and ``describe()`` for ``mode=check``.
 
-    Subclasses set ``batch_size``, ``num_workers`` and, when batches need it, ``collate_fn``;
-    each split's dataset carries a :class:`~mbtasks.data.io.SkipCounter` as ``skips``.
     ``test_split`` names the split the test loader reads: ``"val"`` when the data has no test
     split of its own (then the test metrics come from the split that also picked ``best.ckpt``).
+
+    Args:
+        root: the data set folder.
+        image_size: network input side (the paper's resolution multiplier).
+        num_workers: loader processes.
+        train_transforms / eval_transforms: albumentations pipelines (from YAML).
+        mean / std: normalisation applied after the pipeline (stored in checkpoints).
+        generator: optional ``generator(root)`` that writes the data set first (the synthetic sets).
     """
 
-    collate_fn: Callable | None = None
     test_split: str = "test"
     # Decode JPEGs at the smallest size the transforms need (io.read_rgb_sized); False: full size.
     reduced_decode: bool = True
 
-    def __init__(self) -> None:
+    def __init__(self, root: str | Path, image_size: int, num_workers: int = 2,
+                 train_transforms: Callable | None = None, eval_transforms: Callable | None = None,
+                 mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD,
+                 generator: Callable | None = None) -> None:
         super().__init__()
+        self.root = Path(root)
+        self.image_size = int(image_size)
+        self.num_workers = num_workers
+        self.train_transforms = train_transforms
+        self.eval_transforms = eval_transforms
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.generator = generator
+
+    def prepare_data(self) -> None:
+        if self.generator is not None:
+            self.generator(self.root)
+
+    def min_side_for(self, pipeline: Callable | None) -> int:
+        """The ``min_side`` a split's reader gets: what ``pipeline`` needs (0: full size)."""
+        return decode_side(pipeline) if self.reduced_decode else 0
+
+    def splits(self) -> list[Dataset]:
+        """The datasets ``setup`` made (each carries a :class:`~mbtasks.data.io.SkipCounter` as ``skips``)."""
+        raise NotImplementedError
+
+    def skipped(self) -> dict[str, str]:
+        """Files skipped as unreadable so far, over all splits (main-process view)."""
+        out: dict[str, str] = {}
+        for ds in self.splits():
+            out.update(ds.skips.skipped)
+        return out
+
+    def rescaled(self) -> dict[str, str]:
+        """Images whose boxes were rescaled to their decoded size (detection), by file."""
+        return {}
+
+    def describe(self) -> dict:
+        """What ``setup`` found, for ``mode=check`` (the task's ``check_data`` reads it)."""
+        raise NotImplementedError
+
+
+class SplitDataModule(DataModuleBase):
+    """A data module whose ``setup`` fills ``self.datasets`` (``train`` / ``val`` / ``test``).
+
+    Args:
+        batch_size: images per batch (every split).
+        Other arguments: see :class:`DataModuleBase`.
+    """
+
+    collate_fn: Callable | None = None
+
+    def __init__(self, root: str | Path, image_size: int, batch_size: int, num_workers: int = 2,
+                 train_transforms: Callable | None = None, eval_transforms: Callable | None = None,
+                 mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD,
+                 generator: Callable | None = None) -> None:
+        super().__init__(root, image_size, num_workers, train_transforms, eval_transforms, mean, std, generator)
+        self.batch_size = batch_size
         self.datasets: dict[str, Dataset] = {}
+
+    def splits(self) -> list[Dataset]:
+        return list(self.datasets.values())
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         ds = self.datasets[split]
@@ -77,10 +143,6 @@ class SplitDataModule(L.LightningDataModule):
             worker_init_fn=seed_worker,
         )
 
-    def min_side_for(self, pipeline: Callable | None) -> int:
-        """The ``min_side`` a split's reader gets: what ``pipeline`` needs (0: full size)."""
-        return decode_side(pipeline) if self.reduced_decode else 0
-
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", True)
 
@@ -89,10 +151,3 @@ class SplitDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", False)
-
-    def skipped(self) -> dict[str, str]:
-        """Files skipped as unreadable so far, over all splits (main-process view)."""
-        out: dict[str, str] = {}
-        for ds in self.datasets.values():
-            out.update(ds.skips.skipped)
-        return out

@@ -97,7 +97,8 @@ def coco_categories(data: dict, path: Path) -> tuple[list[str], list[int]]:
     return [n for _, n in cats], ids
 
 
-def load_coco(ann_file: Path, image_dir: Path, category_ids: list[int]) -> tuple[list[ImageRecord], AnnotationReport]:
+def load_coco(ann_file: Path, image_dir: Path, category_ids: list[int],
+              report: AnnotationReport | None = None) -> tuple[list[ImageRecord], AnnotationReport]:
     """Read one split into records, skipping (and counting) what cannot be used.
 
     Skipped, each with a message naming file and annotation id: boxes of zero or negative
@@ -117,7 +118,7 @@ def load_coco(ann_file: Path, image_dir: Path, category_ids: list[int]) -> tuple
         category_ids: the training categories' ids; position = contiguous label.
     """
     data = read_coco_json(ann_file)
-    report = AnnotationReport(ann_file)
+    report = report if report is not None else AnnotationReport(ann_file)
     label_of = {cid: i for i, cid in enumerate(category_ids)}
     images: dict[int, ImageRecord] = {}
     listed: dict[int, str] = {}
@@ -230,9 +231,8 @@ class CocoDataModule(DetectionDataModule):
         val_fraction: float = 0.1,
         generator: Callable | None = None,
     ) -> None:
-        super().__init__(image_size, batch_size, num_workers, train_transforms, eval_transforms, mean, std,
+        super().__init__(root, image_size, batch_size, num_workers, train_transforms, eval_transforms, mean, std,
                          val_fraction, generator)
-        self.root = Path(root)
         self.split_files = {
             "train": (train_ann, train_images),
             "val": (val_ann, val_images),
@@ -253,13 +253,13 @@ class CocoDataModule(DetectionDataModule):
             raise DataError("data.train_ann is not set: give the training annotation file (relative to data.root)")
         train_ann, train_dir = train_paths
         self.class_names, self.category_ids = coco_categories(read_coco_json(train_ann), train_ann)
-        train, report = load_coco(train_ann, train_dir, self.category_ids)
+        train, report = load_coco(train_ann, train_dir, self.category_ids, self.report_for(train_ann))
         require_boxes(train, train_ann, report)
         val_paths = self._paths("val")
         if val_paths is None:
             train, val = split_off(train, self.val_fraction)
         else:
-            val, _ = load_coco(*val_paths, self.category_ids)
+            val, _ = load_coco(*val_paths, self.category_ids, self.report_for(val_paths[0]))
         test_paths = self._paths("test")
-        test = val if test_paths is None else load_coco(*test_paths, self.category_ids)[0]
+        test = val if test_paths is None else load_coco(*test_paths, self.category_ids, self.report_for(test_paths[0]))[0]
         return {"train": train, "val": val, "test": test}

@@ -324,6 +324,7 @@ class DetectionDataModule(SplitDataModule):
 
     def __init__(
         self,
+        root: str | Path,
         image_size: int = 300,
         batch_size: int = 32,
         num_workers: int = 2,
@@ -334,17 +335,13 @@ class DetectionDataModule(SplitDataModule):
         val_fraction: float = 0.1,
         generator: Callable | None = None,
     ) -> None:
-        super().__init__()
-        self.image_size = int(image_size)
-        self.batch_size = batch_size
-        self.num_workers = num_workers
-        self.train_transforms = train_transforms
-        self.eval_transforms = eval_transforms
-        self.mean, self.std = tuple(mean), tuple(std)
+        super().__init__(root, image_size, batch_size, num_workers, train_transforms, eval_transforms, mean, std,
+                         generator)
         self.val_fraction = val_fraction
-        self.generator = generator
         self.class_names: list[str] | None = None
         self.category_ids: list[int] | None = None
+        # what the readers skipped or fixed, one report per annotation source (mode=check shows them)
+        self.reports: list[AnnotationReport] = []
         if train_transforms is not None and "bboxes" not in getattr(train_transforms, "processors", {}):
             raise ConfigError(
                 "data.train_transforms must be an albumentations.Compose with bbox_params "
@@ -355,9 +352,18 @@ class DetectionDataModule(SplitDataModule):
         """``{"train": [...], "val": [...], "test": [...]}``; sets class names and ids."""
         raise NotImplementedError
 
-    def prepare_data(self) -> None:
-        if self.generator is not None:
-            self.generator(self.root)
+    def report_for(self, source: str | Path) -> AnnotationReport:
+        """A new :class:`AnnotationReport` for ``source``, kept in :attr:`reports`."""
+        report = AnnotationReport(source)
+        self.reports.append(report)
+        return report
+
+    def describe(self) -> dict:
+        """What ``setup`` found, for ``mode=check``: classes, each split's image records, and what the
+        readers dropped per annotation source."""
+        return {"root": str(self.root), "class_names": list(self.class_names or []),
+                "splits": {split: list(ds.records) for split, ds in self.datasets.items()},
+                "dropped": {r.source: dict(r.counts) for r in self.reports if r.counts}}
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
@@ -373,6 +379,12 @@ class DetectionDataModule(SplitDataModule):
                                                    self.min_side_for(pipeline))
         log.info("detection data: %s images, %d classes",
                  ", ".join(f"{k} {len(v)}" for k, v in splits.items()), len(self.class_names or []))
+
+    def rescaled(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for ds in self.datasets.values():
+            out.update(ds.rescaled.skipped)
+        return out
 
     @property
     def info(self) -> dict:

@@ -14,16 +14,15 @@ import logging
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from mbtasks.data.base import limit_worker_threads, seed_worker
+from mbtasks.data.base import DataModuleBase, limit_worker_threads, seed_worker
 from mbtasks.data.io import ImageReadError, SkipCounter, list_images, read_rgb
 from mbtasks.data.pairs import PairSet, generate_pairs, read_lfw_pairs
 from mbtasks.data.samplers import PKBatchSampler
-from mbtasks.data.transforms import IMAGENET_MEAN, IMAGENET_STD, apply, decode_side, to_tensor
+from mbtasks.data.transforms import IMAGENET_MEAN, IMAGENET_STD, apply, to_tensor
 from mbtasks.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -160,7 +159,7 @@ class EvalImageDataset(Dataset):
         return to_tensor(apply(self.pipeline, image)["image"], self.mean, self.std), idx, True
 
 
-class FacesDataModule(L.LightningDataModule):
+class FacesDataModule(DataModuleBase):
     """Identity folders split by identity; P x K training batches; verification pairs for evaluation.
 
     Args:
@@ -206,16 +205,10 @@ class FacesDataModule(L.LightningDataModule):
         split_seed: int = 0,
         generator: Callable | None = None,
     ) -> None:
-        super().__init__()
-        self.root = Path(root)
-        self.image_size = image_size
+        super().__init__(root, image_size, num_workers, train_transforms, eval_transforms, mean, std, generator)
         self.p, self.k = identities_per_batch, images_per_identity
         self.batches_per_epoch = batches_per_epoch
         self.eval_batch_size = eval_batch_size
-        self.num_workers = num_workers
-        self.train_transforms = train_transforms
-        self.eval_transforms = eval_transforms
-        self.mean, self.std = tuple(mean), tuple(std)
         self.val_identities, self.test_identities = val_identities, test_identities
         if num_folds < 2:
             raise ConfigError(f"data.num_folds={num_folds}: the protocol needs >= 2 folds (LFW uses 10)")
@@ -223,18 +216,10 @@ class FacesDataModule(L.LightningDataModule):
         self.test_pairs = Path(test_pairs) if test_pairs else None
         self.test_root = Path(test_root) if test_root else self.root
         self.split_seed = split_seed
-        self.generator = generator
         self.train_set: IdentityDataset | None = None
         self.pair_sets: dict[str, PairSet] = {}
         self.eval_sets: dict[str, EvalImageDataset] = {}
         self.stats: dict[str, int] = {}
-
-    # As SplitDataModule: decode JPEGs at the smallest size the transforms need; False: full size.
-    reduced_decode: bool = True
-
-    def prepare_data(self) -> None:
-        if self.generator is not None:
-            self.generator(self.root)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
@@ -268,9 +253,9 @@ class FacesDataModule(L.LightningDataModule):
             "test": test_set,
         }
         samples = [(p, label) for label, name in enumerate(train) for p in identities[name]]
-        eval_side = decode_side(self.eval_transforms) if self.reduced_decode else 0
+        eval_side = self.min_side_for(self.eval_transforms)
         self.train_set = IdentityDataset(samples, self.train_transforms, self.mean, self.std,
-                                         decode_side(self.train_transforms) if self.reduced_decode else 0)
+                                         self.min_side_for(self.train_transforms))
         for split, pair_set in self.pair_sets.items():
             self.eval_sets[split] = EvalImageDataset(pair_set.images, self.eval_transforms, self.mean, self.std,
                                                      self.image_size, eval_side)
@@ -292,6 +277,13 @@ class FacesDataModule(L.LightningDataModule):
             self.setup()
         return {"image_size": self.image_size, "mean": list(self.mean), "std": list(self.std),
                 "num_train_identities": self.stats["train"], "identities": dict(self.stats)}
+
+    def describe(self) -> dict:
+        """What ``setup`` found, for ``mode=check``: every identity folder, the split sizes, the training
+        samples and each evaluation split's images and pair count."""
+        return {"root": str(self.root), "identities": scan_identities(self.root), "stats": dict(self.stats),
+                "train": list(self.train_set.samples),
+                "eval": {split: (list(ds.images), len(self.pair_sets[split])) for split, ds in self.eval_sets.items()}}
 
     def pair_set(self, split: str) -> PairSet:
         """The verification pairs of ``"val"`` or ``"test"`` (indices into that split's images)."""
@@ -335,10 +327,5 @@ class FacesDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._eval_loader("test")
 
-    def skipped(self) -> dict[str, str]:
-        """Files skipped as unreadable so far, over all splits (main-process view)."""
-        out: dict[str, str] = {}
-        for ds in [self.train_set, *self.eval_sets.values()]:
-            if ds is not None:
-                out.update(ds.skips.skipped)
-        return out
+    def splits(self) -> list:
+        return [ds for ds in [self.train_set, *self.eval_sets.values()] if ds is not None]

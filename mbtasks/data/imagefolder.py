@@ -106,27 +106,16 @@ class ImageFolderDataModule(SplitDataModule):
         splits: tuple[str, str, str] = ("train", "val", "test"),
         generator: Callable | None = None,
     ) -> None:
-        super().__init__()
-        self.root = Path(root)
-        self.image_size = image_size
-        self.batch_size = batch_size
-        self.num_workers = num_workers
-        self.train_transforms = train_transforms
-        self.eval_transforms = eval_transforms
-        self.mean, self.std = tuple(mean), tuple(std)
-        self.splits = tuple(splits)
-        self.generator = generator
+        super().__init__(root, image_size, batch_size, num_workers, train_transforms, eval_transforms, mean, std,
+                         generator)
+        self.split_dirs = tuple(splits)
         self.class_names: list[str] | None = None
 
-    def prepare_data(self) -> None:
-        if self.generator is not None:
-            self.generator(self.root)
-
     def _split_dir(self, stage: str) -> Path:
-        name = dict(zip(("train", "val", "test"), self.splits, strict=True))[stage]
+        name = dict(zip(("train", "val", "test"), self.split_dirs, strict=True))[stage]
         path = self.root / name
         if stage == "test" and not path.is_dir():
-            path = self.root / self.splits[1]
+            path = self.root / self.split_dirs[1]
             self.test_split = "val"
         return path
 
@@ -142,6 +131,11 @@ class ImageFolderDataModule(SplitDataModule):
             pipeline = self.train_transforms if split == "train" else self.eval_transforms
             self.datasets[split] = ImageFolderDataset(samples, pipeline, self.mean, self.std,
                                                        self.min_side_for(pipeline))
+
+    def describe(self) -> dict:
+        """What ``setup`` found, for ``mode=check``: the classes and each split's ``(path, label)`` samples."""
+        return {"root": str(self.root), "class_names": list(self.class_names),
+                "splits": {split: list(ds.samples) for split, ds in self.datasets.items()}}
 
     @property
     def info(self) -> dict:

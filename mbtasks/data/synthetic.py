@@ -19,12 +19,12 @@ from mbtasks.data.shapes import SHAPES, contrasting_color, draw_shape, maybe_blu
 MARKER = ".complete"
 
 
-def _is_complete(root: Path, params: dict) -> bool:
+def is_complete(root: Path, params: dict) -> bool:
     marker = root / MARKER
     return marker.is_file() and json.loads(marker.read_text()) == params
 
 
-def _mark_complete(root: Path, params: dict) -> None:
+def mark_complete(root: Path, params: dict) -> None:
     (root / MARKER).write_text(json.dumps(params, sort_keys=True))
 
 
@@ -56,7 +56,7 @@ def make_shapes_classification(
     root = Path(root)
     params = dict(kind="shapes_classification", classes=list(classes), train=train_per_class,
                   val=val_per_class, test=test_per_class, size=image_size, seed=seed)
-    if _is_complete(root, params):
+    if is_complete(root, params):
         return root
     unknown = [c for c in classes if c not in SHAPES]
     if unknown:
@@ -70,11 +70,11 @@ def make_shapes_classification(
             out.mkdir(parents=True, exist_ok=True)
             for i in range(n):
                 shapes_image(rng, cls, image_size).save(out / f"{i:05d}.png")
-    _mark_complete(root, params)
+    mark_complete(root, params)
     return root
 
 
-def _overlaps_too_much(box: tuple[float, ...], placed: list[tuple[float, ...]], max_cover: float) -> bool:
+def overlaps_too_much(box: tuple[float, ...], placed: list[tuple[float, ...]], max_cover: float) -> bool:
     """True when ``box`` would hide more than ``max_cover`` of an already placed box (or vice versa)."""
     x0, y0, x1, y1 = box
     area = (x1 - x0) * (y1 - y0)
@@ -113,7 +113,7 @@ def shapes_scene(
             side = float(np.exp(rng.uniform(lo, hi)))
             x0, y0 = rng.uniform(0, size - side, size=2)
             box = (float(x0), float(y0), float(x0 + side), float(y0 + side))
-            if not _overlaps_too_much(box, placed, max_cover):
+            if not overlaps_too_much(box, placed, max_cover):
                 break
         else:
             continue
@@ -153,7 +153,7 @@ def make_shapes_detection(
     params = dict(kind="shapes_detection", classes=list(classes), category_ids=category_ids, train=train_images,
                   val=val_images, test=test_images, size=image_size, max_objects=max_objects,
                   object_size=list(object_size), empty=empty_fraction, cover=max_cover, seed=seed)
-    if _is_complete(root, params):
+    if is_complete(root, params):
         return root
     unknown = [c for c in classes if c not in SHAPES]
     if unknown:
@@ -164,23 +164,39 @@ def make_shapes_detection(
         shutil.rmtree(root)
     rng = np.random.default_rng(seed)
     categories = [{"id": cid, "name": name, "supercategory": "shape"} for cid, name in zip(category_ids, classes, strict=True)]
-    (root / "annotations").mkdir(parents=True, exist_ok=True)
+
+    def scenes(n: int):
+        for _ in range(n):
+            img, objects = shapes_scene(rng, classes, image_size, max_objects, tuple(object_size), empty_fraction, max_cover)
+            boxes = [(kind, round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2))
+                     for kind, (x0, y0, x1, y1) in objects]
+            yield img, [{"category_id": category_ids[kind], "bbox": [x, y, w, h], "area": round(w * h, 2), "iscrowd": 0}
+                        for kind, x, y, w, h in boxes]
+
     ann_id = 1
     for split, n in (("train", train_images), ("val", val_images), ("test", test_images)):
-        (root / split).mkdir(parents=True, exist_ok=True)
-        images, annotations = [], []
-        for i in range(n):
-            img, objects = shapes_scene(rng, classes, image_size, max_objects, tuple(object_size), empty_fraction, max_cover)
-            name = f"{i:05d}.png"
-            img.save(root / split / name)
-            images.append({"id": i + 1, "file_name": name, "width": image_size, "height": image_size})
-            for kind, (x0, y0, x1, y1) in objects:
-                w, h = round(x1 - x0, 2), round(y1 - y0, 2)
-                annotations.append({"id": ann_id, "image_id": i + 1, "category_id": category_ids[kind],
-                                    "bbox": [round(x0, 2), round(y0, 2), w, h], "area": round(w * h, 2), "iscrowd": 0})
-                ann_id += 1
-        coco = {"info": {"description": "mbtasks synthetic shapes detection"}, "images": images,
-                "annotations": annotations, "categories": categories}
-        (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(coco))
-    _mark_complete(root, params)
+        ann_id = write_coco_split(root, split, scenes(n), image_size, categories,
+                                  "mbtasks synthetic shapes detection", ann_id)
+    mark_complete(root, params)
     return root
+
+
+def write_coco_split(root: Path, split: str, scenes, image_size: int, categories: list[dict], description: str,
+                     first_ann_id: int = 1) -> int:
+    """Write ``root/<split>/<n>.png`` and ``root/annotations/instances_<split>.json`` from ``scenes``
+    (``(image, [annotation without id / image_id])`` pairs, drawn lazily so the RNG order is the
+    caller's); returns the next free annotation id."""
+    (root / split).mkdir(parents=True, exist_ok=True)
+    (root / "annotations").mkdir(parents=True, exist_ok=True)
+    images, annotations, ann_id = [], [], first_ann_id
+    for i, (img, objects) in enumerate(scenes):
+        name = f"{i:05d}.png"
+        img.save(root / split / name)
+        images.append({"id": i + 1, "file_name": name, "width": image_size, "height": image_size})
+        for obj in objects:
+            annotations.append({"id": ann_id, "image_id": i + 1, **obj})
+            ann_id += 1
+    coco = {"info": {"description": description}, "images": images, "annotations": annotations,
+            "categories": categories}
+    (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(coco))
+    return ann_id

@@ -18,7 +18,6 @@ Training scenes use other identities than val/test, and none of them is in the
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -26,7 +25,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from mbtasks.data.shapes import SHAPES, contrasting_color, draw_shape, random_background
-from mbtasks.data.synthetic import _is_complete, _mark_complete, _overlaps_too_much
+from mbtasks.data.synthetic import is_complete, mark_complete, overlaps_too_much, write_coco_split
 from mbtasks.data.synthetic_faces import render_face, sample_identity
 
 # identity seeds: [seed, IDENTITY_STREAM, i] (synthetic_faces uses [seed, i])
@@ -69,7 +68,7 @@ def face_scene(rng: np.random.Generator, identities: list[tuple[str, dict]], siz
             side = int(round(np.exp(rng.uniform(lo, hi))))
             x0, y0 = (int(v) for v in rng.integers(0, size - side + 1, size=2))
             box = (float(x0), float(y0), float(x0 + side), float(y0 + side))
-            if not _overlaps_too_much(box, placed, max_cover):
+            if not overlaps_too_much(box, placed, max_cover):
                 break
         else:
             continue
@@ -123,7 +122,7 @@ def make_face_scenes(
                   size=image_size, max_faces=max_faces, face_size=list(face_size), train_ids=train_identities,
                   eval_ids=eval_identities, gallery=gallery_images, gallery_size=gallery_size,
                   distractors=distractors, cover=max_cover, seed=seed, version=1)
-    if _is_complete(root, params):
+    if is_complete(root, params):
         return root
     if train_identities < 1 or eval_identities < 2 or gallery_images < 1:
         raise ValueError("data.generator: face scenes need train_identities >= 1, eval_identities >= 2 and "
@@ -135,29 +134,23 @@ def make_face_scenes(
     train_ids = [_identity(seed, i) for i in range(train_identities)]
     eval_ids = [_identity(seed, train_identities + i) for i in range(eval_identities)]
     rng = np.random.default_rng([seed, IDENTITY_STREAM])
-    (root / "annotations").mkdir(parents=True, exist_ok=True)
+
+    def scenes(n: int, identities):
+        for _ in range(n):
+            img, faces = face_scene(rng, identities, image_size, max_faces, tuple(face_size), distractors, max_cover)
+            yield img, [{"category_id": 1, "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0),
+                         "iscrowd": 0, "identity": identity} for identity, (x0, y0, x1, y1) in faces]
+
     ann_id = 1
     for split, n, identities in (("train", train_images, train_ids), ("val", val_images, eval_ids),
                                  ("test", test_images, eval_ids)):
-        (root / split).mkdir(parents=True, exist_ok=True)
-        images, annotations = [], []
-        for i in range(n):
-            img, faces = face_scene(rng, identities, image_size, max_faces, tuple(face_size), distractors, max_cover)
-            name = f"{i:05d}.png"
-            img.save(root / split / name)
-            images.append({"id": i + 1, "file_name": name, "width": image_size, "height": image_size})
-            for identity, (x0, y0, x1, y1) in faces:
-                w, h = x1 - x0, y1 - y0
-                annotations.append({"id": ann_id, "image_id": i + 1, "category_id": 1, "bbox": [x0, y0, w, h],
-                                    "area": w * h, "iscrowd": 0, "identity": identity})
-                ann_id += 1
-        coco = {"info": {"description": "mbtasks synthetic face scenes"}, "images": images,
-                "annotations": annotations, "categories": [{"id": 1, "name": "face", "supercategory": "person"}]}
-        (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(coco))
+        ann_id = write_coco_split(root, split, scenes(n, identities), image_size,
+                                  [{"id": 1, "name": "face", "supercategory": "person"}],
+                                  "mbtasks synthetic face scenes", ann_id)
     for name, ident in eval_ids:
         folder = root / "gallery" / name
         folder.mkdir(parents=True, exist_ok=True)
         for k in range(1, gallery_images + 1):
             render_face(ident, rng, gallery_size).save(folder / f"{name}_{k:04d}.png")
-    _mark_complete(root, params)
+    mark_complete(root, params)
     return root

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from mbtasks.data.shapes import random_background
-from mbtasks.data.synthetic import _is_complete, _mark_complete
+from mbtasks.data.synthetic import is_complete, mark_complete
 
 SKIN_TONES = np.array([(255, 224, 196), (241, 194, 155), (224, 172, 128), (198, 134, 96),
                        (160, 105, 70), (110, 72, 48)], np.float32)
@@ -302,7 +302,7 @@ def make_synthetic_faces(
     root = Path(root)
     params = dict(kind="synthetic_faces", identities=num_identities, per_identity=images_per_identity,
                   size=image_size, seed=seed, version=3)
-    if _is_complete(root, params):
+    if is_complete(root, params):
         return root
     if num_identities < 2 or images_per_identity < 2:
         raise ValueError("data.generator: synthetic faces need >= 2 identities with >= 2 images each, got "
@@ -318,5 +318,5 @@ def make_synthetic_faces(
         out.mkdir(parents=True, exist_ok=True)
         for j in range(1, images_per_identity + 1):
             render_face(ident, rng, image_size).save(out / f"{name}_{j:04d}.png")
-    _mark_complete(root, params)
+    mark_complete(root, params)
     return root

@@ -80,13 +80,14 @@ def scan_class_names(files: list[tuple[Path, Path]]) -> list[str]:
     return sorted(names)
 
 
-def load_voc(files: list[tuple[Path, Path]], class_names: Sequence[str], source: str | Path) -> tuple[list[ImageRecord], AnnotationReport]:
+def load_voc(files: list[tuple[Path, Path]], class_names: Sequence[str], source: str | Path,
+             report: AnnotationReport | None = None) -> tuple[list[ImageRecord], AnnotationReport]:
     """Read one split, skipping (and counting) what cannot be used.
 
     Boxes are converted from VOC's 1-based inclusive pixels to ``x1y1x2y2`` with
     ``x1 = xmin - 1, y1 = ymin - 1, x2 = xmax, y2 = ymax``.
     """
-    report = AnnotationReport(source)
+    report = report if report is not None else AnnotationReport(source)
     label_of = {n: i for i, n in enumerate(class_names)}
     records = []
     for image_id, (xml_path, image_dir) in enumerate(files):
@@ -180,9 +181,8 @@ class VocDataModule(DetectionDataModule):
         val_fraction: float = 0.1,
         generator: Callable | None = None,
     ) -> None:
-        super().__init__(image_size, batch_size, num_workers, train_transforms, eval_transforms, mean, std,
+        super().__init__(root, image_size, batch_size, num_workers, train_transforms, eval_transforms, mean, std,
                          val_fraction, generator)
-        self.root = Path(root)
         self.split_names = {"train": train_split, "val": val_split, "test": test_split}
         self.fixed_class_names = list(class_names) if class_names else None
 
@@ -195,16 +195,18 @@ class VocDataModule(DetectionDataModule):
             raise DataError(f"{self.root / self.split_names['train']}: no <object><name> found in any xml file")
         self.category_ids = list(range(1, len(self.class_names) + 1))
         source = self.root / self.split_names["train"]
-        train, report = load_voc(train_files, self.class_names, source)
+        train, report = load_voc(train_files, self.class_names, source, self.report_for(source))
         require_boxes(train, source, report)
         if self.split_names["val"]:
-            val, _ = load_voc(split_files(self.root, self.split_names["val"]), self.class_names,
-                              self.root / self.split_names["val"])
+            source = self.root / self.split_names["val"]
+            val, _ = load_voc(split_files(self.root, self.split_names["val"]), self.class_names, source,
+                              self.report_for(source))
         else:
             train, val = split_off(train, self.val_fraction)
         if self.split_names["test"]:
-            test, _ = load_voc(split_files(self.root, self.split_names["test"]), self.class_names,
-                               self.root / self.split_names["test"])
+            source = self.root / self.split_names["test"]
+            test, _ = load_voc(split_files(self.root, self.split_names["test"]), self.class_names, source,
+                               self.report_for(source))
         else:
             test = val
         return {"train": train, "val": val, "test": test}

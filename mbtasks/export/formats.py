@@ -73,7 +73,7 @@ def write(fmt: str, module: nn.Module, example: torch.Tensor, path: Path, output
         write_torchscript(module, example, path, metadata)
 
 
-def write_end_to_end(fmt: str, network_path: Path, path: Path, pre: Preprocessing, task: str, post: dict,
+def write_end_to_end(fmt: str, network_path: Path, path: Path, pre: Preprocessing, post_kind: str, post: dict,
                      metadata: dict) -> None:
     """Wrap the exported network at ``network_path`` into the end-to-end model written to ``path``:
     ONNX by :func:`~mbtasks.export.onnx_pipeline.wrap_network`, TorchScript by
@@ -83,14 +83,15 @@ def write_end_to_end(fmt: str, network_path: Path, path: Path, pre: Preprocessin
 
         from mbtasks.export.onnx_pipeline import wrap_network
 
-        save_onnx(wrap_network(onnx.load(str(network_path)), pre, task, post), path, metadata)
+        save_onnx(wrap_network(onnx.load(str(network_path)), pre, post_kind, post, str(metadata.get("task", "network"))),
+                  path, metadata)
         return
     from mbtasks.export.torch_pipeline import script_end_to_end
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         network = torch.jit.load(str(network_path), map_location="cpu")
-        module = script_end_to_end(network, pre, task, post)
+        module = script_end_to_end(network, pre, post_kind, post)
         torch.jit.save(module, str(path), _extra_files={"mbtasks.json": json.dumps(metadata)})
 
 
@@ -107,16 +108,21 @@ def set_metadata(fmt: str, path: Path, metadata: dict) -> None:
         torch.jit.save(module, str(path), _extra_files={"mbtasks.json": json.dumps(metadata)})
 
 
+def ort_session(path: Path, threads: int | None = None):
+    """An onnxruntime CPU session of ``path`` (``threads``: intra-op threads, default onnxruntime's)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = int(threads)
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
 def load_e2e_runner(fmt: str, path: Path, threads: int | None = None) -> Callable[..., dict[str, np.ndarray]]:
     """A function ``pixels (N, H, W, 3) uint8 [, score_threshold, iou_threshold] -> {output: array}``
     running an end-to-end export."""
     if fmt == "onnx":
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = int(threads)
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        session = ort_session(path, threads)
         names = [o.name for o in session.get_outputs()]
 
         def run_onnx(pixels: np.ndarray, **thresholds) -> dict[str, np.ndarray]:
@@ -141,12 +147,7 @@ def load_e2e_runner(fmt: str, path: Path, threads: int | None = None) -> Callabl
 def load_runner(fmt: str, path: Path, threads: int | None = None) -> Runner:
     """A function ``images (N, 3, H, W) float32 -> [outputs...]`` running the exported file."""
     if fmt == "onnx":
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = int(threads)
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        session = ort_session(path, threads)
         return lambda images: session.run(None, {INPUT_NAME: np.ascontiguousarray(images, dtype=np.float32)})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

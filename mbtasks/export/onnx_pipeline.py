@@ -1,6 +1,6 @@
 """End-to-end ONNX graphs: raw uint8 pixels in, final answers out, no code around the session.
 
-A network graph (:mod:`mbtasks.export.graphs`, input ``images (N, 3, S, S)`` float32, written by
+A network graph (a task's ``tasks/<name>/export.py``, input ``images (N, 3, S, S)`` float32, written by
 the torch exporter) is wrapped by two small graphs built here with plain ONNX operators:
 
 - **preprocessing** ``pixels (N, H, W, 3) uint8 RGB`` -> ``images``: ``Resize`` (bilinear,
@@ -30,6 +30,8 @@ from mbtasks.export.preprocessing import Preprocessing
 
 PIXELS = "pixels"
 NETWORK_INPUT = "images"
+# the post-processing tails :func:`wrap_network` can append (a task's export names one)
+POST_KINDS = ("topk", "nms", "none")
 
 
 class _Graph:
@@ -99,7 +101,7 @@ def detection_nodes(g: _Graph, num_anchors: int, num_classes: int, size: int, ca
                     max_detections: int, topk_candidates: int) -> list:
     """Network outputs ``scores (N, A, K)``, ``boxes (N, A, 4)`` (network pixels) -> final detections.
 
-    Same rules as :func:`mbtasks.heads.postprocess.postprocess_detections`: only the best
+    Same rules as :func:`mbtasks.models.detection.postprocess.postprocess_detections`: only the best
     ``topk_candidates`` (box, class) pairs scoring above the threshold enter the per-class NMS.
     """
     a, k = num_anchors, num_classes
@@ -151,7 +153,8 @@ def _rename(graph: onnx.GraphProto, names: dict[str, str]) -> None:
         value.name = names.get(value.name, value.name)
 
 
-def wrap_network(network: onnx.ModelProto, pre: Preprocessing, task: str, post: dict) -> onnx.ModelProto:
+def wrap_network(network: onnx.ModelProto, pre: Preprocessing, post_kind: str, post: dict,
+                 name: str = "network") -> onnx.ModelProto:
     """The end-to-end model: ``pixels`` -> preprocessing -> ``network`` -> post-processing.
 
     Args:
@@ -159,7 +162,9 @@ def wrap_network(network: onnx.ModelProto, pre: Preprocessing, task: str, post: 
             (classification ``probs``; detection ``scores (N, A, K)``, ``boxes (N, A, 4)``;
             embedding ``embeddings``), float or quantized.
         pre: the checkpoint's preprocessing (``S == pre.size``).
-        task: ``classification`` | ``detection`` | ``embedding``.
+        post_kind: the post-processing: ``topk`` (class probabilities -> top-k), ``nms`` (SSD scores and
+            boxes -> per-class NMS, boxes in input-image pixels) or ``none`` (the outputs as they are).
+        name: the graph's name (``mbtasks_<name>_end_to_end``).
         post: classification ``{"top_k"}``; detection ``{"num_anchors", "num_classes",
             "category_ids", "score_threshold", "nms_iou", "max_detections", "topk_candidates"}``.
 
@@ -172,11 +177,13 @@ def wrap_network(network: onnx.ModelProto, pre: Preprocessing, task: str, post: 
     preprocess_nodes(pre_g, pre)
     inputs = [helper.make_tensor_value_info(PIXELS, TensorProto.UINT8, ["N", "H", "W", 3])]
     extra_inits = []
-    if task == "classification":
+    if post_kind not in POST_KINDS:
+        raise ValueError(f"no end-to-end post-processing {post_kind!r}; expected one of {list(POST_KINDS)}")
+    if post_kind == "topk":
         num_classes = net.graph.output[[o.name for o in net.graph.output].index("probs")]
         k = num_classes.type.tensor_type.shape.dim[1].dim_value
         outputs = classification_nodes(post_g, k, int(post["top_k"]))
-    elif task == "detection":
+    elif post_kind == "nms":
         # the final outputs take the names scores / boxes: the network's become net/scores, net/boxes
         _rename(net.graph, {"scores": "net/scores", "boxes": "net/boxes"})
         for name, key in (("score_threshold", "score_threshold"), ("iou_threshold", "nms_iou")):
@@ -185,11 +192,9 @@ def wrap_network(network: onnx.ModelProto, pre: Preprocessing, task: str, post: 
         outputs = detection_nodes(post_g, int(post["num_anchors"]), int(post["num_classes"]), pre.size,
                                   list(post["category_ids"]), int(post["max_detections"]),
                                   int(post["topk_candidates"]))
-    elif task == "embedding":
-        outputs = [o for o in net.graph.output if o.name == "embeddings"]
     else:
-        raise ValueError(f"no end-to-end graph for task {task!r}")
-    graph = helper.make_graph(pre_g.nodes + list(net.graph.node) + post_g.nodes, f"mbtasks_{task}_end_to_end",
+        outputs = list(net.graph.output)
+    graph = helper.make_graph(pre_g.nodes + list(net.graph.node) + post_g.nodes, f"mbtasks_{name}_end_to_end",
                               inputs, outputs,
                               initializer=pre_g.inits + list(net.graph.initializer) + post_g.inits + extra_inits,
                               value_info=list(net.graph.value_info))

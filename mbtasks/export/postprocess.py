@@ -1,8 +1,8 @@
 """Detection post-processing for exported detectors, in numpy only (no torch at deployment).
 
 The exported graph returns per-anchor class probabilities and decoded boxes
-(:class:`mbtasks.export.graphs.DetectorGraph`); this module does the rest exactly as
-:func:`mbtasks.heads.postprocess.postprocess_detections` does in PyTorch: score threshold, the
+(:class:`mbtasks.tasks.detection.export.DetectorGraph`); this module does the rest exactly as
+:func:`mbtasks.models.detection.postprocess.postprocess_detections` does in PyTorch: score threshold, the
 best ``topk_candidates`` (box, class) pairs, per-class greedy NMS, the best ``max_detections``::
 
     import json, onnxruntime as ort

@@ -66,7 +66,7 @@ class EmbeddingPost(nn.Module):
 
 class DetectionPost(nn.Module):
     """``(scores (N, A, K), boxes (N, A, 4))`` -> ``(boxes, scores, labels, category_ids, num_detections)``
-    padded to ``max_detections`` rows (as :func:`mbtasks.heads.postprocess.postprocess_detections`
+    padded to ``max_detections`` rows (as :func:`mbtasks.models.detection.postprocess.postprocess_detections`
     selects them, boxes scaled to the input image)."""
 
     def __init__(self, size: int, category_ids: list[int], score_threshold: float, nms_iou: float,
@@ -118,14 +118,16 @@ class EndToEnd(nn.Module):
                          iou_threshold)
 
 
-def script_end_to_end(network: nn.Module, pre: Preprocessing, task: str, post: dict) -> torch.jit.ScriptModule:
-    """Script the end-to-end module around ``network`` (traced; ``post`` as for
+def script_end_to_end(network: nn.Module, pre: Preprocessing, post_kind: str, post: dict) -> torch.jit.ScriptModule:
+    """Script the end-to-end module around ``network`` (traced; ``post_kind`` and ``post`` as for
     :func:`mbtasks.export.onnx_pipeline.wrap_network`)."""
-    if task == "classification":
+    if post_kind == "topk":
         tail = ClassificationPost(post["top_k"])
-    elif task == "detection":
+    elif post_kind == "nms":
         tail = DetectionPost(pre.size, post["category_ids"], post["score_threshold"], post["nms_iou"],
                              post["max_detections"], post["topk_candidates"])
-    else:
+    elif post_kind == "none":
         tail = EmbeddingPost()
+    else:
+        raise ValueError(f"no end-to-end post-processing {post_kind!r}; expected topk, nms or none")
     return torch.jit.script(EndToEnd(Preprocess(pre), network, tail).eval())

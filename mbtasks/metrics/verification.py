@@ -215,3 +215,42 @@ class EmbeddingStore(Metric):
             return {}
         index, emb, ok = (dim_zero_cat(s).cpu() for s in (self.index, self.embeddings, self.ok))
         return {int(i): e for i, e, good in zip(index.tolist(), emb, ok.tolist(), strict=True) if good}
+
+
+@dataclass
+class PairVerification:
+    """What :meth:`VerificationMetric.verify` returns: the protocol's result, and each kept pair's
+    distance and same/different label (for plots and the accuracy at a stored threshold)."""
+
+    result: VerificationResult
+    distances: np.ndarray
+    same: np.ndarray
+    dropped: int
+
+
+class VerificationMetric(EmbeddingStore):
+    """The embedding store plus the verification protocol on a pair set.
+
+    ``update`` collects ``(index, embeddings, ok)`` batches (gathered over DDP ranks by
+    :class:`EmbeddingStore`); :meth:`verify` runs :func:`evaluate_verification` on the pairs of
+    ``pair_set`` whose two images both have an embedding. The task evaluates its validation and
+    test splits with it; ``export.quantize=int8`` scores an exported graph with it.
+    """
+
+    def verify(self, pair_set, fars: tuple[float, ...] = (1e-3,)) -> PairVerification | None:
+        """``None`` when fewer than 2 pairs have both embeddings."""
+        embeddings = self.compute() if self.update_called else {}
+        if not embeddings:
+            return None
+        dim = next(iter(embeddings.values())).numel()
+        table = torch.zeros(len(pair_set.images), dim)
+        have = torch.zeros(len(pair_set.images), dtype=torch.bool)
+        for i, e in embeddings.items():
+            table[i], have[i] = e, True
+        pairs = pair_set.pairs
+        keep = (have[pairs[:, 0]] & have[pairs[:, 1]]).numpy()
+        if keep.sum() < 2:
+            return None
+        distances, same = pair_distances(table, pairs[keep]), pair_set.same[keep]
+        result = evaluate_verification(distances, same, pair_set.folds[keep], pair_set.num_folds, tuple(fars))
+        return PairVerification(result, distances, same, int((~keep).sum()))

@@ -30,7 +30,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from mbtasks.backbones.pretrained import describe_config
 from mbtasks.data.io import ImageReadError, is_image_file, read_rgb
-from mbtasks.data.transforms import apply, to_tensor
 from mbtasks.errors import ConfigError, ExportError
 from mbtasks.export.formats import (
     FORMATS,
@@ -43,18 +42,14 @@ from mbtasks.export.formats import (
     write,
     write_end_to_end,
 )
-from mbtasks.export.graphs import export_graph
 from mbtasks.export.preprocessing import preprocessing_of
 from mbtasks.export.quantize import quantize_network
-from mbtasks.modes.common import write_json_atomic
-from mbtasks.modes.export_metrics import METRICS, evaluate, throughput, val_datamodule
-from mbtasks.predictors.common import eval_pipeline, iter_batches
-from mbtasks.tasks import load_task
-from mbtasks.tasks.detection import to_original
+from mbtasks.inference.inputs import Preprocess, file_batches
+from mbtasks.io import temporary_sibling, write_json_atomic
+from mbtasks.modes.export_metrics import throughput, val_batches, val_datamodule
+from mbtasks.tasks import load_task, spec_of
 
 log = logging.getLogger(__name__)
-# tolerated metric drop of an INT8 export (export.int8_max_drop_*): top-1 in points, the others absolute
-INT8_MAX_DROP = {"top1": 1.0, "map_50": 0.01, "verification_accuracy": 0.01}
 
 
 def find_images(spec: str | None, train_cfg: DictConfig, limit: int) -> tuple[list[Path], str]:
@@ -82,7 +77,7 @@ def verification_inputs(files: list[Path], source: str, spec, train_cfg: DictCon
                         n: int) -> tuple[torch.Tensor, str]:
     """``(N, 3, S, S)`` normalised real images (random ones, with a warning, if none are found)."""
     skipped: dict[str, str] = {}
-    batches = [b for _, _, b in iter_batches(files, train_cfg, n, skipped)] if files else []
+    batches = list(file_batches(files, train_cfg, task.info, n, skipped)) if files else []
     if batches:
         return torch.cat(batches)[:n], f"{sum(len(b) for b in batches)} images from {source}"
     if spec:
@@ -116,69 +111,8 @@ def e2e_pictures(files: list[Path], size: int) -> list[np.ndarray]:
 @torch.no_grad()
 def predict_reference(task, train_cfg: DictConfig, image: np.ndarray):
     """``mode=predict``'s answer for one ``(H, W, 3)`` uint8 image: its eval preprocessing
-    (:func:`mbtasks.predictors.common.iter_batches`) and ``predict_step``."""
-    x = to_tensor(apply(eval_pipeline(train_cfg), image)["image"], tuple(train_cfg.data.mean),
-                  tuple(train_cfg.data.std))[None]
-    out = task.predict_step(x)
-    if task.name == "detection":
-        return {k: v.numpy() for k, v in to_original(out, tuple(x.shape[-2:]), [image.shape[:2]])[0].items()}
-    return out[0].numpy()
-
-
-def _fail(what: str, i: int, image: np.ndarray, detail: str):
-    raise ExportError(f"end-to-end export verification failed on image {i} ({image.shape[1]}x{image.shape[0]}): "
-                      f"{what} {detail}")
-
-
-def check_classification(ref: np.ndarray, got: dict, atol: float, i: int, image: np.ndarray) -> dict:
-    d = float(np.abs(got["probs"] - ref).max())
-    if not d <= atol:
-        _fail("probabilities differ from mode=predict's by", i, image, f"{d:.3g} (export.e2e_atol={atol})")
-    best = np.sort(ref)[::-1][: len(got["scores"])]
-    # the same labels, up to ties within the tolerance
-    if not (np.abs(got["scores"] - best).max() <= atol and np.abs(ref[got["labels"]] - best).max() <= atol):
-        _fail("top-k labels differ from mode=predict's:", i, image, f"{got['labels'].tolist()} vs "
-              f"{np.argsort(-ref, kind='stable')[: len(best)].tolist()}")
-    return {"probs": d}
-
-
-def check_embedding(ref: np.ndarray, got: dict, atol: float, i: int, image: np.ndarray) -> dict:
-    d = float(np.abs(got["embeddings"] - ref).max())
-    if not d <= atol:
-        _fail("embedding differs from mode=predict's by", i, image, f"{d:.3g} (export.e2e_atol={atol})")
-    return {"embeddings": d}
-
-
-def check_detection(ref: dict, got: dict, atol: float, box_atol: float, i: int, image: np.ndarray,
-                    score_threshold: float, max_detections: int, category_ids: list[int]) -> dict:
-    """Every detection of ``mode=predict`` is found in the export (same label and category id, box
-    corners within ``box_atol`` pixels, score within ``atol``) and vice versa, except those whose
-    score is within ``atol`` of a cut-off (the score threshold, or the last kept score when
-    ``max_detections`` are kept), which a tiny numerical difference may legitimately flip."""
-    n = int(got["num_detections"])
-    gb, gs, gl, gi = got["boxes"][:n], got["scores"][:n], got["labels"][:n], got["category_ids"][:n]
-    if n and (gi != np.asarray(category_ids)[gl]).any():
-        _fail("category ids do not match the labels:", i, image, f"{gi.tolist()} for labels {gl.tolist()}")
-    cut_ref = ref["scores"].min() if len(ref["scores"]) >= max_detections else score_threshold
-    cut_got = gs.min() if n >= max_detections else score_threshold
-    used = np.zeros(n, bool)
-    box_diff = score_diff = 0.0
-    for box, score, label in zip(ref["boxes"], ref["scores"], ref["labels"], strict=True):
-        err = np.abs(gb - box).max(axis=1) if n else np.zeros(0)
-        ok = ~used & (gl == label) & (np.abs(gs - score) <= atol) & (err <= box_atol)
-        if ok.any():
-            j = int(np.flatnonzero(ok)[np.argmin(err[ok])])
-            used[j] = True
-            box_diff, score_diff = max(box_diff, float(err[j])), max(score_diff, float(abs(gs[j] - score)))
-        elif score > max(cut_ref, cut_got) + atol:
-            _fail("misses mode=predict's detection", i, image, f"label {int(label)} score {score:.4f} box "
-                  f"{np.round(box, 2).tolist()} (export.box_atol={box_atol}, export.e2e_atol={atol})")
-    extra = gs[~used]
-    if extra.size and extra.max() > max(cut_ref, cut_got) + atol:
-        j = int(np.flatnonzero(~used)[np.argmax(extra)])
-        _fail("has a detection mode=predict does not:", i, image, f"label {int(gl[j])} score {gs[j]:.4f} box "
-              f"{np.round(gb[j], 2).tolist()}")
-    return {"boxes": box_diff, "scores": score_diff}
+    (:class:`mbtasks.inference.inputs.Preprocess`) and ``predict_step``, as the task's export reads it."""
+    return spec_of(task).export.reference(task, Preprocess(train_cfg, task.info)(image)[None], image)
 
 
 def verify_end_to_end(runner, task, train_cfg: DictConfig, pictures: list[np.ndarray], atol: float,
@@ -189,26 +123,24 @@ def verify_end_to_end(runner, task, train_cfg: DictConfig, pictures: list[np.nda
     Returns:
         ``{"max_abs_diff": {output: float}, "detections": int}`` (detections compared, detection only).
     """
+    spec = spec_of(task).export
     diffs: dict[str, float] = {}
-    matched = 0
+    counts: dict[str, int] = {}
     for i, image in enumerate(pictures):
         ref = predict_reference(task, train_cfg, image)
         batch = np.stack([image, image]) if i == 0 else image[None]
         outs = runner(batch)
         for row in range(len(batch)):
             got = {k: v[row] for k, v in outs.items()}
-            if task.name == "classification":
-                d = check_classification(ref, got, atol, i, image)
-            elif task.name == "embedding":
-                d = check_embedding(ref, got, atol, i, image)
-            else:
-                det = task.model
-                d = check_detection(ref, got, atol, box_atol, i, image, float(det.score_threshold),
-                                    int(det.max_detections), list(task.category_ids))
-                matched += len(ref["scores"])
-            for k, v in d.items():
+
+            def fail(what: str, detail: str, i=i, image=image):
+                _fail(what, i, image, detail)
+
+            for k, v in spec.compare(task, ref, got, atol, box_atol, fail).items():
                 diffs[k] = max(diffs.get(k, 0.0), v)
-    return {"max_abs_diff": diffs, **({"detections": matched} if task.name == "detection" else {})}
+            for k, v in spec.counted(ref).items():
+                counts[k] = counts.get(k, 0) + v
+    return {"max_abs_diff": diffs, **counts}
 
 
 def compare(runner, module: torch.nn.Module, images: torch.Tensor, names, atol: float, rtol: float) -> dict:
@@ -296,49 +228,17 @@ def check_sidecar(out: Path) -> Path:
     return sidecar
 
 
-def post_settings(task, graph, top_k: int, score_threshold=None, nms_iou=None, max_detections=None) -> dict:
-    """The end-to-end graph's post-processing settings; detection overrides go into ``task.model`` too,
-    so the ``mode=predict`` reference uses the same ones."""
-    if task.name == "classification":
-        if int(top_k) < 1:
-            raise ConfigError(f"export.top_k={top_k}: expected >= 1")
-        return {"top_k": min(int(top_k), len(task.class_names))}
-    if task.name != "detection":
-        return {}
-    det = task.model
-    for key, value in (("score_threshold", score_threshold), ("nms_iou", nms_iou), ("max_detections", max_detections)):
-        if value is not None:
-            setattr(det, key, type(getattr(det, key))(value))
-    if not 0 <= det.score_threshold < 1 or not 0 < det.nms_iou <= 1 or det.max_detections < 1:
-        raise ConfigError(f"export: score_threshold={det.score_threshold} (expected [0, 1)), nms_iou={det.nms_iou} "
-                          f"(expected (0, 1]), max_detections={det.max_detections} (expected >= 1)")
-    return {"num_anchors": graph.details["num_anchors"], "num_classes": len(task.class_names),
-            "category_ids": list(task.category_ids), "score_threshold": float(det.score_threshold),
-            "nms_iou": float(det.nms_iou), "max_detections": int(det.max_detections),
-            "topk_candidates": int(det.topk_candidates)}
+def _fail(what: str, i: int, image: np.ndarray, detail: str):
+    raise ExportError(f"end-to-end export verification failed on image {i} ({image.shape[1]}x{image.shape[0]}): "
+                      f"{what} {detail}")
 
 
 def end_to_end_details(task, pre, post: dict) -> dict:
-    """Metadata of an end-to-end export: its input and outputs."""
-    d = post.get("max_detections")
-    outputs = {
-        "classification": {"probs": "(N, K) softmax probabilities", "scores": f"(N, {post.get('top_k')}) top-k "
-                           "probabilities, decreasing", "labels": "(N, k) int64 indices into class_names"},
-        "detection": {"boxes": f"(N, {d}, 4) x1y1x2y2 in the input image's pixels",
-                      "scores": f"(N, {d}) decreasing", "labels": f"(N, {d}) int64 index into class_names, -1 = padding",
-                      "category_ids": f"(N, {d}) int64 original (COCO) category ids, -1 = padding",
-                      "num_detections": "(N,) int64 valid rows per image"},
-        "embedding": {"embeddings": "(N, D) L2-normalised embeddings"},
-    }[task.name]
-    details = {"end_to_end": True, "outputs": outputs, "output_names": list(outputs),
-               "input": {"name": PIXELS, "shape": ["N", "H", "W", 3], "dtype": "uint8", "layout": "NHWC, RGB",
-                         "preprocessing": pre.describe() + " (inside the graph)"}}
-    if task.name == "classification":
-        details["top_k"] = post["top_k"]
-    if task.name == "detection":
-        details["thresholds"] = {k: post[k] for k in ("score_threshold", "nms_iou", "max_detections", "topk_candidates")}
-        details["optional_inputs"] = {"score_threshold": "float32 scalar", "iou_threshold": "float32 scalar"}
-    return details
+    """Metadata of an end-to-end export: its input, and the task's outputs and settings."""
+    details = spec_of(task).export.e2e_details(post)
+    return {"end_to_end": True, **details, "output_names": list(details["outputs"]),
+            "input": {"name": PIXELS, "shape": ["N", "H", "W", 3], "dtype": "uint8", "layout": "NHWC, RGB",
+                      "preprocessing": pre.describe() + " (inside the graph)"}}
 
 
 def onnx_load(path: Path):
@@ -357,7 +257,7 @@ def quantize_int8(task, train_cfg: DictConfig, src: Path, dst: Path, spec: str |
     if len(files) > limit:  # evenly spread: os.walk lists one class / split after the other
         files = [files[i] for i in np.linspace(0, len(files) - 1, limit).round().astype(int)]
     skipped: dict[str, str] = {}
-    batches = [b.numpy() for _, _, b in iter_batches(files, train_cfg, 32, skipped)] if files else []
+    batches = [b.numpy() for b in file_batches(files, train_cfg, task.info, 32, skipped)] if files else []
     if not batches:
         where = f"export.calibration={spec}" if spec else f"the checkpoint's data.root ({source})"
         raise ConfigError(f"export.quantize=int8: no readable images under {where} to calibrate on; give "
@@ -371,8 +271,9 @@ def verify_int8(task, train_cfg: DictConfig, fp32_path: Path, int8_path: Path, i
     """The task metric of the fp32 and int8 network graphs on the checkpoint's validation split, and
     their throughput (``batch`` images, ``threads`` onnxruntime threads); raises :class:`ExportError`
     when the int8 metric drops more than the tolerance."""
-    name, key = METRICS[task.name]
-    tolerance = float(max_drop.get(name, INT8_MAX_DROP[name]))
+    spec = spec_of(task).export
+    name, key = spec.metric, spec.max_drop_key
+    tolerance = float(max_drop.get(name, spec.max_drop))
     try:
         datamodule = val_datamodule(train_cfg)
     except Exception as err:  # noqa: BLE001 - any failure to rebuild the data is the user's to fix
@@ -380,7 +281,8 @@ def verify_int8(task, train_cfg: DictConfig, fp32_path: Path, int8_path: Path, i
                           f"(data.root={OmegaConf.select(train_cfg, 'data.root')}), which could not be loaded: "
                           f"{err}") from err
     fp32, int8 = (load_runner("onnx", p, threads) for p in (fp32_path, int8_path))
-    metric = {"fp32": evaluate(task, datamodule, fp32), "int8": evaluate(task, datamodule, int8)}
+    metric = {k: spec.evaluate(task, datamodule, runner, val_batches(datamodule))
+              for k, runner in (("fp32", fp32), ("int8", int8))}
     speed = throughput({"fp32": fp32, "int8": int8}, images, batch)
     record = {"metric": name, "split": "val", **metric, "drop": metric["fp32"] - metric["int8"],
               "max_drop": tolerance, "speed": {"batch": batch, "threads": threads, "unit": "images/s",
@@ -442,10 +344,10 @@ def export_task(task, train_cfg: DictConfig, out: str | Path, fmt: str = "onnx",
             verified on the task metric instead of raw outputs (:func:`verify_int8`).
         calibration: image file or folder to calibrate on (default: the checkpoint's ``data.root``);
         calibration_images: at most this many.
-        int8_exclude: op types (or ``depthwise``) kept in float; ``None``: the task's ``int8_keep_float``
-            (embedding: its ``Gemm`` layers), ``[]``: quantize everything.
+        int8_exclude: op types (or ``depthwise``) kept in float; ``None``: the task export's
+            ``int8_keep_float`` (embedding: its ``Gemm`` layers), ``[]``: quantize everything.
         max_drop: tolerated metric drop per metric name (``top1`` in points, ``map_50``,
-            ``verification_accuracy``); defaults :data:`INT8_MAX_DROP`.
+            ``verification_accuracy``); default: the task export's ``max_drop``.
         speed_batch, speed_threads: where fp32 and int8 throughput are measured.
 
     Returns:
@@ -467,18 +369,18 @@ def export_task(task, train_cfg: DictConfig, out: str | Path, fmt: str = "onnx",
     out = Path(out)
     sidecar = check_sidecar(out)
     task = copy.deepcopy(task).cpu().float().eval()
-    graph = export_graph(task)
+    spec = spec_of(task).export
+    graph = spec.graph(task)
     pre = preprocessing_of(train_cfg, int(task.info.get("image_size", 224)), task.info["mean"], task.info["std"]) \
         if end_to_end else None
-    post = post_settings(task, graph, top_k, score_threshold, nms_iou, max_detections)
+    post = spec.post_settings(task, graph, top_k=top_k, score_threshold=score_threshold, nms_iou=nms_iou,
+                              max_detections=max_detections)
     out.parent.mkdir(parents=True, exist_ok=True)
     files, source = find_images(inputs, train_cfg, max(2, int(num_inputs)))
     images, source = verification_inputs(files, source, inputs, train_cfg, task, max(2, int(num_inputs)))
     meta = metadata(task, train_cfg, graph, fmt, source_checkpoint)
     # Written and checked under temporary names in the same folder; renamed only once verified.
-    tmp = out.with_name(f".{out.stem}.tmp-{os.getpid()}{out.suffix}")
-    tmp_net = out.with_name(f".{out.stem}.tmp-{os.getpid()}-network{out.suffix}")
-    tmp_q = out.with_name(f".{out.stem}.tmp-{os.getpid()}-int8{out.suffix}")
+    tmp, tmp_net, tmp_q = (temporary_sibling(out, tag) for tag in ("export", "network", "int8"))
     separate = end_to_end or quantize
     try:
         write(fmt, graph.module, images[:2], tmp_net if separate else tmp, graph.output_names, meta, int(opset))
@@ -489,7 +391,7 @@ def export_task(task, train_cfg: DictConfig, out: str | Path, fmt: str = "onnx",
         if quantize:
             meta["quantization"] = quantize_int8(task, train_cfg, tmp_net, tmp_q, calibration,
                                                  int(calibration_images),
-                                                 list(task.int8_keep_float if int8_exclude is None else int8_exclude))
+                                                 list(spec.int8_keep_float if int8_exclude is None else int8_exclude))
             meta["verification"]["int8"] = verify_int8(task, train_cfg, tmp_net, tmp_q, images.numpy(),
                                                        max_drop or {}, int(speed_batch), int(speed_threads))
             os.replace(tmp_q, tmp_net)
@@ -497,14 +399,14 @@ def export_task(task, train_cfg: DictConfig, out: str | Path, fmt: str = "onnx",
                 save_onnx(onnx_load(tmp_net), tmp, meta)
         if end_to_end and quantize:
             meta.update(end_to_end_details(task, pre, post))
-            write_end_to_end(fmt, tmp_net, tmp, pre, task.name, post, meta)
+            write_end_to_end(fmt, tmp_net, tmp, pre, spec.post_kind, post, meta)
             record = smoke_end_to_end(load_e2e_runner(fmt, tmp), task, e2e_pictures(files, pre.size))
             meta["verification"]["end_to_end"] = {"vs": "runs on real images (answers checked through the int8 "
                                                   "metric, not against mode=predict)", **record}
             set_metadata(fmt, tmp, meta)
         elif end_to_end:
             meta.update(end_to_end_details(task, pre, post))
-            write_end_to_end(fmt, tmp_net, tmp, pre, task.name, post, meta)
+            write_end_to_end(fmt, tmp_net, tmp, pre, spec.post_kind, post, meta)
             pictures = e2e_pictures(files, pre.size)
             record = verify_end_to_end(load_e2e_runner(fmt, tmp), task, train_cfg, pictures, float(e2e_atol),
                                        float(box_atol))
@@ -543,6 +445,7 @@ def run(cfg: DictConfig, run_dir: Path, overrides=()) -> dict:
     if fmt not in FORMATS:
         raise ConfigError(f"export.format={fmt!r}: expected one of {list(FORMATS)}")
     task, train_cfg = load_task(cfg.ckpt_path)
+    spec = spec_of(task).export
     e = cfg.export
     out = Path(e.output) if e.get("output") else run_dir / f"{task.name}{FORMATS[fmt]}"
     return export_task(task, train_cfg, out, fmt, end_to_end=bool(e.get("end_to_end", True)), inputs=e.get("inputs"),
@@ -553,5 +456,5 @@ def run(cfg: DictConfig, run_dir: Path, overrides=()) -> dict:
                        source_checkpoint=str(cfg.ckpt_path), quantize=e.get("quantize"),
                        calibration=e.get("calibration"), calibration_images=int(e.get("calibration_images", 256)),
                        int8_exclude=None if e.get("int8_exclude") is None else list(e.int8_exclude),
-                       max_drop={name: number(e, key, INT8_MAX_DROP[name]) for name, key in METRICS.values()},
+                       max_drop={spec.metric: number(e, spec.max_drop_key, spec.max_drop)},
                        speed_batch=int(e.get("speed_batch", 32)), speed_threads=int(e.get("speed_threads", 2)))

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import statistics
-import time
 from pathlib import Path
 
 import torch
@@ -12,57 +10,17 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
-from mbtasks.modes.common import write_json_atomic
-from mbtasks.tasks import build_task, task_class
+from mbtasks.io import write_json_atomic
+from mbtasks.profiling import count_mult_adds, count_params, measure_latency_ms
+from mbtasks.tasks import build_task, spec_for_config
 
 log = logging.getLogger(__name__)
 
 
-def count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-@torch.no_grad()
-def count_mult_adds(model: nn.Module, example: torch.Tensor) -> int:
-    """Multiply-accumulates of one forward pass (FLOPs / 2 as counted for conv and matmul)."""
-    was_training = model.training
-    model.eval()
-    with FlopCounterMode(display=False) as counter:
-        model(example)
-    model.train(was_training)
-    return int(counter.get_total_flops() // 2 // example.shape[0])
-
-
-@torch.no_grad()
-def measure_latency_ms(model: nn.Module, example: torch.Tensor, warmup: int = 3, repeats: int = 20) -> float:
-    """Median wall time of a forward pass, in milliseconds."""
-    model.eval()
-    for _ in range(warmup):
-        model(example)
-    times = []
-    for _ in range(repeats):
-        if example.is_cuda:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        model(example)
-        if example.is_cuda:
-            torch.cuda.synchronize()
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
-
-
 def profile_network(cfg: DictConfig) -> nn.Module:
     """The task's network as the papers count it (``profile.num_classes`` classes)."""
-    info = task_class(cfg).profile_info(cfg)
-    return build_task(cfg, info).model
-
-
-def summary_line(model: nn.Module, image_size: int) -> str:
-    params = count_params(model)
-    macs = count_mult_adds(model, torch.zeros(1, 3, image_size, image_size))
-    return f"{params / 1e6:.2f}M params, {macs / 1e6:.0f}M mult-adds at {image_size}x{image_size}"
+    return build_task(cfg, spec_for_config(cfg).profile_info(cfg), training=False).model
 
 
 def run(cfg: DictConfig, run_dir: Path, overrides=()) -> dict:
@@ -76,7 +34,7 @@ def run(cfg: DictConfig, run_dir: Path, overrides=()) -> dict:
     example = torch.randn(int(cfg.profile.batch_size), 3, size, size, device=device)
     latency = measure_latency_ms(model.to(device), example, int(cfg.profile.warmup), int(cfg.profile.repeats))
     result = {
-        "task": task_class(cfg).name,
+        "task": spec_for_config(cfg).name,
         "backbone": OmegaConf.select(cfg, "backbone._target_").rsplit(".", 1)[-1],
         "width": OmegaConf.select(cfg, "backbone.width"),
         "image_size": size,

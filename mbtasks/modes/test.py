@@ -9,13 +9,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from mbtasks.errors import DataError
-from mbtasks.modes.common import (
-    build_trainer,
-    eval_data_config,
-    which_test_split,
-    write_config,
-    write_metrics,
-)
+from mbtasks.modes.evaldata import eval_data_config, which_test_split
+from mbtasks.modes.rundir import write_config, write_metrics
+from mbtasks.modes.trainer import build_trainer
 from mbtasks.tasks import load_task
 
 log = logging.getLogger(__name__)

@@ -11,8 +11,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from mbtasks.callbacks.time_budget import parse_duration
 from mbtasks.errors import NonFiniteLossError
-from mbtasks.modes.common import build_trainer, which_test_split, write_config, write_metrics
-from mbtasks.modes.profile import summary_line
+from mbtasks.modes.evaldata import which_test_split
+from mbtasks.modes.rundir import write_config, write_metrics
+from mbtasks.modes.trainer import build_trainer
+from mbtasks.profiling import summary_line
 from mbtasks.tasks import build_task
 
 log = logging.getLogger(__name__)
@@ -61,13 +63,11 @@ def run(cfg: DictConfig, run_dir: Path, overrides=()) -> dict:
     trainer.test(task, datamodule=datamodule, ckpt_path=best, weights_only=True)
     metrics.update({k: v for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
     metrics["test/split"] = test_split
-    skipped = datamodule.skipped() if hasattr(datamodule, "skipped") else {}
+    skipped = datamodule.skipped()
     if skipped:
         metrics["data/skipped_files"] = len(skipped)
         log.warning("%d unreadable files were skipped (first: %s)", len(skipped), next(iter(skipped)))
-    rescaled: dict[str, str] = {}
-    for ds in getattr(datamodule, "datasets", {}).values():
-        rescaled.update(getattr(getattr(ds, "rescaled", None), "skipped", {}))
+    rescaled = datamodule.rescaled()
     if rescaled:
         metrics["data/rescaled_annotations"] = len(rescaled)
         log.warning("%d images differ in size from their annotations; their boxes were rescaled (first: %s: %s)",

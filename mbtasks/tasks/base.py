@@ -1,8 +1,9 @@
-"""What every task LightningModule shares: optimizers from config, self-describing checkpoints."""
+"""What every task LightningModule shares: optimizer groups, fine-tuning, the loss guard, checkpoint meta."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import lightning as L
@@ -10,64 +11,88 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-CHECKPOINT_KEY = "mbtasks"
+from mbtasks import checkpoint as ckpt_format
+from mbtasks.callbacks.backbone_freeze import BackboneFreeze
+from mbtasks.errors import NonFiniteLossError
+from mbtasks.tasks.finetune import FineTune
+from mbtasks.tasks.optim import check_no_decay, split_no_decay
+from mbtasks.tasks.spec import TaskSpec
+
+
+def _value(v: Any) -> float:
+    return float(v.detach().float().item() if isinstance(v, torch.Tensor) else v)
 
 
 class BaseTask(L.LightningModule):
-    """Base of the three tasks.
+    """Base of every task.
 
-    Subclasses set ``name``, ``head_class``, ``monitor`` / ``monitor_mode`` (the metric that picks
-    ``best.ckpt``) and build ``self.model`` (plain nn code, usable without Lightning).
+    Subclasses set ``spec`` (the task's :class:`~mbtasks.tasks.spec.TaskSpec`: name, head class,
+    predictor, export, data check...), ``monitor`` / ``monitor_mode`` (the metric that picks
+    ``best.ckpt``), and build ``self.model`` (plain nn code with a ``backbone``, usable without Lightning).
 
     Args:
-        info: what the data module says about the data (class names, image size,
-            mean/std); stored in every checkpoint.
-        optimizer: ``functools.partial`` of a torch optimizer (Hydra ``_partial_``).
-        scheduler: ``functools.partial(fn, ...)`` of a factory
-            ``fn(optimizer, total_steps, steps_per_epoch)`` or ``None``.
+        info: what the data module says about the data (class names, image size, mean/std);
+            stored in every checkpoint.
+        optimizer: ``functools.partial`` of a torch optimizer (Hydra ``_partial_``); ``None`` for inference.
+        scheduler: ``functools.partial(fn, ...)`` of a factory ``fn(optimizer, total_steps, steps_per_epoch)``.
+        finetune: how the backbone trains (:class:`~mbtasks.tasks.finetune.FineTune`; ``None``: like the rest).
+        no_decay: parameter kinds trained without weight decay (``norm``, ``bias``, ``depthwise``).
     """
 
-    name: ClassVar[str] = ""
-    # The head class the task completes (``head._target_`` must be it or a subclass).
-    head_class: ClassVar[type | None] = None
+    spec: ClassVar[TaskSpec]
     monitor: ClassVar[str] = "val/loss"
     monitor_mode: ClassVar[str] = "min"
-    # data.image_size must be a multiple of this (1: any side >= 32; a head that needs more says so)
-    input_multiple: ClassVar[int] = 1
-    # op types export.quantize=int8 keeps in float unless export.int8_exclude says otherwise (measured per task)
-    int8_keep_float: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, info: dict, optimizer: Callable | None = None, scheduler: Callable | None = None) -> None:
+    def __init__(self, info: Mapping, optimizer: Callable | None = None, scheduler: Callable | None = None,
+                 finetune: FineTune | None = None, no_decay: Sequence[str] = ()) -> None:
         super().__init__()
         # Hydra's instantiate turns dict arguments into DictConfig; checkpoints need plain types.
         self.info = OmegaConf.to_container(info, resolve=True) if isinstance(info, DictConfig) else dict(info)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
-        # Set by build_task: the resolved run config, stored in checkpoints.
-        self.run_config: dict[str, Any] = {}
-        # Set by build_task from backbone.lr_mult: the backbone's LR is lr * backbone_lr_mult.
-        self.backbone_lr_mult = 1.0
-        # Set by build_task from optimizer.no_decay: parameter kinds trained without weight decay.
-        self.no_decay: tuple[str, ...] = ()
+        self.finetune = finetune or FineTune()
+        self.no_decay = check_no_decay(no_decay)
         self.model: nn.Module
+        size = int(self.info.get("image_size", 224))
         # Lightning's model summary counts FLOPs on this input (without it the summary prints "Total FLOPs: 0")
-        self.example_input_array = self.example_input()
+        self.example_input_array = torch.zeros(1, 3, size, size)
 
+    def forward(self, images: torch.Tensor):
+        """The network's raw output (what ``self.model`` returns)."""
+        return self.model(images)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def backbone(self) -> nn.Module:
+        return self.model.backbone
+
+    @property
+    def tensorboard(self):
+        """The TensorBoard ``SummaryWriter`` of this run, or ``None`` (no logger, another logger)."""
+        from torch.utils.tensorboard import SummaryWriter
+
+        for logger in self.loggers:
+            if isinstance(getattr(logger, "experiment", None), SummaryWriter):
+                return logger.experiment
+        return None
+
+    # ---------------------------------------------------------------- optimisation
     def parameter_groups(self) -> list[dict]:
         """Optimizer groups: ``head`` (everything trainable but the backbone) and ``backbone``.
 
         The backbone group holds all backbone parameters, frozen ones too: a frozen parameter
-        gets no gradient, so the optimizer skips it, and unfreezing later (``backbone.unfreeze_at_epoch``)
+        gets no gradient, so the optimizer skips it, and unfreezing later (``finetune.unfreeze_at_epoch``)
         needs no new group, so schedulers and resumed optimizer states stay aligned.
-        Its ``lr_mult`` (``backbone.lr_mult``) scales the optimizer's LR for the backbone.
+        Its ``lr_mult`` (``finetune.lr_mult``) scales the optimizer's LR for the backbone.
         """
-        backbone = getattr(getattr(self, "model", None), "backbone", None)
-        if not isinstance(backbone, nn.Module):
-            return [{"params": [p for p in self.parameters() if p.requires_grad]}]
-        in_backbone = {id(p) for p in backbone.parameters()}
+        in_backbone = {id(p) for p in self.backbone.parameters()}
         head = [p for p in self.parameters() if p.requires_grad and id(p) not in in_backbone]
         groups = [{"params": head, "name": "head"}] if head else []
-        groups.append({"params": list(backbone.parameters()), "name": "backbone", "lr_mult": self.backbone_lr_mult})
+        groups.append({"params": list(self.backbone.parameters()), "name": "backbone",
+                       "lr_mult": self.finetune.lr_mult})
         return groups
 
     def configure_optimizers(self):
@@ -83,79 +108,53 @@ class BaseTask(L.LightningModule):
         scheduler = self.scheduler_factory(optimizer, total_steps=total, steps_per_epoch=max(1, total // epochs))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    def check_finite(self, terms: dict[str, torch.Tensor]) -> None:
+    def configure_callbacks(self) -> list[L.Callback]:
+        """A frozen backbone (``finetune.freeze``) is unfrozen at ``finetune.unfreeze_at_epoch``."""
+        ft = self.finetune
+        return [BackboneFreeze(ft.freeze, ft.unfreeze_at_epoch, ft.lr_mult)] if ft.freeze else []
+
+    # ---------------------------------------------------------------- training
+    def loss_terms(self, batch) -> dict[str, torch.Tensor]:
+        """The training loss of ``batch`` as named terms; ``"loss"`` is the one optimised."""
+        raise NotImplementedError
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        terms = self.loss_terms(batch)
+        self.check_finite(terms)
+        n = len(batch[0])
+        for key, value in terms.items():
+            if key != "loss":
+                self.log(f"train/{key}", value, batch_size=n)
+        self.log("train/loss", terms["loss"], prog_bar=True, batch_size=n)
+        return terms["loss"]
+
+    def check_finite(self, terms: Mapping[str, Any]) -> None:
         """Raise :class:`~mbtasks.errors.NonFiniteLossError` naming step, epoch and every term if any is NaN/inf.
 
-        Called by ``training_step`` before logging, so a diverged step never reaches the
-        optimizer's state, the logs or a checkpoint.
+        Runs before logging and backward, so a diverged step never reaches the optimizer's state,
+        the logs or a checkpoint (``last.ckpt`` stays the last good one).
         """
-        from mbtasks.callbacks.finite_loss import is_finite, non_finite_loss_error
+        values = {k: _value(v) for k, v in terms.items()}
+        if all(math.isfinite(v) for v in values.values()):
+            return
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in values.items())
+        raise NonFiniteLossError(
+            f"training loss is not finite at global step {self.global_step} (epoch {self.current_epoch}): {shown}. "
+            "Lower optimizer.lr, set trainer.gradient_clip_val, or check the data of this step")
 
-        if not all(is_finite(v) for v in terms.values()):
-            raise non_finite_loss_error(self.global_step, self.current_epoch, terms)
+    # ---------------------------------------------------------------- run-dir plots (callbacks.plots)
+    def plot_batch(self, batch, n: int) -> torch.Tensor | None:
+        """``(n, 3, H, W)`` uint8 images of ``batch`` drawn with the task's predictions, or ``None``."""
+        return None
+
+    def test_figures(self) -> dict[str, Any]:
+        """Matplotlib figures of the last test, by file name (``confusion_matrix.png``...)."""
+        return {}
+
+    # ---------------------------------------------------------------- checkpoints
+    def task_args(self) -> dict[str, Any]:
+        """Constructor arguments learnt when training started (stored in checkpoints, given back on load)."""
+        return {}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint[CHECKPOINT_KEY] = {"task": self.name, "config": self.run_config, "info": self.info}
-
-    def example_input(self, batch_size: int = 1) -> torch.Tensor:
-        size = int(self.info.get("image_size", 224))
-        return torch.zeros(batch_size, 3, size, size)
-
-    @classmethod
-    def profile_info(cls, cfg) -> dict:
-        """Data info for counting the network as the papers do (``profile.num_classes`` classes)."""
-        n = int(cfg.profile.num_classes)
-        return {"class_names": [f"class_{i}" for i in range(n)], "image_size": int(cfg.data.image_size),
-                "mean": list(cfg.data.mean), "std": list(cfg.data.std)}
-
-
-NO_DECAY_KINDS = ("norm", "bias", "depthwise")
-
-
-def check_no_decay(kinds) -> tuple[str, ...]:
-    """``optimizer.no_decay`` as a tuple; :class:`~mbtasks.errors.ConfigError` for an unknown kind."""
-    kinds = tuple(kinds or ())
-    unknown = [k for k in kinds if k not in NO_DECAY_KINDS]
-    if unknown:
-        from mbtasks.errors import ConfigError
-
-        raise ConfigError(f"optimizer.no_decay={list(kinds)}: unknown kinds {unknown}; expected some of "
-                          f"{list(NO_DECAY_KINDS)}")
-    return kinds
-
-
-def no_decay_kind(module: nn.Module, name: str) -> str | None:
-    """Which of :data:`NO_DECAY_KINDS` ``module``'s own parameter ``name`` is, if any."""
-    if isinstance(module, nn.modules.batchnorm._NormBase | nn.GroupNorm | nn.LayerNorm):
-        return "norm"
-    if name == "bias":
-        return "bias"
-    if isinstance(module, nn.Conv2d) and module.groups > 1 and module.groups == module.in_channels:
-        return "depthwise"
-    return None
-
-
-def split_no_decay(model: nn.Module, groups: list[dict], kinds: tuple[str, ...] | list[str]) -> list[dict]:
-    """Split every optimizer group in two: parameters of ``kinds`` get ``weight_decay=0``.
-
-    MobileNet V1 (Sec. 3.4) trains depthwise filters with little or no weight decay, "since
-    there are so few parameters in them"; normalisation weights and biases are commonly
-    left undecayed too. A group that ends up empty is dropped.
-    """
-    kinds = check_no_decay(kinds)
-    if not kinds:
-        return groups
-    exempt = {id(p) for m in model.modules() for n, p in m.named_parameters(recurse=False)
-              if no_decay_kind(m, n) in kinds}
-    out = []
-    for group in groups:
-        params = list(group["params"])
-        rest = {k: v for k, v in group.items() if k != "params"}
-        decay = [p for p in params if id(p) not in exempt]
-        plain = [p for p in params if id(p) in exempt]
-        if decay:
-            out.append({**rest, "params": decay})
-        if plain:
-            out.append({**rest, "params": plain, "weight_decay": 0.0,
-                        "name": f"{rest.get('name', 'params')}_no_decay"})
-    return out
+        ckpt_format.stamp(checkpoint, task=self.name, info=self.info, task_args=self.task_args())

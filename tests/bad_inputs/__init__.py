@@ -112,5 +112,6 @@ def fake_checkpoint(path: Path, task: str = "classification") -> Path:
               "detection": "mbtasks.tasks.detection.DetectionTask",
               "embedding": "mbtasks.tasks.embedding.EmbeddingTask"}[task]
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"mbtasks": {"config": {"task": {"_target_": target}}, "info": {}}, "state_dict": {}}, path)
+    torch.save({"mbtasks": {"format": 2, "task": task, "config": {"task": {"_target_": target}}, "info": {}},
+                "state_dict": {}}, path)
     return path

@@ -1,0 +1,10 @@
+"""Classification's :class:`~mbtasks.tasks.spec.TaskSpec`."""
+
+from mbtasks.models.classifier import ClassifierHead
+from mbtasks.tasks.classification.check import check_data
+from mbtasks.tasks.classification.export import ClassificationExport
+from mbtasks.tasks.classification.predictor import ClassificationPredictor
+from mbtasks.tasks.spec import TaskSpec
+
+SPEC = TaskSpec(name="classification", head=ClassifierHead, predictor=ClassificationPredictor,
+                export=ClassificationExport(), check_data=check_data)

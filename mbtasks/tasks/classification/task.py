@@ -1,0 +1,146 @@
+"""Image classification: cross-entropy with label smoothing, top-1 / top-5 accuracy."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+from torchmetrics import MetricCollection  # noqa: E402
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix  # noqa: E402
+
+from mbtasks.backbones.base import Backbone  # noqa: E402
+from mbtasks.callbacks.plots import confusion_figure  # noqa: E402
+from mbtasks.data.transforms import denormalize  # noqa: E402
+from mbtasks.models.classifier import Classifier  # noqa: E402
+from mbtasks.tasks.base import BaseTask  # noqa: E402
+from mbtasks.tasks.classification.spec import SPEC  # noqa: E402
+from mbtasks.tasks.finetune import FineTune  # noqa: E402
+
+
+class ClassificationTask(BaseTask):
+    """Backbone + classifier head trained with (label-smoothed) cross-entropy.
+
+    Args:
+        backbone: any :class:`Backbone` (its last feature map is classified).
+        head: partial ``ClassifierHead`` completed with ``in_channels`` and ``num_classes``.
+        info: data info; ``info["class_names"]`` fixes the number of classes.
+        label_smoothing: cross-entropy label smoothing.
+        top_k: the k of the top-k accuracy, logged as ``acc_top{k}``; left out when the data has
+            no more than k classes (it would be 1.0 whatever the model does).
+        log_images: images shown in the TensorBoard prediction grid (0 disables).
+    """
+
+    spec = SPEC
+    monitor = "val/acc_top1"
+    monitor_mode = "max"
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        head: Callable[..., nn.Module],
+        info: dict,
+        optimizer: Callable | None = None,
+        scheduler: Callable | None = None,
+        finetune: FineTune | None = None,
+        no_decay: Sequence[str] = (),
+        label_smoothing: float = 0.1,
+        top_k: int = 5,
+        log_images: int = 16,
+    ) -> None:
+        super().__init__(info, optimizer, scheduler, finetune, no_decay)
+        self.class_names = list(info["class_names"])
+        k = len(self.class_names)
+        if k < 2:
+            raise ValueError(f"classification needs at least 2 classes, the data has {k}: {self.class_names}")
+        self.model = Classifier(backbone, head(in_channels=backbone.num_features, num_classes=k))
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        self.top_k = int(top_k)
+        metrics = {"acc_top1": MulticlassAccuracy(k, top_k=1, average="micro")}
+        if 1 < self.top_k < k:
+            metrics[f"acc_top{self.top_k}"] = MulticlassAccuracy(k, top_k=self.top_k, average="micro")
+        metrics = MetricCollection(metrics)
+        self.train_metrics = metrics.clone(prefix="train/")
+        self.val_metrics = metrics.clone(prefix="val/")
+        self.test_metrics = metrics.clone(prefix="test/")
+        self.val_confmat = MulticlassConfusionMatrix(k)
+        self.test_confmat = MulticlassConfusionMatrix(k)
+        self.log_images = log_images
+        self._sample: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+    def model_step(self, batch):
+        images, labels = batch
+        logits = self(images)
+        return logits, labels, self.criterion(logits, labels)
+
+    def loss_terms(self, batch) -> dict[str, torch.Tensor]:
+        logits, labels, loss = self.model_step(batch)
+        self.train_metrics.update(logits, labels)
+        self.log_dict(self.train_metrics, on_step=False, on_epoch=True, batch_size=labels.numel())
+        return {"loss": loss}
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        logits, labels, loss = self.model_step(batch)
+        self.val_metrics.update(logits, labels)
+        self.val_confmat.update(logits, labels)
+        # sync_dist: under DDP the epoch loss is the mean over all ranks' images, not rank 0's.
+        self.log("val/loss", loss, prog_bar=True, batch_size=labels.numel(), sync_dist=True)
+        self.log_dict(self.val_metrics, prog_bar=True, batch_size=labels.numel())
+        if batch_idx == 0 and self.log_images:
+            n = self.log_images
+            self._sample = (batch[0][:n].detach().cpu(), labels[:n].cpu(), logits[:n].argmax(1).cpu())
+
+    def on_validation_epoch_end(self) -> None:
+        tb = self.tensorboard
+        # compute() gathers over ranks under DDP, so every rank must call it, not only the one that draws.
+        needed = tb is not None or self.trainer.world_size > 1
+        confmat = self.val_confmat.compute() if needed and not self.trainer.sanity_checking else None
+        if tb is not None and confmat is not None:
+            fig, _ = self.val_confmat.plot(val=confmat, labels=self.class_names)
+            tb.add_figure("val/confusion_matrix", fig, self.global_step)
+            plt.close(fig)
+            if self._sample is not None:
+                tb.add_figure("val/predictions", self._prediction_grid(*self._sample), self.global_step)
+        self.val_confmat.reset()
+        self._sample = None
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        logits, labels, loss = self.model_step(batch)
+        self.test_metrics.update(logits, labels)
+        self.test_confmat.update(logits, labels)
+        self.log("test/loss", loss, batch_size=labels.numel(), sync_dist=True)
+        self.log_dict(self.test_metrics, batch_size=labels.numel())
+
+    def on_test_epoch_start(self) -> None:
+        self.test_confmat.reset()
+
+    def on_test_epoch_end(self) -> None:
+        # compute() gathers over ranks under DDP: every rank calls it, rank 0 draws it
+        self.test_matrix = self.test_confmat.compute().cpu().numpy()
+
+    def test_figures(self) -> dict:
+        """``confusion_matrix.png``: the test split's counts, and normalised per true class."""
+        matrix = getattr(self, "test_matrix", None)
+        return {"confusion_matrix.png": confusion_figure(matrix, self.class_names)} if matrix is not None else {}
+
+    def predict_step(self, batch, batch_idx: int = 0) -> torch.Tensor:
+        images = batch[0] if isinstance(batch, list | tuple) else batch
+        return self(images).softmax(dim=1)
+
+    def _prediction_grid(self, images: torch.Tensor, labels: torch.Tensor, preds: torch.Tensor):
+        images = denormalize(images.float(), self.info["mean"], self.info["std"])
+        cols = min(8, len(images))
+        rows = (len(images) + cols - 1) // cols
+        fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.8 * rows), squeeze=False)
+        for ax in axes.flat:
+            ax.axis("off")
+        for ax, img, y, p in zip(axes.flat, images, labels, preds, strict=False):
+            ax.imshow(img.permute(1, 2, 0).numpy())
+            ok = int(y) == int(p)
+            ax.set_title(f"{self.class_names[p]}\n({self.class_names[y]})", fontsize=7, color="green" if ok else "red")
+        fig.tight_layout()
+        return fig

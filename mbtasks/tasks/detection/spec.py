@@ -1,0 +1,20 @@
+"""Detection's :class:`~mbtasks.tasks.spec.TaskSpec`."""
+
+from omegaconf import DictConfig
+
+from mbtasks.models.detection.ssd_head import SSDHead
+from mbtasks.tasks.detection.check import check_data
+from mbtasks.tasks.detection.export import DetectionExport
+from mbtasks.tasks.detection.predictor import DetectionPredictor
+from mbtasks.tasks.spec import TaskSpec, default_profile_info
+
+
+def profile_info(cfg: DictConfig) -> dict:
+    info = default_profile_info(cfg)
+    info["category_ids"] = list(range(1, len(info["class_names"]) + 1))
+    return info
+
+
+# Any input side >= 32 works (stride-2 convs round up): SSD300 is the paper's size.
+SPEC = TaskSpec(name="detection", head=SSDHead, predictor=DetectionPredictor, export=DetectionExport(),
+                check_data=check_data, boxes=True, profile_info=profile_info)

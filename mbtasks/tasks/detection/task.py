@@ -1,0 +1,162 @@
+"""Object detection: SSD / SSDLite on a MobileNet backbone, COCO mAP through pycocotools.
+
+The LightningModule stays thin: the detector, its loss and post-processing are plain nn
+code in ``mbtasks.models.detection``; this file wires them to batches, logs and metrics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+from torchvision.utils import draw_bounding_boxes
+
+from mbtasks.backbones.base import Backbone
+from mbtasks.callbacks.plots import pr_figure
+from mbtasks.data.transforms import denormalize
+from mbtasks.metrics.coco import STAT_NAMES, CocoMeanAP
+from mbtasks.models.detection.box_coding import BoxCoder
+from mbtasks.models.detection.loss import SSDLoss
+from mbtasks.models.detection.postprocess import TOPK_CANDIDATES, to_original
+from mbtasks.models.detection.ssd import SSDDetector
+from mbtasks.tasks.base import BaseTask
+from mbtasks.tasks.detection.spec import SPEC
+from mbtasks.tasks.finetune import FineTune
+
+
+class DetectionTask(BaseTask):
+    """SSD-style detector trained with the SSD loss, evaluated with COCO mAP.
+
+    Args:
+        backbone: any :class:`Backbone`; its maps (finest first) feed the head.
+        head: partial :class:`~mbtasks.models.detection.ssd_head.SSDHead` (with its default boxes),
+            completed with ``in_channels``, ``num_classes`` (K + 1) and the backbone's ``width``.
+        info: data info: ``class_names``, ``category_ids`` (original ids), ``image_size``, ``mean``, ``std``.
+        iou_threshold: matching IoU (0.5).
+        neg_pos_ratio: hard-negative mining ratio (3).
+        min_negatives: negatives per image kept even without positives.
+        box_weights: box-coding weights (10, 10, 5, 5).
+        score_threshold / nms_iou / max_detections / topk_candidates: post-processing.
+        log_images: validation images drawn with boxes into TensorBoard (0 disables).
+    """
+
+    spec = SPEC
+    monitor = "val/map"
+    monitor_mode = "max"
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        head: Callable[..., nn.Module],
+        info: dict,
+        optimizer: Callable | None = None,
+        scheduler: Callable | None = None,
+        finetune: FineTune | None = None,
+        no_decay: Sequence[str] = (),
+        iou_threshold: float = 0.5,
+        neg_pos_ratio: float = 3.0,
+        min_negatives: int = 0,
+        box_weights: Sequence[float] = (10.0, 10.0, 5.0, 5.0),
+        score_threshold: float = 0.01,
+        nms_iou: float = 0.6,
+        max_detections: int = 100,
+        topk_candidates: int = TOPK_CANDIDATES,
+        log_images: int = 8,
+    ) -> None:
+        super().__init__(info, optimizer, scheduler, finetune, no_decay)
+        self.class_names = list(info["class_names"])
+        if not self.class_names:
+            raise ValueError("detection needs at least one class; the data has none")
+        self.category_ids = [int(i) for i in info.get("category_ids") or range(1, len(self.class_names) + 1)]
+        box_coder = BoxCoder(box_weights)
+        head_module = head(in_channels=list(backbone.out_channels), num_classes=len(self.class_names) + 1,
+                           width=float(getattr(backbone, "width", 1.0)))
+        self.model = SSDDetector(backbone, head_module, box_coder, score_threshold, nms_iou, max_detections,
+                                 topk_candidates)
+        self.criterion = SSDLoss(box_coder, iou_threshold, neg_pos_ratio, min_negatives)
+        self.val_map = CocoMeanAP()
+        self.test_map = CocoMeanAP()
+        self.log_images = log_images
+        self._sample: tuple | None = None
+
+    def model_step(self, batch):
+        images, targets = batch
+        out = self.model(images)
+        losses = self.criterion(out.cls_logits, out.bbox_regression, out.anchors, targets)
+        return out, losses
+
+    def loss_terms(self, batch) -> dict[str, torch.Tensor]:
+        return self.model_step(batch)[1]
+
+    def _eval_step(self, batch, stage: str, metric: CocoMeanAP) -> list[dict[str, torch.Tensor]]:
+        images, targets = batch
+        out, losses = self.model_step(batch)
+        self.log(f"{stage}/loss", losses["loss"], prog_bar=stage == "val", batch_size=images.shape[0],
+                 sync_dist=True)
+        size = tuple(images.shape[-2:])
+        detections = self.model.postprocess(out, size)
+        metric.update(to_original(detections, size, [t["orig_size"] for t in targets]), targets)
+        return detections
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        detections = self._eval_step(batch, "val", self.val_map)
+        if batch_idx == 0 and self.log_images:
+            n = self.log_images
+            images, targets = batch
+            self._sample = (images[:n].detach().cpu(), [t["boxes"] for t in targets[:n]],
+                            [{k: v.detach().cpu() for k, v in d.items()} for d in detections[:n]])
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._eval_step(batch, "test", self.test_map)
+
+    def _log_map(self, stage: str, metric: CocoMeanAP) -> None:
+        stats = metric.compute()
+        for k in STAT_NAMES:
+            self.log(f"{stage}/{k}", float(stats[k]), prog_bar=k in ("map", "map_50"))
+        metric.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_map("val", self.val_map)
+        tb = self.tensorboard
+        if tb is not None and self._sample is not None and not self.trainer.sanity_checking:
+            tb.add_images("val/detections", self.draw(*self._sample), self.global_step)
+        self._sample = None
+
+    def on_test_epoch_end(self) -> None:
+        self._log_map("test", self.test_map)
+
+    def predict_step(self, batch, batch_idx: int = 0) -> list[dict[str, torch.Tensor]]:
+        """Detections in network-input pixels: per image ``boxes`` x1y1x2y2, ``scores``, ``labels`` in [0, K)."""
+        images = batch[0] if isinstance(batch, list | tuple) else batch
+        return self.model.detect(images)
+
+    def plot_batch(self, batch, n: int) -> torch.Tensor:
+        """The first ``n`` images with true (green) and predicted (red) boxes, drawn at >= 256 px so
+        that labels stay readable on small inputs."""
+        images, targets = batch
+        detections = self.predict_step(images[:n])
+        scale = max(1, 256 // int(images.shape[-1]))
+        big = torch.nn.functional.interpolate(images[:n].detach().float().cpu(), scale_factor=scale, mode="nearest")
+        return self.draw(big, [t["boxes"].cpu() * scale for t in targets[:n]],
+                         [{k: (v.detach().cpu() * scale if k == "boxes" else v.detach().cpu()) for k, v in d.items()}
+                          for d in detections])
+
+    def test_figures(self) -> dict:
+        """``pr_curve.png``: pycocotools' precision arrays of the test split, per class and overall."""
+        curves = self.test_map.curves or {}
+        if "precision" not in curves:
+            return {}
+        return {"pr_curve.png": pr_figure(curves["precision"], curves["category_ids"], list(self.class_names))}
+
+    def draw(self, images: torch.Tensor, gt_boxes: list[torch.Tensor], detections: list[dict],
+             score_threshold: float = 0.3) -> torch.Tensor:
+        """Images ``(N, 3, H, W)`` uint8 with ground truth (green) and detections (red, labelled)."""
+        pixels = (denormalize(images.float(), self.info["mean"], self.info["std"]) * 255).to(torch.uint8)
+        drawn = []
+        for img, gt, det in zip(pixels, gt_boxes, detections, strict=True):
+            img = draw_bounding_boxes(img, gt.cpu(), colors="lime", width=1)
+            keep = det["scores"] >= score_threshold
+            names = [f"{self.class_names[int(c)]} {s:.2f}" for c, s in zip(det["labels"][keep], det["scores"][keep], strict=True)]
+            drawn.append(draw_bounding_boxes(img, det["boxes"][keep], labels=names, colors="red", width=1))
+        return torch.stack(drawn)

@@ -1,0 +1,65 @@
+"""Embedding's export: ``images -> embeddings`` (flip TTA inside), passed through end to end,
+verification accuracy for INT8."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from mbtasks.errors import ConfigError
+from mbtasks.metrics.verification import VerificationMetric
+from mbtasks.tasks.spec import ExportGraph, TaskExport
+
+
+class EmbeddingGraph(nn.Module):
+    """``images -> (embeddings (N, D),)``, L2-normalised; with ``flip`` the image and its mirror
+    are embedded, summed and re-normalised (:meth:`EmbeddingNet.embed`, as predict does)."""
+
+    output_names = ("embeddings",)
+
+    def __init__(self, model: nn.Module, flip: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.flip = bool(flip)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor]:
+        return (self.model.embed(images, flip=self.flip),)
+
+
+class EmbeddingExport(TaskExport):
+    metric = "verification_accuracy"
+    max_drop_key = "int8_max_drop_verification"
+    max_drop = 0.01
+    # int8 in the head's fully connected (Gemm) layers cost ORL 0.034 verification accuracy, float
+    # 0.001, at no speed cost (1.56x vs 1.64x the fp32 graph; README "INT8")
+    int8_keep_float = ("Gemm",)
+    post_kind = "none"
+
+    def graph(self, task) -> ExportGraph:
+        flip = bool(task.flip_tta)
+        graph = EmbeddingGraph(task.model, flip).eval()
+        return ExportGraph(graph, graph.output_names, {
+            "outputs": {"embeddings": "(N, D) L2-normalised embeddings"}, "flip_tta": flip,
+            "thresholds": {"verification": float(task.threshold)},
+            "distance": "squared L2: same identity when distance <= thresholds.verification"})
+
+    def e2e_details(self, post: dict) -> dict:
+        return {"outputs": {"embeddings": "(N, D) L2-normalised embeddings"}}
+
+    def compare(self, task, ref, got, atol, box_atol, fail) -> dict[str, float]:
+        d = float(np.abs(got["embeddings"] - ref).max())
+        if not d <= atol:
+            fail("embedding differs from mode=predict's by", f"{d:.3g} (export.e2e_atol={atol})")
+        return {"embeddings": d}
+
+    def evaluate(self, task, datamodule, runner, batches) -> float:
+        """Verification accuracy on the validation pairs (:class:`VerificationMetric`, as the task)."""
+        store = VerificationMetric()
+        for images, index, ok in batches:
+            store.update(index, torch.from_numpy(runner(images.numpy())[0]), ok)
+        verified = store.verify(datamodule.pair_set("val"), tuple(task.fars))
+        if verified is None:
+            raise ConfigError("export.quantize=int8: fewer than 2 validation pairs with readable images to measure "
+                              "verification accuracy on")
+        return float(verified.result.accuracy)

@@ -1,0 +1,266 @@
+"""FaceNet-style embeddings (Schroff et al. 2015, arXiv:1503.03832): a unit-length embedding
+trained with a triplet loss and online semi-hard negative mining over P x K batches
+(pytorch-metric-learning), evaluated by verification on held-out identities with the LFW
+protocol; optionally ArcFace (Deng et al. 2019, arXiv:1801.07698) instead of triplets, and
+distillation from a teacher's embeddings (MobileNet V1 paper, Sec. 4.7).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from mbtasks.backbones.base import Backbone
+from mbtasks.callbacks.plots import verification_figures
+from mbtasks.data.transforms import denormalize
+from mbtasks.errors import ConfigError
+from mbtasks.metrics.verification import VerificationMetric, VerificationResult, far_key, roc_figure
+from mbtasks.models.embedding import EmbeddingNet
+from mbtasks.tasks.base import BaseTask
+from mbtasks.tasks.embedding.distill import Distiller
+from mbtasks.tasks.embedding.losses import active_fraction, check_choices, metric_loss
+from mbtasks.tasks.embedding.spec import SPEC
+from mbtasks.tasks.finetune import FineTune
+
+log = logging.getLogger(__name__)
+
+
+class EmbeddingTask(BaseTask):
+    """Backbone + embedding head trained with a metric loss and/or distillation.
+
+    Args:
+        backbone: any :class:`Backbone` (its last feature map is embedded).
+        head: partial ``EmbeddingHead`` completed with ``in_channels``.
+        info: data info (image size, mean/std, ``num_train_identities`` for ArcFace).
+        loss: ``triplet`` (FaceNet), ``arcface``, or ``none`` (distillation alone).
+        margin: triplet margin (FaceNet: 0.2) on ``distance``.
+        distance: ``squared_l2`` (FaceNet, and the verification distance) or ``l2``.
+        miner: triplet mining: ``semihard`` (FaceNet: d(a,p) < d(a,n) < d(a,p) + margin),
+            ``batch_hard`` (hardest positive and negative per anchor) or ``all`` (every
+            triplet violating the margin).
+        arcface_margin / arcface_scale: ArcFace's angular margin (degrees) and scale.
+        teacher: distil from this mbtasks embedding checkpoint or timm model name.
+        teacher_pretrained: for a timm teacher, load published weights (needs internet/cache).
+        teacher_dim: the teacher's embedding size; ``None`` loads the teacher to read it (a fresh
+            run; checkpoints store it, so a reload needs no teacher).
+        distill_weight: weight of the distillation loss added to the metric loss.
+        flip_tta: evaluate and predict with image + mirror image embeddings summed.
+        fars: false accept rates at which to report TAR.
+        projector_identities / projector_images: the TensorBoard embedding projector shows
+            this many test identities with up to this many images each (0 disables).
+    """
+
+    spec = SPEC
+    monitor = "val/verification_acc"
+    monitor_mode = "max"
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        head: Callable[..., nn.Module],
+        info: dict,
+        optimizer: Callable | None = None,
+        scheduler: Callable | None = None,
+        finetune: FineTune | None = None,
+        no_decay: Sequence[str] = (),
+        loss: str = "triplet",
+        margin: float = 0.2,
+        distance: str = "squared_l2",
+        miner: str = "semihard",
+        arcface_margin: float = 28.6,
+        arcface_scale: float = 64.0,
+        teacher: str | None = None,
+        teacher_pretrained: bool = False,
+        teacher_dim: int | None = None,
+        distill_weight: float = 1.0,
+        flip_tta: bool = True,
+        fars: tuple[float, ...] = (1e-3, 1e-4),
+        projector_identities: int = 10,
+        projector_images: int = 8,
+    ) -> None:
+        super().__init__(info, optimizer, scheduler, finetune, no_decay)
+        check_choices(loss, miner, distance)
+        if loss == "none" and not teacher:
+            raise ConfigError("task.loss=none trains by distillation alone and needs task.teacher=CKPT_OR_TIMM_NAME")
+        self.model = EmbeddingNet(backbone, head(in_channels=backbone.num_features))
+        self.loss_name, self.margin, self.miner_name = loss, float(margin), miner
+        self.metric_loss, self.miner = metric_loss(loss, self.model.dim, float(margin), distance, miner,
+                                                   int(self.info.get("num_train_identities", 0)), arcface_margin,
+                                                   arcface_scale)
+        self.distill_weight = float(distill_weight)
+        self.distill = (Distiller(teacher, self.model.dim, teacher_dim, self.info["mean"], self.info["std"],
+                                  teacher_pretrained) if teacher else None)
+        self.flip_tta = flip_tta
+        self.fars = tuple(float(f) for f in fars)
+        self.projector_identities, self.projector_images = projector_identities, projector_images
+        # The verification threshold chosen on validation pairs; checkpoints carry it to predict.
+        self.register_buffer("threshold", torch.tensor(1.0))
+        self._eval_embeddings: dict[int, torch.Tensor] = {}
+        self.eval_store = VerificationMetric()  # gathers every rank's embeddings under DDP
+        self._thumbnails: dict[int, torch.Tensor] = {}
+        self._projector_indices: set[int] = set()
+        self._noted: set[str] = set()
+
+    @torch.no_grad()
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """Inference embeddings ``(N, D)``, with flip test-time augmentation when configured."""
+        return self.model.embed(images, flip=self.flip_tta)
+
+    def _pair_set(self, split: str):
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is None or not hasattr(datamodule, "pair_set"):
+            raise RuntimeError("the embedding task evaluates on verification pairs: pass a FacesDataModule "
+                               "(mbtasks.data.faces) as the trainer's datamodule")
+        return datamodule.pair_set(split)
+
+    def task_args(self) -> dict:
+        return {"teacher_dim": self.distill.teacher_dim} if self.distill is not None else {}
+
+    # ---------------------------------------------------------------- training
+    def on_fit_start(self) -> None:
+        if self.distill is not None:
+            self.distill.teacher  # noqa: B018 - load it now, not inside the first step
+
+    def loss_terms(self, batch) -> dict[str, torch.Tensor]:
+        images, labels = batch
+        emb = self.model(images)
+        n = labels.numel()
+        terms: dict[str, torch.Tensor] = {}
+        if self.metric_loss is not None:
+            if self.miner is not None:
+                mined = self.miner(emb, labels)
+                terms["metric_loss"] = self.metric_loss(emb, labels, mined)
+                self.log("train/mined_triplets", float(len(mined[0])), batch_size=n)
+                self.log("train/active_triplets", active_fraction(self.metric_loss, emb.detach(), labels, self.margin),
+                         batch_size=n)
+            else:
+                terms["metric_loss"] = self.metric_loss(emb, labels)
+        if self.distill is not None:
+            terms["distill_loss"] = self.distill(emb, images)
+        total = terms.get("metric_loss", 0.0) + self.distill_weight * terms.get("distill_loss", 0.0)
+        return {"loss": total, **terms}
+
+    # -------------------------------------------------------------- evaluation
+    def _eval_start(self, split: str) -> None:
+        self.eval_store.reset()
+        self._eval_embeddings, self._thumbnails = {}, {}
+        self._projector_indices = set()
+        if split == "test" and self.projector_identities > 0:
+            pair_set = self._pair_set(split)
+            by_identity: dict[int, list[int]] = {}
+            for i, label in enumerate(pair_set.labels):
+                by_identity.setdefault(label, []).append(i)
+            shown = [v for v in by_identity.values() if len(v) >= 2][: self.projector_identities]
+            self._projector_indices = {i for v in shown for i in v[: self.projector_images]}
+
+    def _eval_step(self, batch) -> None:
+        images, index, ok = batch
+        self.eval_store.update(index, self.embed(images), ok)
+        for i, good, img in zip(index.tolist(), ok.tolist(), images, strict=True):
+            if good and i in self._projector_indices:
+                small = torch.nn.functional.interpolate(img[None].float(), size=(32, 32), mode="bilinear")
+                self._thumbnails[i] = denormalize(small[0], self.info["mean"], self.info["std"]).cpu()
+
+    def _evaluate(self, split: str) -> tuple[VerificationResult, np.ndarray, np.ndarray] | None:
+        """The protocol on this epoch's embeddings: ``(result, pair distances, same)`` or None."""
+        pair_set = self._pair_set(split)
+        self._eval_embeddings = self.eval_store.compute() if self.eval_store.update_called else {}
+        verified = self.eval_store.verify(pair_set, self.fars)
+        if verified is None:
+            log.warning("%s: fewer than 2 pairs with embeddings, verification skipped", split)
+            return None
+        if verified.dropped:
+            log.warning("%s: %d of %d pairs dropped (images unreadable or not evaluated)", split, verified.dropped,
+                        len(pair_set.pairs))
+        for note in verified.result.notes + pair_set.notes:
+            if f"{split}: {note}" not in self._noted:  # once per run, not every epoch
+                self._noted.add(f"{split}: {note}")
+                log.info("%s verification: %s", split, note)
+        return verified.result, verified.distances, verified.same
+
+    def _log_result(self, split: str, result: VerificationResult, threshold: float) -> None:
+        metrics = {
+            "verification_acc": result.accuracy,
+            "verification_acc_std": result.accuracy_std,
+            "roc_auc": result.roc_auc,
+            "threshold": threshold,
+            "num_pairs": float(result.num_same + result.num_different),
+        }
+        for far, tar in result.tar_at_far.items():
+            metrics[far_key(far)] = float("nan") if tar is None else tar
+        for key, value in metrics.items():
+            self.log(f"{split}/{key}", float(value), prog_bar=key == "verification_acc")
+        tb = self.tensorboard
+        if tb is not None:
+            import matplotlib.pyplot as plt
+
+            fig = roc_figure(result, f"{split} ROC (step {self.global_step})")
+            tb.add_figure(f"{split}/roc", fig, self.global_step)
+            plt.close(fig)
+            if result.notes:
+                tb.add_text(f"{split}/notes", "\n\n".join(result.notes), self.global_step)
+
+    def on_validation_epoch_start(self) -> None:
+        self._eval_start("val")
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._eval_step(batch)
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            return
+        evaluated = self._evaluate("val")
+        if evaluated is not None:
+            result = evaluated[0]
+            self.threshold.fill_(result.threshold)
+            self._log_result("val", result, result.threshold)
+
+    def on_test_epoch_start(self) -> None:
+        self._eval_start("test")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._eval_step(batch)
+
+    def on_test_epoch_end(self) -> None:
+        evaluated = self._evaluate("test")
+        if evaluated is None:
+            return
+        result, distances, same = evaluated
+        self.test_pairs = (result, distances, same)  # for the run-dir plots (ROC, distance histograms)
+        # test/threshold is the stored (validation-chosen) threshold that predict applies, and
+        # test/accuracy_at_threshold its accuracy here; the protocol picks its own per fold.
+        threshold = float(self.threshold)
+        self._log_result("test", result, threshold)
+        self.log("test/accuracy_at_threshold", float(np.mean((distances <= threshold) == same)))
+        self.log("test/protocol_threshold", float(np.mean(result.fold_thresholds)))
+        self._log_projector("test", self._pair_set("test"))
+
+    def _log_projector(self, split: str, pair_set) -> None:
+        tb = self.tensorboard
+        if tb is None or not self._thumbnails:
+            return
+        idx = sorted(self._thumbnails)
+        tb.add_embedding(
+            torch.stack([self._eval_embeddings[i] for i in idx]),
+            metadata=[pair_set.identities[pair_set.labels[i]] for i in idx],
+            label_img=torch.stack([self._thumbnails[i] for i in idx]),
+            global_step=self.global_step,
+            tag=f"{split}/embeddings",
+        )
+
+    def test_figures(self) -> dict:
+        """``roc.png`` (the stored threshold and TAR@FAR marked) and ``distances.png`` of the test pairs."""
+        if getattr(self, "test_pairs", None) is None:
+            return {}
+        result, distances, same = self.test_pairs
+        roc, hist = verification_figures(result, np.asarray(distances), np.asarray(same), float(self.threshold))
+        return {"roc.png": roc, "distances.png": hist}
+
+    # ---------------------------------------------------------------- predict
+    def predict_step(self, batch, batch_idx: int = 0) -> torch.Tensor:
+        images = batch[0] if isinstance(batch, list | tuple) else batch
+        return self.embed(images)

@@ -1,0 +1,115 @@
+"""What a task tells the modes about itself: the one per-task lookup (:class:`TaskSpec`).
+
+Every task package (``mbtasks/tasks/<name>/``) fills one :class:`TaskSpec` and its LightningModule
+carries it as ``spec``; the modes and the config checks reach a task only through it
+(:func:`mbtasks.tasks.spec_for_config`, :func:`mbtasks.tasks.spec_of`), never by its name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+# mode=check: how many files a report lists per problem before only counting them
+CHECK_SHOW = 50
+
+
+@dataclass
+class ExportGraph:
+    """A task's export network (normalised ``images (N, 3, S, S)`` in) and what its metadata says about it."""
+
+    module: nn.Module
+    output_names: tuple[str, ...]
+    details: dict
+
+
+class TaskExport:
+    """What ``mode=export`` needs to know about a task; each task subclasses it.
+
+    Class attributes:
+        metric: the metric an INT8 export is verified on (``top1``, ``map_50``...).
+        max_drop_key / max_drop: the ``export.*`` key with its tolerated drop, and the default.
+        int8_keep_float: op types kept in float by default (measured per task; README "INT8").
+        post_kind: the end-to-end tail appended to the network (``topk``, ``nms`` or ``none``;
+            :mod:`mbtasks.export.onnx_pipeline`).
+    """
+
+    metric: ClassVar[str]
+    max_drop_key: ClassVar[str]
+    max_drop: ClassVar[float]
+    int8_keep_float: ClassVar[tuple[str, ...]] = ()
+    post_kind: ClassVar[str] = "none"
+
+    def graph(self, task) -> ExportGraph:
+        """The network written to the file (in eval mode)."""
+        raise NotImplementedError
+
+    def post_settings(self, task, graph: ExportGraph, **overrides) -> dict:
+        """The end-to-end tail's settings (``export.top_k``, detection thresholds...); may update ``task``
+        so that the ``mode=predict`` reference uses the same ones."""
+        return {}
+
+    def e2e_details(self, post: dict) -> dict:
+        """Metadata of the end-to-end file: ``outputs`` (name -> description) and any extra keys."""
+        raise NotImplementedError
+
+    def reference(self, task, x: torch.Tensor, image: np.ndarray) -> Any:
+        """``mode=predict``'s answer for one image (``x``: its preprocessed ``(1, 3, S, S)`` batch)."""
+        return task.predict_step(x)[0].numpy()
+
+    def compare(self, task, ref: Any, got: dict[str, np.ndarray], atol: float, box_atol: float,
+                fail: Callable[[str, str], None]) -> dict[str, float]:
+        """The end-to-end file's answers for one image against ``ref``; ``fail(what, detail)`` raises.
+
+        Returns: the largest difference per output.
+        """
+        raise NotImplementedError
+
+    def counted(self, ref: Any) -> dict[str, int]:
+        """What a compared reference adds to the verification record (detection: its detections)."""
+        return {}
+
+    def evaluate(self, task, datamodule, runner: Callable[[np.ndarray], list[np.ndarray]], batches) -> float:
+        """``metric`` of ``runner`` (a network graph) over ``batches`` of the validation split."""
+        raise NotImplementedError
+
+
+def default_profile_info(cfg: DictConfig) -> dict:
+    """Data info for counting the network as the papers do (``profile.num_classes`` classes)."""
+    n = int(cfg.profile.num_classes)
+    return {"class_names": [f"class_{i}" for i in range(n)], "image_size": int(cfg.data.image_size),
+            "mean": list(cfg.data.mean), "std": list(cfg.data.std)}
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """Everything task-specific the modes use.
+
+    Attributes:
+        name: ``classification``...: run dirs, checkpoint meta, export file names.
+        head: what ``head._target_`` must be (or subclass).
+        predictor: the :class:`~mbtasks.inference.Predictor` subclass ``mbtasks.load`` returns and
+            ``mode=predict`` runs (its ``write(cfg, files, run_dir)`` writes the output files).
+        export: the task's :class:`TaskExport`.
+        check_data: ``(description, decode, report)`` for ``mode=check``: ``description`` is the data
+            module's ``describe()``, ``decode(paths, sizes=None)`` decodes images once and returns the
+            readable ones; fills ``report`` (``splits``, ``errors``, ``warnings``...).
+        input_multiple: ``data.image_size`` must be a multiple of this.
+        boxes: the task's data pipelines carry boxes (``bbox_params`` transforms are allowed).
+        profile_info: data info for ``mode=profile`` (no data set is read).
+    """
+
+    name: str
+    head: type
+    predictor: type
+    export: TaskExport
+    check_data: Callable[[dict, Callable, dict], None]
+    input_multiple: int = 1
+    boxes: bool = False
+    profile_info: Callable[[DictConfig], dict] = field(default=default_profile_info)

@@ -1,0 +1,41 @@
+"""A fourth task needs no edit under mbtasks/: tests/toy_task.py and tests/conf/ are all of it, and
+every mode runs it through its spec (README "Architecture")."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+import mbtasks
+from tests.conftest import is_fraction_of, run_mode
+
+SEARCHPATH = f"hydra.searchpath=[file://{Path(__file__).parent / 'conf'}]"
+
+
+def toy(root, *extra: str) -> list[str]:
+    return [SEARCHPATH, "task=toy", f"data.root={root}", "data.generator=null", "data.image_size=32",
+            "data.batch_size=8", "backbone.width=0.25", *extra]
+
+
+def test_a_toy_task_runs_every_mode(tiny_shapes, tmp_path):
+    metrics = run_mode(toy(tiny_shapes, "trainer.max_epochs=1"), tmp_path / "train")
+    assert is_fraction_of(metrics["test/acc"], 9) and np.isfinite(metrics["val/loss"])
+    ckpt = tmp_path / "train" / "checkpoints" / "best.ckpt"
+    assert run_mode(toy(tiny_shapes, "mode=test", f"ckpt_path={ckpt}"), tmp_path / "test")["test/split"] == "test"
+    images = tiny_shapes / "test"
+    out = run_mode(toy(tiny_shapes, "mode=predict", f"ckpt_path={ckpt}", f"predict.input={images}"), tmp_path / "p")
+    written = json.loads((tmp_path / "p" / "toy.json").read_text())
+    assert written == out and len(out["labels"]) == len(list(images.rglob("*.png")))
+    assert set(out["labels"].values()) <= {"circle", "square", "triangle"}
+    exported = run_mode(toy(tiny_shapes, "mode=export", f"ckpt_path={ckpt}", f"export.inputs={images}"),
+                        tmp_path / "e")
+    assert Path(exported["path"]).name == "toy.onnx" and exported["end_to_end"]["max_abs_diff"]["probs"] < 5e-3
+    profile = run_mode(toy(tiny_shapes, "mode=profile", "profile.repeats=2"), tmp_path / "prof")
+    assert profile["task"] == "toy" and profile["params"] > 0
+    report = run_mode(toy(tiny_shapes, "mode=check"), tmp_path / "check")
+    assert report["ok"] and report["splits"]["train"]["readable"] == 24
+    model = mbtasks.load(ckpt, device="cpu")
+    assert isinstance(model, mbtasks.Model) and model.task_name == "toy"
+    assert model.predict(np.zeros((40, 50, 3), np.uint8))[0][1] in {"circle", "square", "triangle"}

@@ -1,0 +1,104 @@
+"""A fourth task, written only here and in ``tests/conf/task/toy.yaml``: proof that adding a task needs
+no edit under ``mbtasks/`` (README "Architecture"). It classifies with a max-pooled 1x1-conv head."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+from mbtasks.inference import Predictor
+from mbtasks.io import write_json_atomic
+from mbtasks.tasks.base import BaseTask
+from mbtasks.tasks.spec import ExportGraph, TaskExport, TaskSpec
+
+
+class ToyHead(nn.Module):
+    def __init__(self, in_channels: int, num_classes: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, num_classes, 1)
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        return self.conv(features[-1]).amax(dim=(2, 3))
+
+
+class ToyNet(nn.Module):
+    def __init__(self, backbone: nn.Module, head: ToyHead) -> None:
+        super().__init__()
+        self.backbone, self.head = backbone, head
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(images))
+
+
+class ToyPredictor(Predictor):
+    def predict(self, inputs, skipped: dict[str, str] | None = None) -> list[tuple[str, str]]:
+        out = []
+        for sources, _, batch in self.batches(inputs, skipped):
+            out += [(s.name, self.class_names[int(i)]) for s, i in zip(sources, self.forward(batch).argmax(1), strict=True)]
+        return out
+
+    def write(self, cfg: DictConfig, files: list[Path], run_dir: Path) -> dict:
+        out = {"labels": dict(self.predict(files, skipped={}))}
+        write_json_atomic(run_dir / "toy.json", out)
+        return out
+
+
+class ToyExport(TaskExport):
+    metric, max_drop_key, max_drop = "top1", "int8_max_drop_top1", 1.0
+
+    def graph(self, task) -> ExportGraph:
+        class Graph(nn.Module):
+            def __init__(self, net):
+                super().__init__()
+                self.net = net
+
+            def forward(self, images):
+                return (self.net(images).softmax(1),)
+
+        return ExportGraph(Graph(task.model).eval(), ("probs",), {"outputs": {"probs": "(N, K)"}})
+
+    def e2e_details(self, post: dict) -> dict:
+        return {"outputs": {"probs": "(N, K)"}}
+
+    def compare(self, task, ref, got, atol, box_atol, fail) -> dict[str, float]:
+        d = float(np.abs(got["probs"] - ref).max())
+        if d > atol:
+            fail("probabilities differ by", f"{d:.3g}")
+        return {"probs": d}
+
+
+def check_data(description: dict, decode, report: dict) -> None:
+    for split, samples in description["splits"].items():
+        report["splits"][split] = {"images": len(samples), "readable": len(decode([p for p, _ in samples]))}
+
+
+SPEC = TaskSpec(name="toy", head=ToyHead, predictor=ToyPredictor, export=ToyExport(), check_data=check_data)
+
+
+class ToyTask(BaseTask):
+    spec = SPEC
+
+    def __init__(self, backbone, head, info, optimizer=None, scheduler=None, finetune=None,
+                 no_decay: Sequence[str] = ()) -> None:
+        super().__init__(info, optimizer, scheduler, finetune, no_decay)
+        self.class_names = list(info["class_names"])
+        self.model = ToyNet(backbone, head(in_channels=backbone.num_features, num_classes=len(self.class_names)))
+
+    def loss_terms(self, batch) -> dict[str, torch.Tensor]:
+        images, labels = batch
+        return {"loss": nn.functional.cross_entropy(self.model(images), labels)}
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self.log("val/loss", self.loss_terms(batch)["loss"], batch_size=len(batch[1]))
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        images, labels = batch
+        self.log("test/acc", (self.model(images).argmax(1) == labels).float().mean(), batch_size=len(labels))
+
+    def predict_step(self, batch, batch_idx: int = 0) -> torch.Tensor:
+        return self.model(batch).softmax(1)
