@@ -188,7 +188,7 @@ class RunPlots(L.Callback):
     def __init__(self, enabled: bool = True, images: int = 8) -> None:
         self.enabled = enabled
         self.images = images
-        self._sample: torch.Tensor | None = None
+        self._sample: tuple | None = None
         self.written: list[Path] = []
 
     def _active(self, trainer: L.Trainer) -> bool:
@@ -198,32 +198,41 @@ class RunPlots(L.Callback):
     def _run_dir(trainer: L.Trainer) -> Path:
         return Path(trainer.default_root_dir)
 
-    def _keep_sample(self, trainer, pl_module, batch, batch_idx: int) -> None:
+    def _keep_sample(self, trainer, batch, batch_idx: int) -> None:
+        # the first batch's first images, drawn once when the plots are written (not every epoch)
         if self._active(trainer) and batch_idx == 0 and self.images:
+            self._sample = tuple(part[: self.images] for part in batch)
+
+    def _write_sample(self, pl_module, name: str, run_dir: Path) -> None:
+        if self._sample is None:
+            return
+        training = pl_module.training
+        pl_module.eval()
+        try:
             with torch.no_grad(), warnings.catch_warnings():  # torchvision warns for every image without a box
                 warnings.filterwarnings("ignore", message="boxes doesn't contain any box")
-                self._sample = pl_module.plot_batch(batch, self.images)
-
-    def _write_sample(self, name: str, run_dir: Path) -> None:
-        if self._sample is not None:
-            self.written.append(save_figure(image_grid(self._sample), run_dir / name))
-        self._sample = None
+                drawn = pl_module.plot_batch(self._sample, self.images)
+        finally:
+            pl_module.train(training)
+            self._sample = None
+        if drawn is not None:
+            self.written.append(save_figure(image_grid(drawn), run_dir / name))
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        self._keep_sample(trainer, pl_module, batch, batch_idx)
+        self._keep_sample(trainer, batch, batch_idx)
 
     def on_train_end(self, trainer, pl_module) -> None:
         if not (self.enabled and trainer.is_global_zero):
             return
         run_dir = self._run_dir(trainer)
         self.written += write_results(run_dir)
-        self._write_sample("val_predictions.png", run_dir)
+        self._write_sample(pl_module, "val_predictions.png", run_dir)
 
     def on_test_start(self, trainer, pl_module) -> None:
         self._sample = None
 
     def on_test_batch_end(self, trainer, pl_module, outputs: Any, batch, batch_idx, dataloader_idx=0) -> None:
-        self._keep_sample(trainer, pl_module, batch, batch_idx)
+        self._keep_sample(trainer, batch, batch_idx)
 
     def on_test_end(self, trainer, pl_module) -> None:
         if not (self.enabled and trainer.is_global_zero):
@@ -232,7 +241,7 @@ class RunPlots(L.Callback):
         try:
             for name, fig in pl_module.test_figures().items():
                 self.written.append(save_figure(fig, run_dir / name))
-            self._write_sample("test_predictions.png", run_dir)
+            self._write_sample(pl_module, "test_predictions.png", run_dir)
         except Exception as err:  # noqa: BLE001 - a plot must never cost the run its metrics
             log.warning("could not write the test plots: %s", err)
         if self.written:

@@ -71,7 +71,7 @@ class DetectionTask(BaseTask):
         self.category_ids = [int(i) for i in info.get("category_ids") or range(1, len(self.class_names) + 1)]
         box_coder = BoxCoder(box_weights)
         head_module = head(in_channels=list(backbone.out_channels), num_classes=len(self.class_names) + 1,
-                           width=float(getattr(backbone, "width", 1.0)))
+                           width=float(backbone.width))
         self.model = SSDDetector(backbone, head_module, box_coder, score_threshold, nms_iou, max_detections,
                                  topk_candidates)
         self.criterion = SSDLoss(box_coder, iou_threshold, neg_pos_ratio, min_negatives)
