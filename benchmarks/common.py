@@ -26,6 +26,8 @@ import torch  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from mbtasks.io import write_text_atomic  # noqa: E402
+
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
 if str(REPO) not in sys.path:
@@ -101,10 +103,7 @@ def print_table(title: str, columns: list[str], rows: list[list]) -> None:
 
 def write_results(name: str, payload: dict, out: Path | None = None) -> Path:
     path = out or RESULTS / f"{name}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps({"benchmark": name, "machine": machine(), **payload}, indent=2))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps({"benchmark": name, "machine": machine(), **payload}, indent=2))
     print(f"wrote {path}")
     return path
 
