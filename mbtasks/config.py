@@ -101,9 +101,9 @@ def check_epochs(cfg: DictConfig) -> None:
                           "trainer.max_steps > 0)")
 
 
-def check_head_fits_task(cfg: DictConfig) -> None:
+def check_head_fits_task(cfg: DictConfig, spec) -> None:
     """``head._target_`` must be the task's head class (``task=detection head=linear`` cannot work)."""
-    wanted = spec_for_config(cfg).head
+    wanted = spec.head
     try:
         head = get_class(OmegaConf.select(cfg, "head._target_"))
     except Exception:  # noqa: BLE001 - an unknown target is reported when the head is built
@@ -116,7 +116,7 @@ def check_head_fits_task(cfg: DictConfig) -> None:
         with contextlib.suppress(Exception):
             if issubclass(get_class(target), wanted):
                 fits.append(f"head={option.stem}")
-    raise ConfigError(f"task={spec_for_config(cfg).name} cannot use head._target_={OmegaConf.select(cfg, 'head._target_')}: "
+    raise ConfigError(f"task={spec.name} cannot use head._target_={OmegaConf.select(cfg, 'head._target_')}: "
                       f"it needs a {wanted.__name__}; use {' or '.join(fits) or wanted.__name__}")
 
 
@@ -136,7 +136,7 @@ def validate(cfg: DictConfig) -> None:
     check_normalisation(cfg)
     check_epochs(cfg)
     spec = spec_for_config(cfg)
-    check_head_fits_task(cfg)
+    check_head_fits_task(cfg, spec)
     size = OmegaConf.select(cfg, "data.image_size")
     stride = 32
     # Any side >= 32 works (stride-2 convs round up, heads pool or size themselves: 112 for faces,

@@ -237,9 +237,12 @@ class VerificationMetric(EmbeddingStore):
     test splits with it; ``export.quantize=int8`` scores an exported graph with it.
     """
 
-    def verify(self, pair_set, fars: tuple[float, ...] = (1e-3,)) -> PairVerification | None:
-        """``None`` when fewer than 2 pairs have both embeddings."""
-        embeddings = self.compute() if self.update_called else {}
+    def verify(self, pair_set, fars: tuple[float, ...] = (1e-3,),
+               embeddings: dict[int, torch.Tensor] | None = None) -> PairVerification | None:
+        """``None`` when fewer than 2 pairs have both embeddings. ``embeddings``: what :meth:`compute`
+        returned, when the caller needs them too (computing gathers over DDP ranks: once is enough)."""
+        if embeddings is None:
+            embeddings = self.compute() if self.update_called else {}
         if not embeddings:
             return None
         dim = next(iter(embeddings.values())).numel()

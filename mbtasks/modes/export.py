@@ -109,10 +109,10 @@ def e2e_pictures(files: list[Path], size: int) -> list[np.ndarray]:
 
 
 @torch.no_grad()
-def predict_reference(task, train_cfg: DictConfig, image: np.ndarray):
+def predict_reference(task, preprocess: Preprocess, image: np.ndarray):
     """``mode=predict``'s answer for one ``(H, W, 3)`` uint8 image: its eval preprocessing
     (:class:`mbtasks.inference.inputs.Preprocess`) and ``predict_step``, as the task's export reads it."""
-    return spec_of(task).export.reference(task, Preprocess(train_cfg, task.info)(image)[None], image)
+    return spec_of(task).export.reference(task, preprocess(image)[None], image)
 
 
 def verify_end_to_end(runner, task, train_cfg: DictConfig, pictures: list[np.ndarray], atol: float,
@@ -124,10 +124,11 @@ def verify_end_to_end(runner, task, train_cfg: DictConfig, pictures: list[np.nda
         ``{"max_abs_diff": {output: float}, "detections": int}`` (detections compared, detection only).
     """
     spec = spec_of(task).export
+    preprocess = Preprocess(train_cfg, task.info)
     diffs: dict[str, float] = {}
     counts: dict[str, int] = {}
     for i, image in enumerate(pictures):
-        ref = predict_reference(task, train_cfg, image)
+        ref = predict_reference(task, preprocess, image)
         batch = np.stack([image, image]) if i == 0 else image[None]
         outs = runner(batch)
         for row in range(len(batch)):

@@ -169,7 +169,7 @@ class EmbeddingTask(BaseTask):
         """The protocol on this epoch's embeddings: ``(result, pair distances, same)`` or None."""
         pair_set = self._pair_set(split)
         self._eval_embeddings = self.eval_store.compute() if self.eval_store.update_called else {}
-        verified = self.eval_store.verify(pair_set, self.fars)
+        verified = self.eval_store.verify(pair_set, self.fars, self._eval_embeddings)
         if verified is None:
             log.warning("%s: fewer than 2 pairs with embeddings, verification skipped", split)
             return None
