@@ -1,4 +1,6 @@
-"""``python -m mbtasks [key=value ...]``: the Hydra entry point; runs ``cfg.mode`` (:mod:`mbtasks.modes.run`)."""
+"""``python -m mbtasks [key=value ...]``: the Hydra entry point; runs ``cfg.mode`` (:mod:`mbtasks.modes.run`).
+
+``python -m mbtasks weights ...`` lists and converts published ImageNet weights (:mod:`mbtasks.weights_cli`)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 
+from mbtasks import weights_cli
 from mbtasks.config import CONFIG_DIR, misspelled_keys
 from mbtasks.errors import UserError
 from mbtasks.modes.run import claim_run_dir, dispatch
@@ -36,6 +39,8 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["weights"]:
+        sys.exit(weights_cli.main(sys.argv[2:]))
     try:
         _hydra_main()
     except SystemExit as exit_:

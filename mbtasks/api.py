@@ -14,24 +14,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
 from mbtasks import checkpoint
-from mbtasks.config import CONFIG_DIR
+from mbtasks.config import compose
 from mbtasks.inference import Predictor
 from mbtasks.modes.run import claim_run_dir, dispatch
+from mbtasks.pretraining import named_checkpoint
 from mbtasks.profiling import count_mult_adds, count_params, measure_latency_ms
 from mbtasks.tasks import load_task, spec_for_config
 
 
 def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
     """The config ``python -m mbtasks <overrides>`` composes (without Hydra's own ``hydra`` node)."""
-    if GlobalHydra.instance().is_initialized():
-        GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
+    return compose(overrides)
 
 
 def _new_run_dir(task: str) -> Path:
@@ -149,6 +145,7 @@ def load(path: str | Path, device: str | None = None, fold_bn: bool = True, chan
         result = model.predict("cat.jpg")[0]
         print(result.label, result.score)
     """
+    path = named_checkpoint(str(path))
     task, train_cfg = load_task(path)
     return model_class(type(task).spec.predictor)(task, train_cfg, device=device, fold_bn=fold_bn,
                                                   channels_last=channels_last, precision=precision,

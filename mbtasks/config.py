@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 from pathlib import Path
 
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import get_class
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -18,6 +22,21 @@ MODES = ("train", "test", "predict", "profile", "export", "check")
 
 _PACKAGED_CONF = Path(__file__).parent / "conf"
 CONFIG_DIR = str(_PACKAGED_CONF if _PACKAGED_CONF.is_dir() else Path(__file__).parent.parent / "conf")
+
+
+def compose(overrides=()) -> DictConfig:
+    """The config ``python -m mbtasks <overrides>`` composes (without Hydra's own ``hydra`` node).
+
+    Works inside a running Hydra app too: the app's global state is put back afterwards.
+    """
+    saved = copy.copy(GlobalHydra.instance().hydra) if GlobalHydra.instance().is_initialized() else None
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            return hydra_compose(config_name="config", overrides=list(overrides))
+    finally:
+        if saved is not None:
+            GlobalHydra.instance().initialize(saved)
 
 
 def register_resolvers() -> None:
@@ -154,9 +173,9 @@ def validate(cfg: DictConfig) -> None:
     if boxes and not spec.boxes:
         raise ConfigError(f"data.train_transforms has bbox_params (box augmentation, e.g. augment=ssd), which "
                           f"task={spec.name} cannot use; choose augment=none|light|default")
-    if mode == "train" and OmegaConf.select(cfg, "finetune.freeze") and OmegaConf.select(cfg, "backbone.pretrained") in (None, False):
+    if mode == "train" and OmegaConf.select(cfg, "finetune.freeze") and OmegaConf.select(cfg, "backbone.pretrained") in (None, False, "auto"):
         raise ConfigError("finetune.freeze=true with backbone.pretrained=null would freeze random weights; give "
-                          "backbone.pretrained=PATH (a checkpoint of any mbtasks task or a state dict) or 'timm'")
+                          "backbone.pretrained=imagenet, PATH (a checkpoint of any mbtasks task or a state dict) or 'timm'")
     check_no_decay(OmegaConf.select(cfg, "task.no_decay"))
     if mode in ("test", "predict", "export") and not cfg.get("ckpt_path"):
         raise ConfigError(f"mode={mode} needs ckpt_path=PATH (a checkpoint written by mode=train)")

@@ -25,6 +25,21 @@ FAST = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def no_published_weights(tmp_path_factory, monkeypatch):
+    """Every test starts on a machine without published weights: empty torchvision, Hugging Face and
+    mbtasks caches (``backbone.pretrained=auto`` trains from scratch), and no downloads."""
+    import huggingface_hub.constants as hub
+
+    root = tmp_path_factory.mktemp("weight-caches")
+    monkeypatch.setenv("TORCH_HOME", str(root / "torch"))
+    monkeypatch.setenv("MBTASKS_WEIGHTS_DIR", str(root / "mbtasks"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(root / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(root / "hf"))
+    return root
+
+
 def is_fraction_of(value: float, n: int) -> bool:
     """``value`` is k / n for a whole k: an accuracy over n images (NaN, a wrong average or a missing image fail)."""
     return math.isfinite(value) and abs(value * n - round(value * n)) < 1e-4

@@ -13,6 +13,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from mbtasks.errors import ConfigError, suggest
+
 ActLayer = Callable[..., nn.Module]
 
 ACTIVATIONS: dict[str, ActLayer] = {
@@ -31,6 +33,44 @@ def get_activation(name: str) -> ActLayer:
         raise ValueError(
             f"unknown activation {name!r}; expected one of {sorted(ACTIVATIONS)}"
         ) from None
+
+
+# backbone.padding: symmetric (PyTorch's k // 2 on every side) | tf_same (TensorFlow's SAME, which
+# TF-trained weights need: a stride-2 conv on an even input pads 0 before and 1 after)
+PADDINGS = ("symmetric", "tf_same")
+
+
+def check_padding(padding: str) -> str:
+    """Return ``padding`` if it is one of :data:`PADDINGS`, else raise naming ``backbone.padding``."""
+    if padding not in PADDINGS:
+        raise ConfigError(
+            f"backbone.padding: unknown value {padding!r}; expected one of {', '.join(PADDINGS)} "
+            f"(tf_same reproduces TensorFlow's SAME padding, for TF-trained weights)."
+            f"{suggest(padding, PADDINGS)}"
+        )
+    return padding
+
+
+def conv2d(
+    in_channels: int, out_channels: int, kernel_size: int, stride: int, groups: int, padding: str
+) -> nn.Conv2d:
+    """A bias-free ``nn.Conv2d`` (or subclass) with ``symmetric`` or ``tf_same`` padding.
+
+    ``tf_same`` is TensorFlow's SAME: ``total = max((ceil(in / s) - 1) * s + k - in, 0)``,
+    ``total // 2`` before and the rest after. timm builds it: a plain ``nn.Conv2d`` with ``k // 2``
+    padding where that is the same (stride 1, odd k), else ``Conv2dSame``, an ``nn.Conv2d``
+    subclass that pads from the input's size at run time (static ints when exported). Both keep
+    the state-dict key ``weight``, so checkpoints load either way.
+    """
+    if check_padding(padding) == "tf_same":
+        from timm.layers import create_conv2d  # timm loads lazily, as everywhere in mbtasks
+
+        return create_conv2d(
+            in_channels, out_channels, kernel_size, stride=stride, padding="same", groups=groups, bias=False
+        )
+    return nn.Conv2d(
+        in_channels, out_channels, kernel_size, stride, padding=kernel_size // 2, groups=groups, bias=False
+    )
 
 
 def round_channels(channels: float, multiplier: float = 1.0, divisor: int = 8) -> int:
@@ -66,7 +106,11 @@ def init_weights(module: nn.Module) -> None:
 
 
 class ConvBNAct(nn.Sequential):
-    """Conv2d (no bias) -> BatchNorm2d -> activation (``act_layer=None`` for linear)."""
+    """Conv2d (no bias) -> BatchNorm2d -> activation (``act_layer=None`` for linear).
+
+    ``padding``: ``symmetric`` (``k // 2`` each side) or ``tf_same`` (TensorFlow's SAME, see
+    :func:`conv2d`); the module's keys (``0.weight``, ``1.*``) are the same for both.
+    """
 
     def __init__(
         self,
@@ -76,17 +120,10 @@ class ConvBNAct(nn.Sequential):
         stride: int = 1,
         groups: int = 1,
         act_layer: ActLayer | None = nn.ReLU,
+        padding: str = "symmetric",
     ) -> None:
         layers: list[nn.Module] = [
-            nn.Conv2d(
-                in_channels,
-                out_channels,
-                kernel_size,
-                stride,
-                padding=kernel_size // 2,
-                groups=groups,
-                bias=False,
-            ),
+            conv2d(in_channels, out_channels, kernel_size, stride, groups, padding),
             nn.BatchNorm2d(out_channels),
         ]
         if act_layer is not None:
@@ -103,14 +140,20 @@ class DepthwiseSeparableConv(nn.Module):
         out_channels: output channels of the pointwise conv.
         stride: stride of the depthwise conv (1 or 2).
         act_layer: activation class (the paper uses ReLU; timm's port uses ReLU6).
+        padding: ``symmetric`` or ``tf_same`` (:class:`ConvBNAct`).
     """
 
     def __init__(
-        self, in_channels: int, out_channels: int, stride: int = 1, act_layer: ActLayer = nn.ReLU
+        self,
+        in_channels: int,
+        out_channels: int,
+        stride: int = 1,
+        act_layer: ActLayer = nn.ReLU,
+        padding: str = "symmetric",
     ) -> None:
         super().__init__()
-        self.conv_dw = ConvBNAct(in_channels, in_channels, 3, stride, in_channels, act_layer)
-        self.conv_pw = ConvBNAct(in_channels, out_channels, 1, 1, 1, act_layer)
+        self.conv_dw = ConvBNAct(in_channels, in_channels, 3, stride, in_channels, act_layer, padding)
+        self.conv_pw = ConvBNAct(in_channels, out_channels, 1, 1, 1, act_layer, padding)
         self.out_channels = out_channels
         self.stride = stride
 
@@ -127,6 +170,7 @@ class InvertedResidual(nn.Module):
         stride: depthwise stride (1 or 2); the residual exists only for stride 1 and equal channels.
         expand_ratio: expansion factor t (6 in the V2 paper; 1 skips the expansion conv).
         act_layer: activation after expansion and depthwise (ReLU6 in the paper).
+        padding: ``symmetric`` or ``tf_same`` (:class:`ConvBNAct`).
     """
 
     def __init__(
@@ -136,15 +180,18 @@ class InvertedResidual(nn.Module):
         stride: int = 1,
         expand_ratio: float = 6,
         act_layer: ActLayer = nn.ReLU6,
+        padding: str = "symmetric",
     ) -> None:
         super().__init__()
         hidden = int(round(in_channels * expand_ratio))
         self.use_residual = stride == 1 and in_channels == out_channels
         self.conv_expand = (
-            ConvBNAct(in_channels, hidden, 1, act_layer=act_layer) if expand_ratio != 1 else None
+            ConvBNAct(in_channels, hidden, 1, act_layer=act_layer, padding=padding)
+            if expand_ratio != 1
+            else None
         )
-        self.conv_dw = ConvBNAct(hidden, hidden, 3, stride, hidden, act_layer)
-        self.conv_project = ConvBNAct(hidden, out_channels, 1, act_layer=None)
+        self.conv_dw = ConvBNAct(hidden, hidden, 3, stride, hidden, act_layer, padding)
+        self.conv_project = ConvBNAct(hidden, out_channels, 1, act_layer=None, padding=padding)
         self.hidden_channels = hidden
         self.out_channels = out_channels
         self.stride = stride

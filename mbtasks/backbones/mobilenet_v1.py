@@ -16,6 +16,7 @@ from mbtasks.backbones.base import LEVEL_STRIDES, Backbone, resolve_out_indices
 from mbtasks.backbones.blocks import (
     ConvBNAct,
     DepthwiseSeparableConv,
+    check_padding,
     get_activation,
     round_channels,
 )
@@ -48,23 +49,26 @@ class MobileNetV1(Backbone):
         out_indices: feature levels to return, by stride: 0->2, 1->4, 2->8, 3->16, 4->32.
         act: activation name; ``relu`` is the paper's, ``relu6`` matches timm's weights.
         pretrained: weights to start from (PATH | ``timm`` | null; :mod:`mbtasks.backbones.pretrained`).
+        padding: ``symmetric`` (PyTorch's) | ``tf_same`` (TensorFlow's SAME, which TF-trained
+            weights need: :mod:`mbtasks.backbones.weights`); the state-dict keys are the same.
 
     Returns (forward):
         list of ``(N, C_i, H / s_i, W / s_i)`` tensors, finest first.
     """
 
     def __init__(self, width: float = 1.0, out_indices: tuple[int, ...] = (4,), act: str = "relu",
-                 pretrained: str | None = None) -> None:
+                 pretrained: str | None = None, padding: str = "symmetric") -> None:
         super().__init__()
         act_layer = get_activation(act)
+        self.padding = check_padding(padding)
         self.width = width
         stem = round_channels(V1_STEM, width)
-        self.stem = ConvBNAct(3, stem, 3, 2, act_layer=act_layer)
+        self.stem = ConvBNAct(3, stem, 3, 2, act_layer=act_layer, padding=padding)
         blocks, level_channels, level_end = [], {}, {}
         in_ch, stride = stem, 2
         for i, (ch, s) in enumerate(V1_ARCH):
             out_ch = round_channels(ch, width)
-            blocks.append(DepthwiseSeparableConv(in_ch, out_ch, s, act_layer))
+            blocks.append(DepthwiseSeparableConv(in_ch, out_ch, s, act_layer, padding))
             stride *= s
             level = LEVEL_STRIDES.index(stride)
             level_channels[level], level_end[level] = out_ch, i

@@ -15,6 +15,7 @@ from mbtasks.backbones.base import LEVEL_STRIDES, Backbone, resolve_out_indices
 from mbtasks.backbones.blocks import (
     ConvBNAct,
     InvertedResidual,
+    check_padding,
     get_activation,
     round_channels,
 )
@@ -45,6 +46,8 @@ class MobileNetV2(Backbone):
             instead of the level's bottleneck output (SSDLite taps the 576-channel
             expansion at stride 16, Sandler et al. Sec. 6.2).
         pretrained: weights to start from (PATH | ``timm`` | null; :mod:`mbtasks.backbones.pretrained`).
+        padding: ``symmetric`` (PyTorch's) | ``tf_same`` (TensorFlow's SAME, which TF-trained
+            weights need: :mod:`mbtasks.backbones.weights`); the state-dict keys are the same.
 
     Returns (forward):
         list of ``(N, C_i, H / s_i, W / s_i)`` tensors, finest first.
@@ -57,12 +60,14 @@ class MobileNetV2(Backbone):
         act: str = "relu6",
         expansion_taps: bool = False,
         pretrained: str | None = None,
+        padding: str = "symmetric",
     ) -> None:
         super().__init__()
         act_layer = get_activation(act)
+        self.padding = check_padding(padding)
         self.width = width
         stem = round_channels(V2_STEM, width)
-        self.stem = ConvBNAct(3, stem, 3, 2, act_layer=act_layer)
+        self.stem = ConvBNAct(3, stem, 3, 2, act_layer=act_layer, padding=padding)
         blocks: list[nn.Module] = []
         level_channels, level_end = {}, {}
         in_ch, stride = stem, 2
@@ -70,13 +75,13 @@ class MobileNetV2(Backbone):
             out_ch = round_channels(c, width)
             for i in range(n):
                 block_stride = s if i == 0 else 1
-                blocks.append(InvertedResidual(in_ch, out_ch, block_stride, t, act_layer))
+                blocks.append(InvertedResidual(in_ch, out_ch, block_stride, t, act_layer, padding))
                 stride *= block_stride
                 level = LEVEL_STRIDES.index(stride)
                 level_channels[level], level_end[level] = out_ch, len(blocks) - 1
                 in_ch = out_ch
         head = round_channels(V2_HEAD, max(1.0, width))
-        blocks.append(ConvBNAct(in_ch, head, 1, act_layer=act_layer))
+        blocks.append(ConvBNAct(in_ch, head, 1, act_layer=act_layer, padding=padding))
         level_channels[4], level_end[4] = head, len(blocks) - 1
         self.blocks = nn.Sequential(*blocks)
         self.out_indices = resolve_out_indices(out_indices, len(LEVEL_STRIDES))

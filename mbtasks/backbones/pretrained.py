@@ -8,7 +8,13 @@ A backbone can start from
   ``backbone.`` / ``model.backbone.`` / ``module.`` prefix, or inside a ``state_dict`` entry);
 - a timm (``mobilenetv1_*``, ``mobilenetv2_*``) or torchvision (``mobilenet_v2``) state dict,
   converted by position (:mod:`mbtasks.backbones.weights`);
-- ``timm``: the published weights timm downloads for the same architecture and width.
+- ``timm``: the published weights timm downloads for the same architecture and width;
+- ``imagenet``: the published ImageNet weights of this architecture and width, found where
+  torchvision, timm or ``python -m mbtasks weights convert`` keep them
+  (:mod:`mbtasks.backbones.weights.published`);
+- ``auto``: ``imagenet`` when the run's data is real and the weights are on this machine, else none
+  (decided with the data config before the backbone is built, :mod:`mbtasks.pretraining`; a backbone
+  built directly with ``auto`` starts from random weights).
 
 Every load reports how many tensors were loaded, and which were missing or unexpected, and
 refuses a different architecture or width with a message naming both.
@@ -18,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import socket
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -28,7 +33,8 @@ import torch
 from torch import nn
 
 from mbtasks import checkpoint
-from mbtasks.backbones.weights import convert_by_position
+from mbtasks.backbones.weights import convert_by_position, published
+from mbtasks.backbones.weights.published import hub_reachable
 from mbtasks.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -44,7 +50,6 @@ PUBLISHED = {
     ("MobileNetV2", 1.0): "mobilenetv2_100",
     ("MobileNetV2", 1.4): "mobilenetv2_140",
 }
-HUB_HOST = "huggingface.co"
 
 
 @dataclass
@@ -94,8 +99,19 @@ def is_published(spec) -> bool:
     return spec is True or (isinstance(spec, str) and spec.lower() == "timm")
 
 
+def is_imagenet(spec) -> bool:
+    """``pretrained=imagenet``: the published ImageNet weights of this architecture and width."""
+    return isinstance(spec, str) and spec.lower() == "imagenet"
+
+
 def wants_file(spec) -> bool:
-    return isinstance(spec, str) and not is_published(spec) and spec.lower() not in ("", "null", "none", "false")
+    return (isinstance(spec, str) and not is_published(spec) and not is_imagenet(spec)
+            and spec.lower() not in ("", "null", "none", "false", "auto"))
+
+
+def is_active(spec) -> bool:
+    """Whether ``spec`` loads any weights (a file, ``timm`` or ``imagenet``)."""
+    return is_published(spec) or is_imagenet(spec) or wants_file(spec)
 
 
 def load_pretrained(backbone: nn.Module, spec) -> LoadReport | None:
@@ -104,10 +120,12 @@ def load_pretrained(backbone: nn.Module, spec) -> LoadReport | None:
     Raises:
         ConfigError: unreadable file, no matching tensors, or a different architecture/width.
     """
-    if spec in (None, False) or (isinstance(spec, str) and not (wants_file(spec) or is_published(spec))):
+    if not is_active(spec):
         return None
     if is_published(spec):
         report = load_published(backbone)
+    elif is_imagenet(spec):
+        report = load_imagenet(backbone)
     else:
         state, kind, source_arch = read_backbone_state(Path(spec), backbone)
         report = load_state(backbone, state, str(spec), kind, source_arch)
@@ -187,15 +205,6 @@ def load_state(backbone: nn.Module, state: Mapping[str, torch.Tensor], source: s
                       unexpected=[k for k in state if k not in own])
 
 
-def hub_reachable(host: str = HUB_HOST, timeout: float = 3.0) -> bool:
-    """Whether the weights hub resolves and accepts a connection (offline machines fail fast here)."""
-    try:
-        with socket.create_connection((host, 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
 @contextlib.contextmanager
 def published_weights(name: str) -> Iterator[None]:
     """Around a timm download: offline, read the local cache only (no minute of retries), and turn
@@ -220,6 +229,26 @@ def published_weights(name: str) -> Iterator[None]:
         hub.HF_HUB_OFFLINE = saved
 
 
+def activations(backbone: nn.Module) -> set[str]:
+    return {type(m).__name__.lower() for m in backbone.modules() if isinstance(m, nn.ReLU | nn.ReLU6 | nn.Hardswish | nn.SiLU)}
+
+
+def load_imagenet(backbone: nn.Module) -> LoadReport:
+    """The published ImageNet weights of ``backbone``'s architecture and width (found, never converted here)."""
+    entry = published.entry_for(type(backbone).__name__, float(getattr(backbone, "width", 0.0)))
+    found = published.locate(entry)
+    converted = published.read(found, backbone)
+    acts, padding = activations(backbone), getattr(backbone, "padding", "symmetric")
+    if acts != {converted.act}:
+        log.warning("%s=imagenet: %s was trained with %s, this backbone uses %s (set backbone.act=%s)",
+                    KEY, entry.name, converted.act, sorted(acts), converted.act)
+    if padding != converted.padding:
+        log.warning("%s=imagenet: %s was trained with %s padding, this backbone uses %s (set backbone.padding=%s)",
+                    KEY, entry.name, converted.padding, padding, converted.padding)
+    kind = f"{entry.name} ImageNet weights, {converted.source}" + (" (BatchNorm folded)" if converted.bn_folded else "")
+    return load_state(backbone, published.backbone_part(converted), "imagenet", kind)
+
+
 def load_published(backbone: nn.Module) -> LoadReport:
     """timm's published ImageNet weights for our V1 / V2 at a width timm publishes."""
     arch = (type(backbone).__name__, float(getattr(backbone, "width", 0.0)))
@@ -231,8 +260,8 @@ def load_published(backbone: nn.Module) -> LoadReport:
 
     with published_weights(name):
         source = timm.create_model(name, pretrained=True)
-    acts = {type(m).__name__ for m in backbone.modules() if isinstance(m, nn.ReLU | nn.ReLU6 | nn.Hardswish | nn.SiLU)}
-    if acts != {"ReLU6"}:
+    acts = activations(backbone)
+    if acts != {"relu6"}:
         log.warning("%s=timm: %s was trained with ReLU6, this backbone uses %s (set backbone.act=relu6)",
                     KEY, name, sorted(acts))
     state = convert_foreign(source.state_dict(), backbone, "timm", "timm")

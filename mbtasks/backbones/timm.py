@@ -5,7 +5,12 @@ from __future__ import annotations
 import torch
 
 from mbtasks.backbones.base import Backbone
-from mbtasks.backbones.pretrained import is_published, load_pretrained, published_weights
+from mbtasks.backbones.pretrained import (
+    is_imagenet,
+    is_published,
+    load_pretrained,
+    published_weights,
+)
 
 
 class TimmBackbone(Backbone):
@@ -14,8 +19,8 @@ class TimmBackbone(Backbone):
     Args:
         name: any timm model name that supports ``features_only`` (``mobilenetv3_large_100``,
             ``efficientnet_b0``, ``mobilenetv1_100`` ...).
-        pretrained: ``timm`` (or ``true``): timm's published weights (needs internet or a filled
-            cache); PATH: an mbtasks checkpoint or a state dict of this backbone; null: random init.
+        pretrained: ``timm`` or ``imagenet`` (or ``true``): timm's published weights (needs internet
+            or a filled Hugging Face cache); PATH: an mbtasks checkpoint or a state dict of this backbone; null: random init.
         out_indices: timm feature levels (by reduction 2, 4, 8, 16, 32 for most models).
     """
 
@@ -31,7 +36,8 @@ class TimmBackbone(Backbone):
         num_levels = len(probe.feature_info)
         indices = tuple(i + num_levels if i < 0 else i for i in out_indices)
         del probe
-        if is_published(pretrained):
+        timm_weights = is_published(pretrained) or is_imagenet(pretrained)
+        if timm_weights:
             with published_weights(name):
                 self.model = timm.create_model(name, pretrained=True, features_only=True, out_indices=indices)
         else:
@@ -39,7 +45,7 @@ class TimmBackbone(Backbone):
         self.out_channels = list(self.model.feature_info.channels())
         self.strides = list(self.model.feature_info.reduction())
         self.width = 1.0
-        if not is_published(pretrained):
+        if not timm_weights:
             self.pretrained_report = load_pretrained(self, pretrained)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:

@@ -37,14 +37,18 @@ class BackboneFreeze(Callback):
         unfreeze_at_epoch: first epoch (0-based) that trains the backbone; ``None`` keeps it frozen
             for the whole run.
         lr_mult: the backbone's LR multiplier once it trains (for the log line).
+        freeze_bn: keep the backbone's BatchNorm layers in eval mode while it trains (``finetune.freeze_bn``).
     """
 
-    def __init__(self, freeze: bool = False, unfreeze_at_epoch: int | None = None, lr_mult: float = 1.0) -> None:
+    def __init__(self, freeze: bool = False, unfreeze_at_epoch: int | None = None, lr_mult: float = 1.0,
+                 freeze_bn: bool = False) -> None:
         if unfreeze_at_epoch is not None and (isinstance(unfreeze_at_epoch, bool) or int(unfreeze_at_epoch) < 0):
             raise ConfigError(f"finetune.unfreeze_at_epoch={unfreeze_at_epoch!r}: expected an epoch >= 0 or null")
         self.freeze = bool(freeze)
         self.unfreeze_at_epoch = None if unfreeze_at_epoch is None else int(unfreeze_at_epoch)
         self.lr_mult = float(lr_mult)
+        self.freeze_bn = bool(freeze_bn)
+        self._bn_logged = False
         self._frozen: bool | None = None
 
     def frozen_at(self, epoch: int) -> bool:
@@ -53,6 +57,7 @@ class BackboneFreeze(Callback):
     def _apply(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         backbone = pl_module.backbone
         if not self.freeze:
+            self._bn_eval(backbone, trainer.current_epoch)
             return
         frozen = self.frozen_at(trainer.current_epoch)
         if frozen != self._frozen:
@@ -64,6 +69,20 @@ class BackboneFreeze(Callback):
         elif frozen:
             # Lightning puts the whole module back in train mode (each epoch, after validation).
             backbone.eval()
+        if not frozen:
+            self._bn_eval(backbone, trainer.current_epoch)
+
+    def _bn_eval(self, backbone: nn.Module, epoch: int) -> None:
+        """``freeze_bn``: BatchNorm in eval mode (Lightning sets train mode again after each validation)."""
+        if not self.freeze_bn:
+            return
+        norms = [m for m in backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        if norms and norms[0].training:
+            if not self._bn_logged:
+                log.info("epoch %d: backbone BatchNorm statistics frozen (finetune.freeze_bn)", epoch)
+                self._bn_logged = True
+            for m in norms:
+                m.eval()
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.freeze and self.unfreeze_at_epoch is not None and getattr(trainer, "world_size", 1) > 1:

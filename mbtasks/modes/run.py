@@ -11,9 +11,11 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from mbtasks.backbones.weights import published
 from mbtasks.config import validate
 from mbtasks.errors import ConfigError
 from mbtasks.modes import check, export, predict, profile, test, train
+from mbtasks.pretraining import named_checkpoint, prepare
 from mbtasks.resume import LAST, resume_config, wants_resume
 from mbtasks.tasks import check_checkpoint_task
 
@@ -65,6 +67,13 @@ def claim_run_dir(cfg: DictConfig, run_dir: Path) -> Path:
 def dispatch(cfg: DictConfig, run_dir: Path, overrides=()) -> dict:
     """Validate the config, then run ``mbtasks.modes.<mode>.run``."""
     cfg, run_dir = resume_config(cfg, run_dir, overrides)
+    if not wants_resume(cfg):
+        prepare(cfg, overrides)
+    if published.parse_name(cfg.get("ckpt_path")) is not None:
+        if cfg.get("mode") == "train":
+            raise ConfigError(f"ckpt_path={cfg.ckpt_path} is a published classifier: to train from its weights give "
+                              f"backbone.pretrained=imagenet with the same backbone and width")
+        cfg.ckpt_path = str(named_checkpoint(cfg.ckpt_path))
     validate(cfg)
     check_checkpoint_task(cfg, any(o.split("=", 1)[0].lstrip("+") == "task" for o in overrides))
     return RUNNERS[cfg.mode](cfg, run_dir, overrides)

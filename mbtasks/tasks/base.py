@@ -109,9 +109,12 @@ class BaseTask(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def configure_callbacks(self) -> list[L.Callback]:
-        """A frozen backbone (``finetune.freeze``) is unfrozen at ``finetune.unfreeze_at_epoch``."""
+        """A frozen backbone (``finetune.freeze``) is unfrozen at ``finetune.unfreeze_at_epoch``; ``finetune.freeze_bn``
+        keeps its BatchNorm statistics."""
         ft = self.finetune
-        return [BackboneFreeze(ft.freeze, ft.unfreeze_at_epoch, ft.lr_mult)] if ft.freeze else []
+        if not (ft.freeze or ft.freeze_bn):
+            return []
+        return [BackboneFreeze(ft.freeze, ft.unfreeze_at_epoch, ft.lr_mult, ft.freeze_bn)]
 
     # ---------------------------------------------------------------- training
     def loss_terms(self, batch) -> dict[str, torch.Tensor]:

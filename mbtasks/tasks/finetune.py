@@ -20,11 +20,14 @@ class FineTune:
         unfreeze_at_epoch: first epoch (0-based) that trains the backbone; ``None`` keeps a frozen
             backbone frozen for the whole run.
         lr_mult: the backbone's LR = the optimizer's LR x ``lr_mult`` (e.g. 0.1 on pretrained weights).
+        freeze_bn: the backbone's BatchNorm layers normalise with their (pretrained) running statistics
+            and never update them, also once the backbone trains (small batches give noisy statistics).
     """
 
     freeze: bool = False
     unfreeze_at_epoch: int | None = None
     lr_mult: float = 1.0
+    freeze_bn: bool = False
 
     def __post_init__(self) -> None:
         epoch = self.unfreeze_at_epoch
@@ -33,6 +36,7 @@ class FineTune:
         if isinstance(self.lr_mult, bool) or not isinstance(self.lr_mult, int | float) or self.lr_mult < 0:
             raise ConfigError(f"finetune.lr_mult={self.lr_mult!r}: expected a number >= 0 (e.g. 0.1)")
         object.__setattr__(self, "freeze", bool(self.freeze))
+        object.__setattr__(self, "freeze_bn", bool(self.freeze_bn))
         object.__setattr__(self, "lr_mult", float(self.lr_mult))
 
     def frozen_at(self, epoch: int) -> bool:
