@@ -41,8 +41,11 @@ def given_keys(overrides: Iterable[str]) -> set[str]:
     return {o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o}
 
 
-def is_given(key: str, given: set[str]) -> bool:
-    """``key`` or a group above it (``optimizer`` for ``optimizer.lr``) was chosen on the command line."""
+def is_given(key: str, given: set[str], groups: bool = True) -> bool:
+    """``key`` was set on the command line; with ``groups``, also when a group above it was chosen
+    (``optimizer=sgd`` for ``optimizer.lr``: a recipe's LR belongs to its optimizer)."""
+    if not groups:
+        return key in given
     parts = key.split(".")
     return any(".".join(parts[:i]) in given for i in range(1, len(parts) + 1))
 
@@ -101,6 +104,15 @@ def weights_needs(cfg: DictConfig) -> dict[str, object]:
     return needs
 
 
+def several_processes(cfg: DictConfig) -> bool:
+    """DDP (or several devices / nodes): a backbone frozen at the start cannot be unfrozen later there."""
+    strategy = str(OmegaConf.select(cfg, "trainer.strategy", default="") or "")
+    devices = OmegaConf.select(cfg, "trainer.devices", default=1)
+    nodes = OmegaConf.select(cfg, "trainer.num_nodes", default=1) or 1
+    many = (isinstance(devices, int) and devices > 1) or (isinstance(devices, list | tuple) and len(devices) > 1)
+    return strategy.startswith("ddp") or many or int(nodes) > 1
+
+
 def flat(node, prefix: str = "") -> dict[str, object]:
     if isinstance(node, DictConfig):
         out: dict[str, object] = {}
@@ -125,7 +137,8 @@ def prepare(cfg: DictConfig, overrides: Sequence[str] = ()) -> DictConfig:
     changed: dict[str, object] = {}
     if is_imagenet(spec):
         for key, value in weights_needs(cfg).items():
-            if is_given(key, given):
+            # data=voc or backbone=mobilenet_v1 choose a group, not these keys
+            if is_given(key, given, groups=False):
                 if OmegaConf.select(cfg, key) != value:
                     log.warning("%s=imagenet: %s=%s was given, but the weights were trained with %s", KEY, key,
                                 OmegaConf.select(cfg, key), value)
@@ -133,7 +146,12 @@ def prepare(cfg: DictConfig, overrides: Sequence[str] = ()) -> DictConfig:
             changed[key] = value
     recipe = cfg.get("finetune_recipe")
     if isinstance(recipe, DictConfig):
-        for key, value in flat(recipe).items():
+        items = flat(recipe)
+        if several_processes(cfg) and items.get("finetune.unfreeze_at_epoch") is not None:
+            # DDP fixes the synchronised parameters when it wraps the model: no frozen warm-up there
+            log.info("%s: several processes, so the recipe's frozen-backbone warm-up is left out", KEY)
+            items = {k: v for k, v in items.items() if k not in ("finetune.freeze", "finetune.unfreeze_at_epoch")}
+        for key, value in items.items():
             if not is_given(key, given):
                 changed[key] = value
     for key, value in changed.items():
@@ -169,6 +187,7 @@ def named_checkpoint(spec: str, key: str = "ckpt_path") -> Path:
                    f"backbone.act={meta['act']}", f"backbone.padding={meta['padding']}", "backbone.pretrained=null",
                    "data=imagefolder", f"data.image_size={meta['image_size']}",
                    f"data.mean=[{','.join(map(str, meta['mean']))}]", f"data.std=[{','.join(map(str, meta['std']))}]"])
+    OmegaConf.update(cfg, "data.class_names", class_names(), force_add=True)
     info = {"class_names": class_names(), "image_size": int(meta["image_size"]), "mean": list(meta["mean"]),
             "std": list(meta["std"])}
     task = build_task(cfg, info, training=False)

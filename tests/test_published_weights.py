@@ -133,8 +133,10 @@ def test_auto_on_real_data_finetunes_the_published_weights(no_published_weights,
     converted = converted_v1()
     published.write_converted(converted, no_published_weights / "mbtasks" / "mobilenet_v1_0.25-imagenet.pth")
     with caplog.at_level(logging.INFO, logger="mbtasks"):
-        run_mode([f"data.root={tiny_shapes}", "data.generator=null", "data.image_size=32", "backbone.width=0.25",
-                  "trainer.max_epochs=2", "data.batch_size=16", "finetune.lr_mult=0.5"], tmp_path / "run")
+        # the group choices a real-data run gives (data=..., backbone=...) do not keep what the weights need
+        run_mode(["data=imagefolder", "backbone=mobilenet_v1", f"data.root={tiny_shapes}", "data.image_size=32",
+                  "backbone.width=0.25", "trainer.max_epochs=2", "data.batch_size=16", "finetune.lr_mult=0.5"],
+                 tmp_path / "run")
     cfg = OmegaConf.load(tmp_path / "run" / "config.yaml")
     assert cfg.backbone.pretrained == "imagenet"
     # what the weights need
@@ -185,3 +187,21 @@ def test_weights_cli_converts_a_torchvision_file_into_the_cache(no_published_wei
     bad = subprocess.run([sys.executable, "-m", "mbtasks", "weights", "convert", str(tmp_path / "x.onnx")],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "error:" in bad.stderr and "x.onnx" in bad.stderr
+
+
+def test_recipe_applies_to_any_pretrained_start_and_skips_the_frozen_warmup_under_ddp(tmp_path):
+    from mbtasks.pretraining import prepare
+    from tests.conftest import compose_cfg
+
+    source = str(tmp_path / "classification-run.ckpt")  # transfer chains: another task's checkpoint
+    overrides = ["task=detection", f"backbone.pretrained={source}", "optimizer.lr=0.005"]
+    cfg = prepare(compose_cfg(overrides), overrides)
+    assert cfg.optimizer.lr == 0.005  # given on the command line
+    assert cfg.finetune.lr_mult == cfg.finetune_recipe.finetune.lr_mult
+    overrides = [f"backbone.pretrained={source}", "trainer=ddp"]
+    cfg = prepare(compose_cfg(overrides), overrides)
+    assert cfg.finetune.freeze is False and cfg.finetune.unfreeze_at_epoch is None
+    assert cfg.optimizer.lr == cfg.finetune_recipe.optimizer.lr
+    overrides = [f"backbone.pretrained={source}", "optimizer=sgd"]
+    cfg = prepare(compose_cfg(overrides), overrides)
+    assert cfg.optimizer.lr == compose_cfg(["optimizer=sgd"]).optimizer.lr  # the recipe's LR was for AdamW

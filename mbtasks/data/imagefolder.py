@@ -91,6 +91,9 @@ class ImageFolderDataModule(SplitDataModule):
             falls back to val.
         generator: optional callable ``generator(root)`` that writes the data set first
             (the synthetic sets).
+        class_names: the classes in label order (null: the train split's sub-folders, sorted); given,
+            a split may hold any subset of them and the train split may be absent (evaluation only,
+            e.g. an ImageNet val folder for a published classifier).
     """
 
     def __init__(
@@ -105,11 +108,13 @@ class ImageFolderDataModule(SplitDataModule):
         std: tuple[float, ...] = IMAGENET_STD,
         splits: tuple[str, str, str] = ("train", "val", "test"),
         generator: Callable | None = None,
+        class_names: list[str] | None = None,
     ) -> None:
         super().__init__(root, image_size, batch_size, num_workers, train_transforms, eval_transforms, mean, std,
                          generator)
         self.split_dirs = tuple(splits)
-        self.class_names: list[str] | None = None
+        self.given_classes = class_names is not None
+        self.class_names: list[str] | None = list(class_names) if class_names is not None else None
 
     def _split_dir(self, stage: str) -> Path:
         name = dict(zip(("train", "val", "test"), self.split_dirs, strict=True))[stage]
@@ -127,6 +132,8 @@ class ImageFolderDataModule(SplitDataModule):
         for split in ("train", "val", "test"):
             if split in self.datasets:
                 continue
+            if split == "train" and self.given_classes and not self._split_dir(split).is_dir():
+                continue  # evaluation only: the classes are known without a training split
             samples, _ = scan_image_folder(self._split_dir(split), self.class_names)
             pipeline = self.train_transforms if split == "train" else self.eval_transforms
             self.datasets[split] = ImageFolderDataset(samples, pipeline, self.mean, self.std,

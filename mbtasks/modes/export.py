@@ -46,6 +46,7 @@ from mbtasks.export.preprocessing import preprocessing_of
 from mbtasks.export.quantize import quantize_network
 from mbtasks.inference.inputs import Preprocess, file_batches
 from mbtasks.io import temporary_sibling, write_json_atomic
+from mbtasks.modes.evaldata import eval_data_config
 from mbtasks.modes.export_metrics import throughput, val_batches, val_datamodule
 from mbtasks.tasks import load_task, spec_of
 
@@ -446,6 +447,9 @@ def run(cfg: DictConfig, run_dir: Path, overrides=()) -> dict:
     if fmt not in FORMATS:
         raise ConfigError(f"export.format={fmt!r}: expected one of {list(FORMATS)}")
     task, train_cfg = load_task(cfg.ckpt_path)
+    # data.* keys given on the command line apply on top of the checkpoint's (as for mode=test): where
+    # the inputs, the calibration images and the INT8 validation split come from
+    train_cfg.data = eval_data_config(cfg, train_cfg, overrides)
     spec = spec_of(task).export
     e = cfg.export
     out = Path(e.output) if e.get("output") else run_dir / f"{task.name}{FORMATS[fmt]}"

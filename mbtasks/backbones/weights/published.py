@@ -192,7 +192,8 @@ def how_to_get(entry: Published) -> str:
     if entry.torchvision:
         ways.append(f"place torchvision's {entry.torchvision} in {torchvision_file(entry).parent}/")
     if entry.originals:
-        ways.append(f"convert Google's {' or '.join(entry.originals)} with "
+        ways.append(f"convert Google's {' or '.join(entry.originals)} (any TF-slim frozen graph or TFLite file of "
+                    f"this width) with "
                     f"`python -m mbtasks weights convert FILE` (writes {cached_file(entry)})")
     if entry.timm:
         ways.append(f"run timm.create_model('{entry.timm}', pretrained=True) once where there is internet "
