@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 import common  # noqa: F401 - first: sets OMP_WAIT_POLICY before torch loads
-from common import REPO, RESULTS, machine, print_table, write_results
+from common import REPO, RESULTS, print_table, write_results
 
 from mbtasks.callbacks.epoch_log import read_epoch_log
 
@@ -38,8 +38,10 @@ PLAN: dict[str, tuple[dict[str, tuple[str, int]], str, dict[str, list[str]]]] = 
         "val/acc_top1",
         {
             "default": [],
-            "lr1e-3 all layers, no warm-up": ["optimizer.lr=0.001", "finetune.lr_mult=1.0", "finetune.freeze=false"],
-            "default + frozen BN stats": ["finetune.freeze_bn=true"],
+            "lr 1e-3 all layers no warm-up": ["optimizer.lr=0.001", "finetune.lr_mult=1.0", "finetune.freeze=false"],
+            "default + batch 16": ["data.batch_size=16"],
+            "lr 1e-3 all layers batch 16": ["optimizer.lr=0.001", "finetune.lr_mult=1.0", "finetune.freeze=false",
+                                            "data.batch_size=16"],
             "default + augment=light": ["augment=light"],
         },
     ),
@@ -48,8 +50,10 @@ PLAN: dict[str, tuple[dict[str, tuple[str, int]], str, dict[str, list[str]]]] = 
         "val/map_50",
         {
             "default": [],
-            "lr 1e-2, backbone x0.1": ["optimizer.lr=0.01", "finetune.lr_mult=0.1"],
-            "default, BN stats train": ["finetune.freeze_bn=false"],
+            "lr 1e-2 backbone x0.1": ["optimizer.lr=0.01", "finetune.lr_mult=0.1"],
+            "default BN stats train": ["finetune.freeze_bn=false"],
+            "lr 1e-2 backbone x0.1 BN stats train": ["optimizer.lr=0.01", "finetune.lr_mult=0.1",
+                                                     "finetune.freeze_bn=false"],
         },
     ),
     "embedding": (
@@ -57,12 +61,16 @@ PLAN: dict[str, tuple[dict[str, tuple[str, int]], str, dict[str, list[str]]]] = 
         "val/verification_acc",
         {
             "default": [],
-            "lr 0.2 (from-scratch LR), backbone x0.1": ["optimizer.lr=0.2"],
-            "default, BN stats train": ["finetune.freeze_bn=false"],
+            "lr 0.2 (from-scratch LR)": ["optimizer.lr=0.2"],
+            "default BN stats train": ["finetune.freeze_bn=false"],
+            "lr 0.2 BN stats train": ["optimizer.lr=0.2", "finetune.freeze_bn=false"],
         },
     ),
 }
 BACKBONE = {"classification": ["backbone=mobilenet_v2"], "detection": [], "embedding": []}
+
+
+COLUMNS = ["task", "set", "recipe", "val last", "val best", "vals", "steps", "wall s"]
 
 
 def run(task: str, name: str, group: str, size: int, budget: str, extra: list[str], run_dir: Path) -> dict:
@@ -109,10 +117,10 @@ def main() -> None:
                 records.append({"task": task, "set": name, "size": size, "candidate": cand, "overrides": extra,
                                 "metric": key, "last": last, "best": best, "validations": len(vals),
                                 "steps": steps, "wall_s": r["wall_s"], "run_dir": str(run_dir)})
-                print_table(["task", "set", "recipe", "val last", "val best", "vals", "steps", "wall s"], rows[-1:])
-    print_table(["task", "set", "recipe", "val last", "val best", "vals", "steps", "wall s"], rows)
-    write_results(args.out or RESULTS / "finetune_recipes.json",
-                  {"budget": args.budget, "machine": machine(), "runs": records})
+                print(" | ".join(rows[-1]), flush=True)
+                write_results("finetune_recipes", {"budget": args.budget, "runs": records},
+                              args.out)
+    print_table(f"fine-tuning recipes, {args.budget} a run, validation", COLUMNS, rows)
 
 
 if __name__ == "__main__":

@@ -85,8 +85,8 @@ def resolve_auto(cfg: DictConfig) -> str | None:
 
 
 def weights_needs(cfg: DictConfig) -> dict[str, object]:
-    """The config keys the published weights need (act, padding, mean, std; frozen BatchNorm statistics
-    for BatchNorm-folded weights)."""
+    """The config keys the published weights need (act, padding, mean, std; BatchNorm statistics from the
+    data for BatchNorm-folded weights)."""
     arch, width = backbone_arch(cfg)
     if arch == "TimmBackbone":
         return {}
@@ -98,9 +98,10 @@ def weights_needs(cfg: DictConfig) -> dict[str, object]:
     if meta["padding"] != "symmetric" or "padding" in cfg.backbone:
         needs["backbone.padding"] = meta["padding"]
     if meta["bn_folded"]:
-        # Folded weights leave every BatchNorm as the identity with running mean 0 / var 1: batch statistics
-        # would renormalise the convolutions' outputs and undo the weights, so the statistics stay frozen.
-        needs["finetune.freeze_bn"] = True
+        # Folded weights leave every BatchNorm the identity with running mean 0 / var 1: batch statistics
+        # would renormalise the convolutions' outputs and undo the weights, so BatchNorm first takes the
+        # data's statistics with the function kept (frozen statistics instead broke AdamW fine-tunes).
+        needs["finetune.unfold_bn"] = True
     return needs
 
 

@@ -142,7 +142,7 @@ def test_auto_on_real_data_finetunes_the_published_weights(no_published_weights,
     # what the weights need
     assert (cfg.backbone.act, cfg.backbone.padding) == ("relu6", "tf_same")
     assert list(cfg.data.mean) == list(TF_MEAN) and list(cfg.data.std) == list(TF_STD)
-    assert cfg.finetune.freeze_bn is True  # folded BatchNorm keeps its identity statistics
+    assert cfg.finetune.unfold_bn is True  # folded BatchNorm first takes the data's statistics
     # the task's recipe, except the key given on the command line
     recipe = OmegaConf.load(Path(mbtasks.__file__).parent.parent / "conf" / "task" / "classification.yaml")
     assert cfg.optimizer.lr == recipe.finetune_recipe.optimizer.lr
@@ -150,11 +150,8 @@ def test_auto_on_real_data_finetunes_the_published_weights(no_published_weights,
     text = caplog.text
     assert "backbone.pretrained=auto: real data and mobilenet_v1_0.25 ImageNet weights" in text
     assert "fine-tuning recipe of task=classification" in text
-    # BatchNorm statistics never moved: still the identity the folded weights need
+    assert "BatchNorm layers took the statistics of 8 training batches" in text
     ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
-    var = ckpt["state_dict"]["model.backbone.blocks.3.conv_pw.1.running_var"]
-    ref = converted.state_dict["backbone.blocks.3.conv_pw.1.running_var"]
-    assert torch.equal(var, ref)
     # the conv weights did train (epoch 1 trains the backbone after the head's warm-up epoch)
     w = ckpt["state_dict"]["model.backbone.blocks.3.conv_pw.0.weight"]
     assert not torch.equal(w, converted.state_dict["backbone.blocks.3.conv_pw.0.weight"])
@@ -205,3 +202,31 @@ def test_recipe_applies_to_any_pretrained_start_and_skips_the_frozen_warmup_unde
     overrides = [f"backbone.pretrained={source}", "optimizer=sgd"]
     cfg = prepare(compose_cfg(overrides), overrides)
     assert cfg.optimizer.lr == compose_cfg(["optimizer=sgd"]).optimizer.lr  # the recipe's LR was for AdamW
+
+
+def test_unfold_batchnorm_keeps_the_function_and_takes_the_data_statistics():
+    from mbtasks.callbacks.backbone_freeze import unfold_batchnorm
+
+    torch.manual_seed(0)
+    backbone = MobileNetV1(0.25, act="relu6")
+    for m in backbone.modules():  # folded weights: identity BatchNorm with a shift
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.zero_()
+            m.running_var.fill_(1 - m.eps)
+            m.weight.data.fill_(1.0)
+            m.bias.data.normal_(0, 0.1)
+    batches = [torch.randn(8, 3, 64, 64) * 2 + 1 for _ in range(3)]
+    x = torch.cat(batches)
+    backbone.eval()
+    with torch.no_grad():
+        before = backbone(x)[-1]
+    assert unfold_batchnorm(backbone, batches) == len([m for m in backbone.modules()
+                                                        if isinstance(m, torch.nn.BatchNorm2d)])
+    with torch.no_grad():
+        after = backbone(x)[-1]
+        assert torch.allclose(before, after, atol=1e-4, rtol=1e-4)  # same function in eval mode
+        backbone.train()
+        trained = backbone(x)[-1]  # batch statistics now agree with the running ones
+    assert (trained - after).abs().mean() < 0.05 * after.abs().mean()
+    stem_bn = backbone.stem[1]
+    assert stem_bn.running_var.mean() > 1.5  # the stem's outputs on these inputs, not the identity's 1

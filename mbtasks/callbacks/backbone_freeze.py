@@ -11,8 +11,10 @@ normalises with the pretrained running statistics and does not update them.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 
@@ -26,6 +28,68 @@ def set_frozen(backbone: nn.Module, frozen: bool) -> None:
     for p in backbone.parameters():
         p.requires_grad_(not frozen)
     backbone.train(not frozen)
+
+
+@torch.no_grad()
+def unfold_batchnorm(backbone: nn.Module, batches: Iterable[torch.Tensor]) -> int:
+    """Give every BatchNorm of ``backbone`` the statistics of its inputs on ``batches`` without changing
+    what the network computes in eval mode; returns how many layers changed.
+
+    Weights with BatchNorm folded into the convolutions (TFLite) leave each BatchNorm the identity
+    with running mean 0 / variance 1, while the convolutions' outputs have other statistics: in
+    training mode the batch statistics would renormalise them and undo the weights. Here each layer
+    ``y = (z - m) / sqrt(v + eps) * w + b`` becomes ``(z - mu) / sqrt(var + eps) * w' + b'`` with the
+    measured ``mu`` / ``var`` and ``w' = w sqrt(var + eps) / sqrt(v + eps)``, ``b' = b + w (mu - m) /
+    sqrt(v + eps)``: the same function in eval mode, and about the same in training mode.
+    """
+    norms = [m for m in backbone.modules() if isinstance(m, nn.BatchNorm2d)]
+    stats: dict[int, list[torch.Tensor]] = {id(m): [] for m in norms}
+
+    def record(module, inputs):
+        z = inputs[0].float()
+        stats[id(module)].append(torch.stack([z.mean(dim=(0, 2, 3)), (z * z).mean(dim=(0, 2, 3))]))
+
+    hooks = [m.register_forward_pre_hook(record) for m in norms]
+    training = backbone.training
+    backbone.eval()
+    try:
+        for images in batches:
+            backbone(images)
+    finally:
+        for h in hooks:
+            h.remove()
+        backbone.train(training)
+    changed = 0
+    for m in norms:
+        if not stats[id(m)]:
+            continue
+        first, second = torch.stack(stats[id(m)]).mean(dim=0)
+        mu, var = first, (second - first * first).clamp_min(0)
+        old = torch.sqrt(m.running_var + m.eps)
+        new = torch.sqrt(var + m.eps)
+        m.bias.add_(m.weight * (mu - m.running_mean) / old)
+        m.weight.mul_(new / old)
+        m.running_mean.copy_(mu)
+        m.running_var.copy_(var)
+        changed += 1
+    return changed
+
+
+class BatchNormUnfold(Callback):
+    """``finetune.unfold_bn``: before the first training step, :func:`unfold_batchnorm` on ``batches``
+    training batches (not on resume: the checkpoint holds the unfolded layers)."""
+
+    def __init__(self, batches: int = 8) -> None:
+        self.batches = int(batches)
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.global_step > 0 or trainer.datamodule is None:
+            return
+        loader = trainer.datamodule.train_dataloader()
+        images = (batch[0].to(pl_module.device) for _, batch in zip(range(self.batches), loader, strict=False))
+        changed = unfold_batchnorm(pl_module.backbone, images)
+        log.info("finetune.unfold_bn: %d backbone BatchNorm layers took the statistics of %d training batches "
+                 "(the network's function unchanged)", changed, self.batches)
 
 
 class BackboneFreeze(Callback):

@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from mbtasks import checkpoint as ckpt_format
-from mbtasks.callbacks.backbone_freeze import BackboneFreeze
+from mbtasks.callbacks.backbone_freeze import BackboneFreeze, BatchNormUnfold
 from mbtasks.errors import NonFiniteLossError
 from mbtasks.tasks.finetune import FineTune
 from mbtasks.tasks.optim import check_no_decay, split_no_decay
@@ -112,9 +112,10 @@ class BaseTask(L.LightningModule):
         """A frozen backbone (``finetune.freeze``) is unfrozen at ``finetune.unfreeze_at_epoch``; ``finetune.freeze_bn``
         keeps its BatchNorm statistics."""
         ft = self.finetune
-        if not (ft.freeze or ft.freeze_bn):
-            return []
-        return [BackboneFreeze(ft.freeze, ft.unfreeze_at_epoch, ft.lr_mult, ft.freeze_bn)]
+        callbacks: list[L.Callback] = [BatchNormUnfold()] if ft.unfold_bn else []
+        if ft.freeze or ft.freeze_bn:
+            callbacks.append(BackboneFreeze(ft.freeze, ft.unfreeze_at_epoch, ft.lr_mult, ft.freeze_bn))
+        return callbacks
 
     # ---------------------------------------------------------------- training
     def loss_terms(self, batch) -> dict[str, torch.Tensor]:

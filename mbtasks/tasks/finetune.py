@@ -22,12 +22,15 @@ class FineTune:
         lr_mult: the backbone's LR = the optimizer's LR x ``lr_mult`` (e.g. 0.1 on pretrained weights).
         freeze_bn: the backbone's BatchNorm layers normalise with their (pretrained) running statistics
             and never update them, also once the backbone trains (small batches give noisy statistics).
+        unfold_bn: before training, give the backbone's BatchNorm layers the statistics of the training
+            data without changing the network's function (weights with BatchNorm folded in, TFLite).
     """
 
     freeze: bool = False
     unfreeze_at_epoch: int | None = None
     lr_mult: float = 1.0
     freeze_bn: bool = False
+    unfold_bn: bool = False
 
     def __post_init__(self) -> None:
         epoch = self.unfreeze_at_epoch
@@ -37,6 +40,7 @@ class FineTune:
             raise ConfigError(f"finetune.lr_mult={self.lr_mult!r}: expected a number >= 0 (e.g. 0.1)")
         object.__setattr__(self, "freeze", bool(self.freeze))
         object.__setattr__(self, "freeze_bn", bool(self.freeze_bn))
+        object.__setattr__(self, "unfold_bn", bool(self.unfold_bn))
         object.__setattr__(self, "lr_mult", float(self.lr_mult))
 
     def frozen_at(self, epoch: int) -> bool:
