@@ -3,6 +3,7 @@ published classifier as a checkpoint. Every file here is generated (random weigh
 
 from __future__ import annotations
 
+import json
 import logging
 import subprocess
 import sys
@@ -103,7 +104,6 @@ def test_named_classifier_through_the_cli_predict(no_published_weights, tmp_path
 
     Image.fromarray((np.random.default_rng(0).random((90, 120, 3)) * 255).astype(np.uint8)).save(images / "a.jpg")
     run_mode(["mode=predict", "ckpt_path=mobilenet_v1_0.25:imagenet", f"predict.input={images}"], tmp_path / "run")
-    import json
 
     (row,) = json.loads((tmp_path / "run" / "predictions.json").read_text())["predictions"]
     assert row["label"] in class_names()
@@ -230,3 +230,29 @@ def test_unfold_batchnorm_keeps_the_function_and_takes_the_data_statistics():
     assert (trained - after).abs().mean() < 0.05 * after.abs().mean()
     stem_bn = backbone.stem[1]
     assert stem_bn.running_var.mean() > 1.5  # the stem's outputs on these inputs, not the identity's 1
+
+
+def test_named_classifier_exports_to_int8_and_profiles(no_published_weights, tmp_path):
+    """Export (INT8 scored on a folder of the ImageNet class names) and profile a published classifier."""
+    from PIL import Image
+
+    published.write_converted(converted_v1(), no_published_weights / "mbtasks" / "mobilenet_v1_0.25-imagenet.pth")
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for name in ("tench", "goldfish"):  # any subset of the 1000 classes, by name
+            folder = tmp_path / "imagenet" / split / name
+            folder.mkdir(parents=True)
+            for i in range(3):
+                Image.fromarray((rng.random((100, 140, 3)) * 255).astype(np.uint8)).save(folder / f"{i}.jpg")
+    model = mbtasks.load("mobilenet_v1_0.25:imagenet", device="cpu")
+    profile = model.profile(repeats=2, warmup=1)
+    assert profile["image_size"] == 128 and profile["params"] > 400_000
+    out = tmp_path / "v1.onnx"
+    model.export("onnx", out, [f"data.root={tmp_path / 'imagenet'}", "export.quantize=int8",
+                                        "export.calibration_images=8", "export.int8_max_drop_top1=100",
+                                        "export.speed_batch=2"])
+    assert out.is_file()
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert meta["quantization"]["type"] == "int8"
+    assert meta["verification"]["int8"]["split"] == "val" and meta["verification"]["int8"]["metric"] == "top1"
+    assert len(meta["class_names"]) == 1000
