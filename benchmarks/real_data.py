@@ -318,18 +318,26 @@ def _val_accuracy(model: nn.Module, val, k: int, workers: int) -> float:
     return float(acc.compute())
 
 
-def peer_classification(name: str, budget_s: float, workers: int, size: int) -> dict:
+def classification_splits(name: str, size: int, train_tf):
+    """(classes, train, val) of a shared ImageFolder set as the peers read it: ``train_tf`` for training,
+    resize to size / 0.875 + centre crop for validation."""
     import albumentations as A
-    import timm
 
     from mbtasks.data.imagefolder import ImageFolderDataset
 
     dm = _instantiate_data(name)
-    k = len(dm.class_names)
-    train_tf = A.Compose([A.RandomResizedCrop((size, size), scale=(0.25, 1.0)), A.HorizontalFlip()])
     eval_tf = A.Compose([A.SmallestMaxSize(max_size=int(size / 0.875)), A.CenterCrop(size, size)])
     train = ImageFolderDataset(dm.datasets["train"].samples, train_tf, IMAGENET_MEAN, IMAGENET_STD)
     val = ImageFolderDataset(dm.datasets["val"].samples, eval_tf, IMAGENET_MEAN, IMAGENET_STD)
+    return len(dm.class_names), train, val
+
+
+def peer_classification(name: str, budget_s: float, workers: int, size: int) -> dict:
+    import albumentations as A
+    import timm
+
+    k, train, val = classification_splits(name, size, A.Compose([A.RandomResizedCrop((size, size), scale=(0.25, 1.0)),
+                                                                 A.HorizontalFlip()]))
     model = timm.create_model("mobilenetv1_100", pretrained=False, num_classes=k)
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.05)
     loader = DataLoader(train, batch_size=64, shuffle=True, drop_last=len(train) > 64, num_workers=workers,
@@ -349,16 +357,10 @@ def peer_classification_pretrained(name: str, budget_s: float, workers: int, siz
     import albumentations as A
     from torchvision.models import mobilenet_v2
 
-    from mbtasks.data.imagefolder import ImageFolderDataset
-
-    dm = _instantiate_data(name)
-    k = len(dm.class_names)
     # the tutorial's RandomResizedCrop(224) + RandomHorizontalFlip (torchvision's default scale 0.08-1),
     # and Resize(256) + CenterCrop(224), at ``size``
-    train_tf = A.Compose([A.RandomResizedCrop((size, size), scale=(0.08, 1.0)), A.HorizontalFlip()])
-    eval_tf = A.Compose([A.SmallestMaxSize(max_size=int(size / 0.875)), A.CenterCrop(size, size)])
-    train = ImageFolderDataset(dm.datasets["train"].samples, train_tf, IMAGENET_MEAN, IMAGENET_STD)
-    val = ImageFolderDataset(dm.datasets["val"].samples, eval_tf, IMAGENET_MEAN, IMAGENET_STD)
+    k, train, val = classification_splits(name, size, A.Compose([A.RandomResizedCrop((size, size), scale=(0.08, 1.0)),
+                                                                 A.HorizontalFlip()]))
     model = mobilenet_v2()
     model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     model.classifier[1] = nn.Linear(model.last_channel, k)

@@ -151,8 +151,8 @@ def test_plain_state_dict_with_prefix(tmp_path):
     report = load_pretrained(dst, str(path))
     assert report.kind == "state dict" and report.unexpected == [] and report.missing == []
     assert all(torch.equal(v, src.state_dict()[k]) for k, v in dst.state_dict().items())
-    with pytest.raises(ConfigError, match="none of its"):
-        torch.save({"something.else": torch.zeros(1)}, path)
+    with pytest.raises(ConfigError, match="none of its 3 tensors"):  # another network's: counted, not 0
+        torch.save({"conv1.weight": torch.zeros(1), "fc.weight": torch.zeros(1), "fc.bias": torch.zeros(1)}, path)
         load_pretrained(dst, str(path))
 
 

@@ -165,7 +165,8 @@ def read_backbone_state(path: Path, backbone: nn.Module) -> tuple[dict[str, torc
     own = backbone.state_dict()
     best = max(PREFIXES, key=lambda p: sum(1 for k in tensors if k.startswith(p) and k[len(p):] in own))
     state = {k[len(best):]: v for k, v in tensors.items() if k.startswith(best)}
-    return state, "state dict", None
+    # nothing matched under any prefix: keep every tensor, so the refusal counts what the file holds
+    return (state if any(k in own for k in state) else dict(tensors)), "state dict", None
 
 
 def convert_foreign(tensors: Mapping[str, torch.Tensor], backbone: nn.Module, source, origin: str) -> dict[str, torch.Tensor]:
