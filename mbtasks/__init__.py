@@ -37,17 +37,27 @@ _API = {
     "Pipeline": "mbtasks.pipeline",
     "Gallery": "mbtasks.tasks.embedding.predictor",
 }
-__all__ = [*_API, "__version__"]
+# Modules the README's Python API names after `import mbtasks` (`mbtasks.api.run`,
+# `mbtasks.errors.DataError`...), imported on first use as well.
+_MODULES = ("api", "errors", "results", "pipeline")
+__all__ = [*_API, *_MODULES, "__version__"]
 
 
 def __getattr__(name: str):
-    """``mbtasks.load``, ``mbtasks.train``, ``mbtasks.test``, ``mbtasks.Pipeline``...: see :mod:`mbtasks.api`."""
-    if name in _API:
+    """``mbtasks.load``, ``mbtasks.train``, ``mbtasks.test``, ``mbtasks.Pipeline``, ``mbtasks.api``...:
+    see :mod:`mbtasks.api`."""
+    if name in _API or name in _MODULES:
         import importlib
 
+        if name in ("errors", "results"):  # plain classes: nothing runs through them
+            return importlib.import_module(f"mbtasks.{name}")
+        # API runs log as the CLI does (mbtasks' INFO lines) unless the program configured logging.
+        importlib.import_module("mbtasks.api").log_like_the_cli()
+        if name in _MODULES:
+            return importlib.import_module(f"mbtasks.{name}")
         return getattr(importlib.import_module(_API[name]), name)
     raise AttributeError(f"module 'mbtasks' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *_API])
+    return sorted([*globals(), *_API, *_MODULES])

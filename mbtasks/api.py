@@ -9,20 +9,53 @@ config as ``python -m mbtasks`` and run the same mode functions (:mod:`mbtasks.m
 from __future__ import annotations
 
 import datetime
+import hashlib
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 from omegaconf import DictConfig
 
 from mbtasks import checkpoint
 from mbtasks.config import compose
+from mbtasks.errors import ConfigError
 from mbtasks.inference import Predictor
 from mbtasks.modes.run import claim_run_dir, dispatch
 from mbtasks.pretraining import named_checkpoint
 from mbtasks.profiling import count_mult_adds, count_params, measure_latency_ms
 from mbtasks.tasks import load_task, spec_for_config
+from mbtasks.tasks.loading import check_inference_options
+
+log = logging.getLogger("mbtasks")
+# What load() looks for in a folder, in order: a training run dir, or its checkpoints/ folder.
+RUN_DIR_CHECKPOINTS = ("checkpoints/best.ckpt", "checkpoints/last.ckpt", "best.ckpt", "last.ckpt")
+
+
+class FallbackHandler(logging.StreamHandler):
+    """mbtasks' log lines on stderr while nothing else shows them.
+
+    The CLI (Hydra) and a user's ``logging.basicConfig`` give the root logger handlers; then this one
+    stays quiet, so no line is printed twice.
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not logging.getLogger().handlers:
+            super().emit(record)
+
+
+def log_like_the_cli() -> None:
+    """Show mbtasks' INFO lines (pretrained-load report, time plan, where plots and results are) in API
+    runs as the CLI does, when the program has not configured logging itself (idempotent)."""
+    if logging.getLogger().handlers or any(isinstance(h, FallbackHandler) for h in log.handlers):
+        return
+    handler = FallbackHandler()
+    handler.setFormatter(logging.Formatter("[%(name)s][%(levelname)s] %(message)s"))
+    log.addHandler(handler)
+    if log.level == logging.NOTSET:  # the root's WARNING would drop INFO records before any handler
+        log.setLevel(logging.INFO)
 
 
 def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
@@ -61,6 +94,7 @@ def run(overrides: Sequence[str] = (), run_dir: str | Path | None = None) -> Run
     Raises:
         mbtasks.errors.UserError: a config or data mistake (the CLI prints these and exits with 2).
     """
+    log_like_the_cli()
     overrides = list(overrides)
     cfg = compose_config(overrides)
     task = spec_for_config(cfg).name
@@ -85,7 +119,10 @@ def train(task: str = "classification", overrides: Sequence[str] = (), run_dir: 
 
 
 def test(ckpt_path: str | Path, overrides: Sequence[str] = (), run_dir: str | Path | None = None) -> RunResult:
-    """Re-evaluate a checkpoint on its test split, as ``python -m mbtasks mode=test ckpt_path=...``."""
+    """Re-evaluate a checkpoint on its test split, as ``python -m mbtasks mode=test ckpt_path=...``.
+
+    ``ckpt_path`` as for :func:`load`: a file, a training run's dir or an http(s) URL."""
+    ckpt_path = checkpoint_file(ckpt_path)
     task = checkpoint.task_name(checkpoint.read(ckpt_path))
     return run([f"task={task}", "mode=test", f"ckpt_path={ckpt_path}", *overrides], run_dir)
 
@@ -133,7 +170,9 @@ def load(path: str | Path, device: str | None = None, fold_bn: bool = True, chan
     """Load a checkpoint written by ``mode=train`` (any task) for inference.
 
     Args:
-        path: ``.../checkpoints/best.ckpt`` (or ``last.ckpt``).
+        path: ``.../checkpoints/best.ckpt`` (or ``last.ckpt``); a training run's dir (its ``best.ckpt``,
+            else ``last.ckpt``); an http(s) URL (downloaded once into torch.hub's cache); or a
+            published classifier's name (``mobilenet_v1_1.0:imagenet``).
         device: ``"cpu"``, ``"cuda"``... (default: CUDA when available).
         fold_bn: fold BatchNorm into the convolutions (same outputs, faster).
         channels_last / precision: the CPU fast path (NHWC, ``"bf16"`` autocast).
@@ -145,11 +184,57 @@ def load(path: str | Path, device: str | None = None, fold_bn: bool = True, chan
         result = model.predict("cat.jpg")[0]
         print(result.label, result.score)
     """
-    path = named_checkpoint(str(path))
+    log_like_the_cli()
+    check_inference_options(device, batch_size)
+    path = checkpoint_file(path)
     task, train_cfg = load_task(path)
     return model_class(type(task).spec.predictor)(task, train_cfg, device=device, fold_bn=fold_bn,
                                                   channels_last=channels_last, precision=precision,
                                                   batch_size=batch_size, checkpoint=path)
+
+
+def checkpoint_file(path: str | Path) -> Path:
+    """The checkpoint file :func:`load` reads for ``path`` (see its ``path`` argument).
+
+    Raises:
+        ConfigError: a folder without a checkpoint, a URL that cannot be downloaded.
+    """
+    text = str(path)
+    if "://" in text:  # never through Path(): it would fold "https://" into "https:/"
+        return download(text)
+    folder = Path(path)
+    if folder.is_dir():
+        for name in RUN_DIR_CHECKPOINTS:
+            if (folder / name).is_file():
+                log.info("%s: loading %s", folder, folder / name)
+                return folder / name
+        others = sorted(p.name for p in folder.glob("*.ckpt"))
+        raise ConfigError(f"{folder}: a folder without {' or '.join(RUN_DIR_CHECKPOINTS[:2])}; give a mode=train "
+                          f"run's dir or a checkpoint file" + (f" (it holds {others[:5]})" if others else ""))
+    return named_checkpoint(text)
+
+
+def download(url: str) -> Path:
+    """An http(s) checkpoint URL downloaded once into torch.hub's cache (``<hub dir>/checkpoints/mbtasks``;
+    the name carries a hash of the URL, since every run's checkpoint is called ``best.ckpt``)."""
+    parsed = urlparse(url)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise ConfigError(f"{url}: only http:// and https:// URLs are downloaded; give a local checkpoint path")
+    name = Path(parsed.path).name or "checkpoint.ckpt"
+    digest = hashlib.sha256(url.encode()).hexdigest()[:12]
+    target = Path(torch.hub.get_dir()) / "checkpoints" / "mbtasks" / f"{digest}-{name}"
+    if target.is_file():
+        log.info("%s: the copy downloaded before, %s", url, target)
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:  # torch writes a temporary file and renames it: no half-downloaded checkpoint under the name
+        torch.hub.download_url_to_file(url, str(target), progress=True)
+    except (OSError, ValueError) as err:  # URLError / HTTPError are OSErrors
+        reason = getattr(err, "reason", None) or err
+        raise ConfigError(f"{url}: cannot download the checkpoint ({reason}); check the address and the internet "
+                          f"connection, or download it where there is internet and give the file's path") from err
+    log.info("downloaded %s to %s", url, target)
+    return target
 
 
 _MODEL_CLASSES: dict[type, type] = {}

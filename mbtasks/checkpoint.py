@@ -121,11 +121,16 @@ def read(path: str | Path, key: str = "ckpt_path") -> dict[str, Any]:
         ConfigError: damaged, not a checkpoint, holds pickled objects, or not an mbtasks checkpoint.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{key}={path}: a folder, expected a checkpoint file (a training run's "
+                          f"checkpoints/best.ckpt or last.ckpt)")
     if not path.is_file():
         raise FileNotFoundError(f"{key}={path}: file not found")
     ckpt = load_weights_only(path, key, "expected a checkpoint written by mbtasks mode=train")
     if not is_ours(ckpt):
         raise ConfigError(f"{key}={path}: not an mbtasks checkpoint (no '{KEY}' section)")
+    refuse_non_finite(ckpt.get("state_dict") or {}, f"{key}={path}",
+                      "the run that wrote it diverged or the file is damaged; use an earlier checkpoint")
     section = ckpt[KEY]
     section["config"] = upgrade_config(section.get("config") or {})
     info = section.setdefault("info", {})
@@ -133,6 +138,30 @@ def read(path: str | Path, key: str = "ckpt_path") -> dict[str, Any]:
         section.setdefault("task_args", {})["teacher_dim"] = info.pop("teacher_dim")
     section["format"] = FORMAT
     return ckpt
+
+
+def non_finite(state: Mapping[str, Any]) -> dict[str, str]:
+    """Floating tensors of ``state`` holding NaN or infinite values: name -> ``"NaN"`` / ``"inf"`` /
+    ``"NaN and inf"``, in ``state``'s order."""
+    out = {}
+    for name, value in state.items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            kinds = [k for k, bad in (("NaN", torch.isnan(value).any()), ("inf", torch.isinf(value).any())) if bad]
+            out[name] = " and ".join(kinds)
+    return out
+
+
+def refuse_non_finite(state: Mapping[str, Any], source: str, advice: str) -> None:
+    """Raise :class:`ConfigError` when a tensor of ``state`` is NaN or infinite, naming it and ``source``.
+
+    Such weights load without complaint, then every output is NaN (predict would write ``"score": NaN``
+    and test a meaningless number), so they are refused when read.
+    """
+    bad = non_finite(state)
+    if bad:
+        name, kind = next(iter(bad.items()))
+        more = f" ({len(bad)} of its {len(state)} tensors hold non-finite values)" if len(bad) > 1 else ""
+        raise ConfigError(f"{source}: tensor {name} holds {kind} values{more}; {advice}")
 
 
 def is_ours(obj: Any) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -61,9 +62,20 @@ def write_text_atomic(path: str | Path, text: str) -> None:
         tmp.write_text(text)
 
 
+def finite_json(payload: Any) -> Any:
+    """``payload`` with NaN / infinite floats as ``None``: ``json.dumps`` would write ``NaN``, which is not JSON."""
+    if isinstance(payload, float):
+        return payload if math.isfinite(payload) else None
+    if isinstance(payload, dict):
+        return {k: finite_json(v) for k, v in payload.items()}
+    if isinstance(payload, list | tuple):
+        return [finite_json(v) for v in payload]
+    return payload
+
+
 def write_json_atomic(path: str | Path, payload: Any) -> None:
-    """JSON (indented, sorted keys) written atomically."""
-    write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=True))
+    """JSON (indented, sorted keys, non-finite numbers as ``null``) written atomically."""
+    write_text_atomic(path, json.dumps(finite_json(payload), indent=2, sort_keys=True, allow_nan=False))
 
 
 def save_torch_atomic(obj: Any, path: str | Path) -> None:

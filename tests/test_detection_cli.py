@@ -64,7 +64,7 @@ def test_train_test_predict_end_to_end(tmp_path):
     Image.open(images / "00000.png").convert("L").save(images / "gray.jpg")  # another mode and format
     out = run_mode(["mode=predict", f"ckpt_path={ckpt}", f"predict.input={images}", "predict.score_threshold=0.0"],
                    tmp_path / "predict")
-    detections = json.loads((tmp_path / "predict" / "detections.json").read_text())
+    detections = json.loads((tmp_path / "predict" / "predictions.json").read_text())
     assert out["images"] == 5 and isinstance(detections, list)
     names = {n: i for i, n in enumerate(CLASSES)}
     for d in detections:

@@ -201,6 +201,9 @@ def load_state(backbone: nn.Module, state: Mapping[str, torch.Tensor], source: s
         raise mismatch(source, source_arch, backbone,
                        f" ({len(wrong)} tensors differ in shape, e.g. {k}: {tuple(state[k].shape)} there, "
                        f"{tuple(own[k].shape)} here)")
+    # NaN / inf weights would only show up later as a non-finite training loss (blamed on the LR)
+    checkpoint.refuse_non_finite({k: state[k] for k in shared}, f"{KEY}={source}",
+                                 f"the file is damaged or comes from a diverged run; give another file or {KEY}=null")
     backbone.load_state_dict({k: state[k] for k in shared}, strict=False)
     return LoadReport(source, kind, loaded=shared, missing=[k for k in own if k not in state],
                       unexpected=[k for k in state if k not in own])

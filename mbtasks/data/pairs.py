@@ -17,13 +17,14 @@ the same-person lines come first, then the different-person lines.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from mbtasks.data.io import IMAGE_EXTENSIONS, is_image_file
+from mbtasks.data.io import IMAGE_EXTENSIONS, inside_folder, is_image_file
 from mbtasks.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -98,7 +99,7 @@ def read_lfw_pairs(path: str | Path, image_root: str | Path, num_folds: int = 10
     lines = [(n, line.split()) for n, line in enumerate(path.read_text().splitlines(), 1)]
     lines = [(n, f) for n, f in lines if f and not f[0].startswith("#")]
     header: list[int] = []
-    if lines and len(lines[0][1]) <= 2 and all(t.isdigit() for t in lines[0][1]):
+    if lines and len(lines[0][1]) <= 2 and all(re.fullmatch(r"[0-9]+", t) for t in lines[0][1]):
         header = [int(t) for t in lines.pop(0)[1]]
     index: dict[Path, int] = {}
     images: list[Path] = []
@@ -107,8 +108,12 @@ def read_lfw_pairs(path: str | Path, image_root: str | Path, num_folds: int = 10
     pairs, same = [], []
 
     def image_index(lineno: int, name: str, number: str) -> int:
-        if not number.isdigit():
-            raise DataError(f"{path}:{lineno}: image number {number!r} is not an integer")
+        if not inside_folder(name):
+            raise DataError(f"{path}:{lineno}: identity {name!r} is absolute or climbs out of {image_root} with "
+                            "'..'; expected a folder name under the image folder")
+        if not re.fullmatch(r"[0-9]+", number):  # str.isdigit() also takes '²', which int() refuses
+            raise DataError(f"{path}:{lineno}: image number {number!r}: expected a whole number >= 0, the n of "
+                            f"the file {name}/{name}_<nnnn>.<ext> (e.g. 1 for {name}_0001.jpg)")
         found = find(name, int(number))
         if found is None:
             raise DataError(f"{path}:{lineno}: image {image_root / name / f'{name}_{int(number):04d}'}.* not found")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
 from hydra.errors import InstantiationException
 from hydra.utils import get_class
 from hydra.utils import instantiate as hydra_instantiate
@@ -93,8 +94,37 @@ def load_task(path: str | Path, key: str = "ckpt_path") -> tuple[BaseTask, DictC
 def load_predictor(path: str | Path, **options: Any):
     """A checkpoint as its task's predictor (``spec.predictor``; ``options`` as for
     :class:`~mbtasks.inference.Predictor`: device, fold_bn, channels_last, precision, batch_size)."""
+    check_inference_options(options.get("device"), options.get("batch_size", 1))
     task, cfg = load_task(path)
     return task.spec.predictor(task, cfg, checkpoint=path, **options)
+
+
+def available_devices() -> list[str]:
+    """The devices this machine can run a predictor on (``cpu``, ``cuda`` / ``cuda:N``, ``mps``)."""
+    found = ["cpu"]
+    if torch.cuda.is_available():
+        found += ["cuda", *(f"cuda:{i}" for i in range(torch.cuda.device_count()))]
+    if torch.backends.mps.is_available():
+        found.append("mps")
+    return found
+
+
+def check_inference_options(device: Any, batch_size: Any) -> None:
+    """Refuse a device this machine lacks (``"tpu"``, ``"cuda"`` without a GPU) and a ``batch_size`` < 1
+    with a :class:`ConfigError` listing what is valid (torch's own errors name neither)."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size={batch_size!r}: expected an integer >= 1 (images per forward pass, e.g. 32)")
+    if device is None:
+        return
+    valid = available_devices()
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        parsed = None
+    ok = parsed is not None and (str(parsed) in valid or (parsed.type == "cpu" and parsed.index in (None, 0)))
+    if not ok:
+        raise ConfigError(f"device={device!r}: not a device of this machine; expected one of {valid} "
+                          f"(or None: CUDA when available, else cpu)")
 
 
 def check_checkpoint_task(cfg: DictConfig, task_given: bool) -> None:

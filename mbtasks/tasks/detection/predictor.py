@@ -1,4 +1,4 @@
-"""Detection predictions: boxes in original pixels (``detections.json``, COCO results) and the images
+"""Detection predictions: boxes in original pixels (``predictions.json``, COCO results) and the images
 with their boxes drawn (``drawn/``)."""
 
 from __future__ import annotations
@@ -51,9 +51,9 @@ class DetectionPredictor(Predictor):
                                  labels, [names[i] for i in labels], source.pixels)
 
     def write(self, cfg: DictConfig, files: list[Path], run_dir: Path) -> dict:
-        """Write ``run_dir/detections.json`` and ``run_dir/drawn/<image>``.
+        """Write ``run_dir/predictions.json`` and ``run_dir/drawn/<image>``.
 
-        ``detections.json`` is a COCO results list (loadable by ``pycocotools.COCO.loadRes``)
+        ``predictions.json`` is a COCO results list (loadable by ``pycocotools.COCO.loadRes``)
         whose entries also name the file and class::
 
             {"image_id", "file_name", "category_id" (original id), "category_name",
@@ -79,9 +79,9 @@ class DetectionPredictor(Predictor):
                 det.save(drawn_dir / unique_name(used_names, path.name, index), draw_threshold)
             except (ImageReadError, OSError) as err:
                 log.warning("could not draw %s: %s", path, err)
-        write_json_atomic(run_dir / "detections.json", results)
+        write_json_atomic(run_dir / "predictions.json", results)
         for path, reason in skipped.items():
             log.warning("skipped %s: %s", path, reason)
         log.info("wrote %d detections for %d images to %s (drawn images in %s)", len(results), index,
-                 run_dir / "detections.json", drawn_dir)
+                 run_dir / "predictions.json", drawn_dir)
         return {"detections": results, "skipped": skipped, "images": index}
