@@ -188,6 +188,27 @@ def test_detection_sizes_without_objects_are_null_and_not_plotted(tmp_path):
     assert [f"{w['name']}: {w['message']}" for w in ckpt["mbtasks"]["health"]] == saved["warnings"]
 
 
+def test_embedding_run_stores_its_checks_and_plots_no_empty_tar_panel(tmp_path):
+    from tests.test_embedding_cli import tiny_overrides
+
+    figures = {}
+    save = plots.save_figure
+
+    def record_figure(fig, path):
+        figures[Path(path).name] = [ax.get_title() for ax in fig.axes if ax.axison]
+        return save(fig, path)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(plots, "save_figure", record_figure)
+        run_mode(tiny_overrides(tmp_path / "faces"), tmp_path / "emb")
+    saved = json.loads((tmp_path / "emb" / "metrics.json").read_text())
+    # 16 validation pairs cannot measure TAR at FAR 1e-4: null in metrics.json, no empty panel
+    assert saved["val/tar_at_far_1e-4"] is None
+    assert "val/tar_at_far_1e-4" not in figures["results.png"] and "val/threshold" in figures["results.png"]
+    ckpt = torch.load(tmp_path / "emb" / "checkpoints" / "best.ckpt", weights_only=True)
+    assert [f"{w['name']}: {w['message']}" for w in ckpt["mbtasks"]["health"]] == saved["warnings"]
+
+
 def test_results_png_leaves_out_metrics_never_measured(tmp_path, monkeypatch):
     records = [{"epoch": e, "step": e, "train/loss": 1.0 / (e + 1), "val/tar_at_far_1e-4": None,
                 "val/threshold": 0.00017} for e in range(2)]

@@ -110,6 +110,7 @@ def report(task) -> list[str]:
     """At the end of training: log the trained model's warnings (``task.health``: the validation checks of
     the checkpoint just tested) and return their texts for ``metrics.json``'s ``warnings``."""
     texts = [w.text() for w in getattr(task, "health", [])]
-    for text in texts:
-        log.warning("the trained model may be useless: %s", text)
+    if task._trainer is None or task.trainer.is_global_zero:  # once, not once per DDP rank
+        for text in texts:
+            log.warning("the trained model may be useless: %s", text)
     return texts
