@@ -37,6 +37,16 @@ def save_figure(fig, path: Path) -> Path:
     return path
 
 
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
+
+
+def threshold_text(threshold: float) -> str:
+    """A distance threshold with 3 significant digits (``0.00017``, ``1.13``): fixed decimals print a
+    collapsed embedder's tiny threshold as ``0.000``."""
+    return f"{threshold:.3g}"
+
+
 def write_results(run_dir: Path) -> list[Path]:
     """``results.csv`` and ``results.png`` from ``run_dir/epochs.jsonl`` (nothing if it has no records)."""
     records = read_epoch_log(run_dir / EPOCH_LOG)
@@ -48,13 +58,17 @@ def write_results(run_dir: Path) -> list[Path]:
         writer.writerow(["epoch", "step", *keys])
         for r in records:
             writer.writerow([r["epoch"], r["step"], *("" if r.get(k) is None else r[k] for k in keys)])
+    # a metric never measured (TAR@FAR without enough pairs, mAP of an absent object size) gets no empty panel
+    keys = [k for k in keys if any(_finite(r.get(k)) for r in records)]
+    if not keys:
+        return [run_dir / "results.csv"]
     cols = min(4, len(keys))
     rows = math.ceil(len(keys) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False)
     for ax in axes.flat[len(keys):]:
         ax.axis("off")
     for ax, key in zip(axes.flat, keys, strict=False):
-        points = [(r["epoch"], r[key]) for r in records if r.get(key) is not None]
+        points = [(r["epoch"], r[key]) for r in records if _finite(r.get(key))]
         if points:
             x, y = zip(*points, strict=True)
             ax.plot(x, y, marker="o", ms=3, lw=1.5, color="tab:orange" if key.startswith("val/") else "tab:blue")
@@ -66,11 +80,15 @@ def write_results(run_dir: Path) -> list[Path]:
     return [run_dir / "results.csv", save_figure(fig, run_dir / "results.png")]
 
 
-def confusion_figure(matrix: np.ndarray, names: list[str]):
-    """Counts and row-normalised (recall per true class) side by side."""
+def confusion_figure(matrix: np.ndarray, names: list[str], split: str | None = None):
+    """Counts and row-normalised (recall per true class) side by side, titled with the ``split`` they count
+    (``test``, or ``val`` when the data has no test split)."""
     k = len(names)
     side = min(12.0, 2.5 + 0.45 * k)
     fig, axes = plt.subplots(1, 2, figsize=(2 * side, side))
+    if split is not None:
+        note = " (no test split: the split that also picked best.ckpt)" if split == "val" else ""
+        fig.suptitle(f"{split} split, {int(np.sum(matrix))} images{note}", fontsize=11)
     normed = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
     for ax, values, title, fmt in ((axes[0], matrix, "counts", "d"), (axes[1], normed, "normalised (rows)", ".2f")):
         ax.imshow(values, cmap="Blues", vmin=0)
@@ -146,7 +164,7 @@ def verification_figures(result, distances: np.ndarray, same: np.ndarray, thresh
         ax.plot(np.clip(fpr, 1e-5, 1), tpr, lw=1.5, label=f"ROC, AUC {result.roc_auc:.3f}")
         t_fpr, t_tpr = float(np.mean(distances[~same] <= threshold)), float(np.mean(distances[same] <= threshold))
         ax.plot([max(t_fpr, 1e-5)], [t_tpr], "o", color="tab:red", ms=7,
-                label=f"threshold {threshold:.3f}: TAR {t_tpr:.3f} @ FAR {t_fpr:.4f}")
+                label=f"threshold {threshold_text(threshold)}: TAR {t_tpr:.3f} @ FAR {t_fpr:.4f}")
         for far, tar in result.tar_at_far.items():
             if tar is not None:
                 ax.plot([far], [tar], "s", ms=6, label=f"TAR@FAR={far:g}: {tar:.3f}")
@@ -164,7 +182,7 @@ def verification_figures(result, distances: np.ndarray, same: np.ndarray, thresh
     bins = np.linspace(0, top, 50)
     ax.hist(distances[same], bins=bins, alpha=0.6, label=f"same identity ({int(same.sum())})", color="tab:green")
     ax.hist(distances[~same], bins=bins, alpha=0.6, label=f"different ({int((~same).sum())})", color="tab:red")
-    ax.axvline(threshold, color="black", ls="--", label=f"threshold {threshold:.3f}")
+    ax.axvline(threshold, color="black", ls="--", label=f"threshold {threshold_text(threshold)}")
     ax.set_xlabel("squared L2 distance")
     ax.set_ylabel("pairs")
     ax.set_title("test pair distances", fontsize=10)

@@ -28,6 +28,12 @@ STAT_NAMES: tuple[str, ...] = (
 )
 
 
+def defined(value: float) -> float:
+    """A COCOeval stat as logged: pycocotools' -1 ("no ground truth of that kind", e.g. no small
+    objects) becomes NaN, which metrics.json writes as null and the run-dir plots leave out."""
+    return value if value >= 0 else float("nan")
+
+
 def _coco_from_dict(dataset: dict) -> COCO:
     coco = COCO()
     coco.dataset = dataset
@@ -133,6 +139,8 @@ class CocoMeanAP(Metric):
         self.summary_text = ""
         # COCOeval's precision array of the last compute() (category id = label + 1), for the run-dir plots
         self.curves: dict = {}
+        # the (images, dets, gts) rows the last compute() scored, all ranks' (health checks read them)
+        self.rows: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     def update(self, preds: list[dict[str, torch.Tensor]], targets: list[dict]) -> None:
         for p, t in zip(preds, targets, strict=True):
@@ -154,8 +162,10 @@ class CocoMeanAP(Metric):
         images = _rows(self.images, 5)
         dets, gts = _rows(self.dets, 7), _rows(self.gts, 8)
         if not len(images):
+            self.rows = None
             return {name: -1.0 for name in STAT_NAMES}
         images, dets, gts = first_of_each_image(images, dets, gts)
+        self.rows = (images, dets, gts)
         image_rows = {int(r[0]): r for r in images.numpy()}
         labels = sorted({int(v) for v in gts[:, 5].tolist()} | {int(v) for v in dets[:, 6].tolist()})
         gt_xywh = box_convert(gts[:, 1:5], "xyxy", "xywh").tolist()

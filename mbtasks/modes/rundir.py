@@ -24,7 +24,7 @@ def is_rank_zero() -> bool:
 def to_float_dict(metrics: Mapping) -> dict[str, float | str | None]:
     out = {}
     for key, value in metrics.items():
-        if isinstance(value, str):  # e.g. "test/split"
+        if isinstance(value, str | list):  # e.g. "test/split", "warnings" (a list of texts)
             out[str(key)] = value
             continue
         v = float(value.item() if hasattr(value, "item") else value)

@@ -15,7 +15,7 @@ from mbtasks.modes.evaldata import which_test_split
 from mbtasks.modes.rundir import write_config, write_metrics
 from mbtasks.modes.trainer import build_trainer
 from mbtasks.profiling import summary_line
-from mbtasks.tasks import build_task
+from mbtasks.tasks import build_task, health
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,7 @@ def run(cfg: DictConfig, run_dir: Path, overrides=()) -> dict:
     trainer.test(task, datamodule=datamodule, ckpt_path=best, weights_only=True)
     metrics.update({k: v for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
     metrics["test/split"] = test_split
+    metrics["warnings"] = health.report(task)  # the tested checkpoint's validation health checks
     skipped = datamodule.skipped()
     if skipped:
         metrics["data/skipped_files"] = len(skipped)

@@ -14,6 +14,7 @@ from torch import nn
 from mbtasks import checkpoint as ckpt_format
 from mbtasks.callbacks.backbone_freeze import BackboneFreeze, BatchNormUnfold
 from mbtasks.errors import NonFiniteLossError
+from mbtasks.tasks import health
 from mbtasks.tasks.finetune import FineTune
 from mbtasks.tasks.optim import check_no_decay, split_no_decay
 from mbtasks.tasks.spec import TaskSpec
@@ -53,6 +54,8 @@ class BaseTask(L.LightningModule):
         self.finetune = finetune or FineTune()
         self.no_decay = check_no_decay(no_decay)
         self.model: nn.Module
+        # the last validation's health warnings (mbtasks.tasks.health), or a loaded checkpoint's
+        self.health: list[health.HealthWarning] = []
         size = int(self.info.get("image_size", 224))
         # Lightning's model summary counts FLOPs on this input (without it the summary prints "Total FLOPs: 0")
         self.example_input_array = torch.zeros(1, 3, size, size)
@@ -160,5 +163,14 @@ class BaseTask(L.LightningModule):
         """Constructor arguments learnt when training started (stored in checkpoints, given back on load)."""
         return {}
 
+    def set_health(self, warnings: list[health.HealthWarning]) -> None:
+        """Keep this validation's health warnings (each task's ``health.check``); checkpoints store them."""
+        self.health = list(warnings)
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         ckpt_format.stamp(checkpoint, task=self.name, info=self.info, task_args=self.task_args())
+        health.to_checkpoint(checkpoint, self.health)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # trainer.test(ckpt_path=best) restores best.ckpt's warnings, not the last epoch's
+        self.health = health.from_checkpoint(checkpoint)

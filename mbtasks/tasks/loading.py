@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from mbtasks import checkpoint
 from mbtasks.errors import ConfigError, UserError
 from mbtasks.tasks.base import BaseTask
+from mbtasks.tasks.health import warn_loaded
 from mbtasks.tasks.spec import TaskSpec
 
 
@@ -88,6 +89,7 @@ def load_task(path: str | Path, key: str = "ckpt_path") -> tuple[BaseTask, DictC
         OmegaConf.update(cfg, f"task.{name}", value, force_add=True)
     task = build_task(cfg, meta["info"], training=False)
     task.load_state_dict(ckpt["state_dict"])
+    warn_loaded(task, ckpt, path)
     return task.eval(), cfg
 
 

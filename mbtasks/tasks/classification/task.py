@@ -17,7 +17,9 @@ from mbtasks.backbones.base import Backbone  # noqa: E402
 from mbtasks.callbacks.plots import confusion_figure  # noqa: E402
 from mbtasks.data.transforms import denormalize  # noqa: E402
 from mbtasks.models.classifier import Classifier  # noqa: E402
+from mbtasks.tasks import health  # noqa: E402
 from mbtasks.tasks.base import BaseTask  # noqa: E402
+from mbtasks.tasks.classification import health as classification_health  # noqa: E402
 from mbtasks.tasks.classification.spec import SPEC  # noqa: E402
 from mbtasks.tasks.finetune import FineTune  # noqa: E402
 
@@ -70,7 +72,8 @@ class ClassificationTask(BaseTask):
         self.val_confmat = MulticlassConfusionMatrix(k)
         self.test_confmat = MulticlassConfusionMatrix(k)
         self.log_images = log_images
-        self._sample: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self._sample = GridSample(log_images, k)
+        self.test_split = "test"
 
     def model_step(self, batch):
         images, labels = batch
@@ -90,23 +93,24 @@ class ClassificationTask(BaseTask):
         # sync_dist: under DDP the epoch loss is the mean over all ranks' images, not rank 0's.
         self.log("val/loss", loss, prog_bar=True, batch_size=labels.numel(), sync_dist=True)
         self.log_dict(self.val_metrics, prog_bar=True, batch_size=labels.numel())
-        if batch_idx == 0 and self.log_images:
-            n = self.log_images
-            self._sample = (batch[0][:n].detach().cpu(), labels[:n].cpu(), logits[:n].argmax(1).cpu())
+        if self.log_images and not self.trainer.sanity_checking:
+            self._sample.add(batch[0], labels, logits.argmax(1))
 
     def on_validation_epoch_end(self) -> None:
         tb = self.tensorboard
-        # compute() gathers over ranks under DDP, so every rank must call it, not only the one that draws.
-        needed = tb is not None or self.trainer.world_size > 1
-        confmat = self.val_confmat.compute() if needed and not self.trainer.sanity_checking else None
+        # compute() gathers over ranks under DDP, so every rank calls it; the health checks need it too.
+        confmat = self.val_confmat.compute() if not self.trainer.sanity_checking else None
+        if confmat is not None:
+            self.set_health(classification_health.check(confmat.cpu().numpy(), self.class_names,
+                                                        health.facts_of(self)))
         if tb is not None and confmat is not None:
             fig, _ = self.val_confmat.plot(val=confmat, labels=self.class_names)
             tb.add_figure("val/confusion_matrix", fig, self.global_step)
             plt.close(fig)
-            if self._sample is not None:
-                tb.add_figure("val/predictions", self._prediction_grid(*self._sample), self.global_step)
+            if len(self._sample):
+                tb.add_figure("val/predictions", self._prediction_grid(*self._sample.take()), self.global_step)
         self.val_confmat.reset()
-        self._sample = None
+        self._sample.clear()
 
     def test_step(self, batch, batch_idx: int) -> None:
         logits, labels, loss = self.model_step(batch)
@@ -121,11 +125,15 @@ class ClassificationTask(BaseTask):
     def on_test_epoch_end(self) -> None:
         # compute() gathers over ranks under DDP: every rank calls it, rank 0 draws it
         self.test_matrix = self.test_confmat.compute().cpu().numpy()
+        # the data module tests on its validation split when it has no test split: the figure says which
+        self.test_split = str(getattr(getattr(self.trainer, "datamodule", None), "test_split", "test"))
 
     def test_figures(self) -> dict:
-        """``confusion_matrix.png``: the test split's counts, and normalised per true class."""
+        """``confusion_matrix.png``: the tested split's counts, and normalised per true class."""
         matrix = getattr(self, "test_matrix", None)
-        return {"confusion_matrix.png": confusion_figure(matrix, self.class_names)} if matrix is not None else {}
+        if matrix is None:
+            return {}
+        return {"confusion_matrix.png": confusion_figure(matrix, self.class_names, split=self.test_split)}
 
     def predict_step(self, batch, batch_idx: int = 0) -> torch.Tensor:
         images = batch[0] if isinstance(batch, list | tuple) else batch
@@ -139,8 +147,52 @@ class ClassificationTask(BaseTask):
         for ax in axes.flat:
             ax.axis("off")
         for ax, img, y, p in zip(axes.flat, images, labels, preds, strict=False):
-            ax.imshow(img.permute(1, 2, 0).numpy())
+            ax.imshow(img.permute(1, 2, 0).clamp(0, 1).numpy())
             ok = int(y) == int(p)
-            ax.set_title(f"{self.class_names[p]}\n({self.class_names[y]})", fontsize=7, color="green" if ok else "red")
+            ax.set_title(f"{self.class_names[int(p)]}\n(true: {self.class_names[int(y)]})", fontsize=7,
+                         color="green" if ok else "red")
+        fig.suptitle(f"validation, step {self.global_step}: predicted (true), green when right", fontsize=8)
         fig.tight_layout()
         return fig
+
+
+class GridSample:
+    """Up to ``n`` validation images for the prediction grid, spread over the true classes.
+
+    Validation sets are read in order, often sorted by class: the first batch alone can be all one
+    class, and then a model that answers that class for everything looks perfect in the grid. Each
+    class gets at most ``ceil(n / min(n, k))`` of the ``n`` places, in the order images arrive.
+    """
+
+    def __init__(self, n: int, num_classes: int) -> None:
+        self.n = max(0, int(n))
+        self.quota = -(-self.n // max(1, min(self.n, num_classes))) if self.n else 0
+        self.clear()
+
+    def clear(self) -> None:
+        self.images: list[torch.Tensor] = []
+        self.labels: list[int] = []
+        self.preds: list[int] = []
+        self.per_class: dict[int, int] = {}
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def add(self, images: torch.Tensor, labels: torch.Tensor, preds: torch.Tensor) -> None:
+        """Keep the images of this batch whose class still has room (``labels`` / ``preds`` ``(B,)``)."""
+        if len(self) >= self.n:
+            return
+        for i, (y, p) in enumerate(zip(labels.tolist(), preds.tolist(), strict=True)):
+            if len(self) >= self.n:
+                break
+            if self.per_class.get(y, 0) < self.quota:
+                self.per_class[y] = self.per_class.get(y, 0) + 1
+                self.images.append(images[i].detach().cpu())
+                self.labels.append(int(y))
+                self.preds.append(int(p))
+
+    def take(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(images (N, 3, H, W), true labels (N,), predicted labels (N,))``, by true class."""
+        order = sorted(range(len(self)), key=lambda i: self.labels[i])
+        return (torch.stack([self.images[i] for i in order]), torch.tensor([self.labels[i] for i in order]),
+                torch.tensor([self.preds[i] for i in order]))

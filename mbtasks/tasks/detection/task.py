@@ -15,12 +15,14 @@ from torchvision.utils import draw_bounding_boxes
 from mbtasks.backbones.base import Backbone
 from mbtasks.callbacks.plots import pr_figure
 from mbtasks.data.transforms import denormalize
-from mbtasks.metrics.coco import STAT_NAMES, CocoMeanAP
+from mbtasks.metrics.coco import STAT_NAMES, CocoMeanAP, defined
 from mbtasks.models.detection.box_coding import BoxCoder
 from mbtasks.models.detection.loss import SSDLoss
 from mbtasks.models.detection.postprocess import TOPK_CANDIDATES, to_original
 from mbtasks.models.detection.ssd import SSDDetector
+from mbtasks.tasks import health
 from mbtasks.tasks.base import BaseTask
+from mbtasks.tasks.detection import health as detection_health
 from mbtasks.tasks.detection.spec import SPEC
 from mbtasks.tasks.finetune import FineTune
 
@@ -113,7 +115,12 @@ class DetectionTask(BaseTask):
     def _log_map(self, stage: str, metric: CocoMeanAP) -> None:
         stats = metric.compute()
         for k in STAT_NAMES:
-            self.log(f"{stage}/{k}", float(stats[k]), prog_bar=k in ("map", "map_50"))
+            # pycocotools' -1 (no objects of that size) is logged as NaN: null in metrics.json, no plot panel
+            self.log(f"{stage}/{k}", defined(float(stats[k])), prog_bar=k in ("map", "map_50"))
+        if stage == "val" and metric.rows is not None and not self.trainer.sanity_checking:
+            rows = [r.numpy() for r in metric.rows]
+            self.set_health(detection_health.check(*rows, float(stats["map_50"]), health.facts_of(self)))
+        metric.rows = None
         metric.reset()
 
     def on_validation_epoch_end(self) -> None:

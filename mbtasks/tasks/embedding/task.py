@@ -20,7 +20,9 @@ from mbtasks.data.transforms import denormalize
 from mbtasks.errors import ConfigError
 from mbtasks.metrics.verification import VerificationMetric, VerificationResult, far_key, roc_figure
 from mbtasks.models.embedding import EmbeddingNet
+from mbtasks.tasks import health
 from mbtasks.tasks.base import BaseTask
+from mbtasks.tasks.embedding import health as embedding_health
 from mbtasks.tasks.embedding.distill import Distiller
 from mbtasks.tasks.embedding.losses import active_fraction, check_choices, metric_loss
 from mbtasks.tasks.embedding.spec import SPEC
@@ -215,9 +217,11 @@ class EmbeddingTask(BaseTask):
             return
         evaluated = self._evaluate("val")
         if evaluated is not None:
-            result = evaluated[0]
+            result, distances, same = evaluated
             self.threshold.fill_(result.threshold)
             self._log_result("val", result, result.threshold)
+            self.set_health(embedding_health.check(distances, same, result.threshold, result.roc_auc,
+                                                   health.facts_of(self)))
 
     def on_test_epoch_start(self) -> None:
         self._eval_start("test")
