@@ -145,6 +145,8 @@ def test_loading_a_useless_checkpoint_warns(useless_run, tmp_path, caplog):
         run_mode(["mode=predict", f"ckpt_path={best}", f"predict.input={useless_run['root'] / 'test'}"],
                  tmp_path / "predict")
     assert "this model may be useless: below_majority_class" in caplog.text
+    tested = run_mode(["mode=test", f"ckpt_path={best}"], tmp_path / "test")
+    assert any(w.startswith("below_majority_class: ") for w in tested["warnings"])
 
 
 def test_prediction_grid_shows_every_class_with_true_labels(useless_run):

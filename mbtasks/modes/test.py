@@ -33,6 +33,7 @@ def run(cfg: DictConfig, run_dir: Path, overrides=()) -> dict:
     trainer.test(task, datamodule=datamodule)
     metrics = {k: v for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
     metrics["test/split"] = test_split
+    metrics["warnings"] = [w.text() for w in getattr(task, "health", [])]  # the checkpoint's own checks
     flat = write_metrics(run_dir, metrics)
     log.info("metrics: %s", {k: round(v, 4) if isinstance(v, float) else v for k, v in flat.items() if v is not None})
     return flat
