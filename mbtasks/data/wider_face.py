@@ -119,7 +119,7 @@ def load_wider(ann_file: Path, image_dir: Path, ignore_height: float = 10.0,
             continue
         boxes, ignore, flags = [], [], []
         for k, row in enumerate(rows):
-            where = f"{name} face {k} (line {line + 1 + k})"
+            where = f"{name} face {k} (line {line + 2 + k})"
             if len(row) < 4:
                 report.add("malformed face lines", f"{where}: expected x1 y1 w h and six flags")
                 continue
