@@ -120,8 +120,9 @@ QUIRKS = "\n".join([
 
 
 def quirky_set(root: Path) -> Path:
-    return yolo_set(root, {"train": {"quirks": QUIRKS, "empty": "", "nolabel": None, "plain": MIDDLE},
-                           "val": {"v": MIDDLE}})
+    # "plain": a Windows editor's file (BOM, CRLF)
+    return yolo_set(root, {"train": {"quirks": QUIRKS, "empty": "", "nolabel": None,
+                                     "plain": "\ufeff" + MIDDLE + "\r\n"}, "val": {"v": MIDDLE}})
 
 
 def test_label_quirks_are_fixed_or_dropped_and_counted(tmp_path):
@@ -132,6 +133,7 @@ def test_label_quirks_are_fixed_or_dropped_and_counted(tmp_path):
     np.testing.assert_allclose(quirks.boxes, [[20, 15, 60, 45], [56, 24, 80, 36], [8, 6, 24, 18]], atol=1e-4)
     assert quirks.labels.tolist() == [0, 1, 0] and not quirks.iscrowd.any()
     assert records["empty"].boxes.shape == (0, 4) and records["nolabel"].boxes.shape == (0, 4)
+    np.testing.assert_allclose(records["plain"].boxes, [[20, 15, 60, 45]], atol=1e-4)
     report = dm.reports[0]
     assert dict(report.counts) == {"duplicate label lines": 1, "class ids outside names": 1,
                                    "malformed label lines": 3, "boxes: outside the image": 1,

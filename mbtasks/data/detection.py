@@ -165,6 +165,8 @@ class AnnotationReport:
     def log(self) -> None:
         if self.counts:
             log.warning("%s (first: %s)", self.summary(), self.messages[0] if self.messages else "")
+        elif self.kept:
+            log.info("%s", self.summary())
 
 
 def check_box(box: tuple[float, float, float, float], width: int, height: int) -> tuple[tuple[float, ...] | None, str | None]:

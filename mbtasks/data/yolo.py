@@ -163,7 +163,7 @@ def read_data_yaml(path: Path) -> YoloSpec:
         DataError: unreadable yaml, no ``train``, bad ``names``, a ``path`` that does not exist.
     """
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8-sig"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
         raise DataError(f"{path}: cannot be read as yaml ({err})") from err
     if not isinstance(data, dict):
@@ -219,7 +219,7 @@ def list_images(entries: list[Path], root: Path, report: AnnotationReport) -> li
             found += [p for p in entry.rglob("*") if is_image_file(p) and not p.name.startswith(".") and p.is_file()]
         elif entry.is_file():
             try:
-                lines = [line.strip() for line in entry.read_text().splitlines() if line.strip()]
+                lines = [line.strip() for line in entry.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
             except (OSError, UnicodeDecodeError) as err:
                 raise DataError(f"{entry}: the image listing cannot be read ({err})") from err
             for line in lines:
@@ -310,7 +310,7 @@ def load_yolo(images: list[Path], class_ids: list[int], keypoint_columns: int,
             report.keep("images without a label file (negatives)", f"{image}: no {labels_file}; kept as a negative")
             continue
         try:
-            text = labels_file.read_text()
+            text = labels_file.read_text(encoding="utf-8-sig")  # a BOM (Windows editors) is not a class id
         except (OSError, UnicodeDecodeError) as err:
             report.add("unreadable label files", f"{labels_file}: {err}; the image is kept without boxes")
             continue
