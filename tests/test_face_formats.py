@@ -90,7 +90,7 @@ def test_check_mode_on_dlib_xml_counts_ignore_regions(tmp_path):
     report = run_mode(["mode=check", "task=detection", "data=dlib_xml", f"data.root={root}", "data.val_xml=training.xml",
                        "data.image_size=64"], tmp_path / "run")
     assert report["ok"], report["errors"]
-    assert report["splits"]["train"]["ignore_regions"] == 1 and report["splits"]["train"]["boxes"] == 4
+    assert report["splits"]["train"]["ignored"] == 1 and report["splits"]["train"]["boxes"] == 4
     assert report["splits"]["train"]["backgrounds"] == 1
     assert report["dropped"][str(root / "training.xml")]["missing image files"] == 1
 
@@ -164,5 +164,5 @@ def test_wider_data_module_and_check_mode(tmp_path):
                       tmp_path / "run")
     assert report["ok"], report["errors"]
     train = report["splits"]["train"]
-    assert train["boxes"] == 2 and train["ignore_regions"] == 2 and train["backgrounds"] == 1
+    assert train["boxes"] == 2 and train["ignored"] == 2 and train["backgrounds"] == 1
     assert any("kept 1 faces 10 px tall or less" in w for w in report["warnings"])

@@ -32,7 +32,7 @@ def check_data(description: dict, decode: Callable, report: dict) -> None:
         rotated += turned
         ignored = int(sum(int(r.iscrowd.sum()) for r in usable))
         report["splits"][split] = {"images": len(records), "readable": len(readable), "backgrounds": backgrounds,
-                                   "boxes": int(sum(hist.values())), "ignore_regions": ignored, "exif_rotated": turned,
+                                   "boxes": int(sum(hist.values())), "ignored": ignored, "exif_rotated": turned,
                                    "classes": {n: hist.get(n, 0) for n in names}}
         if split == "train" and not any(r.num_trainable for r in usable):
             report["errors"].append(f"{description['root']}: no readable training image has a usable box")
