@@ -18,7 +18,7 @@ from mbtasks.resume import run_dir_for
 from mbtasks.tasks import spec_for_config
 from mbtasks.tasks.optim import check_no_decay
 
-MODES = ("train", "test", "predict", "profile", "export", "check")
+MODES = ("train", "test", "predict", "profile", "export", "check", "convert")
 
 _PACKAGED_CONF = Path(__file__).parent / "conf"
 CONFIG_DIR = str(_PACKAGED_CONF if _PACKAGED_CONF.is_dir() else Path(__file__).parent.parent / "conf")

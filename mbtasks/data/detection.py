@@ -45,6 +45,8 @@ class ImageRecord:
         iscrowd: ``(M,)`` bool; COCO ``iscrowd`` or VOC ``difficult``: left out of training,
             "ignore" regions for pycocotools.
         areas: ``(M,)`` float32, COCO ``area`` (segment area) when given, else the box area.
+        attributes: per-box flags a format carries beyond class and ignore, each ``(M,)`` (WIDER FACE's
+            ``blur``, ``occlusion``...; dlib's ``occluded``); not used in training, written by the COCO export.
     """
 
     image_id: int
@@ -55,10 +57,20 @@ class ImageRecord:
     labels: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int64))
     iscrowd: np.ndarray = field(default_factory=lambda: np.zeros((0,), bool))
     areas: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.float32))
+    attributes: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def num_trainable(self) -> int:
         return int((~self.iscrowd).sum())
+
+    def set_boxes(self, boxes, labels, ignore, attributes: dict | None = None) -> ImageRecord:
+        """Fill boxes (``(M, 4)`` x1y1x2y2 pixels), labels, ignore flags and box areas; returns ``self``."""
+        self.boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+        self.labels = np.asarray(labels, np.int64).reshape(-1)
+        self.iscrowd = np.asarray(ignore, bool).reshape(-1)
+        self.areas = ((self.boxes[:, 2] - self.boxes[:, 0]) * (self.boxes[:, 3] - self.boxes[:, 1])).astype(np.float32)
+        self.attributes = {k: np.asarray(v) for k, v in (attributes or {}).items()}
+        return self
 
 
 def image_size_of(path: Path) -> tuple[int, int]:
@@ -112,7 +124,8 @@ def orient_boxes(boxes: np.ndarray, orientation: int, width: int, height: int) -
 
 
 class AnnotationReport:
-    """Counts what a reader skipped or fixed, logging the first few cases with file and id.
+    """Counts what a reader skipped (``add``) or kept after fixing it (``keep``: clipped boxes, images
+    without labels kept as negatives...), logging the first few cases with file and id.
 
     Args:
         source: the annotation file or folder, named in every message.
@@ -123,6 +136,7 @@ class AnnotationReport:
         self.source = str(source)
         self.show = show
         self.counts: Counter[str] = Counter()
+        self.kept: Counter[str] = Counter()
         self.messages: list[str] = []
 
     def add(self, reason: str, message: str) -> None:
@@ -131,17 +145,28 @@ class AnnotationReport:
             self.messages.append(message)
             log.warning("%s: %s", self.source, message)
 
+    def keep(self, reason: str, message: str) -> None:
+        """Count something the reader fixed or kept as it is (not dropped); the first few are logged."""
+        self.kept[reason] += 1
+        if self.kept[reason] <= 3:
+            log.info("%s: %s", self.source, message)
+
     @property
     def total(self) -> int:
         return sum(self.counts.values())
 
     def summary(self) -> str:
         parts = ", ".join(f"{n} {reason}" for reason, n in sorted(self.counts.items()))
+        kept = ", ".join(f"{n} {reason}" for reason, n in sorted(self.kept.items()))
+        if kept:
+            parts = f"{parts}; kept: {kept}" if parts else f"kept: {kept}"
         return f"{self.source}: {parts}" if parts else f"{self.source}: no problems"
 
     def log(self) -> None:
         if self.counts:
             log.warning("%s (first: %s)", self.summary(), self.messages[0] if self.messages else "")
+        elif self.kept:
+            log.info("%s", self.summary())
 
 
 def check_box(box: tuple[float, float, float, float], width: int, height: int) -> tuple[tuple[float, ...] | None, str | None]:
@@ -183,7 +208,7 @@ def as_size(value) -> int | None:
 def require_boxes(records: list[ImageRecord], source: str | Path, report: AnnotationReport | None = None) -> None:
     """Stop with a :class:`DataError` when a training split has no usable box at all."""
     if not any(r.num_trainable for r in records):
-        detail = f" ({report.summary()})" if report is not None and report.counts else ""
+        detail = f" ({report.summary()})" if report is not None and (report.counts or report.kept) else ""
         raise DataError(
             f"{source}: no usable boxes in {len(records)} images{detail}; training would only learn background"
         )
@@ -360,10 +385,11 @@ class DetectionDataModule(SplitDataModule):
 
     def describe(self) -> dict:
         """What ``setup`` found, for ``mode=check``: classes, each split's image records, and what the
-        readers dropped per annotation source."""
+        readers dropped (``dropped``) or fixed and kept (``kept``) per annotation source."""
         return {"root": str(self.root), "class_names": list(self.class_names or []),
                 "splits": {split: list(ds.records) for split, ds in self.datasets.items()},
-                "dropped": {r.source: dict(r.counts) for r in self.reports if r.counts}}
+                "dropped": {r.source: dict(r.counts) for r in self.reports if r.counts},
+                "kept": {r.source: dict(r.kept) for r in self.reports if r.kept}}
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:

@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 from mbtasks.backbones.weights import published
 from mbtasks.config import validate
 from mbtasks.errors import ConfigError
-from mbtasks.modes import check, export, predict, profile, test, train
+from mbtasks.modes import check, convert, export, predict, profile, test, train
 from mbtasks.pretraining import named_checkpoint, prepare
 from mbtasks.resume import LAST, resume_config, wants_resume
 from mbtasks.tasks import check_checkpoint_task
@@ -23,7 +23,7 @@ log = logging.getLogger("mbtasks")
 
 # mode -> run(cfg, run_dir, overrides) (config.MODES lists the same names for validation)
 RUNNERS = {"train": train.run, "test": test.run, "predict": predict.run, "profile": profile.run,
-           "export": export.run, "check": check.run}
+           "export": export.run, "check": check.run, "convert": convert.run}
 
 
 def records_in(run_dir: Path) -> list[str]:

@@ -1,4 +1,5 @@
-"""mode=check for detection: images, boxes, backgrounds and EXIF turns per split; what the readers dropped."""
+"""mode=check for detection: images, boxes, ignore regions, backgrounds and EXIF turns per split; what the
+readers dropped and what they fixed and kept."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from mbtasks.tasks.spec import CHECK_SHOW
 
 
 def check_data(description: dict, decode: Callable, report: dict) -> None:
-    """``description``: a detection data module's ``describe()`` (``splits``: image records, ``dropped``)."""
+    """``description``: a detection data module's ``describe()`` (``splits``: image records, ``dropped``,
+    ``kept``)."""
     names = list(description["class_names"])
     sizes: dict[str, tuple[int, int]] = {}
     rescaled: dict[str, str] = {}
@@ -28,8 +30,9 @@ def check_data(description: dict, decode: Callable, report: dict) -> None:
         # images that EXIF turns or mirrors when decoded (their boxes are turned with them)
         turned = sum(exif_orientation(r.path) != 1 for r in usable)
         rotated += turned
+        ignored = int(sum(int(r.iscrowd.sum()) for r in usable))
         report["splits"][split] = {"images": len(records), "readable": len(readable), "backgrounds": backgrounds,
-                                   "boxes": int(sum(hist.values())), "exif_rotated": turned,
+                                   "boxes": int(sum(hist.values())), "ignored": ignored, "exif_rotated": turned,
                                    "classes": {n: hist.get(n, 0) for n in names}}
         if split == "train" and not any(r.num_trainable for r in usable):
             report["errors"].append(f"{description['root']}: no readable training image has a usable box")
@@ -45,3 +48,8 @@ def check_data(description: dict, decode: Callable, report: dict) -> None:
     report["dropped"] = dropped
     for source, counts in dropped.items():
         report["warnings"].append(f"{source}: dropped " + ", ".join(f"{n} {reason}" for reason, n in sorted(counts.items())))
+    # fixed or kept as they are (boxes clipped to the image, images without labels kept as negatives...)
+    kept = description.get("kept", {})
+    report["kept"] = kept
+    for source, counts in kept.items():
+        report["warnings"].append(f"{source}: kept " + ", ".join(f"{n} {reason}" for reason, n in sorted(counts.items())))
