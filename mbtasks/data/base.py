@@ -63,7 +63,7 @@ class DataModuleBase(L.LightningDataModule):
 
     test_split: str = "test"
     # True: decode JPEGs at the smallest size the transforms need (io.read_rgb_sized). Off: predict and
-    # export decode at full size, and reduced decoding changed 23 of 89 ImageNet top-1 answers
+    # export decode at full size, and reduced decoding changed 15 of 83 ImageNet top-1 answers
     # (benchmarks/export_parity.py), so every mode decodes the same way.
     reduced_decode: bool = False
 
