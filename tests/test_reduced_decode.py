@@ -155,9 +155,9 @@ def test_decode_side_from_the_configured_pipelines():
 def test_data_module_passes_the_side_and_can_switch_it_off(tiny_shapes):
     cfg = compose_cfg(["data=imagefolder", f"data.root={tiny_shapes}", "data.image_size=32"])
     dm = instantiate(cfg.data)
+    dm.reduced_decode = True
     dm.setup("fit")
     assert dm.datasets["train"].decode_side == 74 and dm.datasets["val"].decode_side == 37
-    off = instantiate(cfg.data)
-    off.reduced_decode = False
+    off = instantiate(cfg.data)  # off by default: every mode decodes at full size
     off.setup("fit")
     assert off.datasets["train"].decode_side == off.datasets["val"].decode_side == 0

@@ -4,8 +4,9 @@ A network graph (a task's ``tasks/<name>/export.py``, input ``images (N, 3, S, S
 the torch exporter) is wrapped by two small graphs built here with plain ONNX operators:
 
 - **preprocessing** ``pixels (N, H, W, 3) uint8 RGB`` -> ``images``: ``Resize`` (bilinear,
-  half-pixel centres, no antialiasing: cv2's ``INTER_LINEAR`` that ``mode=predict`` uses, rounded
-  to uint8 levels as cv2 returns them), optional centre crop, ``(x / 255 - mean) / std``;
+  half-pixel centres, no antialiasing, float: the values ``mode=predict``'s
+  :func:`mbtasks.export.torch_pipeline.resize_pixels` computes, up to float32 rounding), optional
+  centre crop, ``(x / 255 - mean) / std``;
 - **post-processing** per task, from the network's outputs:
   classification ``probs (N, K), scores (N, k), labels (N, k)`` (top-k);
   detection ``boxes (N, D, 4), scores (N, D), labels (N, D), category_ids (N, D),
@@ -78,8 +79,7 @@ def preprocess_nodes(g: _Graph, pre: Preprocessing, pixels: str = PIXELS, out: s
         # CenterCrop: start = (side - size) // 2
         start = g.op("Div", g.op("Sub", sizes, g.const([s, s], np.int64)), g.const(2, np.int64))
         x = g.op("Slice", x, start, g.op("Add", start, g.const([s, s], np.int64)), g.const([2, 3], np.int64))
-    # cv2 returns uint8: round and saturate, then normalise in predict's order of operations
-    x = g.op("Clip", g.op("Round", x), g.const(0.0, np.float32), g.const(255.0, np.float32))
+    # not rounded to uint8: mode=predict resizes the same way (torch_pipeline.resize_pixels), in float
     x = g.op("Mul", x, g.const(1 / 255.0, np.float32))
     x = g.op("Sub", x, g.const(np.reshape(pre.mean, (1, 3, 1, 1)), np.float32))
     g.op("Div", x, g.const(np.reshape(pre.std, (1, 3, 1, 1)), np.float32), out=out)

@@ -1,8 +1,11 @@
 """The checkpoint's eval preprocessing as plain numbers, for graphs that take raw pixels.
 
-``mode=predict`` reads an image, runs the checkpoint's ``data.eval_transforms`` (albumentations,
-cv2 bilinear without antialiasing) and normalises. The end-to-end exports redo that inside the
-graph, so they support the eval pipelines the configs use:
+Training and validation run the checkpoint's ``data.eval_transforms`` (albumentations, cv2
+bilinear without antialiasing, uint8). ``mode=predict`` and the end-to-end exports run the same
+geometry as one float bilinear resize (:func:`mbtasks.export.torch_pipeline.resize_pixels` in
+predict and TorchScript, ONNX ``Resize`` in the graph), so predict and the exported file compute
+the same thing; it differs from cv2's fixed-point (11-bit weights) uint8 result by under one level
+(``benchmarks/export_parity.py``). The eval pipelines rebuilt this way:
 
 - ``Resize(height, width)``: stretch to the network size (detection, embedding, synthetic sets);
 - ``SmallestMaxSize(max_size)`` then ``CenterCrop(height, width)``: ImageFolder classification.
@@ -47,7 +50,7 @@ class Preprocessing:
     def describe(self) -> str:
         resize = (f"stretched to {self.size}x{self.size}" if self.stretch else
                   f"shorter side resized to {self.shorter_side}, centre {self.size}x{self.size} crop")
-        return (f"uint8 RGB, bilinear resize (half-pixel centres, no antialiasing, rounded to uint8 as cv2 does): "
+        return (f"uint8 RGB, bilinear resize in float (half-pixel centres, no antialiasing, not rounded): "
                 f"{resize}; then (pixels / 255 - mean) / std")
 
 

@@ -1,7 +1,7 @@
 """End-to-end TorchScript: the traced network inside a scripted ``pixels -> answers`` module.
 
 Same inputs, outputs and rules as :mod:`mbtasks.export.onnx_pipeline`, written in torch:
-``F.interpolate`` (bilinear, ``align_corners=False``, no antialiasing) for the resize and
+:func:`resize_pixels` (bilinear, half-pixel centres, no antialiasing; also ``mode=predict``'s resize) and
 :func:`torchvision.ops.batched_nms` for detection, one image at a time (so the detection file
 needs torchvision's ops library where it is loaded: ``import torchvision`` in Python,
 ``libtorchvision`` in C++). ``forward(pixels, score_threshold=None, iou_threshold=None)``; the
@@ -11,15 +11,51 @@ thresholds only matter for detection (``None``: the checkpoint's).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import batched_nms
 
 from mbtasks.export.preprocessing import Preprocessing
 
 
+def _taps(in_size: int, out_size: int, start: int, count: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Source rows (or columns) ``i0, i1`` and weight ``w1`` of output pixels ``start .. start + count`` of a
+    bilinear resize ``in_size -> out_size`` with half-pixel centres (``F.interpolate(align_corners=False)``,
+    ONNX ``Resize`` ``half_pixel``): ``out = in[i0] + (in[i1] - in[i0]) * w1``."""
+    dst = torch.arange(start, start + count, dtype=torch.float64)
+    src = ((dst + 0.5) * (float(in_size) / float(out_size)) - 0.5).clamp(min=0.0)
+    i0 = src.floor().long().clamp(max=in_size - 1)
+    i1 = (i0 + 1).clamp(max=in_size - 1)
+    return i0, i1, (src - i0.double()).float()
+
+
+def resize_pixels(pixels: Tensor, size: int, shorter_side: int) -> Tensor:
+    """``pixels (N, H, W, 3) uint8`` -> ``(N, 3, size, size)`` float32 in 0..255, not rounded.
+
+    ``shorter_side`` 0: stretched to ``size x size``; else the shorter side resized to ``shorter_side``
+    (``round(side * shorter_side / min(H, W))``, at least 1) and the centre ``size x size`` kept. Only
+    the source rows and columns the output needs are read and cast to float (a 20-megapixel photo costs
+    what its ``size`` rows do), so ``mode=predict`` runs this very function on every image; the ONNX
+    graph's ``Resize`` computes the same values up to float32 rounding.
+    """
+    h, w = pixels.shape[1], pixels.shape[2]
+    if shorter_side > 0:
+        scale = float(shorter_side) / float(min(h, w))
+        nh, nw = max(1, int(round(h * scale))), max(1, int(round(w * scale)))
+        top, left = (nh - size) // 2, (nw - size) // 2
+    else:
+        nh, nw, top, left = size, size, 0, 0
+    y0, y1, wy = _taps(h, nh, top, size)
+    x0, x1, wx = _taps(w, nw, left, size)
+    r0 = pixels.index_select(1, y0).float()
+    rows = r0 + (pixels.index_select(1, y1).float() - r0) * wy.view(1, -1, 1, 1)
+    c0 = rows.index_select(2, x0)
+    out = c0 + (rows.index_select(2, x1) - c0) * wx.view(1, 1, -1, 1)
+    return out.permute(0, 3, 1, 2).contiguous()
+
+
 class Preprocess(nn.Module):
-    """``pixels (N, H, W, 3) uint8`` -> normalised ``(N, 3, S, S)`` float32."""
+    """``pixels (N, H, W, 3) uint8`` -> normalised ``(N, 3, S, S)`` float32 (:func:`resize_pixels`, then
+    ``(x / 255 - mean) / std``): what ``mode=predict`` runs and the TorchScript file holds."""
 
     def __init__(self, pre: Preprocessing) -> None:
         super().__init__()
@@ -29,18 +65,7 @@ class Preprocess(nn.Module):
         self.register_buffer("std", torch.tensor(pre.std).view(1, 3, 1, 1))
 
     def forward(self, pixels: Tensor) -> Tensor:
-        x = pixels.permute(0, 3, 1, 2).float()
-        h, w, s = x.shape[2], x.shape[3], self.size
-        if self.shorter_side > 0:
-            scale = float(self.shorter_side) / float(min(h, w))
-            nh, nw = max(1, int(round(h * scale))), max(1, int(round(w * scale)))
-            if nh != h or nw != w:
-                x = F.interpolate(x, size=[nh, nw], mode="bilinear", align_corners=False)
-            top, left = (nh - s) // 2, (nw - s) // 2
-            x = x[:, :, top:top + s, left:left + s]
-        elif h != s or w != s:
-            x = F.interpolate(x, size=[s, s], mode="bilinear", align_corners=False)
-        x = x.round().clamp(0.0, 255.0)  # cv2 returns uint8
+        x = resize_pixels(pixels, self.size, self.shorter_side)
         return (x * (1 / 255.0) - self.mean) / self.std
 
 

@@ -3,6 +3,8 @@ checkpoint's own eval transforms (the one batching path of predict, export and t
 
 from __future__ import annotations
 
+import logging
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,11 +14,15 @@ import numpy as np
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
-from PIL import Image
+from PIL import Image, ImageOps
 
-from mbtasks.data.io import ImageReadError, is_image_file, read_rgb
+from mbtasks.data.io import ImageReadError, is_image_file, read_rgb, to_rgb_array
 from mbtasks.data.transforms import apply, to_tensor
 from mbtasks.errors import ConfigError, DataError
+from mbtasks.export.preprocessing import preprocessing_of
+from mbtasks.export.torch_pipeline import Preprocess as GraphPreprocess
+
+log = logging.getLogger(__name__)
 
 
 def collect_inputs(spec: str) -> list[Path]:
@@ -46,24 +52,68 @@ class Source:
         return self.pixels if self.pixels is not None else read_rgb(self.path)
 
 
+def _numeric_to_uint8(array: np.ndarray, name: str) -> np.ndarray:
+    """A non-uint8 ``(H, W, C)`` array as uint8, by the file reader's rules
+    (:func:`mbtasks.data.io._value_range_to_uint8`): ``bool`` is 0 / 255, ``uint16`` is 16-bit
+    (0..65535); other integer and float arrays carry no range, so it is read from the values: floats all
+    within [0, 1] are 0..1, values within [0, 255] are 8-bit levels, within [0, 65535] 16-bit; negative,
+    larger or non-finite values, and other dtypes, are refused by name."""
+    kind = array.dtype.kind
+    if kind == "b":
+        return array.astype(np.uint8) * np.uint8(255)
+    if kind not in "uif":
+        raise DataError(f"{name}: a {array.dtype} array is not an image: expected uint8 (0..255), uint16 "
+                        "(0..65535), bool, or other integers / floats in [0, 1], [0, 255] or [0, 65535]")
+    values = array.astype(np.float64)
+    if array.dtype == np.uint16:
+        top = 65535.0
+    else:
+        if not np.isfinite(values).all():
+            raise DataError(f"{name}: a {array.dtype} image holds NaN or infinite values")
+        lo, hi = float(values.min()), float(values.max())
+        if lo < 0 or hi > 65535:
+            raise DataError(f"{name}: a {array.dtype} image with values {lo:g}..{hi:g}: expected values in [0, 1] "
+                            "(floats), [0, 255] or [0, 65535], or a uint8 array")
+        top = 1.0 if kind == "f" and hi <= 1 else 255.0 if hi <= 255 else 65535.0
+    read = {1.0: "0..1", 255.0: "8-bit levels 0..255", 65535.0: "16-bit levels 0..65535"}[top]
+    if (str(array.dtype), read) not in _SAID:  # the rule is documented; say once which way it read
+        _SAID.add((str(array.dtype), read))
+        log.info("%s: %s pixels read as %s (the file reader's rule; give uint8 to skip it)", name, array.dtype, read)
+    return np.rint(values * (255.0 / top)).astype(np.uint8)
+
+
+_SAID: set[tuple[str, str]] = set()
+
+
 def _as_rgb_array(image: Any, name: str) -> np.ndarray:
     """A PIL image, ``(H, W[, C])`` array or ``(C, H, W)`` tensor as ``(H, W, 3)`` uint8 RGB.
 
-    Float arrays and tensors are taken as [0, 1]; grey images are repeated, alpha is dropped.
+    PIL images go through the file reader's conversion (:func:`mbtasks.data.io.to_rgb_array`:
+    EXIF orientation, every mode to 8-bit RGB by its value range, unknown modes refused); arrays
+    and tensors of other dtypes than uint8 by :func:`_numeric_to_uint8`. Grey images are repeated,
+    alpha is dropped. An image with no pixels is refused by name.
     """
     if isinstance(image, Image.Image):
-        return np.array(image.convert("RGB"))
-    if isinstance(image, torch.Tensor):
-        if image.ndim != 3 or image.shape[0] not in (1, 3, 4):
-            raise DataError(f"{name}: expected a (3, H, W) tensor, got shape {tuple(image.shape)}")
-        image = image.detach().cpu().permute(1, 2, 0).numpy()
-    array = np.asarray(image)
-    if array.ndim == 2:
-        array = array[..., None]
-    if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
-        raise DataError(f"{name}: expected an (H, W, 3) image array, got shape {array.shape}")
+        try:
+            if image.getexif().get(0x0112, 1) in range(2, 9):
+                image = ImageOps.exif_transpose(image)
+            array = to_rgb_array(image, name)
+        except ImageReadError as err:
+            raise DataError(str(err)) from err
+    else:
+        if isinstance(image, torch.Tensor):
+            if image.ndim != 3 or image.shape[0] not in (1, 3, 4):
+                raise DataError(f"{name}: expected a (3, H, W) tensor, got shape {tuple(image.shape)}")
+            image = image.detach().cpu().permute(1, 2, 0).numpy()
+        array = np.asarray(image)
+        if array.ndim == 2:
+            array = array[..., None]
+        if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
+            raise DataError(f"{name}: expected an (H, W, 3) image array, got shape {array.shape}")
+    if min(array.shape[:2]) < 1:
+        raise DataError(f"{name}: the image is empty ({array.shape[1]}x{array.shape[0]} pixels)")
     if array.dtype != np.uint8:
-        array = np.clip(array.astype(np.float32) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        array = _numeric_to_uint8(array, name)
     if array.shape[2] == 1:
         array = np.repeat(array, 3, axis=2)
     return np.ascontiguousarray(array[..., :3])
@@ -104,15 +154,31 @@ def eval_pipeline(train_cfg: DictConfig):
 
 
 class Preprocess:
-    """``(H, W, 3)`` uint8 -> normalised ``(3, S, S)`` float32, as the checkpoint's evaluation did: the
-    run config's eval transforms, then the task's ``info`` mean / std (what every consumer reads)."""
+    """``(H, W, 3)`` uint8 -> normalised ``(3, S, S)`` float32: the run config's eval transforms, then the
+    task's ``info`` mean / std (what every consumer reads).
+
+    An eval pipeline the end-to-end export rebuilds (:func:`mbtasks.export.preprocessing.preprocessing_of`:
+    a resize, or shorter side + centre crop) runs as the exported TorchScript file's own module
+    (:class:`mbtasks.export.torch_pipeline.Preprocess`, float bilinear), so ``mode=predict`` and the
+    exported files compute the same thing; any other pipeline runs in albumentations.
+    """
 
     def __init__(self, train_cfg: DictConfig, info: dict) -> None:
-        self.pipeline = eval_pipeline(train_cfg)
         self.mean, self.std = tuple(info["mean"]), tuple(info["std"])
+        try:
+            pre = preprocessing_of(train_cfg, int(info.get("image_size", 224)), self.mean, self.std)
+        except ConfigError:
+            self.module, self.pipeline = None, eval_pipeline(train_cfg)
+        else:
+            self.module, self.pipeline = GraphPreprocess(pre), None
 
     def __call__(self, image: np.ndarray) -> torch.Tensor:
-        return to_tensor(apply(self.pipeline, image)["image"], self.mean, self.std)
+        if self.module is None:
+            return to_tensor(apply(self.pipeline, image)["image"], self.mean, self.std)
+        with warnings.catch_warnings(), torch.no_grad():
+            # only read (index_select): a read-only decoded array needs no copy
+            warnings.filterwarnings("ignore", "The given NumPy array is not writable")
+            return self.module(torch.from_numpy(image)[None])[0]
 
 
 def batches(sources: list[Source], preprocess: Preprocess, batch_size: int, skipped: dict[str, str] | None = None

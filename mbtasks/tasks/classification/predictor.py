@@ -24,7 +24,8 @@ class ClassificationPredictor(Predictor):
 
         Args:
             inputs: an image path, a folder (every image below it, sorted), a PIL image, a numpy
-                ``(H, W, 3)`` uint8 array (float: [0, 1]), a ``(3, H, W)`` tensor, or a list / batch of those.
+                ``(H, W, 3)`` array or ``(3, H, W)`` tensor (uint8; other dtypes as the file reader maps them:
+                :func:`mbtasks.inference.inputs._numeric_to_uint8`), or a list / batch of those.
             top_k: how many classes each result lists.
             skipped: collects unreadable files (name -> reason); without it they raise :class:`DataError`.
         """

@@ -88,13 +88,20 @@ class DetectionExport(TaskExport):
 
     def reference(self, task, x: torch.Tensor, image: np.ndarray) -> dict:
         out = task.predict_step(x)
-        return {k: v.numpy() for k, v in to_original(out, tuple(x.shape[-2:]), [image.shape[:2]])[0].items()}
+        ref = {k: v.numpy() for k, v in to_original(out, tuple(x.shape[-2:]), [image.shape[:2]])[0].items()}
+        # original pixels per network-input pixel, x1 y1 x2 y2: box errors are judged in network pixels
+        (h, w), (sh, sw) = image.shape[:2], x.shape[-2:]
+        return {**ref, "pixel_scale": np.array([w / sw, h / sh, w / sw, h / sh], np.float64)}
 
     def compare(self, task, ref, got, atol, box_atol, fail) -> dict[str, float]:
         """Every detection of ``mode=predict`` is found in the export (same label and category id, box
-        corners within ``box_atol`` pixels, score within ``atol``) and vice versa, except those whose
-        score is within ``atol`` of a cut-off (the score threshold, or the last kept score when
-        ``max_detections`` are kept), which a tiny numerical difference may legitimately flip."""
+        corners within ``box_atol`` pixels of the network input, score within ``atol``) and vice versa,
+        except those whose score is within ``atol`` of a cut-off (the score threshold, or the last kept
+        score when ``max_detections`` are kept), which a tiny numerical difference may legitimately flip.
+
+        Box errors are measured in network-input pixels (the original-pixel error divided by the
+        image's scale): the network sees that grid, so one tolerance fits a 100 px and a 4000 px photo.
+        Returns ``{"boxes": network pixels, "scores": ...}``, the largest differences matched."""
         det = task.model
         score_threshold, max_detections = float(det.score_threshold), int(det.max_detections)
         n = int(got["num_detections"])
@@ -106,15 +113,17 @@ class DetectionExport(TaskExport):
         used = np.zeros(n, bool)
         box_diff = score_diff = 0.0
         for box, score, label in zip(ref["boxes"], ref["scores"], ref["labels"], strict=True):
-            err = np.abs(gb - box).max(axis=1) if n else np.zeros(0)
+            err = (np.abs(gb - box) / ref["pixel_scale"]).max(axis=1) if n else np.zeros(0)
             ok = ~used & (gl == label) & (np.abs(gs - score) <= atol) & (err <= box_atol)
             if ok.any():
                 j = int(np.flatnonzero(ok)[np.argmin(err[ok])])
                 used[j] = True
                 box_diff, score_diff = max(box_diff, float(err[j])), max(score_diff, float(abs(gs[j] - score)))
             elif score > max(cut_ref, cut_got) + atol:
+                near = err[gl == label].min() if (gl == label).any() else float("nan")
                 fail("misses mode=predict's detection", f"label {int(label)} score {score:.4f} box "
-                     f"{np.round(box, 2).tolist()} (export.box_atol={box_atol}, export.e2e_atol={atol})")
+                     f"{np.round(box, 2).tolist()} (nearest export box of that label {near:.3g} network-input "
+                     f"pixels off; export.box_atol={box_atol} network-input pixels, export.e2e_atol={atol})")
         extra = gs[~used]
         if extra.size and extra.max() > max(cut_ref, cut_got) + atol:
             j = int(np.flatnonzero(~used)[np.argmax(extra)])
