@@ -28,7 +28,7 @@ tasks (task=)
 modes (mode=)
   train     fit, then test the best checkpoint (default)
   test      re-evaluate ckpt_path=...
-  predict   ckpt_path=... predict.input=FILE_OR_DIR: predictions.json (+ drawn images)
+  predict   ckpt_path=... predict.input=FILE_OR_DIR: answers as JSON (+ drawn images)
   export    ckpt_path=... export.format=onnx|torchscript: pixels in, answers out, verified
   profile   parameters, mult-adds, latency
   check     scan the configured data set before training (exit 2 when it cannot train)
@@ -55,9 +55,9 @@ examples
   python -m mbtasks resume=outputs/classification/2026-12-07/10-00-00
 
 the full config
-  python -m mbtasks [key=value ...] --cfg job    prints every key with its value, composed
-  conf/ (config groups: task, backbone, data, optimizer, scheduler, trainer, augment, experiment)
-  README.md; --hydra-help: Hydra's own options. User mistakes print one error: line, exit code 2.
+  python -m mbtasks [key=value ...] --cfg job    every key and value this command line composes
+  groups (group=name): task backbone data head optimizer scheduler trainer augment finetune experiment
+  README.md for the rest; --hydra-help for Hydra's own flags. Mistakes: one error: line, exit code 2.
 """
 
 

@@ -34,8 +34,7 @@ log = logging.getLogger("mbtasks")
 _STATE = {"started": False}
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
-def _hydra_main(cfg: DictConfig) -> None:
+def _run(cfg: DictConfig) -> None:
     _STATE["started"] = True
     hc = HydraConfig.get()
     try:
@@ -49,6 +48,12 @@ def _hydra_main(cfg: DictConfig) -> None:
         log.error("%s", err)
         print(f"error: {err}\n(set MBTASKS_DEBUG=1 for the full traceback)", file=sys.stderr)
         sys.exit(2)
+
+
+# Hydra names the job, and its log file, after the task function's module: keep ``__main__.log``
+# (what ``python -m mbtasks`` wrote before this module held the function).
+_run.__module__ = "mbtasks.__main__"
+_hydra_main = hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")(_run)
 
 
 def _given(argv: list[str], key: str) -> str | None:
@@ -91,7 +96,15 @@ def run_dir_error(err: OSError, argv: list[str]) -> str:
     if resume and not _given(argv, "hydra.run.dir"):
         return f"{resume}: cannot use it as the run dir ({reason}); resume=<run dir> takes the folder of a mode=train run"
     item = _given(argv, "hydra.run.dir") or "the run dir (outputs/<task>/<date>/<time>)"
-    return f"{item}: cannot make the run dir there ({reason}); give hydra.run.dir=DIR, a folder that can be created and written"
+    return (f"{item}: cannot create or write the run dir there ({reason}); give hydra.run.dir=DIR, a folder that can "
+            "be created and written")
+
+
+def os_error_behind(err: BaseException) -> OSError | None:
+    """The OSError behind ``err`` (logging wraps a log file it cannot open in a ValueError), if any."""
+    while err is not None and not isinstance(err, OSError):
+        err = err.__cause__ or err.__context__
+    return err
 
 
 def main() -> None:
@@ -102,10 +115,15 @@ def main() -> None:
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         _hydra_main()
-    except (HydraException, OSError) as err:
+    except Exception as err:
         if _STATE["started"] or os.environ.get("MBTASKS_DEBUG"):
             raise
         # (MissingConfigException is an OSError too: Hydra's errors first)
-        message = command_line_error(err, argv) if isinstance(err, HydraException) else run_dir_error(err, argv)
+        if isinstance(err, HydraException):
+            message = command_line_error(err, argv)
+        elif os_error_behind(err) is not None:  # making the run dir, its log file or .hydra/ failed
+            message = run_dir_error(os_error_behind(err), argv)
+        else:
+            raise
         print(f"error: {message}", file=sys.stderr)
         sys.exit(2)

@@ -13,7 +13,7 @@ import pytest
 from hydra.errors import HydraException
 
 import mbtasks
-from mbtasks.cli import command_line_error, run_dir_error
+from mbtasks.cli import command_line_error, os_error_behind, run_dir_error
 from mbtasks.config import CONFIG_DIR, MODES
 from tests.conftest import compose_cfg
 
@@ -69,9 +69,9 @@ def test_a_file_as_the_run_dir_is_one_error_line_with_exit_2(tmp_path):
     file.write_text("keep me")
     proc = cli([f"hydra.run.dir={file}", "mode=profile"])
     assert proc.returncode == 2, proc.stderr
-    assert error_lines(proc.stderr) == [f"error: hydra.run.dir={file}: cannot make the run dir there ({file} is a "
-                                        "file, not a folder); give hydra.run.dir=DIR, a folder that can be created "
-                                        "and written"]
+    assert error_lines(proc.stderr) == [f"error: hydra.run.dir={file}: cannot create or write the run dir there "
+                                        f"({file} is a file, not a folder); give hydra.run.dir=DIR, a folder that can "
+                                        "be created and written"]
     assert "Traceback" not in proc.stderr and file.read_text() == "keep me"
 
 
@@ -97,7 +97,13 @@ def test_run_dir_errors_name_the_key_given(tmp_path):
     err = FileExistsError(17, "File exists", str(file))
     assert run_dir_error(err, [f"resume={file}"]).startswith(f"resume={file}: cannot use it as the run dir ({file} "
                                                              "is a file, not a folder)")
-    denied = PermissionError(13, "Permission denied", "/root/x")
-    assert run_dir_error(denied, ["hydra.run.dir=/root/x"]) == (
-        "hydra.run.dir=/root/x: cannot make the run dir there (no permission to write /root/x); give "
-        "hydra.run.dir=DIR, a folder that can be created and written")
+    # an existing dir without write permission: logging wraps the log file's PermissionError in a ValueError
+    try:
+        try:
+            raise PermissionError(13, "Permission denied", "/srv/runs/__main__.log")
+        except PermissionError as denied:
+            raise ValueError("Unable to configure handler 'file'") from denied
+    except ValueError as wrapped:
+        assert run_dir_error(os_error_behind(wrapped), ["hydra.run.dir=/srv/runs"]) == (
+            "hydra.run.dir=/srv/runs: cannot create or write the run dir there (no permission to write "
+            "/srv/runs/__main__.log); give hydra.run.dir=DIR, a folder that can be created and written")
