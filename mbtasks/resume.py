@@ -103,9 +103,9 @@ def finished_run(cfg: DictConfig, run_dir: Path, overrides=()) -> str | None:
         ConfigError: the command line asks for more training of a finished ``train.time`` run
             without ``train.time=null``.
     """
-    metrics = read_metrics(run_dir)
     if not (run_dir / "metrics.json").is_file():
         return None
+    metrics = read_metrics(run_dir)
     ckpt = checkpoint.load_weights_only(run_dir / LAST, "resume", "expected the last.ckpt of a mode=train run")
     step, epochs = int(ckpt.get("global_step") or 0), int(ckpt.get("epoch", -1)) + 1
     recorded = metrics.get(STEPS_KEY)
@@ -114,8 +114,8 @@ def finished_run(cfg: DictConfig, run_dir: Path, overrides=()) -> str | None:
     given = {item.partition("=")[0].lstrip("+~") for item in overrides}
     budget = OmegaConf.select(cfg, "train.time", default=None)
     max_epochs = OmegaConf.select(cfg, "trainer.max_epochs", default=None)
-    what = f"{run_dir} is a finished run ({epochs} epochs, {step} steps, then tested: metrics.json)"
-    more = f"resume={run_dir} trainer.max_epochs=N with N > {epochs}" + (" train.time=null" if budget else "")
+    what = f"{run_dir} is a finished run ({epochs} epoch{'s' * (epochs != 1)}, {step} steps, then tested: metrics.json)"
+    more = f"resume={run_dir} trainer.max_epochs=N" + (" train.time=null" if budget else "") + f" (N > {epochs})"
     if "trainer.max_epochs" in given and isinstance(max_epochs, int) and max_epochs > epochs:
         if budget:
             raise ConfigError(f"trainer.max_epochs={max_epochs}: {what} trained under train.time={budget}, which sets "

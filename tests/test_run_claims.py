@@ -168,7 +168,7 @@ def test_resume_of_a_finished_run_leaves_it_as_it_is(finished, tmp_path, capsys)
     result = run_mode([f"resume={run_dir}"], run_dir)
     assert snapshot(run_dir) == before
     assert result == metrics
-    assert f"note: {run_dir} is a finished run (1 epochs" in capsys.readouterr().err
+    assert f"note: {run_dir} is a finished run (1 epoch, " in capsys.readouterr().err
     assert not (run_dir / LOCK).exists()
     # asking for no more than it trained changes nothing either
     run_mode([f"resume={run_dir}", "trainer.max_epochs=1"], run_dir)
@@ -223,7 +223,7 @@ def test_cli_resume_of_a_finished_run_says_so_and_exits_0(finished, tmp_path):
     before = snapshot(run_dir)
     proc = cli([f"resume={run_dir}"])
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert f"note: {run_dir} is a finished run" in proc.stderr and "trainer.max_epochs=N with N > 1" in proc.stderr
+    assert f"note: {run_dir} is a finished run" in proc.stderr and "trainer.max_epochs=N (N > 1)" in proc.stderr
     assert snapshot(run_dir) == before
 
 
