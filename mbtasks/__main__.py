@@ -1,53 +1,79 @@
-"""``python -m mbtasks [key=value ...]``: the Hydra entry point; runs ``cfg.mode`` (:mod:`mbtasks.modes.run`).
+"""``python -m mbtasks [key=value ...]`` (and the ``mbtasks`` console script).
 
-``python -m mbtasks weights ...`` lists and converts published ImageNet weights (:mod:`mbtasks.weights_cli`)."""
+``--help`` and ``--version`` are answered here, without loading torch or composing a config;
+everything else goes to the Hydra command line in :mod:`mbtasks.cli` (``weights ...``: the
+published-weights tool, :mod:`mbtasks.weights_cli`).
+"""
 
 from __future__ import annotations
 
-import logging
-import os
 import sys
-from pathlib import Path
 
-import hydra
-from hydra.core.hydra_config import HydraConfig
-from hydra.errors import InstantiationException
-from omegaconf import DictConfig
+from mbtasks import __version__
 
-from mbtasks import weights_cli
-from mbtasks.config import CONFIG_DIR, misspelled_keys
-from mbtasks.errors import UserError
-from mbtasks.modes.run import claim_run_dir, dispatch
+HELP = f"""\
+mbtasks {__version__}: one MobileNet backbone (V1 / V2, any width), three vision tasks, trained with
+PyTorch Lightning from Hydra configs. Every run writes into its own folder:
+outputs/<task>/<date>/<time>/ (config.yaml, metrics.json, checkpoints/, tensorboard/, plots).
 
-log = logging.getLogger("mbtasks")
+usage: python -m mbtasks [key=value ...]        (or: mbtasks [key=value ...])
+       python -m mbtasks weights list|where|convert ...   published ImageNet weights
 
+tasks (task=)
+  classification   ImageNet-style classifier; data=imagefolder: DIR/{{train,val[,test]}}/<class>/<image>
+  detection        SSD / SSDLite boxes; data=voc (Pascal VOC xml) or data=coco (json)
+  embedding        FaceNet-style face embeddings; data=faces: DIR/<identity>/<image>
+  (without data.root each task trains on a small synthetic set it generates)
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
-def _hydra_main(cfg: DictConfig) -> None:
-    hc = HydraConfig.get()
-    try:
-        run_dir = claim_run_dir(cfg, Path(hc.runtime.output_dir))
-        dispatch(cfg, run_dir, list(hc.overrides.task))
-    except (UserError, InstantiationException, FileNotFoundError) as err:
-        if os.environ.get("MBTASKS_DEBUG"):
-            raise
-        if isinstance(err, InstantiationException) and isinstance(err.__cause__, UserError):
-            err = err.__cause__  # our message, without Hydra's "Error in call to target ..." wrapping
-        log.error("%s", err)
-        print(f"error: {err}\n(set MBTASKS_DEBUG=1 for the full traceback)", file=sys.stderr)
-        sys.exit(2)
+modes (mode=)
+  train     fit, then test the best checkpoint (default)
+  test      re-evaluate ckpt_path=...
+  predict   ckpt_path=... predict.input=FILE_OR_DIR: answers as JSON (+ drawn images)
+  export    ckpt_path=... export.format=onnx|torchscript: pixels in, answers out, verified
+  profile   parameters, mult-adds, latency
+  check     scan the configured data set before training (exit 2 when it cannot train)
+
+keys people use
+  data.root=DIR              your data (with data=imagefolder|voc|coco|faces)
+  backbone=mobilenet_v1      or mobilenet_v2 | timm
+  backbone.width=1.0         width multiplier: 1.0, 0.75, 0.5, 0.25 ...
+  backbone.pretrained=auto   imagenet | PATH (a checkpoint or state dict) | null (from scratch)
+  data.image_size=224        input side in pixels (>= 32)
+  train.time=10m             wall-clock budget the LR schedule follows (90s, 1h30m ...)
+  trainer.max_epochs=N       epochs when train.time is not given
+  data.batch_size=32  optimizer.lr=0.01  trainer.accelerator=gpu
+  ckpt_path=PATH             the checkpoint test / predict / export use
+  resume=RUN_DIR             continue a killed training run in its own folder
+  hydra.run.dir=DIR          where this run writes (a new or empty folder for mode=train)
+
+examples
+  python -m mbtasks                                          synthetic shapes, about 3 min on 2 CPU cores
+  python -m mbtasks data=imagefolder data.root=photos/ train.time=5m
+  python -m mbtasks task=detection data=voc data.root=DIR backbone.width=0.5 train.time=10m
+  python -m mbtasks mode=predict ckpt_path=RUN/checkpoints/best.ckpt predict.input=photos/
+  python -m mbtasks mode=export ckpt_path=RUN/checkpoints/best.ckpt export.format=onnx
+  python -m mbtasks resume=outputs/classification/2026-12-07/10-00-00
+
+the full config
+  python -m mbtasks [key=value ...] --cfg job    every key and value this command line composes
+  groups (group=name): task backbone data head optimizer scheduler trainer augment finetune experiment
+  README.md for the rest; --hydra-help for Hydra's own flags. Mistakes: one error: line, exit code 2.
+"""
 
 
 def main() -> None:
-    if sys.argv[1:2] == ["weights"]:
-        sys.exit(weights_cli.main(sys.argv[2:]))
-    try:
-        _hydra_main()
-    except SystemExit as exit_:
-        if exit_.code not in (0, None, 2):
-            for hint in misspelled_keys(sys.argv[1:], CONFIG_DIR):
-                print(f"hint: {hint}", file=sys.stderr)
-        raise
+    argv = sys.argv[1:]
+    if argv[:1] != ["weights"]:
+        if any(arg in ("-h", "--help") for arg in argv):
+            print(HELP, end="")
+            return
+        if "--version" in argv:
+            print(f"mbtasks {__version__}")
+            return
+    # The CLI loads torch, Lightning and the tasks (seconds): only once it is needed.
+    from mbtasks import cli
+
+    cli.main()
 
 
 if __name__ == "__main__":

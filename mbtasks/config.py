@@ -184,35 +184,60 @@ def validate(cfg: DictConfig) -> None:
                           " (embedding checkpoints: or predict.pairs=FILE)")
 
 
-def misspelled_keys(overrides: list[str], config_dir: str) -> list[str]:
-    """For ``key=value`` overrides naming keys absent from the composed config, say the close matches.
-
-    Called after Hydra rejected the command line, to add "did you mean" hints.
-    """
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    plain = [o for o in overrides if "=" in o and not o.startswith(("+", "~", "hydra."))]
-    groups = [o for o in plain if "." not in o.split("=", 1)[0]]
+def _compose_groups(overrides: list[str], config_dir: str) -> DictConfig | None:
+    """The config composed with the group choices (``task=detection``) of ``overrides`` only; None if they fail."""
+    groups = [o for o in overrides if "=" in o and not o.startswith(("+", "~", "hydra."))
+              and "." not in o.split("=", 1)[0]]
+    saved = copy.copy(GlobalHydra.instance().hydra) if GlobalHydra.instance().is_initialized() else None
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
-            cfg = compose(config_name="config", overrides=groups)
-    except Exception:  # noqa: BLE001 - a bad group choice: Hydra's own message lists the options
+            return hydra_compose(config_name="config", overrides=groups)
+    except Exception:  # noqa: BLE001 - a bad group choice: reported on its own
+        return None
+    finally:
+        GlobalHydra.instance().clear()
+        if saved is not None:
+            GlobalHydra.instance().initialize(saved)
+
+
+def _key_hint(cfg: DictConfig, key: str, config_dir: str) -> str | None:
+    """What is wrong with ``key`` in ``cfg`` (close matches, the keys of its section); None when it exists."""
+    if OmegaConf.select(cfg, key, default="__missing__") != "__missing__":
+        return None
+    parent, _, leaf = key.rpartition(".")
+    node = OmegaConf.select(cfg, parent, default=None) if parent else cfg
+    # keys() lists keys whose value is MISSING (``root: ???``) too: those exist, they are just unset.
+    if isinstance(node, DictConfig) and leaf in node.keys():
+        return None
+    if not parent:
+        groups = sorted(p.name for p in Path(config_dir).iterdir() if p.is_dir())
+        options = sorted({*cfg.keys(), *groups})
+        return f"unknown key or group {key!r}.{suggest(key, options)} Top-level keys and groups: {options}"
+    if isinstance(node, DictConfig):
+        options = [f"{parent}.{k}" for k in node.keys()]
+        return f"unknown key {key!r}.{suggest(key, options)} Valid keys under {parent!r}: {sorted(node.keys())}"
+    return f"unknown key {key!r}: {parent!r} is not a config section"
+
+
+def misspelled_keys(overrides: list[str], config_dir: str) -> list[str]:
+    """For ``key=value`` overrides naming keys absent from the composed config, say the close matches."""
+    cfg = _compose_groups(overrides, config_dir)
+    if cfg is None:
         return []
-    hints = []
-    for item in plain:
-        key = item.split("=", 1)[0]
-        if "." not in key or OmegaConf.select(cfg, key, default="__missing__") != "__missing__":
-            continue
-        parent, _, leaf = key.rpartition(".")
-        node = OmegaConf.select(cfg, parent, default=None) if parent else cfg
-        # keys() lists keys whose value is MISSING (``root: ???``) too: those exist, they are just unset.
-        if isinstance(node, DictConfig) and leaf in node.keys():
-            continue
-        if isinstance(node, DictConfig):
-            options = [f"{parent}.{k}" for k in node.keys()]
-            hints.append(f"unknown key {key!r}.{suggest(key, options)} Valid keys under {parent!r}: {sorted(node.keys())}")
-        else:
-            hints.append(f"unknown key {key!r}: {parent!r} is not a config section")
-    return hints
+    keys = [o.split("=", 1)[0] for o in overrides if "=" in o and not o.startswith(("+", "~", "hydra."))]
+    return [hint for key in keys if "." in key and (hint := _key_hint(cfg, key, config_dir))]
+
+
+def unknown_key(item: str, overrides: list[str], config_dir: str = CONFIG_DIR) -> str:
+    """The one-line error for the override ``item`` (``trainer.max_epoch=3``) naming a key the config lacks.
+
+    Args:
+        item: the override Hydra could not apply.
+        overrides: the whole command line (its group choices decide which keys exist).
+        config_dir: the primary config dir.
+    """
+    key = item.split("=", 1)[0].lstrip("+~")
+    cfg = _compose_groups([o for o in overrides if o != item], config_dir) or _compose_groups([], config_dir)
+    hint = _key_hint(cfg, key, config_dir) if cfg is not None else None
+    return f"{item}: {hint or f'unknown key {key!r}'} (a new key is added with +{item.lstrip('+~')})"

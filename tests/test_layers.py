@@ -29,6 +29,8 @@ LAZY_OK = {
     # onnx / onnxruntime load only for an ONNX export
     ("mbtasks.export.formats", "mbtasks.export.onnx_pipeline"),
     ("mbtasks.export.formats", "mbtasks.export.torch_pipeline"),
+    # python -m mbtasks --help / --version answer without loading torch (the CLI takes seconds to import)
+    ("mbtasks.__main__", "mbtasks.cli"),
 }
 
 

@@ -177,6 +177,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tiny_shapes, tmp_path)
 def test_resume_true_uses_the_given_run_dir(tmp_path):
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    (tmp_path / "config.yaml").write_text("mode: train\n")  # without it the config comes from last.ckpt
     for overrides in (["resume=true"], ["ckpt_path=last"]):
         cfg, run_dir = resume_config(compose_cfg(overrides), tmp_path, overrides)
         assert run_dir == tmp_path and cfg.ckpt_path == str(tmp_path / "checkpoints" / "last.ckpt")

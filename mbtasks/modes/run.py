@@ -15,8 +15,9 @@ from mbtasks.backbones.weights import published
 from mbtasks.config import validate
 from mbtasks.errors import ConfigError
 from mbtasks.modes import check, convert, export, predict, profile, test, train
+from mbtasks.modes.rundir import LOCK, RunDirInUse, RunDirLock, lock_run_dir, read_metrics
 from mbtasks.pretraining import named_checkpoint, prepare
-from mbtasks.resume import LAST, resume_config, wants_resume
+from mbtasks.resume import LAST, finished_run, resume_config, run_dir_for, wants_resume
 from mbtasks.tasks import check_checkpoint_task
 
 log = logging.getLogger("mbtasks")
@@ -27,27 +28,56 @@ RUNNERS = {"train": train.run, "test": test.run, "predict": predict.run, "profil
 
 
 def records_in(run_dir: Path) -> list[str]:
-    """What ``run_dir`` holds besides Hydra's own files (``.hydra/``, ``*.log``): another run's records."""
+    """What ``run_dir`` holds besides Hydra's own files (``.hydra/``, ``*.log``) and the run lock: another run's records."""
     if not run_dir.is_dir():
         return []
-    return sorted(p.name for p in run_dir.iterdir() if p.name != ".hydra" and p.suffix != ".log")
+    return sorted(p.name for p in run_dir.iterdir()
+                  if p.name != ".hydra" and p.suffix != ".log" and not p.name.startswith(LOCK))
+
+
+# run dir handed out by claim_run_dir -> the lock it holds (released by dispatch when the mode ends)
+_CLAIMS: dict[Path, RunDirLock] = {}
+
+
+def _is_ddp_child() -> bool:
+    return int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0")) or 0) > 0
 
 
 def claim_run_dir(cfg: DictConfig, run_dir: Path) -> Path:
-    """The dir this run writes into: never one that holds another run's records.
+    """The dir this run writes into, locked for it: never one that holds another run's records,
+    nor one another live run is writing into.
 
     Two runs started in the same second share Hydra's dated dir, and ``hydra.run.dir`` may name
-    an old run. A new ``mode=train`` refuses such a dir (``resume=`` continues one); every other
-    mode writes into a fresh ``<run_dir>/<mode>`` (``<mode>-2``...) sub-directory and says so,
-    so ``metrics.json`` / ``config.yaml`` of the run there (what resume reads) stay untouched.
+    an old run or a running one. The dir is locked first (:func:`~mbtasks.modes.rundir.lock_run_dir`,
+    atomic: of two runs started at once, one gets it), then looked at. A new ``mode=train`` refuses
+    a dir that is in use or holds another run's records (``resume=`` continues one, once it is not
+    in use); every other mode writes into a fresh ``<run_dir>/<mode>`` (``<mode>-2``...)
+    sub-directory and says so, so ``metrics.json`` / ``config.yaml`` of the run there (what resume
+    reads) stay untouched. The lock is held until :func:`dispatch` ends (or the process dies).
     DDP ranks launched by rank 0 (``LOCAL_RANK`` > 0) use the dir rank 0 chose.
     """
-    used = records_in(run_dir)
-    # A lone config.yaml is a run that stopped at start-up (bad data path...): nothing to keep.
-    if used in ([], ["config.yaml"]) or wants_resume(cfg) or int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0")) or 0) > 0:
+    if _is_ddp_child():
         return run_dir
     mode = str(cfg.get("mode"))
+    if wants_resume(cfg):
+        target = Path(run_dir_for(cfg.get("resume"), str(run_dir)))
+        if target.is_dir():  # not a dir: resume_config says what is missing
+            _CLAIMS[target] = lock_run_dir(target, mode)
+        return target
+    try:
+        lock = lock_run_dir(run_dir, mode)
+    except RunDirInUse as busy:
+        if mode == "train":
+            raise
+        lock, used = None, [f"a run in progress, pid {busy.holder.get('pid', '?')}"]
+    else:
+        used = records_in(run_dir)
+    # A lone config.yaml is a run that stopped at start-up (bad data path...): nothing to keep.
+    if used in ([], ["config.yaml"]):
+        _CLAIMS[run_dir] = lock
+        return run_dir
     if mode == "train":
+        lock.release()
         if (run_dir / LAST).exists() or (run_dir / "metrics.json").exists():
             raise ConfigError(f"{run_dir} already holds a training run's outputs; continue it with resume={run_dir} "
                               "or give a new hydra.run.dir")
@@ -55,19 +85,44 @@ def claim_run_dir(cfg: DictConfig, run_dir: Path) -> Path:
                           "an empty dir: give a new hydra.run.dir")
     for n in itertools.count(1):
         sub = run_dir / (mode if n == 1 else f"{mode}-{n}")
-        if not sub.exists():
-            break
-    sub.mkdir(parents=True)
+        try:
+            sub.mkdir(parents=True)  # atomic: of two runs choosing at once, each gets its own
+        except FileExistsError:
+            continue
+        break
+    _CLAIMS[sub] = lock_run_dir(sub, mode)
+    if lock is not None:
+        lock.release()
     log.warning("%s already holds another run's outputs (%s): mode=%s writes into %s", run_dir,
                 ", ".join(used[:5]), mode, sub)
     print(f"note: {run_dir} holds another run's outputs; this mode={mode} run writes into {sub}", file=sys.stderr)
     return sub
 
 
+def release_run_dir(run_dir: Path) -> None:
+    """Release the lock :func:`claim_run_dir` took for ``run_dir`` (nothing when it took none)."""
+    lock = _CLAIMS.pop(Path(run_dir), None)
+    if lock is not None:
+        lock.release()
+
+
 def dispatch(cfg: DictConfig, run_dir: Path, overrides=()) -> dict:
-    """Validate the config, then run ``mbtasks.modes.<mode>.run``."""
+    """Validate the config, then run ``mbtasks.modes.<mode>.run``; releases ``run_dir``'s claim at the end."""
+    try:
+        return _dispatch(cfg, run_dir, overrides)
+    finally:
+        release_run_dir(run_dir)
+
+
+def _dispatch(cfg: DictConfig, run_dir: Path, overrides) -> dict:
     cfg, run_dir = resume_config(cfg, run_dir, overrides)
-    if not wants_resume(cfg):
+    if wants_resume(cfg):
+        note = finished_run(cfg, run_dir, overrides)
+        if note is not None:  # nothing to train: the run and its records stay as they are
+            log.info("%s", note)
+            print(f"note: {note}", file=sys.stderr)
+            return read_metrics(run_dir)
+    else:
         prepare(cfg, overrides)
     if published.parse_name(cfg.get("ckpt_path")) is not None:
         if cfg.get("mode") == "train":

@@ -15,6 +15,7 @@ from mbtasks.modes.evaldata import which_test_split
 from mbtasks.modes.rundir import write_config, write_metrics
 from mbtasks.modes.trainer import build_trainer
 from mbtasks.profiling import summary_line
+from mbtasks.resume import STEPS_KEY
 from mbtasks.tasks import build_task, health
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ def run(cfg: DictConfig, run_dir: Path, overrides=()) -> dict:
         kept = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was written yet"
         raise NonFiniteLossError(f"{err}; {kept}") from err
     metrics = {k: v for k, v in trainer.callback_metrics.items() if k.startswith(("val/", "train/"))}
+    metrics[STEPS_KEY] = trainer.global_step  # where training ended: resume= of a finished run checks it
     if checkpoint.best_model_score is not None:
         metrics[f"{task.monitor}_best"] = checkpoint.best_model_score
     best = checkpoint.best_model_path or checkpoint.last_model_path or None
