@@ -21,7 +21,7 @@ usage: python -m mbtasks [key=value ...]        (or: mbtasks [key=value ...])
 
 tasks (task=)
   classification   ImageNet-style classifier; data=imagefolder: DIR/{{train,val[,test]}}/<class>/<image>
-  detection        SSD / SSDLite boxes; data=voc (Pascal VOC xml) or data=coco (json)
+  detection        SSD / SSDLite boxes; data=voc (Pascal VOC xml), coco (json), yolo, dlib_xml, wider_face
   embedding        FaceNet-style face embeddings; data=faces: DIR/<identity>/<image>
   (without data.root each task trains on a small synthetic set it generates)
 
@@ -32,9 +32,10 @@ modes (mode=)
   export    ckpt_path=... export.format=onnx|torchscript: pixels in, answers out, verified
   profile   parameters, mult-adds, latency
   check     scan the configured data set before training (exit 2 when it cannot train)
+  convert   write the configured detection data as COCO json
 
 keys people use
-  data.root=DIR              your data (with data=imagefolder|voc|coco|faces)
+  data.root=DIR              your data (with data=imagefolder|voc|coco|yolo|faces ...)
   backbone=mobilenet_v1      or mobilenet_v2 | timm
   backbone.width=1.0         width multiplier: 1.0, 0.75, 0.5, 0.25 ...
   backbone.pretrained=auto   imagenet | PATH (a checkpoint or state dict) | null (from scratch)
