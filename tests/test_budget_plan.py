@@ -185,3 +185,19 @@ def test_one_batch_epochs_do_not_log_a_plan_every_step(tiny_shapes, tmp_path, ca
     last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     plans = [r for r in caplog.records if r.levelno == logging.INFO and " s per step" in r.message]
     assert last["global_step"] >= 10 and len(plans) <= 4, [r.message for r in plans]
+
+
+def test_progress_bar_redraws_at_most_every_min_interval(monkeypatch):
+    from lightning.pytorch.callbacks import RichProgressBar
+
+    drawn = []
+    monkeypatch.setattr(RichProgressBar, "on_train_batch_end", lambda self, *a: drawn.append(a[-1]))
+    monkeypatch.setattr(RunProgressBar, "total_train_batches", 10)
+
+    class Trainer:
+        should_stop = False
+
+    bar = RunProgressBar(min_interval_s=3600)
+    for i in range(10):
+        bar.on_train_batch_end(Trainer(), None, None, None, i)
+    assert drawn == [0, 9]  # the first batch, then only the epoch's last one

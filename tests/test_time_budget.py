@@ -78,7 +78,8 @@ def test_resume_keeps_the_plan_and_the_rest_of_the_budget(tiny_shapes, tmp_path)
     last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     resumed, last_lr, base_lr = _plan_and_lr(last)
     assert last["global_step"] == resumed["total_steps"]
-    assert abs(resumed["total_steps"] - plan["total_steps"]) <= 3  # re-planned on the rest of the budget
+    # re-planned on the rest of the budget (a fresh budget would add ~30 steps); steps no longer round to epochs
+    assert abs(resumed["total_steps"] - plan["total_steps"]) <= 6
     assert last_lr == pytest.approx(0.01 * base_lr, rel=1e-3)
     assert plan["spent"] < resumed["spent"] <= 10 * 1.4
     # the plans made before the halt are kept: the steps taken keep their LR on the resumed schedule

@@ -47,10 +47,11 @@ class ValidationSchedule(L.Callback):
 
     @staticmethod
     def _validate_epoch(trainer: L.Trainer, yes: bool) -> None:
-        # Lightning validates epoch e when (e + 1) % check_val_every_n_epoch == 0: e + 1 says yes, e + 2 no.
-        # ModelCheckpoint then saves after this validation (at epoch 0, where the value is 1, at the epoch's end).
-        epoch = trainer.current_epoch
-        trainer.check_val_every_n_epoch = epoch + 1 if yes else epoch + 2
+        # Lightning validates epoch e when (e + 1) % check_val_every_n_epoch == 0: 1 says yes, e + 2 no.
+        # With 1, ModelCheckpoint saves at the epoch's end (after epochs.jsonl has its line), as with
+        # check_val_every_n_epoch=1: a checkpoint written at the validation's end would resume inside the
+        # epoch's end and lose that line. With e + 2 it writes nothing (nothing was validated).
+        trainer.check_val_every_n_epoch = 1 if yes else trainer.current_epoch + 2
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # without validation, ModelCheckpoint saves at every epoch's end only while the value is 1: leave it
