@@ -12,7 +12,10 @@ For each task's default config, and optionally a shared real set, the script run
   steps of forward + loss + backward + optimizer step on one batch pre-loaded as a tensor;
   measured before and after the full loop and averaged, so load drift hits both alike;
 
-and prints img/s of both and full / bare (target >= 0.9). As full and bare run one after the other,
+and prints img/s of both and full / bare (target >= 0.9). ``--budget 5m`` runs the full loop as a
+``train.time`` run instead (validation as the budget rule sets it, final epoch validated) and adds
+the split the run itself logs at its end: time in training steps / validation / everything else
+(target: >= 85% / <= 10% / <= 5%). As full and bare run one after the other,
 load from other processes moves that ratio; the full loop's own split of its time (inside the
 training steps / in validation / the rest: waiting for data, checkpoints) is measured within
 one run and is the steadier number. ``--no-worker-thread-limit`` runs the
@@ -20,6 +23,7 @@ loader workers with OpenCV's default thread pool (without :func:`mbtasks.data.ba
 
     python benchmarks/train_throughput.py [--tasks classification detection embedding] [--real fruits_voc]
     python benchmarks/train_throughput.py --tasks detection -- trainer.precision=bf16-mixed
+    python benchmarks/train_throughput.py --budget 5m --real hymenoptera fruits_voc orl_faces
 
 Prints a table and writes benchmarks/results/train_throughput.json.
 """
@@ -105,14 +109,25 @@ def compose(overrides: list[str]):
 
 
 def full_loop(overrides: list[str], run_dir: Path) -> dict:
-    """Train-mode timing through the function ``python -m mbtasks`` calls (see :class:`FitClock`)."""
+    """Train-mode timing through the function ``python -m mbtasks`` calls (see :class:`FitClock`);
+    in a ``train.time`` run also the run's own split of its budget (``budget_split``)."""
     from mbtasks.modes.run import dispatch
 
     clock = run_dir.parent / "fit_clock.json"
     overrides = [*overrides, "+callbacks.fit_clock._target_=train_throughput.FitClock",
                  f"+callbacks.fit_clock.out={clock}"]
     dispatch(compose(overrides), run_dir, overrides)
-    return json.loads(clock.read_text())
+    timing = json.loads(clock.read_text())
+    last = run_dir / "checkpoints" / "last.ckpt"
+    state = torch.load(last, weights_only=True)["callbacks"] if last.is_file() else {}
+    budget = next((v for k, v in state.items() if k.startswith("TimeBudget") and v), None)
+    if budget:
+        split = budget["split"]
+        timing["budget_split"] = {"spent_s": budget["spent"], "steps": split["steps"],
+                                  "validations": split["validations"], "step": split["steps_s"] / budget["spent"],
+                                  "val": split["val_s"] / budget["spent"]}
+        timing["budget_split"]["other"] = 1 - timing["budget_split"]["step"] - timing["budget_split"]["val"]
+    return timing
 
 
 def bare_loss(task, batch) -> torch.Tensor:
@@ -171,6 +186,8 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=2, help="full loop: epochs (validation and checkpoint after each)")
     p.add_argument("--steps", type=int, default=None, help="full loop: at most this many batches per epoch")
     p.add_argument("--bare-steps", type=int, default=10, help="bare loop: timed steps (twice: before and after)")
+    p.add_argument("--budget", default=None, help="full loop as a train.time run of this budget (e.g. 5m) "
+                   "instead of --epochs; adds the run's split of its budget")
     p.add_argument("--no-worker-thread-limit", action="store_true",
                    help="loader workers keep OpenCV's / BLAS' default thread pools (the measurement before the fix)")
     p.add_argument("overrides", nargs="*", help="extra config overrides for every run")
@@ -186,6 +203,8 @@ def main() -> None:
     rows, out = [], {}
     for name, base in runs.items():
         limits = [f"trainer.max_epochs={args.epochs}", "trainer.limit_test_batches=1", "trainer.enable_progress_bar=false"]
+        if args.budget:
+            limits.append(f"train.time={args.budget}")
         if args.steps:
             limits.append(f"trainer.limit_train_batches={args.steps}")
         overrides = [*base, *limits, *args.overrides]
@@ -202,21 +221,26 @@ def main() -> None:
         share["other"] = 1 - share["step"] - share["val"]
         backbone = cfg.backbone._target_.rsplit(".", 1)[-1]
         workers = int(cfg.data.num_workers)
+        budget = timing.get("budget_split") or {}
         rows.append([name, f"{backbone} {cfg.backbone.width} @{cfg.data.image_size}", len(batch[0]), workers,
                      str(cfg.trainer.precision), images, full, bare, full / bare, share["step"], share["val"],
-                     share["other"]])
+                     share["other"], *((budget.get("step"), budget.get("val"), budget.get("other"))
+                                       if args.budget else ())])
         out[name] = {"overrides": overrides, "batch_size": len(batch[0]), "num_workers": workers,
                      "precision": str(cfg.trainer.precision), "full_images": images, "full_img_s": full,
                      "bare_img_s": bare, "bare_img_s_before_after": [bare_before, bare_after], "ratio": full / bare,
-                     "time_share": share,
+                     "time_share": share, "budget_split": budget or None,
                      "target_ratio": 0.9}
-    print_table(f"Full training loop (mode=train) vs bare step ({args.threads} threads, {args.epochs} epochs"
+    length = f"train.time={args.budget}" if args.budget else f"{args.epochs} epochs"
+    print_table(f"Full training loop (mode=train) vs bare step ({args.threads} threads, {length}"
                 f"{f' of {args.steps} batches' if args.steps else ''}, worker thread limit "
                 f"{'off' if args.no_worker_thread_limit else 'on'})",
                 ["run", "network", "batch", "workers", "precision", "images", "full img/s", "bare img/s", "full / bare",
-                 "in steps", "in val", "other"],
+                 "in steps", "in val", "other",
+                 *(("budget: steps", "budget: val", "budget: other") if args.budget else ())],
                 rows)
-    write_results("train_throughput", {"epochs": args.epochs, "steps": args.steps, "bare_steps": args.bare_steps,
+    write_results("train_throughput", {"epochs": args.epochs, "budget": args.budget, "steps": args.steps,
+                                       "bare_steps": args.bare_steps,
                                        "worker_thread_limit": not args.no_worker_thread_limit,
                                        "overrides": args.overrides, "runs": out}, args.out)
 

@@ -23,17 +23,17 @@ def assert_png(path, min_side: int = 200) -> None:
 
 
 def test_classification_run_plots_and_epoch_records(tiny_shapes, tmp_path):
-    # validation every 2nd epoch: epochs 0 and 2 must not repeat epoch 1's val values
+    # validation every 2nd epoch (and the final one): epochs 0 and 2 must not repeat epoch 1's val values
     run_mode([f"data.root={tiny_shapes}", "data.generator=null", "data.image_size=32", "data.batch_size=8",
-              "backbone.width=0.25", "trainer.max_epochs=3", "trainer.check_val_every_n_epoch=2",
+              "backbone.width=0.25", "trainer.max_epochs=4", "trainer.check_val_every_n_epoch=2",
               "task.log_images=0"], tmp_path)
     records = [json.loads(line) for line in (tmp_path / "epochs.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in records] == [0, 1, 2]
-    assert [any(k.startswith("val/") for k in r) for r in records] == [False, True, False]
+    assert [r["epoch"] for r in records] == [0, 1, 2, 3]
+    assert [any(k.startswith("val/") for k in r) for r in records] == [False, True, False, True]
     assert all("train/loss" in r and r["lr/head"] > 0 for r in records)
     with open(tmp_path / "results.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3]
     assert rows[0]["val/loss"] == "" and float(rows[1]["val/loss"]) > 0
     for name in ("results.png", "confusion_matrix.png"):
         assert_png(tmp_path / name)

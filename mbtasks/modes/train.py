@@ -37,7 +37,7 @@ def flat_hparams(cfg: DictConfig) -> dict:
 
 
 def run(cfg: DictConfig, run_dir: Path, overrides=()) -> dict:
-    if OmegaConf.select(cfg, "train.time"):
+    if OmegaConf.select(cfg, "train.time") is not None:  # 0 too: refused, not "no budget"
         parse_duration(cfg.train.time)  # a bad budget fails before any data is read
     L.seed_everything(int(cfg.seed), workers=True)
     write_config(run_dir, cfg)

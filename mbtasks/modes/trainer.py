@@ -9,7 +9,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
-from mbtasks.callbacks import EpochLog, RngState
+from mbtasks.callbacks import EpochLog, RngState, ValidationSchedule
 from mbtasks.callbacks.epoch_log import EPOCH_LOG
 from mbtasks.checkpoint import AtomicCheckpointIO, ConfigInCheckpoint
 from mbtasks.io import remove_stale_temporaries
@@ -22,6 +22,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path, task: BaseTask, log: bool = Tr
     Checkpoints are written atomically (:class:`~mbtasks.checkpoint.AtomicCheckpointIO`), carry
     the run config (:class:`~mbtasks.checkpoint.ConfigInCheckpoint`) and the generator states
     (:class:`~mbtasks.callbacks.RngState`), so ``last.ckpt`` always resumes, and resumes exactly.
+    Validation runs every ``trainer.check_val_every_n_epoch`` epochs and on the final one
+    (:class:`~mbtasks.callbacks.ValidationSchedule`); checkpoints are written after validations.
     """
     remove_stale_temporaries(run_dir / "checkpoints")
     checkpoint = ModelCheckpoint(
@@ -45,6 +47,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path, task: BaseTask, log: bool = Tr
         if isinstance(callback, ProgressBar) and not progress:
             continue
         callbacks.append(callback)
+    # after the config's callbacks: it reads the stop train.time (TimeBudget) decides at the same batch
+    callbacks.append(ValidationSchedule())
     logger = instantiate(cfg.logger, save_dir=str(run_dir)) if (log and cfg.get("logger")) else False
     trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks, default_root_dir=str(run_dir),
                           plugins=[AtomicCheckpointIO()])
