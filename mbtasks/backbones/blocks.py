@@ -25,6 +25,18 @@ ACTIVATIONS: dict[str, ActLayer] = {
 }
 
 
+class PReLU(nn.PReLU):
+    """Per-channel PReLU (He et al. 2015, arXiv:1502.01852), as MobileFaceNets use it.
+
+    ``per_channel`` tells :class:`ConvBNAct` to pass the channel count instead of ``inplace``.
+    """
+
+    per_channel = True
+
+    def __init__(self, channels: int) -> None:
+        super().__init__(num_parameters=channels)
+
+
 def get_activation(name: str) -> ActLayer:
     """Activation class by name (``relu``, ``relu6``, ``hardswish``, ``silu``)."""
     try:
@@ -127,7 +139,9 @@ class ConvBNAct(nn.Sequential):
             nn.BatchNorm2d(out_channels),
         ]
         if act_layer is not None:
-            layers.append(act_layer(inplace=True))
+            # PReLU learns one slope per channel, so it is built with the channel count
+            layers.append(act_layer(out_channels) if getattr(act_layer, "per_channel", False)
+                          else act_layer(inplace=True))
         super().__init__(*layers)
         self.out_channels = out_channels
 

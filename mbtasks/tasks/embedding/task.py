@@ -19,7 +19,7 @@ from mbtasks.callbacks.plots import verification_figures
 from mbtasks.data.transforms import denormalize
 from mbtasks.errors import ConfigError
 from mbtasks.metrics.verification import VerificationMetric, VerificationResult, far_key, roc_figure
-from mbtasks.models.embedding import EmbeddingNet
+from mbtasks.models.embedding import EmbeddingNet, build_embedding_head
 from mbtasks.tasks import health
 from mbtasks.tasks.base import BaseTask
 from mbtasks.tasks.embedding import health as embedding_health
@@ -36,15 +36,17 @@ class EmbeddingTask(BaseTask):
 
     Args:
         backbone: any :class:`Backbone` (its last feature map is embedded).
-        head: partial ``EmbeddingHead`` completed with ``in_channels``.
+        head: partial ``EmbeddingHead`` completed by :func:`build_embedding_head`.
         info: data info (image size, mean/std, ``num_train_identities`` for ArcFace).
-        loss: ``triplet`` (FaceNet), ``arcface``, or ``none`` (distillation alone).
+        loss: ``triplet`` (FaceNet), ``arcface``, ``cosface``, ``sphereface``, or ``none`` (distillation alone).
         margin: triplet margin (FaceNet: 0.2) on ``distance``.
         distance: ``squared_l2`` (FaceNet, and the verification distance) or ``l2``.
         miner: triplet mining: ``semihard`` (FaceNet: d(a,p) < d(a,n) < d(a,p) + margin),
             ``batch_hard`` (hardest positive and negative per anchor) or ``all`` (every
             triplet violating the margin).
         arcface_margin / arcface_scale: ArcFace's angular margin (degrees) and scale.
+        cosface_margin / cosface_scale, sphereface_margin / sphereface_scale: CosFace's and
+            SphereFace's margins and scales (``task.loss=cosface|sphereface``, :mod:`.losses`).
         teacher: distil from this mbtasks embedding checkpoint or timm model name.
         teacher_pretrained: for a timm teacher, load published weights (needs internet/cache).
         teacher_dim: the teacher's embedding size; ``None`` loads the teacher to read it (a fresh
@@ -75,6 +77,10 @@ class EmbeddingTask(BaseTask):
         miner: str = "semihard",
         arcface_margin: float = 28.6,
         arcface_scale: float = 64.0,
+        cosface_margin: float = 0.35,
+        cosface_scale: float = 64.0,
+        sphereface_margin: int = 4,
+        sphereface_scale: float = 64.0,
         teacher: str | None = None,
         teacher_pretrained: bool = False,
         teacher_dim: int | None = None,
@@ -88,11 +94,12 @@ class EmbeddingTask(BaseTask):
         check_choices(loss, miner, distance)
         if loss == "none" and not teacher:
             raise ConfigError("task.loss=none trains by distillation alone and needs task.teacher=CKPT_OR_TIMM_NAME")
-        self.model = EmbeddingNet(backbone, head(in_channels=backbone.num_features))
+        self.model = EmbeddingNet(backbone, build_embedding_head(head, backbone, int(self.info.get("image_size", 224))))
         self.loss_name, self.margin, self.miner_name = loss, float(margin), miner
         self.metric_loss, self.miner = metric_loss(loss, self.model.dim, float(margin), distance, miner,
                                                    int(self.info.get("num_train_identities", 0)), arcface_margin,
-                                                   arcface_scale)
+                                                   arcface_scale, cosface_margin, cosface_scale, sphereface_margin,
+                                                   sphereface_scale)
         self.distill_weight = float(distill_weight)
         self.distill = (Distiller(teacher, self.model.dim, teacher_dim, self.info["mean"], self.info["std"],
                                   teacher_pretrained) if teacher else None)
