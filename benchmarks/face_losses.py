@@ -38,13 +38,8 @@ from mbtasks.callbacks.epoch_log import read_epoch_log
 # name -> (folder under --datasets-dir, held-out validation identities, test identities), as faces_real.py
 DATASETS = {"orl": ("orl_faces", 6, 10), "yale": ("yalefaces", 3, 4)}
 LOSSES = ("triplet", "arcface", "cosface", "sphereface")
-# keys each loss runs with on top of the defaults (the margin losses: insightface's gradient clipping)
-LOSS_RECIPES = {
-    "triplet": [],
-    "arcface": ["trainer.gradient_clip_val=5"],
-    "cosface": ["trainer.gradient_clip_val=5"],
-    "sphereface": ["trainer.gradient_clip_val=5"],
-}
+# keys each loss runs with on top of the defaults (none: the task clips the margin losses' gradients itself)
+LOSS_RECIPES: dict[str, list[str]] = {loss: [] for loss in LOSSES}
 KEY = "val/verification_acc"
 COLUMNS = ["set", "loss", "seed", "start", "val last", "val best", "test (best.ckpt)", "threshold", "epochs", "wall s"]
 

@@ -92,8 +92,9 @@ def test_margin_losses_need_training_identities():
 
 
 def test_cli_trains_a_margin_loss_with_its_settings(tmp_path):
-    """task.loss=sphereface through the real CLI, 2 steps, with insightface's gradient clipping (at the
-    embedding task's SGD rate of 0.2, a scale-64 margin loss otherwise overflows within two steps)."""
+    """task.loss=sphereface through the real CLI, 2 steps; then arcface at its defaults. The task clips
+    the margin losses' gradient norm at 5 by itself (at its SGD rate of 0.2, a scale-64 margin loss
+    otherwise overflows to NaN within two steps)."""
     from mbtasks.data.synthetic_faces import make_synthetic_faces
     from mbtasks.tasks import load_task
     from tests.conftest import run_mode
@@ -104,10 +105,24 @@ def test_cli_trains_a_margin_loss_with_its_settings(tmp_path):
                  *(f"data.generator.{k}={v}" for k, v in gen.items()), "data.val_identities=3",
                  "data.test_identities=3", "data.identities_per_batch=3", "data.images_per_identity=2",
                  "data.num_folds=2", "data.pairs_per_fold=6", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
-                 "task.projector_identities=0", "trainer.gradient_clip_val=5", "task.loss=sphereface",
+                 "task.projector_identities=0", "task.loss=sphereface",
                  "task.sphereface_margin=3", "task.sphereface_scale=32"]
     metrics = run_mode(overrides, tmp_path / "train")
     assert math.isfinite(metrics["train/loss"]) and 0.0 <= metrics["test/verification_acc"] <= 1.0
     task, _ = load_task(tmp_path / "train" / "checkpoints" / "best.ckpt")
     assert type(task.metric_loss) is losses.SphereFaceLoss
     assert task.metric_loss.margin == 3 and task.metric_loss.scale == 32
+    base = [o for o in overrides if not o.startswith("task.sphereface") and o != "task.loss=sphereface"]
+    metrics = run_mode([*base, "task.loss=arcface"], tmp_path / "arcface")
+    assert math.isfinite(metrics["train/loss"])
+
+
+@pytest.mark.parametrize("loss, clip", [("arcface", (5.0, "norm")), ("cosface", (5.0, "norm")),
+                                        ("sphereface", (5.0, "norm")), ("triplet", (None, None))])
+def test_margin_losses_clip_the_gradient_norm_unless_the_trainer_does(loss, clip):
+    task = _task(f"task.loss={loss}")
+    seen = []
+    task.clip_gradients = lambda optimizer, value, algorithm: seen.append((value, algorithm))
+    task.configure_gradient_clipping(None)
+    task.configure_gradient_clipping(None, 1.0, "value")  # trainer.gradient_clip_val given: it wins
+    assert seen == [clip, (1.0, "value")]

@@ -24,11 +24,15 @@ from mbtasks.tasks import health
 from mbtasks.tasks.base import BaseTask
 from mbtasks.tasks.embedding import health as embedding_health
 from mbtasks.tasks.embedding.distill import Distiller
-from mbtasks.tasks.embedding.losses import active_fraction, check_choices, metric_loss
+from mbtasks.tasks.embedding.losses import MARGIN_LOSSES, active_fraction, check_choices, metric_loss
 from mbtasks.tasks.embedding.spec import SPEC
 from mbtasks.tasks.finetune import FineTune
 
 log = logging.getLogger(__name__)
+
+
+# gradient-norm clip of the margin losses unless trainer.gradient_clip_val is given
+MARGIN_CLIP_NORM = 5.0
 
 
 class EmbeddingTask(BaseTask):
@@ -130,6 +134,13 @@ class EmbeddingTask(BaseTask):
         return {"teacher_dim": self.distill.teacher_dim} if self.distill is not None else {}
 
     # ---------------------------------------------------------------- training
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        # Scale-64 margin logits give gradient norms in the thousands at the task's SGD rate: the
+        # embeddings overflow to NaN within two steps. insightface's arcface_torch clips the norm at 5.
+        if gradient_clip_val is None and self.loss_name in MARGIN_LOSSES:
+            gradient_clip_val, gradient_clip_algorithm = MARGIN_CLIP_NORM, "norm"
+        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     def on_fit_start(self) -> None:
         if self.distill is not None:
             self.distill.teacher  # noqa: B018 - load it now, not inside the first step
