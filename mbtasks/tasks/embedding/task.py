@@ -24,7 +24,12 @@ from mbtasks.tasks import health
 from mbtasks.tasks.base import BaseTask
 from mbtasks.tasks.embedding import health as embedding_health
 from mbtasks.tasks.embedding.distill import Distiller
-from mbtasks.tasks.embedding.losses import MARGIN_LOSSES, active_fraction, check_choices, metric_loss
+from mbtasks.tasks.embedding.losses import (
+    MARGIN_LOSSES,
+    active_fraction,
+    check_choices,
+    metric_loss,
+)
 from mbtasks.tasks.embedding.spec import SPEC
 from mbtasks.tasks.finetune import FineTune
 
