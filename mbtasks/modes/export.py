@@ -543,7 +543,7 @@ def run(cfg: DictConfig, run_dir: Path, overrides=()) -> dict:
     if fmt not in FORMATS:
         raise ConfigError(f"export.format={fmt!r}: expected one of {list(FORMATS)}")
     if cfg.export.get("output"):  # refused before the checkpoint is even loaded
-        check_output(Path(cfg.export.output))
+        check_output(Path(str(cfg.export.output)))
     task, train_cfg = load_task(cfg.ckpt_path)
     # data.* keys given on the command line apply on top of the checkpoint's (as for mode=test): where
     # the inputs, the calibration images and the INT8 validation split come from
