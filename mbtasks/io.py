@@ -12,6 +12,8 @@ import contextlib
 import json
 import math
 import os
+import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,12 @@ from typing import Any
 import torch
 
 TMP = ".{name}.tmp-{pid}{tag}"
+# What a run writes and reads back (resume, mbtasks.load, the recipe comparisons): no output of any
+# mode may take these names, wherever they are (see run_record).
+RUN_RECORDS = ("config.yaml", "metrics.json", "epochs.jsonl")
+CHECKPOINT_SUFFIX = ".ckpt"
+# without a way to ask whether a process lives (not POSIX): a temporary this old is stale
+STALE_AGE_S = 24 * 3600
 
 
 def temporary_sibling(path: str | Path, tag: str = "") -> Path:
@@ -82,6 +90,54 @@ def save_torch_atomic(obj: Any, path: str | Path) -> None:
     """``torch.save`` written atomically (a kill mid-save never leaves a truncated checkpoint)."""
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         torch.save(obj, f)
+
+
+def run_record(path: str | Path) -> str | None:
+    """What run record ``path`` names, or ``None``: a checkpoint (any ``*.ckpt``), a run's
+    ``config.yaml`` / ``metrics.json`` / ``epochs.jsonl``, or Hydra's copy of a run's config
+    (anything in a ``.hydra`` folder). Judged by name, so a record a running or killed run has
+    not written yet is protected too."""
+    path = Path(path)
+    if path.suffix.lower() == CHECKPOINT_SUFFIX:
+        return "a checkpoint (*.ckpt)"
+    if path.name in RUN_RECORDS:
+        return f"a run's {path.name}"
+    if ".hydra" in path.parent.parts:
+        return "a run's Hydra record (.hydra/)"
+    return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_siblings(path: str | Path) -> list[Path]:
+    """Delete the temporaries of ``path`` (``.<name>.tmp-<pid>...``, ``.<stem>.tmp-<pid>-<tag>...``) that
+    a killed process left: those whose process is gone (or, where that cannot be asked, a day old).
+    A live process's temporaries (a concurrent write) are kept. Returns what was removed."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    pattern = re.compile(rf"\.(?:{re.escape(path.name)}|{re.escape(path.stem)})\.tmp-(\d+)(?:$|-)")
+    removed = []
+    for p in sorted(path.parent.iterdir()):
+        match = pattern.match(p.name)
+        if not match or not p.is_file() or int(match.group(1)) == os.getpid():
+            continue
+        if os.name == "posix":
+            stale = not _alive(int(match.group(1)))
+        else:  # os.kill(pid, 0) would terminate the process on Windows
+            stale = time.time() - p.stat().st_mtime > STALE_AGE_S
+        if stale:
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
 
 
 def remove_stale_temporaries(folder: str | Path) -> list[Path]:

@@ -8,9 +8,11 @@ keys are repeated flat), TorchScript as the extra file ``mbtasks.json``.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +29,23 @@ PIXELS = "pixels"
 FLAT_KEYS = ("task", "image_size", "mean", "std", "class_names", "thresholds")
 
 Runner = Callable[[np.ndarray], list[np.ndarray]]
+# third-party loggers that report every graph pass at INFO (79 of 81 lines of an export's log)
+CHATTY_LOGGERS = ("onnxscript", "onnx_ir", "onnx", "torch.onnx", "torch.export", "torch._export", "onnxruntime")
+
+
+@contextlib.contextmanager
+def quiet_exporters(level: int = logging.WARNING) -> Iterator[None]:
+    """Raise the exporters' loggers (:data:`CHATTY_LOGGERS`) to ``level`` for the block: their
+    warnings and errors still show, our own INFO lines are untouched."""
+    loggers = [logging.getLogger(name) for name in CHATTY_LOGGERS]
+    before = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(max(level, lg.level))
+    try:
+        yield
+    finally:
+        for lg, old in zip(loggers, before, strict=True):
+            lg.setLevel(old)
 
 
 def write_onnx(module: nn.Module, example: torch.Tensor, path: Path, output_names: Sequence[str],
@@ -35,7 +54,7 @@ def write_onnx(module: nn.Module, example: torch.Tensor, path: Path, output_name
     import onnx
 
     batch = torch.export.Dim("batch", min=1, max=4096)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), quiet_exporters():
         warnings.simplefilter("ignore")
         torch.onnx.export(module, (example,), str(path), dynamo=True, input_names=[INPUT_NAME],
                           output_names=list(output_names), dynamic_shapes={INPUT_NAME: {0: batch}},
@@ -169,6 +188,18 @@ def read_metadata(fmt: str, path: Path) -> dict:
         props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
         return json.loads(props["mbtasks"])
     return json.loads(read_metadata_extra(path))
+
+
+def is_export(path: Path) -> bool:
+    """True when ``path`` is a file an mbtasks export wrote (either format, metadata inside)."""
+    for fmt in FORMATS:
+        try:
+            meta = read_metadata(fmt, path)
+        except Exception:  # noqa: BLE001 - anything unreadable as an export is not one
+            continue
+        if isinstance(meta, dict) and {"task", "format"} <= set(meta):
+            return True
+    return False
 
 
 def read_metadata_extra(path: Path) -> str:

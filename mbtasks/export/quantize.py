@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from mbtasks.errors import ConfigError
+from mbtasks.export.formats import quiet_exporters
 
 # layers with weights: where quantization pays (int8 GEMM) and what the float tail comes after
 WEIGHTED = ("Conv", "Gemm", "MatMul")
@@ -124,16 +125,17 @@ def quantize_network(src: Path, dst: Path, batches: Iterable[np.ndarray], input_
     # shape inference + graph optimisation first, as onnxruntime's quantization guide advises
     prep = dst.with_name(dst.stem + "-prep.onnx")
     try:
-        # onnxruntime's symbolic shape inference fails on some exported graphs; ONNX's own is enough here
-        quant_pre_process(str(src), str(prep), skip_symbolic_shape=True)
-        model = onnx.load(str(prep))
-        name_nodes(model)
-        onnx.save(model, str(prep))
-        nodes, counts = excluded_nodes(model, list(exclude))
-        reader = Reader(batches)
-        quantize_static(str(prep), str(dst), reader, quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=nodes)
+        with quiet_exporters():  # onnxruntime.quantization and onnx log each pass
+            # onnxruntime's symbolic shape inference fails on some exported graphs; ONNX's own is enough here
+            quant_pre_process(str(src), str(prep), skip_symbolic_shape=True)
+            model = onnx.load(str(prep))
+            name_nodes(model)
+            onnx.save(model, str(prep))
+            nodes, counts = excluded_nodes(model, list(exclude))
+            reader = Reader(batches)
+            quantize_static(str(prep), str(dst), reader, quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=nodes)
     finally:
         prep.unlink(missing_ok=True)
     return {"format": "QDQ", "weights": "int8, per channel", "activations": "uint8, per tensor",

@@ -9,10 +9,13 @@ under a temporary name; the network graph is compared with the PyTorch model on 
 checkpoint's data, or ``export.inputs``) at two batch sizes, then the end-to-end file with
 ``mode=predict``'s answers on those images at their own sizes; it is renamed to its final name
 only when everything is within tolerance, so an interrupted or failed export leaves nothing under
-the final name. With ``export.quantize=int8`` the network is quantized (:mod:`mbtasks.export.quantize`)
-and verified on the task metric of the checkpoint's validation split instead
-(:mod:`mbtasks.modes.export_metrics`). :func:`export_task` is the entry point for a task loaded
-in Python.
+the final name; the temporaries of an export killed outright are removed by the next export to the
+same name. ``export.output`` is refused before any work when it is a folder, names a run's record
+(a checkpoint, ``config.yaml``, ``metrics.json``...) or an existing file that is not an earlier
+export (:func:`check_output`). With ``export.quantize=int8`` the network is quantized
+(:mod:`mbtasks.export.quantize`), calibrated on the training split, and verified on the task metric
+of the checkpoint's validation split instead (:mod:`mbtasks.modes.export_metrics`).
+:func:`export_task` is the entry point for a task loaded in Python.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from mbtasks.export.formats import (
     FORMATS,
     INPUT_NAME,
     PIXELS,
+    is_export,
     load_e2e_runner,
     load_runner,
     save_onnx,
@@ -45,9 +49,17 @@ from mbtasks.export.formats import (
 from mbtasks.export.preprocessing import preprocessing_of
 from mbtasks.export.quantize import quantize_network
 from mbtasks.inference.inputs import Preprocess, file_batches
-from mbtasks.io import temporary_sibling, write_json_atomic
+from mbtasks.io import atomic_path, remove_stale_siblings, run_record, temporary_sibling
 from mbtasks.modes.evaldata import eval_data_config
-from mbtasks.modes.export_metrics import throughput, val_batches, val_datamodule
+from mbtasks.modes.export_metrics import (
+    class_count,
+    folder_images,
+    split_images,
+    spread,
+    throughput,
+    val_batches,
+    val_datamodule,
+)
 from mbtasks.tasks import load_task, spec_of
 
 log = logging.getLogger(__name__)
@@ -223,6 +235,30 @@ def metadata(task, train_cfg: DictConfig, graph, fmt: str, source_checkpoint) ->
     }
 
 
+def check_output(out: Path) -> Path:
+    """Refuse, before any work, an ``export.output`` that would overwrite what is not an earlier
+    export: a folder, a run's record (:func:`mbtasks.io.run_record`: checkpoints, ``config.yaml``,
+    ``metrics.json``, ``epochs.jsonl``, ``.hydra/``, judged by name for the file and its ``.json``),
+    or any other existing file that is not an mbtasks export. Returns the metadata path."""
+    if out.suffix.lower() == ".json":
+        raise ConfigError(f"export.output={out}: the export file cannot end in .json (its metadata goes to <name>.json)")
+    if out.is_dir():
+        raise ConfigError(f"export.output={out} is a folder: give the file to write, e.g. {out / 'model.onnx'} "
+                          "(nothing was written)")
+    folder = next((p for p in out.parents if p.exists()), None)
+    if folder is not None and not folder.is_dir():
+        raise ConfigError(f"export.output={out}: {folder} is a file, not a folder (nothing was written)")
+    for path in (out, out.with_suffix(".json")):
+        what = run_record(path)
+        if what:
+            raise ConfigError(f"export.output={out}: {path} would be {what}; an export never takes the name of a "
+                              "run's checkpoint, config or metrics: choose another export.output (nothing was written)")
+    if out.exists() and not is_export(out):
+        raise ConfigError(f"export.output={out} exists and is not an mbtasks export; an export only replaces an "
+                          "earlier export: remove it or choose another export.output (nothing was written)")
+    return check_sidecar(out)
+
+
 def check_sidecar(out: Path) -> Path:
     """The metadata path beside ``out``; refuses to overwrite a file that is not an earlier export's."""
     if out.suffix.lower() == ".json":
@@ -259,26 +295,76 @@ def onnx_load(path: Path):
     return onnx.load(str(path))
 
 
-def quantize_int8(task, train_cfg: DictConfig, src: Path, dst: Path, spec: str | None, limit: int,
+def int8_datamodule(train_cfg: DictConfig):
+    """The checkpoint's data module: its training split calibrates, its validation split scores."""
+    try:
+        return val_datamodule(train_cfg)
+    except Exception as err:  # noqa: BLE001 - any failure to rebuild the data is the user's to fix
+        raise ConfigError(f"export.quantize=int8 calibrates on the checkpoint's training split and measures the "
+                          f"metric on its validation split (data.root={OmegaConf.select(train_cfg, 'data.root')}), "
+                          f"which could not be loaded: {err}") from err
+
+
+def calibration_candidates(spec: str | None, datamodule) -> tuple[list[tuple[Path, tuple]], dict]:
+    """``(image, classes)`` to calibrate on, and where they come from: ``export.calibration`` (every
+    image under it, a sub-folder counted as a class) or the checkpoint's training split; never an
+    image of the validation split, which the INT8 metric scores."""
+    if spec:
+        root = Path(spec)
+        if not root.exists():
+            raise ConfigError(f"export.calibration={spec}: no such file or folder")
+        items = [(root, ())] if root.is_file() else folder_images(root)
+        where = {"source": "export.calibration", "root": str(root)}
+    else:
+        items = split_images(datamodule, "train")
+        where = {"source": "training split", "root": str(getattr(datamodule, "root", "?"))}
+        if not items:
+            raise ConfigError(f"export.quantize=int8 calibrates on the training split of data.root={where['root']}, "
+                              "which has none: give export.calibration=FOLDER (images that are not in the "
+                              "validation split)")
+    scored = {os.path.abspath(p) for p, _ in split_images(datamodule, "val")}
+    kept = [(p, labels) for p, labels in items if os.path.abspath(p) not in scored]
+    where["validation_images_left_out"] = len(items) - len(kept)
+    return kept, where
+
+
+def quantize_int8(task, train_cfg: DictConfig, datamodule, src: Path, dst: Path, spec: str | None, limit: int,
                   exclude: list[str]) -> dict:
-    """Quantize the network graph ``src`` to ``dst``, calibrated on up to ``limit`` real images spread
-    over ``export.calibration`` (default: the checkpoint's ``data.root``, training and validation)."""
+    """Quantize the network graph ``src`` to ``dst``, calibrated on up to ``limit`` readable images of
+    the training split (or ``export.calibration``), one class after the other (:func:`spread`).
+    Unreadable files are replaced by the next candidates, counted, logged and recorded."""
     if limit < 1:
         raise ConfigError(f"export.calibration_images={limit}: expected >= 1")
-    files, source = find_images(spec, train_cfg, 50 * limit)
-    if len(files) > limit:  # evenly spread: os.walk lists one class / split after the other
-        files = [files[i] for i in np.linspace(0, len(files) - 1, limit).round().astype(int)]
+    items, where = calibration_candidates(spec, datamodule)
+    key = f"export.calibration={spec}" if spec else f"the training split of data.root={where['root']}"
+    order = spread(items)
+    batches: list[np.ndarray] = []
     skipped: dict[str, str] = {}
-    batches = [b.numpy() for b in file_batches(files, train_cfg, task.info, 32, skipped)] if files else []
+    used = taken = 0
+    while used < limit and taken < len(order):
+        chunk = order[taken: taken + limit - used]
+        taken += len(chunk)
+        for b in file_batches(chunk, train_cfg, task.info, 32, skipped):
+            batches.append(b.numpy())
+            used += len(b)
+    if skipped:
+        log.warning("export.quantize=int8: %d unreadable calibration image(s) under %s skipped (first: %s: %s)",
+                    len(skipped), key, *next(iter(skipped.items())))
     if not batches:
-        where = f"export.calibration={spec}" if spec else f"the checkpoint's data.root ({source})"
-        raise ConfigError(f"export.quantize=int8: no readable images under {where} to calibrate on; give "
-                          "export.calibration=FOLDER")
+        left = f", {where['validation_images_left_out']} left out as validation images" \
+            if where["validation_images_left_out"] else ""
+        raise ConfigError(f"export.quantize=int8: no readable images under {key} to calibrate on ({len(items)} "
+                          f"candidates, {len(skipped)} unreadable{left}); give export.calibration=FOLDER")
+    chosen = [p for p in order[:taken] if str(p) not in skipped]
+    covered, classes = class_count(items, chosen)
+    calibration = {**where, "candidates": len(items), "images": used, "classes": classes, "classes_sampled": covered,
+                   "unreadable": len(skipped), "unreadable_files": dict(list(skipped.items())[:10])}
+    log.info("export.quantize=int8: calibrating on %d images of %s (%d of %d classes)", used, key, covered, classes)
     record = quantize_network(src, dst, batches, INPUT_NAME, exclude)
-    return {"type": "int8", **record, "calibration_source": source}
+    return {"type": "int8", **record, "calibration_source": where["root"], "calibration": calibration}
 
 
-def verify_int8(task, train_cfg: DictConfig, fp32_path: Path, int8_path: Path, images: np.ndarray,
+def verify_int8(task, train_cfg: DictConfig, datamodule, fp32_path: Path, int8_path: Path, images: np.ndarray,
                 max_drop: dict, batch: int, threads: int) -> dict:
     """The task metric of the fp32 and int8 network graphs on the checkpoint's validation split, and
     their throughput (``batch`` images, ``threads`` onnxruntime threads); raises :class:`ExportError`
@@ -286,12 +372,6 @@ def verify_int8(task, train_cfg: DictConfig, fp32_path: Path, int8_path: Path, i
     spec = spec_of(task).export
     name, key = spec.metric, spec.max_drop_key
     tolerance = float(max_drop.get(name, spec.max_drop))
-    try:
-        datamodule = val_datamodule(train_cfg)
-    except Exception as err:  # noqa: BLE001 - any failure to rebuild the data is the user's to fix
-        raise ConfigError(f"export.quantize=int8 measures the metric on the checkpoint's validation data "
-                          f"(data.root={OmegaConf.select(train_cfg, 'data.root')}), which could not be loaded: "
-                          f"{err}") from err
     fp32, int8 = (load_runner("onnx", p, threads) for p in (fp32_path, int8_path))
     metric = {k: spec.evaluate(task, datamodule, runner, val_batches(datamodule))
               for k, runner in (("fp32", fp32), ("int8", int8))}
@@ -354,12 +434,13 @@ def export_task(task, train_cfg: DictConfig, out: str | Path, fmt: str = "onnx",
         source_checkpoint: recorded in the metadata.
         quantize: ``"int8"``: the network is quantized (:mod:`mbtasks.export.quantize`, ONNX only) and
             verified on the task metric instead of raw outputs (:func:`verify_int8`).
-        calibration: image file or folder to calibrate on (default: the checkpoint's ``data.root``);
-        calibration_images: at most this many.
+        calibration: image file or folder to calibrate on (default: the checkpoint's training split;
+            validation images are left out either way); calibration_images: at most this many,
+            one class after the other.
         int8_exclude: op types (or ``depthwise``) kept in float; ``None``: the task export's
             ``int8_keep_float`` (embedding: its ``Gemm`` layers), ``[]``: quantize everything.
-        max_drop: tolerated metric drop per metric name (``top1`` in points, ``map_50``,
-            ``verification_accuracy``); default: the task export's ``max_drop``.
+        max_drop: tolerated metric drop per metric name (``top1``, ``map_50``,
+            ``verification_accuracy``; fractions, 0.01 = 1 point); default: the task export's ``max_drop``.
         speed_batch, speed_threads: where fp32 and int8 throughput are measured.
 
     Returns:
@@ -379,7 +460,11 @@ def export_task(task, train_cfg: DictConfig, out: str | Path, fmt: str = "onnx",
         raise ConfigError(f"export.quantize={quantize}: needs export.format=onnx (onnxruntime quantization), "
                           f"not {fmt}")
     out = Path(out)
-    sidecar = check_sidecar(out)
+    sidecar = check_output(out)
+    for path in (out, sidecar):  # what an export killed mid-way left behind
+        for stale in remove_stale_siblings(path):
+            log.info("removed %s, left by an interrupted export", stale)
+    datamodule = int8_datamodule(train_cfg) if quantize else None
     task = copy.deepcopy(task).cpu().float().eval()
     spec = spec_of(task).export
     graph = spec.graph(task)
@@ -401,11 +486,12 @@ def export_task(task, train_cfg: DictConfig, out: str | Path, fmt: str = "onnx",
         meta["verification"] = {"inputs": source, "batch_sizes": [len(images), 1], **diffs, "atol": float(atol),
                                 "rtol": float(rtol), "runtime": "onnxruntime" if fmt == "onnx" else "torch.jit"}
         if quantize:
-            meta["quantization"] = quantize_int8(task, train_cfg, tmp_net, tmp_q, calibration,
+            meta["quantization"] = quantize_int8(task, train_cfg, datamodule, tmp_net, tmp_q, calibration,
                                                  int(calibration_images),
                                                  list(spec.int8_keep_float if int8_exclude is None else int8_exclude))
-            meta["verification"]["int8"] = verify_int8(task, train_cfg, tmp_net, tmp_q, images.numpy(),
-                                                       max_drop or {}, int(speed_batch), int(speed_threads))
+            meta["verification"]["int8"] = verify_int8(task, train_cfg, datamodule, tmp_net, tmp_q,
+                                                       images.numpy(), max_drop or {}, int(speed_batch),
+                                                       int(speed_threads))
             os.replace(tmp_q, tmp_net)
             if not end_to_end:
                 save_onnx(onnx_load(tmp_net), tmp, meta)
@@ -426,8 +512,9 @@ def export_task(task, train_cfg: DictConfig, out: str | Path, fmt: str = "onnx",
                                                   "sizes": sorted({f"{p.shape[1]}x{p.shape[0]}" for p in pictures}),
                                                   "e2e_atol": float(e2e_atol), "box_atol": float(box_atol), **record}
             set_metadata(fmt, tmp, meta)
-        write_json_atomic(sidecar, meta)
-        os.replace(tmp, out)
+        with atomic_path(sidecar) as tmp_json:  # renamed after the model: a failed rename leaves no orphan
+            tmp_json.write_text(json.dumps(meta, indent=2, sort_keys=True))
+            os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
         tmp_net.unlink(missing_ok=True)
@@ -452,10 +539,21 @@ def number(e: DictConfig, key: str, default: float) -> float:
     return float(value)
 
 
+def max_drop_of(e: DictConfig, key: str, default: float) -> float:
+    """``export.int8_max_drop_*``: a drop of the metric, a fraction like every metric (0.01 = 1 point)."""
+    value = number(e, key, default)
+    if value > 1:
+        raise ConfigError(f"export.{key}={value:g}: the tolerated drop is a fraction of the metric, like every "
+                          f"metric mbtasks reports (0.01 = 1 point of top-1); expected <= 1")
+    return value
+
+
 def run(cfg: DictConfig, run_dir: Path, overrides=()) -> dict:
     fmt = str(cfg.export.format)
     if fmt not in FORMATS:
         raise ConfigError(f"export.format={fmt!r}: expected one of {list(FORMATS)}")
+    if cfg.export.get("output"):  # refused before the checkpoint is even loaded
+        check_output(Path(str(cfg.export.output)))
     task, train_cfg = load_task(cfg.ckpt_path)
     # data.* keys given on the command line apply on top of the checkpoint's (as for mode=test): where
     # the inputs, the calibration images and the INT8 validation split come from
@@ -471,5 +569,5 @@ def run(cfg: DictConfig, run_dir: Path, overrides=()) -> dict:
                        source_checkpoint=str(cfg.ckpt_path), quantize=e.get("quantize"),
                        calibration=e.get("calibration"), calibration_images=int(e.get("calibration_images", 256)),
                        int8_exclude=None if e.get("int8_exclude") is None else list(e.int8_exclude),
-                       max_drop={spec.metric: number(e, spec.max_drop_key, spec.max_drop)},
+                       max_drop={spec.metric: max_drop_of(e, spec.max_drop_key, spec.max_drop)},
                        speed_batch=int(e.get("speed_batch", 32)), speed_threads=int(e.get("speed_threads", 2)))

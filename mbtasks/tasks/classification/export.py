@@ -27,7 +27,7 @@ class ClassifierGraph(nn.Module):
 class ClassificationExport(TaskExport):
     metric = "top1"
     max_drop_key = "int8_max_drop_top1"
-    max_drop = 1.0  # points
+    max_drop = 0.01  # a fraction, as every metric: 1 point
     post_kind = "topk"
 
     def graph(self, task) -> ExportGraph:
@@ -58,9 +58,9 @@ class ClassificationExport(TaskExport):
         return {"probs": d}
 
     def evaluate(self, task, datamodule, runner, batches) -> float:
-        """Top-1 accuracy in % (torchmetrics, as the task logs ``val/acc_top1``)."""
+        """Top-1 accuracy, a fraction (torchmetrics, as the task logs ``val/acc_top1``)."""
         metric = task.val_metrics["acc_top1"].clone()
         metric.reset()
         for images, labels in batches:
             metric.update(torch.from_numpy(runner(images.numpy())[0]), labels)
-        return 100.0 * float(metric.compute())
+        return float(metric.compute())
