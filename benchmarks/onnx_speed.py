@@ -225,7 +225,7 @@ def main() -> None:
         variants = [None] + [[k.strip() for k in v.split(",") if k.strip()] for v in args.int8_exclude]
         rows, results["int8_vs_fp32"] = int8_speed(args.int8, variants, batch, args.threads, args.calibration_images)
         print_table(f"onnxruntime INT8 (QDQ) vs fp32 network graphs, batch {batch}, {args.threads} threads; metric on "
-                    "the checkpoint's validation split (top1 in %)",
+                    "the checkpoint's validation split (top1 as a fraction)",
                     ["checkpoint", "metric", "fp32", "int8", "drop", "fp32 img/s", "int8 img/s", "speed-up",
                      "targets met"], rows)
         write_results("onnx_speed_int8", results, args.out)
