@@ -437,6 +437,91 @@ def pairs_with_spaces(line: str) -> Callable[[Path], dict]:
     return run
 
 
+# --- issue 24 -------------------------------------------------------------------------------------------------
+
+def non_finite_checkpoint(value: float) -> Callable[[Path], None]:
+    def run(tmp: Path) -> None:
+        from mbtasks import checkpoint
+
+        path = fake_checkpoint(tmp / "bad.ckpt")
+        ckpt = torch.load(path, weights_only=True)
+        ckpt["state_dict"] = {"model.head.fc.weight": torch.tensor([1.0, value])}
+        torch.save(ckpt, path)
+        checkpoint.read(path)
+    return run
+
+
+def non_finite_pretrained(tmp: Path) -> None:
+    from mbtasks.backbones.mobilenet_v1 import MobileNetV1
+    from mbtasks.backbones.pretrained import load_pretrained
+
+    backbone = MobileNetV1(0.25)
+    state = backbone.state_dict()
+    name = next(k for k, v in state.items() if v.is_floating_point())
+    state[name] = torch.full_like(state[name], float("nan"))
+    torch.save(state, tmp / "weights.pth")
+    load_pretrained(MobileNetV1(0.25), str(tmp / "weights.pth"))
+
+
+def lfw_pairs(line: str) -> Callable[[Path], dict]:
+    def run(tmp: Path) -> dict:
+        from mbtasks.data.pairs import read_lfw_pairs
+
+        for n in (1, 2):
+            (tmp / "Ann").mkdir(exist_ok=True)
+            (tmp / "Ann" / f"Ann_{n:04d}.png").write_bytes(png_bytes())
+        (tmp / "pairs.txt").write_text(f"1 1\nAnn 1 2\n{line}\n")
+        read_lfw_pairs(tmp / "pairs.txt", tmp, num_folds=1)
+        return {}
+    return run
+
+
+def inference_options(device, batch_size) -> Callable[[Path], None]:
+    def run(tmp: Path) -> None:
+        from mbtasks.tasks.loading import check_inference_options
+
+        check_inference_options(device, batch_size)
+    return run
+
+
+def load_folder_without_checkpoints(tmp: Path) -> None:
+    from mbtasks.api import checkpoint_file
+
+    (tmp / "run").mkdir()
+    checkpoint_file(tmp / "run")
+
+
+def export_output(name: str) -> Callable[[Path], None]:
+    def run(tmp: Path) -> None:
+        from mbtasks.modes.export import check_output
+
+        (tmp / "run" / "checkpoints").mkdir(parents=True)
+        check_output(tmp / "run" / name)
+    return run
+
+
+def train_time_zero(tmp: Path) -> None:
+    from tests.conftest import run_mode
+
+    run_mode([f"data.root={tmp / 'missing'}", "data.generator=null", "train.time=0"], tmp / "run")
+
+
+def empty_array_image(tmp: Path) -> None:
+    import numpy as np
+
+    from mbtasks.inference.inputs import as_sources
+
+    as_sources([np.zeros((0, 0, 3), np.uint8)])[0].read()
+
+
+def float_array_out_of_range(tmp: Path) -> None:
+    import numpy as np
+
+    from mbtasks.inference.inputs import as_sources
+
+    as_sources([np.full((4, 4, 3), -3.0, np.float32)])[0].read()
+
+
 CASES = [
     Case("truncated JPEG", truncated_jpeg, counts={"samples": 5, "skipped": 1, "named": True}),
     Case("zero-byte file", zero_byte_file, counts={"samples": 5, "skipped": 1, "named": True}),
@@ -577,6 +662,28 @@ CASES = [
          counts={"pairs": [("Ann Lee_1.png", "Ann Lee_2.png")]}),
     Case("pairs file: names with an apostrophe", pairs_with_spaces("O'Brien_1.png O'Brien_2.png"),
          counts={"pairs": [("O'Brien_1.png", "O'Brien_2.png")]}),
+    Case("checkpoint with a NaN weight", non_finite_checkpoint(float("nan")), ConfigError,
+         r"bad\.ckpt: tensor model\.head\.fc\.weight holds NaN values"),
+    Case("checkpoint with an infinite weight", non_finite_checkpoint(float("inf")), ConfigError,
+         r"bad\.ckpt: tensor model\.head\.fc\.weight holds inf values"),
+    Case("backbone.pretrained= a state dict holding NaN", non_finite_pretrained, ConfigError,
+         r"backbone\.pretrained=.*weights\.pth: tensor .* holds NaN values"),
+    Case("pairs file: image number -1", lfw_pairs("Ann 1 -1"), DataError,
+         r"pairs\.txt:3: image number '-1': expected a whole number >= 0"),
+    Case("pairs file: identity '../secret'", lfw_pairs("../secret 1 2"), DataError,
+         r"pairs\.txt:3: identity '\.\./secret' is absolute or climbs out of"),
+    Case("mbtasks.load(device='tpu')", inference_options("tpu", 1), ConfigError,
+         r"device='tpu': not a device of this machine; expected one of \['cpu'"),
+    Case("mbtasks.load(batch_size=0)", inference_options("cpu", 0), ConfigError, r"batch_size=0: expected an integer >= 1"),
+    Case("mbtasks.load(<a folder without checkpoints>)", load_folder_without_checkpoints, ConfigError,
+         r"a folder without checkpoints/best\.ckpt or checkpoints/last\.ckpt"),
+    Case("export.output= the run's best.ckpt", export_output("checkpoints/best.ckpt"), ConfigError, r"best\.ckpt"),
+    Case("export.output= the run's config.yaml", export_output("config.yaml"), ConfigError, r"config\.yaml"),
+    Case("export.output= an existing folder", export_output("checkpoints"), ConfigError,
+         r"export\.output=.*checkpoints is a folder"),
+    Case("train.time=0", train_time_zero, ConfigError, r"train\.time=0: "),
+    Case("an image array with no pixels", empty_array_image, DataError, r"image_0: the image is empty \(0x0"),
+    Case("a float image array with negative values", float_array_out_of_range, DataError, r"image_0"),
 ]
 
 
