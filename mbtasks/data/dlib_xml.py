@@ -153,6 +153,8 @@ class DlibXmlDataModule(DetectionDataModule):
         test_xml: the test file; ``null`` tests on the validation split.
         default_label: class of boxes without a ``<label>`` (dlib's face sets have none).
         class_names: fix the classes and their order (default: the labels found in train, sorted).
+        eval_wider: val / test also report WIDER-style AP of the ``face`` class (``wider_ap_all``,
+            see :mod:`mbtasks.metrics.wider`) beside COCO's mAP.
         Other arguments: see :class:`DetectionDataModule`.
     """
 
@@ -164,6 +166,7 @@ class DlibXmlDataModule(DetectionDataModule):
         test_xml: str | None = "testing.xml",
         default_label: str = "face",
         class_names: Sequence[str] | None = None,
+        eval_wider: bool = True,
         image_size: int = 300,
         batch_size: int = 32,
         num_workers: int = 2,
@@ -179,6 +182,7 @@ class DlibXmlDataModule(DetectionDataModule):
         self.files = {"train": train_xml, "val": val_xml, "test": test_xml}
         self.default_label = str(default_label)
         self.fixed_class_names = list(class_names) if class_names else None
+        self.eval_wider = bool(eval_wider)
 
     def _load(self, split: str) -> list[ImageRecord]:
         path = self.root / self.files[split]

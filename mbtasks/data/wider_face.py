@@ -40,6 +40,7 @@ from mbtasks.data.detection import (
 from mbtasks.data.io import ImageReadError, inside_folder, is_image_file
 from mbtasks.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from mbtasks.errors import DataError
+from mbtasks.metrics.wider import WiderGroundTruth, read_wider_mat
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +161,11 @@ class WiderFaceDataModule(DetectionDataModule):
         val_ann / val_images: validation; ``null`` holds out ``val_fraction`` of train.
         test_ann / test_images: test; ``null`` tests on val.
         ignore_height: faces this many pixels tall or less are ignore regions (0: none by size).
+        eval_wider: val / test also report WIDER-style AP (``wider_ap_all``, see
+            :mod:`mbtasks.metrics.wider`) beside COCO's mAP.
+        wider_eval_dir: eval_tools' ``ground_truth/`` folder (``wider_face_val.mat`` and
+            ``wider_{easy,medium,hard}_val.mat``): adds the official ``wider_ap_easy/medium/hard``
+            (needs scipy). ``null``: only ``wider_ap_all``.
         Other arguments: see :class:`DetectionDataModule`.
     """
 
@@ -173,6 +179,8 @@ class WiderFaceDataModule(DetectionDataModule):
         test_ann: str | None = None,
         test_images: str | None = None,
         ignore_height: float = 10.0,
+        eval_wider: bool = True,
+        wider_eval_dir: str | None = None,
         image_size: int = 300,
         batch_size: int = 32,
         num_workers: int = 2,
@@ -188,6 +196,10 @@ class WiderFaceDataModule(DetectionDataModule):
         self.split_files = {"train": (train_ann, train_images), "val": (val_ann, val_images),
                             "test": (test_ann, test_images)}
         self.ignore_height = float(ignore_height)
+        self.eval_wider = bool(eval_wider)
+        self.wider_eval_dir = wider_eval_dir
+        # the official easy / medium / hard face lists, read at setup (a bad folder fails before training)
+        self.wider_ground_truth: WiderGroundTruth | None = None
 
     def _load(self, split: str) -> tuple[list[ImageRecord], AnnotationReport]:
         ann, images = self.split_files[split]
@@ -207,4 +219,13 @@ class WiderFaceDataModule(DetectionDataModule):
         else:
             train, val = split_off(train, self.val_fraction)
         test = self._load("test")[0] if self.split_files["test"][0] else val
+        if self.eval_wider and self.wider_eval_dir:
+            try:
+                self.wider_ground_truth = read_wider_mat(self.root / self.wider_eval_dir)
+            except DataError as err:
+                raise DataError(f"data.wider_eval_dir={self.wider_eval_dir}: {err}") from err
         return {"train": train, "val": val, "test": test}
+
+    def wider_keys(self, split: str) -> dict[int, tuple[str, str]]:
+        """Image id -> ``(event folder, file name without extension)``, the official .mat files' key."""
+        return {r.image_id: (r.path.parent.name, r.path.stem) for r in self.datasets[split].records}

@@ -1,4 +1,5 @@
-"""Object detection: SSD / SSDLite on a MobileNet backbone, COCO mAP through pycocotools.
+"""Object detection: SSD / SSDLite on a MobileNet backbone, COCO mAP through pycocotools
+(and WIDER FACE's AP on face data, :mod:`mbtasks.metrics.wider`).
 
 The LightningModule stays thin: the detector, its loss and post-processing are plain nn
 code in ``mbtasks.models.detection``; this file wires them to batches, logs and metrics.
@@ -6,6 +7,7 @@ code in ``mbtasks.models.detection``; this file wires them to batches, logs and 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 
 import torch
@@ -16,6 +18,7 @@ from mbtasks.backbones.base import Backbone
 from mbtasks.callbacks.plots import pr_figure
 from mbtasks.data.transforms import denormalize
 from mbtasks.metrics.coco import STAT_NAMES, CocoMeanAP, defined
+from mbtasks.metrics.wider import wider_stats
 from mbtasks.models.detection.box_coding import BoxCoder
 from mbtasks.models.detection.loss import SSDLoss
 from mbtasks.models.detection.postprocess import TOPK_CANDIDATES, to_original
@@ -26,9 +29,12 @@ from mbtasks.tasks.detection import health as detection_health
 from mbtasks.tasks.detection.spec import SPEC
 from mbtasks.tasks.finetune import FineTune
 
+log = logging.getLogger(__name__)
+
 
 class DetectionTask(BaseTask):
-    """SSD-style detector trained with the SSD loss, evaluated with COCO mAP.
+    """SSD-style detector trained with the SSD loss, evaluated with COCO mAP (and WIDER-style AP
+    when the data module's ``eval_wider`` asks for it: the dlib_xml and wider_face data).
 
     Args:
         backbone: any :class:`Backbone`; its maps (finest first) feed the head.
@@ -81,6 +87,7 @@ class DetectionTask(BaseTask):
         self.test_map = CocoMeanAP()
         self.log_images = log_images
         self._sample: tuple | None = None
+        self._wider_warned = False
 
     def model_step(self, batch):
         images, targets = batch
@@ -117,11 +124,34 @@ class DetectionTask(BaseTask):
         for k in STAT_NAMES:
             # pycocotools' -1 (no objects of that size) is logged as NaN: null in metrics.json, no plot panel
             self.log(f"{stage}/{k}", defined(float(stats[k])), prog_bar=k in ("map", "map_50"))
-        if stage == "val" and metric.rows is not None and not self.trainer.sanity_checking:
-            rows = [r.numpy() for r in metric.rows]
+        rows = [r.numpy() for r in metric.rows] if metric.rows is not None else None
+        if rows is not None:
+            # every rank holds all ranks' rows after compute(), so each logs the same numbers
+            for k, v in self.wider_aps(stage, rows).items():
+                self.log(f"{stage}/{k}", v)
+        if stage == "val" and rows is not None and not self.trainer.sanity_checking:
             self.set_health(detection_health.check(*rows, float(stats["map_50"]), health.facts_of(self)))
         metric.rows = None
         metric.reset()
+
+    def wider_aps(self, stage: str, rows: list) -> dict[str, float]:
+        """WIDER-style APs of the ``face`` class (:func:`~mbtasks.metrics.wider.wider_stats`) when the
+        data module asks for them (``eval_wider``: the dlib_xml and wider_face data), else nothing.
+        The official easy / medium / hard come with the data module's ``wider_ground_truth``."""
+        data = self.trainer.datamodule
+        if not getattr(data, "eval_wider", False):
+            return {}
+        names = self.class_names
+        label = names.index("face") if "face" in names else 0 if len(names) == 1 else None
+        if label is None:
+            if not self._wider_warned:
+                self._wider_warned = True
+                log.warning("data.eval_wider: WIDER-style AP is for one class, and none of %s is named 'face'; "
+                            "not computed (set data.eval_wider=false to silence this)", names)
+            return {}
+        official = getattr(data, "wider_ground_truth", None)
+        keys = data.wider_keys("val" if stage == "val" else data.test_split) if official is not None else None
+        return wider_stats(*rows, label, official, keys)
 
     def on_validation_epoch_end(self) -> None:
         self._log_map("val", self.val_map)
