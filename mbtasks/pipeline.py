@@ -277,7 +277,7 @@ def evaluate_on_coco(pipeline: Pipeline, annotations: str | Path, images: str | 
 
     Every ground-truth box is matched one-to-one to the highest-scoring kept detection with
     IoU >= ``iou_threshold``. Identification is closed-set (the nearest gallery identity must be
-    the true one) and, stricter, at the embedder's threshold (also accepted as known).
+    the true one) and, stricter, at the pipeline's 1:N threshold (also accepted as known).
 
     Returns:
         ``faces``, ``detection_recall``, ``chain_accuracy`` (correct identities among all

@@ -17,7 +17,8 @@ Several random gallery / unknown splits (``trials``) are pooled, so every identi
 
 False alarms grow with the gallery: a stranger is compared with every enrolled identity and
 only the nearest counts. A threshold chosen here holds for galleries of about ``gallery_size``
-identities; with independent identities, a gallery ``k`` times larger has a FAR of about
+identities (at most half the split's identities are enrolled, so that the other half, the
+strangers, are many people); with independent identities, a gallery ``k`` times larger has a FAR of about
 ``1 - (1 - FAR) ** k`` (:func:`far_for_gallery`).
 """
 
@@ -27,6 +28,9 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
+
+# fewer distinct strangers than this: the tail the threshold sits in is a few people's, noted
+FEW_STRANGERS = 10
 
 
 @dataclass
@@ -84,7 +88,8 @@ def open_set_splits(labels: np.ndarray, gallery_size: int, enrol: int = 2, trial
 
     Args:
         labels: ``(N,)`` identity of each image.
-        gallery_size: identities enrolled per trial (capped at the identities - 1: one stays unknown).
+        gallery_size: identities enrolled per trial, capped at half the identities, so that the
+            strangers, whose nearest distances set the threshold, are many people too.
         enrol: images enrolled per gallery identity (all of them when it has fewer); its other images
             are known queries.
         trials: how many splits.
@@ -97,7 +102,7 @@ def open_set_splits(labels: np.ndarray, gallery_size: int, enrol: int = 2, trial
     ids = np.unique(labels)
     if len(ids) < 2:
         return []
-    size = max(1, min(int(gallery_size), len(ids) - 1))
+    size = max(1, min(int(gallery_size), len(ids) // 2))
     members = {i: np.flatnonzero(labels == i) for i in ids.tolist()}
     rng = np.random.default_rng(seed)
     out = []
@@ -206,6 +211,11 @@ def evaluate_open_set(embeddings: np.ndarray, labels: np.ndarray, target_far: fl
     kd, kc, ud = np.concatenate(kd), np.concatenate(kc).astype(bool), np.concatenate(ud)
     size = len(np.unique(labels[splits[0].gallery]))
     notes = []
+    strangers = len(np.unique(labels)) - size
+    if strangers < FEW_STRANGERS:
+        notes.append(f"{strangers} stranger identities per trial ({len(np.unique(labels))} identities, {size} "
+                     "enrolled): the threshold rests on few people and may let far more strangers through on new "
+                     "ones (hold out more identities)")
     threshold = threshold_at_far(ud, target_far, kd)
     if len(ud) < math.ceil(1 / target_far - 1e-9):
         notes.append(f"the 1:N threshold for FAR {target_far:g} needs >= {math.ceil(1 / target_far - 1e-9)} "

@@ -58,8 +58,8 @@ class EmbeddingTask(BaseTask):
             queries through (given a gallery identity), measured on validation identities held out of
             the gallery (:mod:`mbtasks.metrics.open_set`).
         open_set_fars: false-alarm rates at which to report DIR (``val/dir_at_far_0.01`` ...).
-        open_set_gallery_size: identities enrolled per trial of that protocol (capped at the split's
-            identities - 1); the threshold holds for galleries of about this size.
+        open_set_gallery_size: identities enrolled per trial of that protocol (capped at half the
+            split's identities); the threshold holds for galleries of about this size.
         open_set_enrol: images enrolled per gallery identity (its other images are queries).
         open_set_trials: random gallery / unknown splits pooled.
         projector_identities / projector_images: the TensorBoard embedding projector shows
