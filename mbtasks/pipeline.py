@@ -137,14 +137,14 @@ class Pipeline:
         return found
 
     def check_detections(self, detections: list[Detections]) -> list[str]:
-        """Warnings about what the detector found on these photos: nothing at all, or as many boxes as
-        it may output on every photo (it finds everything)."""
+        """Warnings about what the detector found on these photos: nothing on any of several photos (one
+        photo may have no face), or as many boxes as it may output on every photo (it finds everything)."""
         if not detections:
             return []
         counts = [len(d) for d in detections]
         cap = getattr(self.detector.task.model, "max_detections", None)
         out = []
-        if not any(counts):
+        if len(counts) > 1 and not any(counts):
             out.append(f"detector_found_nothing: no detection scores >= {self.score_threshold:g} on any of the "
                        f"{len(counts)} photos (predict.score_threshold; the detector may be useless)")
         elif cap and min(counts) >= cap:

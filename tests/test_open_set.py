@@ -287,5 +287,6 @@ def test_pipeline_warns_about_useless_models_and_clusters(tmp_path, caplog):
     # the same crop in both photos lands in the same group
     assert [f.identity for f in groups[0].faces] == [f.identity for f in groups[1].faces]
     nothing = Pipeline(det, emb, score_threshold=0.99, device="cpu")
-    assert nothing.identify([photo], {"ann": [photo]})[0].faces == []
+    assert nothing.identify([photo], {"ann": [photo]})[0].faces == [] and not nothing.photo_warnings  # one photo
+    assert all(p.faces == [] for p in nothing.identify([photo, photo], {"ann": [photo]}))
     assert any("detector_found_nothing" in w for w in nothing.photo_warnings)
