@@ -33,13 +33,15 @@ def main() -> None:
     p.add_argument("--embedder", required=True, type=Path)
     p.add_argument("--root", type=Path, default=Path("data/synthetic_face_scenes"))
     p.add_argument("--split", default="test")
-    p.add_argument("--margin", type=float, default=0.0)
-    p.add_argument("--score-threshold", type=float, default=0.5)
+    # default: predict.crop_margin / predict.score_threshold, as the CLI (mbtasks.pipeline.pipeline_defaults)
+    p.add_argument("--margin", type=float, default=None)
+    p.add_argument("--score-threshold", type=float, default=None)
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
     pipeline = Pipeline(args.detector, args.embedder, margin=args.margin, score_threshold=args.score_threshold,
                         device="cpu")
     start = time.perf_counter()
+    args.margin, args.score_threshold = pipeline.margin, pipeline.score_threshold
     metrics = evaluate_on_coco(pipeline, args.root / "annotations" / f"instances_{args.split}.json",
                                args.root / args.split, args.root / "gallery")
     seconds = time.perf_counter() - start

@@ -1,12 +1,17 @@
 """Photos in, identities out: a detection checkpoint finds the faces (or any class), an embedding
 checkpoint tells who they are by their nearest gallery identity (FaceNet Sec. 1: detect, crop, embed).
 
-    pipeline = mbtasks.Pipeline("detector.ckpt", "embedder.ckpt", margin=0.0)
+    pipeline = mbtasks.Pipeline("detector.ckpt", "embedder.ckpt")
     for photo in pipeline.identify("photos/", gallery="gallery/"):
         print(photo.source, [(f.identity, f.distance) for f in photo.faces])
+    groups = pipeline.cluster("photos/")   # no gallery: faces grouped into person_1, person_2...
 
 ``mode=predict ckpt_path=<embedder> predict.detector=<detector> predict.input=photos/
 predict.gallery=gallery/`` runs the same code and writes ``identities.json`` and ``drawn/``.
+
+One source for every setting of the chain: what is not given to :class:`Pipeline` comes from the
+``predict`` section of ``conf/config.yaml`` (:func:`pipeline_defaults`), the same keys the CLI
+composes, and the identification threshold from the embedder checkpoint (its 1:N threshold).
 """
 
 from __future__ import annotations
@@ -18,18 +23,33 @@ from typing import Any
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 from PIL import Image
 from torchvision.ops import box_iou
 
+from mbtasks.config import CONFIG_DIR
 from mbtasks.data.io import read_rgb
 from mbtasks.errors import ConfigError, DataError
 from mbtasks.inference import Predictor
 from mbtasks.io import unique_name, write_json_atomic
 from mbtasks.results import Detections, Face, PhotoIdentities
 from mbtasks.tasks import load_predictor
-from mbtasks.tasks.embedding.predictor import Gallery
+from mbtasks.tasks.embedding.predictor import Gallery, cluster_embeddings, threshold_info
+from mbtasks.tasks.embedding.predictor import identify_threshold as identify_threshold_fn
 
 log = logging.getLogger(__name__)
+
+# Pipeline argument -> the predict.* key that holds its default (conf/config.yaml)
+PIPELINE_KEYS = {"margin": "crop_margin", "square": "crop_square", "score_threshold": "score_threshold",
+                 "classes": "detector_classes", "identify_threshold": "identify_threshold"}
+
+
+def pipeline_defaults() -> dict[str, Any]:
+    """The chain's defaults, read from ``conf/config.yaml``'s ``predict`` section: the one place both
+    ``mode=predict predict.detector=...`` and :class:`Pipeline` take them from."""
+    predict = OmegaConf.load(Path(CONFIG_DIR) / "config.yaml").predict
+    return {arg: OmegaConf.to_object(predict[key]) if OmegaConf.is_config(predict[key]) else predict[key]
+            for arg, key in PIPELINE_KEYS.items()}
 
 
 def crop_boxes(image: np.ndarray, boxes: np.ndarray, margin: float = 0.0, square: bool = True) -> list[np.ndarray]:
@@ -55,21 +75,32 @@ def crop_boxes(image: np.ndarray, boxes: np.ndarray, margin: float = 0.0, square
 
 
 class Pipeline:
-    """Detect, crop, embed, match against a gallery.
+    """Detect, crop, embed, match against a gallery (or :meth:`cluster` without one).
+
+    Every setting left ``None`` takes its default from :func:`pipeline_defaults` (``predict.*`` in
+    ``conf/config.yaml``, what the CLI uses), so the CLI and this class give the same answer.
 
     Args:
         detector: a detection checkpoint (path) or :class:`Predictor`.
         embedder: an embedding checkpoint (path) or :class:`Predictor`.
-        margin: crop margin, a fraction of the box side added on every side.
-        square: square crops (the longer box side).
-        score_threshold: detections below this score are not identified.
-        classes: detector class names to keep (default: all).
+        margin: crop margin, a fraction of the box side added on every side (``predict.crop_margin``).
+        square: square crops, the longer box side (``predict.crop_square``).
+        score_threshold: detections below this score are not identified (``predict.score_threshold``).
+        classes: detector class names to keep (``predict.detector_classes``; None: all).
         device: for checkpoints given as paths.
+        identify_threshold: squared L2 beyond which a face is ``"unknown"`` (``predict.identify_threshold``;
+            None: the embedder checkpoint's 1:N threshold).
     """
 
-    def __init__(self, detector: str | Path | Predictor, embedder: str | Path | Predictor, margin: float = 0.0,
-                 square: bool = True, score_threshold: float = 0.5, classes: list[str] | None = None,
-                 device: str | None = None) -> None:
+    def __init__(self, detector: str | Path | Predictor, embedder: str | Path | Predictor,
+                 margin: float | None = None, square: bool | None = None, score_threshold: float | None = None,
+                 classes: list[str] | None = None, device: str | None = None,
+                 identify_threshold: float | None = None) -> None:
+        given = {"margin": margin, "square": square, "score_threshold": score_threshold, "classes": classes,
+                 "identify_threshold": identify_threshold}
+        defaults = pipeline_defaults()
+        margin, square, score_threshold, classes, identify_threshold = (
+            defaults[k] if v is None else v for k, v in given.items())
         self.detector = detector if isinstance(detector, Predictor) else load_predictor(detector, device=device)
         self.embedder = embedder if isinstance(embedder, Predictor) else load_predictor(embedder, device=device)
         if self.embedder.task_name != "embedding":
@@ -86,6 +117,43 @@ class Pipeline:
                               f"it knows {self.detector.class_names}")
         self.margin, self.square, self.score_threshold = float(margin), bool(square), float(score_threshold)
         self.classes = set(classes) if classes else None
+        self.identify_threshold = identify_threshold_fn(self.embedder, identify_threshold)
+        self.warnings = self._model_warnings()
+        # what check_detections said about the last photos identified / clustered
+        self.photo_warnings: list[str] = []
+
+    def _model_warnings(self) -> list[str]:
+        """The two checkpoints' health warnings (logged by name when they were loaded), summed up once for
+        the chain: identities from a useless detector or embedder mean nothing."""
+        found = [f"{role} {model.checkpoint or ''}: {w.text()}".replace(" :", ":")
+                 for role, model in (("detector", self.detector), ("embedder", self.embedder))
+                 for w in getattr(model.task, "health", [])]
+        if found:
+            names = "; ".join(f"{role}: {', '.join(w.name for w in model.task.health)}"
+                              for role, model in (("detector", self.detector), ("embedder", self.embedder))
+                              if getattr(model.task, "health", []))
+            log.warning("Pipeline: the identities it gives may mean nothing, a model may be useless (%s; "
+                        "see the warnings above)", names)
+        return found
+
+    def check_detections(self, detections: list[Detections]) -> list[str]:
+        """Warnings about what the detector found on these photos: nothing on any of several photos (one
+        photo may have no face), or as many boxes as it may output on every photo (it finds everything)."""
+        if not detections:
+            return []
+        counts = [len(d) for d in detections]
+        cap = getattr(self.detector.task.model, "max_detections", None)
+        out = []
+        if len(counts) > 1 and not any(counts):
+            out.append(f"detector_found_nothing: no detection scores >= {self.score_threshold:g} on any of the "
+                       f"{len(counts)} photos (predict.score_threshold; the detector may be useless)")
+        elif cap and min(counts) >= cap:
+            out.append(f"detector_found_everything: every one of the {len(counts)} photos has {cap} detections "
+                       f"scoring >= {self.score_threshold:g}, the most it outputs: it finds everything (raise "
+                       "predict.score_threshold, or the detector is useless)")
+        for text in out:
+            log.warning("Pipeline: %s", text)
+        return out
 
     def detect(self, photos: Any, skipped: dict[str, str] | None = None) -> list[Detections]:
         """The detector's results kept for identification (score, class)."""
@@ -108,28 +176,74 @@ class Pipeline:
             gallery: identity folders ``<dir>/<identity>/<image>``, ``{identity: images}`` or a :class:`Gallery`.
         """
         gallery = self.embedder.gallery(gallery)
+        detections = self.detect(photos, skipped)
+        self.photo_warnings = self.check_detections(detections)
         out = []
-        for det in self.detect(photos, skipped):
+        for det in detections:
             image = det.image if det.image is not None else read_rgb(det.source)
             faces = self.embed_boxes(image, det.boxes, det.scores, gallery)
             out.append(PhotoIdentities(det.source, faces, det.image))
         return out
 
+    def crops(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+        """``(N, D)`` embeddings of the ``boxes`` of one image, cropped with the pipeline's margin."""
+        if not len(boxes):
+            return np.zeros((0, int(self.embedder.task.model.dim)), np.float32)
+        return self.embedder.embed(crop_boxes(image, boxes, self.margin, self.square))[1]
+
     def embed_boxes(self, image: np.ndarray, boxes: np.ndarray, scores: np.ndarray, gallery: Gallery) -> list[Face]:
-        """Crop, embed and match ``boxes`` of one image."""
+        """Crop, embed and match ``boxes`` of one image (``"unknown"`` beyond :attr:`identify_threshold`)."""
         if not len(boxes):
             return []
-        _, vectors = self.embedder.embed(crop_boxes(image, boxes, self.margin, self.square))
-        found = self.embedder.nearest(vectors, gallery, [""] * len(vectors))
+        vectors = self.crops(image, boxes)
+        found = self.embedder.nearest(vectors, gallery, [""] * len(vectors), self.identify_threshold)
         return [Face([float(v) for v in box], float(score), m.identity, m.distance, m.match, m.nearest)
                 for box, score, m in zip(boxes, scores, found, strict=True)]
+
+    def cluster(self, photos: Any, threshold: float | None = None,
+                skipped: dict[str, str] | None = None) -> list[PhotoIdentities]:
+        """Every kept detection of every photo grouped into identities without a gallery: agglomerative
+        clustering of the face embeddings (:func:`~mbtasks.tasks.embedding.predictor.cluster_embeddings`).
+
+        Each face's ``identity`` (and ``nearest``) is its group, ``person_1`` the largest; ``distance`` its
+        mean squared L2 distance to the group's other faces; ``match`` whether the group holds more than
+        one face.
+
+        Args:
+            photos: any input :meth:`Predictor.predict` takes.
+            threshold: squared L2 (default: the embedder's verification threshold: average linkage makes
+                a 1:1 decision between two groups).
+        """
+        detections = self.detect(photos, skipped)
+        self.photo_warnings = self.check_detections(detections)
+        vectors = []
+        for det in detections:
+            image = det.image if det.image is not None else read_rgb(det.source)
+            vectors.append(self.crops(image, det.boxes))
+        rows = np.concatenate(vectors) if vectors else np.zeros((0, 1), np.float32)
+        labels = cluster_embeddings(rows, self.embedder.threshold if threshold is None else float(threshold))
+        dist = np.maximum(2.0 - 2.0 * rows @ rows.T, 0.0) if len(rows) else np.zeros((0, 0))
+        out, start = [], 0
+        for det, v in zip(detections, vectors, strict=True):
+            faces = []
+            for i, (box, score) in enumerate(zip(det.boxes, det.scores, strict=True)):
+                row = start + i
+                mates = np.flatnonzero((labels == labels[row]) & (np.arange(len(labels)) != row))
+                name = f"person_{labels[row] + 1}"
+                spread = float(dist[row, mates].mean()) if len(mates) else 0.0
+                faces.append(Face([float(x) for x in box], float(score), name, spread, bool(len(mates)), name))
+            start += len(v)
+            out.append(PhotoIdentities(det.source, faces, det.image))
+        return out
 
 
 def write_predictions(pipeline: Pipeline, cfg, files: list[Path], run_dir: Path) -> dict:
     """``mode=predict`` with ``predict.detector``: ``identities.json`` and ``drawn/<photo>``.
 
     ``identities.json``: ``{"photos": [{"file", "faces": [{"box" x1y1x2y2, "score", "identity"
-    ("unknown" above the threshold), "nearest", "distance", "match"}]}], "threshold", ...}``.
+    ("unknown" above the threshold), "nearest", "distance", "match"}]}], "threshold" (1:N),
+    "threshold_source" (open_set | verification | predict.identify_threshold), "verification_threshold",
+    "score_threshold", "crop_margin", "warnings", ...}``.
     """
     if not cfg.predict.get("gallery"):
         raise ConfigError("predict.detector needs predict.gallery=DIR (identity folders <dir>/<identity>/<image>)")
@@ -141,10 +255,12 @@ def write_predictions(pipeline: Pipeline, cfg, files: list[Path], run_dir: Path)
     used: set[str] = set()
     for i, photo in enumerate(photos):
         photo.save(drawn / unique_name(used, Path(photo.source).name, i))
-    out = {"photos": [p.to_dict() for p in photos], "threshold": pipeline.embedder.threshold,
+    out = {"photos": [p.to_dict() for p in photos], **threshold_info(pipeline.embedder, pipeline.identify_threshold),
            "distance": "squared_l2", "detector": str(pipeline.detector.checkpoint),
            "embedder": str(pipeline.embedder.checkpoint), "gallery": str(cfg.predict.gallery),
-           "crop_margin": pipeline.margin, "score_threshold": pipeline.score_threshold, "skipped": skipped}
+           "crop_margin": pipeline.margin, "crop_square": pipeline.square,
+           "score_threshold": pipeline.score_threshold, "skipped": skipped,
+           "warnings": pipeline.warnings + pipeline.photo_warnings}
     write_json_atomic(run_dir / "identities.json", out)
     for path, reason in skipped.items():
         log.warning("skipped %s: %s", path, reason)
@@ -161,7 +277,7 @@ def evaluate_on_coco(pipeline: Pipeline, annotations: str | Path, images: str | 
 
     Every ground-truth box is matched one-to-one to the highest-scoring kept detection with
     IoU >= ``iou_threshold``. Identification is closed-set (the nearest gallery identity must be
-    the true one) and, stricter, at the embedder's threshold (also accepted as known).
+    the true one) and, stricter, at the pipeline's 1:N threshold (also accepted as known).
 
     Returns:
         ``faces``, ``detection_recall``, ``chain_accuracy`` (correct identities among all

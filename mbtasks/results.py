@@ -110,7 +110,8 @@ class Verification:
 
 @dataclass
 class Identity:
-    """The nearest gallery identity of one query; ``identity`` is ``"unknown"`` above the threshold.
+    """The nearest gallery identity of one query; ``identity`` is ``"unknown"`` above the 1:N threshold
+    (the embedder checkpoint's open-set threshold, or ``predict.identify_threshold``).
 
     Attributes:
         nearest: the nearest gallery identity, whatever its distance.
@@ -133,7 +134,13 @@ class Identity:
 
 @dataclass
 class Face:
-    """One detected object / face of a photo with its identity (``box`` x1y1x2y2 original pixels)."""
+    """One detected object / face of a photo with its identity (``box`` x1y1x2y2 original pixels).
+
+    From :meth:`Pipeline.identify`: ``identity`` is the nearest gallery identity, or ``"unknown"`` when
+    its ``distance`` (squared L2) is above the 1:N threshold (``match`` False). From
+    :meth:`Pipeline.cluster`: ``identity`` is the face's group (``person_1``...), ``distance`` its mean
+    distance to the group's other faces and ``match`` whether the group has other faces.
+    """
 
     box: list[float]
     score: float

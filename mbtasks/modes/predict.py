@@ -31,8 +31,10 @@ def run(cfg: DictConfig, run_dir: Path, overrides=()) -> dict:
     files = collect_inputs(cfg.predict.input) if cfg.predict.get("input") else []
     run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.predict.get("detector"):
+        # predict.* holds the chain's defaults; Pipeline(...) reads the same keys (pipeline_defaults)
         pipeline = Pipeline(predictor_for(cfg.predict.detector, cfg), model, float(cfg.predict.crop_margin),
                             bool(cfg.predict.crop_square), float(cfg.predict.score_threshold),
-                            list(cfg.predict.detector_classes or []) or None)
+                            list(cfg.predict.detector_classes or []) or None,
+                            identify_threshold=cfg.predict.get("identify_threshold"))
         return write_predictions(pipeline, cfg, files, run_dir)
     return model.write(cfg, files, run_dir)

@@ -9,7 +9,12 @@
   checkpoint's threshold.
 - ``predict.gallery=DIR``: identity folders ``DIR/<identity>/<image>``; every
   ``predict.input`` image (the queries) gets its nearest gallery image's identity and
-  distance, and ``match`` (distance <= threshold) in ``gallery.json``.
+  distance, and ``match`` (distance <= the 1:N threshold, else ``"unknown"``) in ``gallery.json``.
+
+Two thresholds: pairs use the 1:1 verification threshold; a gallery search (nearest of M
+identities) uses the checkpoint's open-set (1:N) threshold, chosen on validation identities held
+out of the gallery for ``task.open_set_far`` (:mod:`mbtasks.metrics.open_set`), or
+``predict.identify_threshold`` when given.
 """
 
 from __future__ import annotations
@@ -21,12 +26,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+from sklearn.cluster import AgglomerativeClustering
 
 from mbtasks.data.faces import scan_identities
 from mbtasks.errors import ConfigError, DataError
 from mbtasks.inference import Predictor, as_sources
 from mbtasks.io import write_json_atomic
+from mbtasks.metrics.open_set import far_for_gallery
 from mbtasks.results import Embedding, Identity, Verification
 
 log = logging.getLogger(__name__)
@@ -53,8 +60,37 @@ class EmbeddingPredictor(Predictor):
 
     @property
     def threshold(self) -> float:
-        """The verification threshold on squared L2 distances chosen on validation pairs."""
+        """The 1:1 verification threshold on squared L2 distances chosen on validation pairs."""
         return float(self.task.threshold)
+
+    @property
+    def identify_threshold(self) -> float:
+        """The 1:N threshold a gallery search applies: the checkpoint's open-set threshold; a checkpoint
+        written before it existed falls back to the verification threshold, with a warning (once)."""
+        if self.threshold_source == "open_set":
+            return float(self.task.open_set_threshold)
+        if not getattr(self, "_fallback_warned", False):
+            self._fallback_warned = True
+            log.warning("%s has no 1:N (open-set) threshold (written before it existed): gallery searches use the "
+                        "1:1 verification threshold %.3g, which lets more strangers through as the gallery grows; "
+                        "retrain (or fine-tune) to store one, or set predict.identify_threshold",
+                        self.checkpoint or "this embedder", self.threshold)
+        return self.threshold
+
+    @property
+    def threshold_source(self) -> str:
+        """Where :attr:`identify_threshold` comes from: ``open_set`` or ``verification`` (the fallback)."""
+        return "open_set" if float(getattr(self.task, "open_set_threshold", -1.0)) >= 0 else "verification"
+
+    @property
+    def open_set_gallery_size(self) -> int:
+        """The gallery size (identities) the 1:N threshold was chosen at (0: not stored)."""
+        return int(getattr(self.task, "open_set_gallery", 0))
+
+    @property
+    def open_set_far(self) -> float:
+        """The false-alarm rate the 1:N threshold was chosen for."""
+        return float(getattr(self.task, "open_set_far", float("nan")))
 
     def predict(self, inputs: Any, skipped: dict[str, str] | None = None) -> list[Embedding]:
         """One :class:`~mbtasks.results.Embedding` (``vector``, unit length) per readable image."""
@@ -90,11 +126,26 @@ class EmbeddingPredictor(Predictor):
         done, vectors = self.embed(sources, skipped if skipped is not None else {})
         if not done:
             raise DataError(f"{spec if not isinstance(spec, dict) else 'gallery'}: no readable gallery image")
-        return Gallery([owner[id(s)] for s in done], [s.name for s in done], vectors)
+        gallery = Gallery([owner[id(s)] for s in done], [s.name for s in done], vectors)
+        self._check_gallery_size(gallery)
+        return gallery
 
-    def nearest(self, vectors: np.ndarray, gallery: Gallery, names: list[str]) -> list[Identity]:
-        """Each row's nearest gallery image; ``"unknown"`` when farther than the threshold."""
-        threshold = self.threshold
+    def _check_gallery_size(self, gallery: Gallery) -> None:
+        """Warn when the gallery is much larger than the one the 1:N threshold was chosen at."""
+        size, chosen = len(set(gallery.identities)), self.open_set_gallery_size
+        if self.threshold_source == "open_set" and chosen and size > 2 * chosen:
+            log.warning("the gallery holds %d identities; %s's 1:N threshold %.3g was chosen for %d (false-alarm rate "
+                        "%g): strangers are compared with every identity, so expect a false-alarm rate of about %.2g "
+                        "(retrain with task.open_set_gallery_size=%d, given as many validation identities, or set a "
+                        "lower predict.identify_threshold)", size, self.checkpoint or "the embedder",
+                        self.identify_threshold, chosen, self.open_set_far,
+                        far_for_gallery(self.open_set_far, chosen, size), size)
+
+    def nearest(self, vectors: np.ndarray, gallery: Gallery, names: list[str],
+                threshold: float | None = None) -> list[Identity]:
+        """Each row's nearest gallery image; ``"unknown"`` when farther than ``threshold`` (default: the
+        1:N :attr:`identify_threshold`)."""
+        threshold = self.identify_threshold if threshold is None else float(threshold)
         # squared L2 of unit vectors: 2 - 2 cos
         dist = np.clip(2.0 - 2.0 * vectors @ gallery.vectors.T, 0.0, 4.0)
         out = []
@@ -105,21 +156,63 @@ class EmbeddingPredictor(Predictor):
         return out
 
     def identify(self, images: Any, gallery: str | Path | dict[str, Any] | Gallery,
-                 skipped: dict[str, str] | None = None) -> list[Identity]:
-        """The nearest gallery identity of each image (``"unknown"`` above the threshold).
+                 skipped: dict[str, str] | None = None, threshold: float | None = None) -> list[Identity]:
+        """The nearest gallery identity of each image (``"unknown"`` above the 1:N threshold).
 
         Args:
             images: query images (any input :meth:`predict` takes).
             gallery: a folder ``<dir>/<identity>/<image>``, ``{identity: images}``, or a :class:`Gallery`
                 from :meth:`gallery` (embedded once, reused).
+            threshold: squared L2 (default: :attr:`identify_threshold`).
         """
         gallery = self.gallery(gallery)
         done, vectors = self.embed(images, skipped)
-        return self.nearest(vectors, gallery, [s.name for s in done])
+        return self.nearest(vectors, gallery, [s.name for s in done], threshold)
+
+    def cluster(self, images: Any, threshold: float | None = None,
+                skipped: dict[str, str] | None = None) -> dict[str, list[str]]:
+        """Group images into identities without a gallery (:func:`cluster_embeddings`).
+
+        Args:
+            images: any input :meth:`predict` takes.
+            threshold: squared L2 (default: the verification :attr:`threshold`).
+
+        Returns:
+            ``{"person_1": [sources], ...}``, the largest group first.
+        """
+        done, vectors = self.embed(images, skipped)
+        labels = cluster_embeddings(vectors, self.threshold if threshold is None else float(threshold))
+        groups: dict[str, list[str]] = {}
+        for source, label in zip(done, labels, strict=True):
+            groups.setdefault(f"person_{label + 1}", []).append(source.name)
+        return groups
 
     def write(self, cfg: DictConfig, files: list[Path], run_dir: Path) -> dict:
         """``mode=predict``: the outputs asked for by ``predict.input`` / ``predict.pairs`` / ``predict.gallery``."""
         return write_predictions(self, cfg, files, run_dir)
+
+
+def cluster_embeddings(vectors: np.ndarray, threshold: float) -> np.ndarray:
+    """Agglomerative clustering (scikit-learn) of ``(N, D)`` embeddings into identities.
+
+    Average linkage on squared L2 distances: two groups merge while the mean distance of their
+    image pairs is below ``threshold``, a 1:1 "same person?" decision made on whole groups (hence
+    the verification threshold by default; the stricter 1:N threshold gives fewer false merges).
+
+    Returns:
+        ``(N,)`` int cluster of each row, numbered by size (0: the largest group).
+    """
+    vectors = np.asarray(vectors, np.float64)
+    if len(vectors) < 2:
+        return np.zeros(len(vectors), np.int64)
+    dist = np.maximum((vectors**2).sum(1)[:, None] + (vectors**2).sum(1)[None, :] - 2 * vectors @ vectors.T, 0)
+    found = AgglomerativeClustering(n_clusters=None, metric="precomputed", linkage="average",
+                                    distance_threshold=max(float(threshold), 1e-12)).fit_predict(dist)
+    sizes = np.bincount(found)
+    order = sorted(range(len(sizes)), key=lambda c: (-sizes[c], int(np.flatnonzero(found == c)[0])))
+    rank = np.empty(len(sizes), np.int64)
+    rank[order] = np.arange(len(sizes))
+    return rank[found]
 
 
 def embed_files(model: EmbeddingPredictor, files: list[Path], skipped: dict[str, str]) -> tuple[list[Path], np.ndarray]:
@@ -211,7 +304,8 @@ def write_predictions(model: EmbeddingPredictor, cfg: DictConfig, files: list[Pa
         write_json_atomic(run_dir / "pairs.json", out["pairs"])
         log.info("wrote %d pair decisions to %s", len(out["pairs"]["pairs"]), run_dir / "pairs.json")
     if gallery_dir:
-        out["gallery"] = _predict_gallery(model, gallery_dir, embedded, emb, threshold)
+        out["gallery"] = _predict_gallery(model, gallery_dir, embedded, emb, identify_threshold(
+            model, OmegaConf.select(cfg, "predict.identify_threshold", default=None)))
         write_json_atomic(run_dir / "gallery.json", out["gallery"])
         log.info("wrote nearest identities of %d queries to %s", len(embedded), run_dir / "gallery.json")
     for path, reason in skipped.items():
@@ -237,12 +331,34 @@ def _predict_pairs(model: EmbeddingPredictor, pairs_file, threshold: float) -> d
     return {"threshold": threshold, "pairs": results, "skipped": skipped}
 
 
+def identify_threshold(model: EmbeddingPredictor, given: Any = None) -> float:
+    """The 1:N threshold of a gallery search: ``given`` (``predict.identify_threshold``) when set, else the
+    checkpoint's (:attr:`EmbeddingPredictor.identify_threshold`)."""
+    if given is None:
+        return model.identify_threshold
+    if isinstance(given, bool) or not isinstance(given, int | float) or not 0 <= float(given) <= 4:
+        raise ConfigError(f"predict.identify_threshold={given!r}: expected a squared-L2 distance in [0, 4] "
+                          "(null: the checkpoint's 1:N threshold)")
+    return float(given)
+
+
+def threshold_info(model: EmbeddingPredictor, threshold: float) -> dict:
+    """What the outputs say about the 1:N threshold applied: its value, where it comes from, the
+    verification threshold, and the gallery size and FAR it was chosen for."""
+    source = model.threshold_source if threshold == model.identify_threshold else "predict.identify_threshold"
+    info = {"threshold": threshold, "threshold_source": source, "verification_threshold": model.threshold}
+    if source == "open_set":
+        info.update(open_set_far=model.open_set_far, open_set_gallery_size=model.open_set_gallery_size)
+    return info
+
+
 def _predict_gallery(model: EmbeddingPredictor, gallery_dir, queries: list[Path], query_emb: np.ndarray,
                      threshold: float) -> dict:
     skipped: dict[str, str] = {}
     gallery = model.gallery(gallery_dir, skipped)
-    found = model.nearest(query_emb, gallery, [str(q) for q in queries]) if len(queries) else []
-    results = [{"file": r.source, "identity": r.nearest, "distance": round(r.distance, 6), "match": r.match,
-                "nearest_file": r.nearest_file} for r in found]
-    return {"threshold": threshold, "gallery": str(gallery_dir), "gallery_identities": len(set(gallery.identities)),
-            "gallery_images": len(gallery), "queries": results, "skipped": skipped}
+    found = model.nearest(query_emb, gallery, [str(q) for q in queries], threshold) if len(queries) else []
+    results = [{"file": r.source, "identity": r.identity, "nearest": r.nearest, "distance": round(r.distance, 6),
+                "match": r.match, "nearest_file": r.nearest_file} for r in found]
+    return {**threshold_info(model, threshold), "gallery": str(gallery_dir),
+            "gallery_identities": len(set(gallery.identities)), "gallery_images": len(gallery), "queries": results,
+            "skipped": skipped}

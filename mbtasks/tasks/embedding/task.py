@@ -1,8 +1,9 @@
 """FaceNet-style embeddings (Schroff et al. 2015, arXiv:1503.03832): a unit-length embedding
 trained with a triplet loss and online semi-hard negative mining over P x K batches
 (pytorch-metric-learning), evaluated by verification on held-out identities with the LFW
-protocol; optionally ArcFace (Deng et al. 2019, arXiv:1801.07698) instead of triplets, and
-distillation from a teacher's embeddings (MobileNet V1 paper, Sec. 4.7).
+protocol and by open-set (1:N) identification against a gallery with strangers (DIR@FAR,
+:mod:`mbtasks.metrics.open_set`); optionally ArcFace (Deng et al. 2019, arXiv:1801.07698)
+instead of triplets, and distillation from a teacher's embeddings (MobileNet V1 paper, Sec. 4.7).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from mbtasks.backbones.base import Backbone
 from mbtasks.callbacks.plots import verification_figures
 from mbtasks.data.transforms import denormalize
 from mbtasks.errors import ConfigError
+from mbtasks.metrics.open_set import OpenSetResult, dir_key, evaluate_open_set, rates_at
 from mbtasks.metrics.verification import VerificationMetric, VerificationResult, far_key, roc_figure
 from mbtasks.models.embedding import EmbeddingNet, build_embedding_head
 from mbtasks.tasks import health
@@ -63,6 +65,14 @@ class EmbeddingTask(BaseTask):
         distill_weight: weight of the distillation loss added to the metric loss.
         flip_tta: evaluate and predict with image + mirror image embeddings summed.
         fars: false accept rates at which to report TAR.
+        open_set_far: the 1:N (open-set) threshold checkpoints store lets this fraction of strangers'
+            queries through (given a gallery identity), measured on validation identities held out of
+            the gallery (:mod:`mbtasks.metrics.open_set`).
+        open_set_fars: false-alarm rates at which to report DIR (``val/dir_at_far_0.01`` ...).
+        open_set_gallery_size: identities enrolled per trial of that protocol (capped at half the
+            split's identities); the threshold holds for galleries of about this size.
+        open_set_enrol: images enrolled per gallery identity (its other images are queries).
+        open_set_trials: random gallery / unknown splits pooled.
         projector_identities / projector_images: the TensorBoard embedding projector shows
             this many test identities with up to this many images each (0 disables).
     """
@@ -96,6 +106,11 @@ class EmbeddingTask(BaseTask):
         distill_weight: float = 1.0,
         flip_tta: bool = True,
         fars: tuple[float, ...] = (1e-3, 1e-4),
+        open_set_far: float = 0.01,
+        open_set_fars: tuple[float, ...] = (0.01, 0.1),
+        open_set_gallery_size: int = 20,
+        open_set_enrol: int = 2,
+        open_set_trials: int = 10,
         projector_identities: int = 10,
         projector_images: int = 8,
     ) -> None:
@@ -114,9 +129,25 @@ class EmbeddingTask(BaseTask):
                                   teacher_pretrained) if teacher else None)
         self.flip_tta = flip_tta
         self.fars = tuple(float(f) for f in fars)
+        for key, value in (("open_set_far", open_set_far), *(("open_set_fars", f) for f in open_set_fars)):
+            if not 0 < float(value) < 1:
+                raise ConfigError(f"task.{key}={value}: expected a false-alarm rate in (0, 1), e.g. 0.01")
+        for key, value in (("open_set_gallery_size", open_set_gallery_size), ("open_set_enrol", open_set_enrol),
+                           ("open_set_trials", open_set_trials)):
+            if int(value) < 1:
+                raise ConfigError(f"task.{key}={value}: expected a whole number >= 1")
+        self.open_set_far, self.open_set_fars = float(open_set_far), tuple(float(f) for f in open_set_fars)
+        self.open_set_gallery_size, self.open_set_enrol = int(open_set_gallery_size), int(open_set_enrol)
+        self.open_set_trials = int(open_set_trials)
         self.projector_identities, self.projector_images = projector_identities, projector_images
         # The verification threshold chosen on validation pairs; checkpoints carry it to predict.
         self.register_buffer("threshold", torch.tensor(1.0))
+        # The 1:N threshold (nearest gallery identity accepted at most this far) chosen on validation
+        # identities for task.open_set_far, and the gallery size it was chosen at. -1: not chosen (a
+        # checkpoint written before it existed: predict falls back to the verification threshold; not
+        # NaN, which checkpoint readers refuse as a diverged run).
+        self.register_buffer("open_set_threshold", torch.tensor(-1.0))
+        self.register_buffer("open_set_gallery", torch.tensor(0))
         self._eval_embeddings: dict[int, torch.Tensor] = {}
         self.eval_store = VerificationMetric()  # gathers every rank's embeddings under DDP
         self._thumbnails: dict[int, torch.Tensor] = {}
@@ -134,6 +165,12 @@ class EmbeddingTask(BaseTask):
             raise RuntimeError("the embedding task evaluates on verification pairs: pass a FacesDataModule "
                                "(mbtasks.data.faces) as the trainer's datamodule")
         return datamodule.pair_set(split)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # checkpoints written before the 1:N threshold existed load with it unset (-1)
+        for name in ("open_set_threshold", "open_set_gallery"):
+            state_dict.setdefault(prefix + name, getattr(self, name).clone())
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def task_args(self) -> dict:
         return {"teacher_dim": self.distill.teacher_dim} if self.distill is not None else {}
@@ -207,6 +244,26 @@ class EmbeddingTask(BaseTask):
                 log.info("%s verification: %s", split, note)
         return verified.result, verified.distances, verified.same
 
+    def _open_set(self, split: str) -> OpenSetResult | None:
+        """The open-set protocol on this epoch's embeddings of ``split``'s labelled images."""
+        pair_set = self._pair_set(split)
+        if not self._eval_embeddings:
+            return None
+        idx = sorted(self._eval_embeddings)
+        result = evaluate_open_set(torch.stack([self._eval_embeddings[i] for i in idx]).numpy(),
+                                   np.asarray(pair_set.labels)[idx], self.open_set_far, self.open_set_fars,
+                                   self.open_set_gallery_size, self.open_set_enrol, self.open_set_trials)
+        if result is None:
+            return None
+        for note in result.notes:
+            if f"{split}: {note}" not in self._noted:
+                self._noted.add(f"{split}: {note}")
+                log.info("%s open-set identification: %s", split, note)
+        for far, value in result.dir_at_far.items():
+            self.log(f"{split}/{dir_key(far)}", float("nan") if value is None else float(value))
+        self.log(f"{split}/identification_rank1", result.rank1)
+        return result
+
     def _log_result(self, split: str, result: VerificationResult, threshold: float) -> None:
         metrics = {
             "verification_acc": result.accuracy,
@@ -239,6 +296,12 @@ class EmbeddingTask(BaseTask):
         if self.trainer.sanity_checking:
             return
         evaluated = self._evaluate("val")
+        open_set = self._open_set("val")
+        if open_set is not None:
+            self.open_set_threshold.fill_(open_set.threshold)
+            self.open_set_gallery.fill_(open_set.gallery_size)
+            self.log("val/open_set_threshold", open_set.threshold)
+            self.log("val/open_set_far", open_set.far)
         if evaluated is not None:
             result, distances, same = evaluated
             self.threshold.fill_(result.threshold)
@@ -264,6 +327,14 @@ class EmbeddingTask(BaseTask):
         self._log_result("test", result, threshold)
         self.log("test/accuracy_at_threshold", float(np.mean((distances <= threshold) == same)))
         self.log("test/protocol_threshold", float(np.mean(result.fold_thresholds)))
+        open_set = self._open_set("test")
+        if open_set is not None and float(self.open_set_threshold) >= 0:
+            # the stored (validation-chosen) 1:N threshold on the test identities: what predict gives
+            stored = float(self.open_set_threshold)
+            dir_, far = rates_at(stored, open_set.known_distance, open_set.known_correct, open_set.unknown_distance)
+            self.log("test/open_set_threshold", stored)
+            self.log("test/open_set_far", far)
+            self.log("test/dir_at_threshold", dir_)
         self._log_projector("test", self._pair_set("test"))
 
     def _log_projector(self, split: str, pair_set) -> None:
