@@ -1,4 +1,4 @@
-"""The offline face-detector recipe (``experiment=face_detector``) from three kinds of training data,
+"""The offline face-detector recipe (``experiment=face_detector_photos``) from three kinds of training data,
 each tested on dlib's ``testing.xml`` (5 group photos, 25 faces) that no variant trains or picks on:
 
 - ``pasted``: composed scenes only (ORL faces pasted into photos without faces, ``data.real=null``);
@@ -65,7 +65,7 @@ def main() -> None:
         run_dir = (a.runs / f"{stamp}-{variant}").resolve()
         run_dir.mkdir(parents=True, exist_ok=True)
         start = time.time()
-        run(["experiment=face_detector", *data, *VARIANTS[variant], f"train.time={a.time}",
+        run(["experiment=face_detector_photos", *data, *VARIANTS[variant], f"train.time={a.time}",
              f"backbone.pretrained={a.pretrained}", f"hydra.run.dir={run_dir}", *a.extra], run_dir / "train.log")
         train_s = time.time() - start
         test_dir = run_dir / "test_dlib"

@@ -178,7 +178,8 @@ def test_two_step_detection_train_through_the_cli(tmp_path):
 def test_face_detector_recipe_composes(tmp_path):
     from mbtasks.config import validate
 
-    cfg = compose_cfg(["experiment=face_detector"])
+    cfg = compose_cfg(["experiment=face_detector_photos", f"data.faces={tmp_path}", f"data.backgrounds=[{tmp_path}]",
+                       f"data.real={tmp_path / 'dlib_faces'}"])
     validate(cfg)
     assert cfg.data._target_.endswith("FacePasteDataModule") and cfg.head.anchors.aspect_ratios == [[]]
     assert cfg.head.anchors.min_ratio * cfg.data.image_size == pytest.approx(16)

@@ -137,5 +137,4 @@ def test_face_detector_recipe_composes():
 
     cfg = compose_cfg(["experiment=face_detector"])
     validate(cfg)
-    # the recipe trains on pasted real faces (tests/test_face_paste.py); the synthetic scenes stay a data= option
-    assert cfg.data._target_.endswith("FacePasteDataModule") and cfg.head.anchors.aspect_ratios == [[]]
+    assert cfg.data.generator._target_.endswith("make_face_scenes") and cfg.head.anchors.aspect_ratios == [[]]
