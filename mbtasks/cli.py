@@ -8,6 +8,7 @@ other user mistake, instead of Hydra's text and exit code 1.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -20,11 +21,12 @@ from hydra.errors import (
     MissingConfigException,
     OverrideParseException,
 )
-from omegaconf import DictConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
 
-from mbtasks import weights_cli
+from mbtasks import search, weights_cli
 from mbtasks.config import CONFIG_DIR, unknown_key
-from mbtasks.errors import UserError, suggest
+from mbtasks.errors import NonFiniteLossError, UserError, suggest
 from mbtasks.modes.run import claim_run_dir, dispatch
 
 log = logging.getLogger("mbtasks")
@@ -34,13 +36,21 @@ log = logging.getLogger("mbtasks")
 _STATE = {"started": False}
 
 
-def _run(cfg: DictConfig) -> None:
+def _run(cfg: DictConfig) -> float | None:
+    """Run ``cfg.mode``; with ``optimized_metric`` (``hparams_search=...``) return the trial's
+    validation score to the sweeper (:func:`mbtasks.search.objective`)."""
     _STATE["started"] = True
     hc = HydraConfig.get()
+    maximize = str(OmegaConf.select(hc, "sweeper.direction", default="maximize")).endswith("maximize")
     try:
         run_dir = claim_run_dir(cfg, Path(hc.runtime.output_dir))
-        dispatch(cfg, run_dir, list(hc.overrides.task))
+        metrics = dispatch(cfg, run_dir, list(hc.overrides.task))
+        return search.objective(cfg, run_dir, metrics, maximize)
     except (UserError, InstantiationException, FileNotFoundError) as err:
+        if isinstance(err, NonFiniteLossError) and cfg.get("optimized_metric") and hc.mode == RunMode.MULTIRUN:
+            # a diverging trial (LR too high) is a result, the worst one: the search goes on
+            log.warning("trial diverged, scored as the worst: %s", err)
+            return -math.inf if maximize else math.inf
         if os.environ.get("MBTASKS_DEBUG"):
             raise
         if isinstance(err, InstantiationException) and isinstance(err.__cause__, UserError):
@@ -71,6 +81,9 @@ def command_line_error(err: HydraException, argv: list[str]) -> str:
     """One line for an error Hydra raised while composing the config from ``argv``."""
     if isinstance(err, MissingConfigException) and err.options and "/" in str(err.missing_cfg_file):
         group, _, choice = str(err.missing_cfg_file).rpartition("/")
+        if group == "hydra/sweeper" and choice == "optuna":  # hparams_search=... without its plugin
+            return ("hparams_search needs Hydra's Optuna sweeper plugin: pip install 'mbtasks[search]' "
+                    "(or pip install hydra-optuna-sweeper)")
         item = _given(argv, group) or f"{group}={choice}"
         return (f"{item}: no such {group} option; choose one of {', '.join(err.options)}."
                 f"{suggest(choice, err.options)}")

@@ -18,7 +18,7 @@ LAYERS = {
     "mbtasks.callbacks": 2, "mbtasks.inference": 2,
     "mbtasks.tasks": 3,
     "mbtasks.modes": 4, "mbtasks.config": 4, "mbtasks.resume": 4, "mbtasks.pipeline": 4,
-    "mbtasks.pretraining": 4,
+    "mbtasks.pretraining": 4, "mbtasks.search": 4,
     "mbtasks.api": 5, "mbtasks.__main__": 5, "mbtasks": 5,  # "mbtasks": the package's __init__
 }
 # the same layer, kept apart: nn code and data do not know each other

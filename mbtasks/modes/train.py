@@ -62,9 +62,11 @@ def run(cfg: DictConfig, run_dir: Path, overrides=()) -> dict:
     if checkpoint.best_model_score is not None:
         metrics[f"{task.monitor}_best"] = checkpoint.best_model_score
     best = checkpoint.best_model_path or checkpoint.last_model_path or None
-    trainer.test(task, datamodule=datamodule, ckpt_path=best, weights_only=True)
-    metrics.update({k: v for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
-    metrics["test/split"] = test_split
+    # train.test_after=false (set by hparams_search: trials are scored on validation): no final test
+    if OmegaConf.select(cfg, "train.test_after", default=True):
+        trainer.test(task, datamodule=datamodule, ckpt_path=best, weights_only=True)
+        metrics.update({k: v for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
+        metrics["test/split"] = test_split
     metrics["warnings"] = health.report(task)  # the tested checkpoint's validation health checks
     skipped = datamodule.skipped()
     if skipped:
