@@ -88,7 +88,7 @@ def test_misspelled_keys_get_the_nearest_key():
     assert "Did you mean 'seed'?" in composition_error(["sed=1"])
     assert "Did you mean 'task'?" in composition_error(["taks=detection"])
     assert composition_error(["backbone=mobilenet_v9"]).startswith(
-        "backbone=mobilenet_v9: no such backbone option; choose one of mobilenet_v1, mobilenet_v2, timm.")
+        "backbone=mobilenet_v9: no such backbone option; choose one of mobilefacenet, mobilenet_v1, mobilenet_v2, timm.")
     assert composition_error(["trainer.max_epochs=["]).startswith("trainer.max_epochs=[: cannot parse it: ")
 
 

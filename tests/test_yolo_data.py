@@ -192,7 +192,7 @@ def test_train_test_predict_on_yolo_data_through_the_cli(tmp_path):
     assert tested["test/map"] == pytest.approx(metrics["test/map"], abs=1e-6)
     run_mode(["mode=predict", f"ckpt_path={ckpt}", f"predict.input={yaml_file.parent / 'images' / 'test'}",
               "predict.score_threshold=0.0"], tmp_path / "predict")
-    detections = json.loads((tmp_path / "predict" / "detections.json").read_text())
+    detections = json.loads((tmp_path / "predict" / "predictions.json").read_text())
     # predictions carry the YOLO class ids (0, 1), not COCO's 1, 3
     assert detections and {d["category_id"] for d in detections} <= {0, 1}
     assert all(d["category_name"] == ["circle", "square"][d["category_id"]] for d in detections)
