@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --upgrade pip
 	# torch/torchvision first: on the project machines they come from local disk
 	$(PY) -m pip install torch==2.14.1 torchvision==0.29.1 || $(PY) -m pip install "torch>=2.4" "torchvision>=0.19"
-	$(PY) -m pip install -e ".[dev]"
+	$(PY) -m pip install -e ".[dev,stream]"
 	touch $(STAMP)
 
 run: $(STAMP)
