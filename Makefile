@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	# torch/torchvision first: on the project machines they come from local disk
 	$(PY) -m pip install torch==2.14.1 torchvision==0.29.1 || $(PY) -m pip install "torch>=2.4" "torchvision>=0.19"
 	# the optional features' extras too, so that their tests run
-	$(PY) -m pip install -e ".[dev,search]"
+	$(PY) -m pip install -e ".[dev,search,stream]"
 	touch $(STAMP)
 
 run: $(STAMP)

@@ -18,6 +18,7 @@ outputs/<task>/<date>/<time>/ (config.yaml, metrics.json, checkpoints/, tensorbo
 
 usage: python -m mbtasks [key=value ...]        (or: mbtasks [key=value ...])
        python -m mbtasks weights list|where|convert ...   published ImageNet weights
+       python -m mbtasks shards write IMAGEFOLDER DST       LitData shards for data=shards
 
 tasks (task=)
   classification   ImageNet-style classifier; data=imagefolder: DIR/{{train,val[,test]}}/<class>/<image>
@@ -64,7 +65,7 @@ the full config
 
 def main() -> None:
     argv = sys.argv[1:]
-    if argv[:1] != ["weights"]:
+    if argv[:1] not in (["weights"], ["shards"]):
         if any(arg in ("-h", "--help") for arg in argv):
             print(HELP, end="")
             return

@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mbtasks import search, weights_cli
 from mbtasks.config import CONFIG_DIR, unknown_key
+from mbtasks.data import shards
 from mbtasks.errors import NonFiniteLossError, UserError, suggest
 from mbtasks.modes.run import claim_run_dir, dispatch
 
@@ -124,6 +125,8 @@ def main() -> None:
     argv = sys.argv[1:]
     if argv[:1] == ["weights"]:
         sys.exit(weights_cli.main(argv[1:]))
+    if argv[:1] == ["shards"]:
+        sys.exit(shards.main(argv[1:]))
     # Hydra then raises its errors instead of printing its own text and exiting with 1.
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:

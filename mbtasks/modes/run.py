@@ -40,7 +40,10 @@ _CLAIMS: dict[Path, RunDirLock] = {}
 
 
 def _is_ddp_child() -> bool:
-    return int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0")) or 0) > 0
+    """Any rank but the first: started by Lightning / torchrun (LOCAL_RANK, RANK), srun (SLURM_PROCID), or on
+    another node (NODE_RANK, torchrun's GROUP_RANK), where Lightning starts local rank 0 without a RANK."""
+    keys = ("LOCAL_RANK", "RANK", "SLURM_PROCID", "NODE_RANK", "GROUP_RANK")
+    return any(int(os.environ.get(key, "0") or 0) > 0 for key in keys)
 
 
 def claim_run_dir(cfg: DictConfig, run_dir: Path) -> Path:
