@@ -26,6 +26,7 @@ from pathlib import Path
 
 import common  # noqa: F401 - first: sets OMP_WAIT_POLICY before torch loads
 from common import REPO, RESULTS, print_table, write_results
+from real_data import majority_rate
 
 from mbtasks.callbacks.epoch_log import read_epoch_log
 
@@ -70,7 +71,7 @@ PLAN: dict[str, tuple[dict[str, tuple[str, int]], str, dict[str, list[str]]]] = 
 BACKBONE = {"classification": ["backbone=mobilenet_v2"], "detection": [], "embedding": []}
 
 
-COLUMNS = ["task", "set", "recipe", "val last", "val best", "vals", "steps", "wall s"]
+COLUMNS = ["task", "set", "recipe", "val last", "val best", "majority", "vals", "steps", "wall s"]
 
 
 def run(task: str, name: str, group: str, size: int, budget: str, extra: list[str], run_dir: Path) -> dict:
@@ -104,6 +105,8 @@ def main() -> None:
         for name, (group, size) in sets.items():
             if args.sets and name not in args.sets.split(","):
                 continue
+            # classification: what always answering the most frequent class scores on the same split
+            majority = majority_rate(name) if task == "classification" else None
             for cand, extra in candidates.items():
                 if args.candidates and cand not in args.candidates.split(","):
                     continue
@@ -112,10 +115,11 @@ def main() -> None:
                 vals = [e[key] for e in r["epochs"] if key in e]
                 last, best = (vals[-1], max(vals)) if vals else (float("nan"), float("nan"))
                 steps = max((e.get("step", 0) for e in r["epochs"]), default=0)
-                rows.append([task, name, cand, f"{last:.3f}", f"{best:.3f}", str(len(vals)), str(steps),
+                rows.append([task, name, cand, f"{last:.3f}", f"{best:.3f}",
+                             "-" if majority is None else f"{majority:.3f}", str(len(vals)), str(steps),
                              f"{r['wall_s']:.0f}"])
                 records.append({"task": task, "set": name, "size": size, "candidate": cand, "overrides": extra,
-                                "metric": key, "last": last, "best": best, "validations": len(vals),
+                                "metric": key, "last": last, "best": best, "majority_val": majority, "validations": len(vals),
                                 "steps": steps, "wall_s": r["wall_s"], "run_dir": str(run_dir)})
                 print(" | ".join(rows[-1]), flush=True)
                 write_results("finetune_recipes", {"budget": args.budget, "runs": records},
