@@ -107,7 +107,10 @@ def test_trainers_compose(name):
 
 @pytest.mark.parametrize("name", options("data"))
 def test_data_groups_compose(name, tmp_path):
-    cfg = compose_cfg([f"data={name}", f"data.root={tmp_path}"])
+    # face_paste has no root: its folders are data.faces and data.backgrounds
+    where = ([f"data.faces={tmp_path}", f"data.backgrounds=[{tmp_path}]"] if name == "face_paste"
+             else [f"data.root={tmp_path}"])
+    cfg = compose_cfg([f"data={name}", *where])
     assert cfg.data._target_ and cfg.data.image_size % 32 == 0
     OmegaConf.to_container(cfg.data, resolve=True)
 

@@ -139,6 +139,7 @@ def det_ckpt(tmp_path_factory):
     return run_dir / "checkpoints" / "last.ckpt"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt, suffix", [("onnx", ".onnx"), ("torchscript", ".pt")])
 def test_detection_export_with_shipped_postprocess(det_ckpt, tmp_path, fmt, suffix):
     from mbtasks.export.postprocess import detections_from_outputs
@@ -259,6 +260,7 @@ def test_end_to_end_mismatch_keeps_nothing(cls_ckpt, tmp_path, monkeypatch):
     assert list(tmp_path.glob("classification.*")) == [] and not leftovers(tmp_path)
 
 
+@pytest.mark.slow
 def test_metadata_never_overwrites_an_unrelated_json(cls_ckpt, tmp_path):
     mine = tmp_path / "model.json"
     mine.write_text('{"my": "settings"}')
@@ -326,6 +328,7 @@ def readme_deploy_examples() -> list[str]:
     return [block.split("\n", 1)[1] for block in section.split("```")[1::2] if block.startswith("python\n")]
 
 
+@pytest.mark.slow
 def test_readme_deploy_examples_run_as_written(cls_ckpt, det_ckpt, emb_ckpt, tmp_path):
     """The README's Deploy examples, run in a clean interpreter beside the three exports: they print
     the export's answers and import neither mbtasks nor torch."""

@@ -14,8 +14,9 @@ TASKS = {"classification": ("cls_ckpt", "top1"), "detection": ("det_ckpt", "map_
          "embedding": ("emb_ckpt", "verification_accuracy")}
 
 
-@pytest.mark.parametrize(("name", "end_to_end"), [("classification", True), ("classification", False),
-                                                  ("detection", True), ("embedding", True), ("embedding", False)])
+@pytest.mark.parametrize(("name", "end_to_end"), [
+    ("classification", True), ("classification", False),
+    pytest.param("detection", True, marks=pytest.mark.slow), ("embedding", True), ("embedding", False)])
 def test_int8_export_records_metric_and_speed(name, end_to_end, request, tmp_path):
     fixture, metric = TASKS[name]
     task, train_cfg = load_task(request.getfixturevalue(fixture))
@@ -35,6 +36,7 @@ def test_int8_export_records_metric_and_speed(name, end_to_end, request, tmp_pat
     assert leftovers(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_int8_float_tail_keeps_post_processing_float(det_ckpt):  # noqa: F811
     """Box decoding (Exp) and the softmax come after the last conv: never quantized."""
     from mbtasks.export.quantize import excluded_nodes, float_tail
@@ -61,6 +63,7 @@ def test_int8_metric_drop_refused_keeps_nothing(cls_ckpt, tmp_path):  # noqa: F8
     assert leftovers(tmp_path) == [] and not out.exists()
 
 
+@pytest.mark.slow
 def test_int8_cli_refusal_exits_2(cls_ckpt, tmp_path):  # noqa: F811
 
     out = tmp_path / "m.onnx"
@@ -72,6 +75,7 @@ def test_int8_cli_refusal_exits_2(cls_ckpt, tmp_path):  # noqa: F811
     assert "int8 refused" in proc.stderr + proc.stdout and not out.exists()
 
 
+@pytest.mark.slow
 def test_int8_exclude_keeps_op_type_float(cls_ckpt, tmp_path):  # noqa: F811
     task, train_cfg = load_task(cls_ckpt)
     kw = dict(end_to_end=False, quantize="int8", calibration_images=4, max_drop={"top1": 100.0}, speed_batch=2)
@@ -94,6 +98,7 @@ def test_int8_exclude_keeps_op_type_float(cls_ckpt, tmp_path):  # noqa: F811
         export_task(task, train_cfg, tmp_path / "x.pt", "torchscript", quantize="int8")
 
 
+@pytest.mark.slow
 def test_int8_bad_keys_are_refused_by_name(cls_ckpt, tmp_path):  # noqa: F811
     import subprocess
     import sys
@@ -108,6 +113,7 @@ def test_int8_bad_keys_are_refused_by_name(cls_ckpt, tmp_path):  # noqa: F811
     assert not (tmp_path / "m.onnx").exists()
 
 
+@pytest.mark.slow
 def test_int8_default_keeps_the_embeddings_last_layer_float(emb_ckpt, cls_ckpt, tmp_path):  # noqa: F811
     # export.int8_exclude=null (the default): the task's measured choice; [] quantizes everything
     def kept(ckpt, name, **extra):

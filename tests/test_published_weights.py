@@ -114,6 +114,7 @@ def test_named_classifier_refused_as_a_training_start(no_published_weights, tmp_
         run_mode(["ckpt_path=mobilenet_v1_0.25:imagenet"], tmp_path)
 
 
+@pytest.mark.slow
 def test_auto_is_from_scratch_on_synthetic_data_or_without_weights(no_published_weights, tiny_shapes, tmp_path,
                                                                       caplog):
     common = [f"data.root={tiny_shapes}", "data.image_size=32", "backbone.width=0.25", "trainer.max_epochs=1",
@@ -168,6 +169,7 @@ def test_recipe_off_and_explicit_imagenet_without_weights(no_published_weights, 
     assert cfg.backbone.act == "relu6"  # what the weights need still applies
 
 
+@pytest.mark.slow
 def test_weights_cli_converts_a_torchvision_file_into_the_cache(no_published_weights, tmp_path):
     src = tv_file(tmp_path / "elsewhere")
     out = subprocess.run([sys.executable, "-m", "mbtasks", "weights", "convert", str(src)], capture_output=True,
