@@ -290,3 +290,17 @@ def test_pipeline_warns_about_useless_models_and_clusters(tmp_path, caplog):
     assert nothing.identify([photo], {"ann": [photo]})[0].faces == [] and not nothing.photo_warnings  # one photo
     assert all(p.faces == [] for p in nothing.identify([photo, photo], {"ann": [photo]}))
     assert any("detector_found_nothing" in w for w in nothing.photo_warnings)
+
+
+def test_export_metadata_carries_both_thresholds():
+    from mbtasks.tasks import build_task
+    from mbtasks.tasks.embedding.export import thresholds
+    from tests.conftest import compose_cfg
+    from tests.test_margin_losses import INFO
+
+    task = build_task(compose_cfg(["task=embedding", "backbone.width=0.25", "data.image_size=32"]), INFO)
+    assert thresholds(task) == {"verification": 1.0}  # no 1:N threshold stored (an old checkpoint)
+    task.threshold.fill_(0.9)
+    task.open_set_threshold.fill_(0.5)
+    task.open_set_gallery.fill_(20)
+    assert thresholds(task) == {"verification": pytest.approx(0.9), "identification": 0.5, "identification_gallery": 20}

@@ -41,8 +41,9 @@ class EmbeddingExport(TaskExport):
         graph = EmbeddingGraph(task.model, flip).eval()
         return ExportGraph(graph, graph.output_names, {
             "outputs": {"embeddings": "(N, D) L2-normalised embeddings"}, "flip_tta": flip,
-            "thresholds": {"verification": float(task.threshold)},
-            "distance": "squared L2: same identity when distance <= thresholds.verification"})
+            "thresholds": thresholds(task),
+            "distance": "squared L2: same identity when distance <= thresholds.verification; a gallery "
+                        "search answers unknown beyond thresholds.identification (1:N)"})
 
     def e2e_details(self, post: dict) -> dict:
         return {"outputs": {"embeddings": "(N, D) L2-normalised embeddings"}}
@@ -63,3 +64,12 @@ class EmbeddingExport(TaskExport):
             raise ConfigError("export.quantize=int8: fewer than 2 validation pairs with readable images to measure "
                               "verification accuracy on")
         return float(verified.result.accuracy)
+
+
+def thresholds(task) -> dict:
+    """The checkpoint's decision thresholds: 1:1 verification, and the 1:N gallery one when it stores it
+    (older checkpoints hold -1 there: a gallery search then uses the verification threshold)."""
+    out = {"verification": float(task.threshold)}
+    if float(task.open_set_threshold) >= 0:
+        out.update(identification=float(task.open_set_threshold), identification_gallery=int(task.open_set_gallery))
+    return out
