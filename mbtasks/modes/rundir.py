@@ -34,7 +34,9 @@ def is_rank_zero() -> bool:
     Under DDP every rank runs the mode; files other than checkpoints (which Lightning saves on
     rank 0) are written by rank 0 only, into the one run dir Lightning passes to every rank.
     """
-    return getattr(rank_zero_only, "rank", 0) == 0
+    # before the Trainer sets rank_zero_only.rank, another node's first process has only NODE_RANK / GROUP_RANK
+    other_node = any(int(os.environ.get(key, "0") or 0) > 0 for key in ("NODE_RANK", "GROUP_RANK"))
+    return getattr(rank_zero_only, "rank", 0) == 0 and not other_node
 
 
 def to_float_dict(metrics: Mapping) -> dict[str, float | str | None]:
