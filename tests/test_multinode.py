@@ -3,8 +3,6 @@ MASTER_ADDR / MASTER_PORT, gloo on CPU), launched by the env-variable recipe scr
 
 from __future__ import annotations
 
-import pytest
-
 import json
 import os
 import socket
@@ -12,6 +10,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import pytest
 
 from tests.conftest import TINY_CLASSES, compose_cfg
 
