@@ -20,6 +20,12 @@ PALETTE = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f
            "#fabed4", "#469990", "#dcbeff", "#9a6324", "#800000", "#aaffc3", "#808000", "#000075"]
 
 
+def _significant(x: float) -> float:
+    """Seven significant digits (all a float32 distance holds): decimal places would turn a tiny distance
+    into its threshold and contradict ``match``."""
+    return float(f"{x:.7g}")
+
+
 def draw_boxes(image: np.ndarray, boxes: np.ndarray, texts: list[str], colours: list[str]) -> Image.Image:
     """``image`` (H, W, 3) uint8 with ``boxes`` (N, 4) x1y1x2y2 pixels drawn and labelled."""
     pixels = torch.from_numpy(np.array(image, np.uint8)).permute(2, 0, 1)  # a copy: PIL arrays are read-only
@@ -129,7 +135,7 @@ class Identity:
 
     def to_dict(self) -> dict:
         return {"file": self.source, "identity": self.identity, "nearest": self.nearest,
-                "distance": round(self.distance, 6), "match": self.match, "nearest_file": self.nearest_file}
+                "distance": _significant(self.distance), "match": self.match, "nearest_file": self.nearest_file}
 
 
 @dataclass
@@ -151,7 +157,7 @@ class Face:
 
     def to_dict(self) -> dict:
         return {"box": [round(v, 2) for v in self.box], "score": round(self.score, 5), "identity": self.identity,
-                "nearest": self.nearest, "distance": round(self.distance, 6), "match": self.match}
+                "nearest": self.nearest, "distance": _significant(self.distance), "match": self.match}
 
 
 @dataclass

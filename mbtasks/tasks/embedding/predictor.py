@@ -357,8 +357,7 @@ def _predict_gallery(model: EmbeddingPredictor, gallery_dir, queries: list[Path]
     skipped: dict[str, str] = {}
     gallery = model.gallery(gallery_dir, skipped)
     found = model.nearest(query_emb, gallery, [str(q) for q in queries], threshold) if len(queries) else []
-    results = [{"file": r.source, "identity": r.identity, "nearest": r.nearest, "distance": round(r.distance, 6),
-                "match": r.match, "nearest_file": r.nearest_file} for r in found]
+    results = [r.to_dict() for r in found]
     return {**threshold_info(model, threshold), "gallery": str(gallery_dir),
             "gallery_identities": len(set(gallery.identities)), "gallery_images": len(gallery), "queries": results,
             "skipped": skipped}
