@@ -17,14 +17,19 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(PY) -m mbtasks $(ARGS)
 
+LINTED := mbtasks tests benchmarks scripts
+
 test: $(STAMP)
+	$(VENV)/bin/ruff format --check $(LINTED)
+	$(VENV)/bin/ruff check $(LINTED)
 	$(PY) -m pytest -q $(ARGS)
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q -m "slow or not slow" $(ARGS)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check mbtasks tests benchmarks
+	$(VENV)/bin/ruff format --check $(LINTED)
+	$(VENV)/bin/ruff check $(LINTED)
 
 clean:
 	rm -rf $(VENV) outputs multirun

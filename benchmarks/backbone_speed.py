@@ -52,6 +52,7 @@ def infer_fn(model: nn.Module, x: torch.Tensor, bf16: bool = False):
         ctx = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
         with torch.inference_mode(), ctx:
             model(x)
+
     return run
 
 
@@ -66,6 +67,7 @@ def train_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, bf16: bool = Fa
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+
     return run
 
 
@@ -81,8 +83,13 @@ def compare_references(batch: int, train_batch: int, warmup: int, repeats: int) 
         for stage, times, b in (("inference", infer, batch), ("train step", train, train_batch)):
             o, r = b / times[ours], b / times[ref]
             rows.append([f"{stage}: {ours} vs {ref}", o, r, o / r])
-            out[f"{stage} {ours} vs {ref}"] = {"ours_img_s": o, "reference_img_s": r, "ratio": o / r,
-                                                 "batch": b, "target_ratio": 1.0}
+            out[f"{stage} {ours} vs {ref}"] = {
+                "ours_img_s": o,
+                "reference_img_s": r,
+                "ratio": o / r,
+                "batch": b,
+                "target_ratio": 1.0,
+            }
     return rows, out
 
 
@@ -97,19 +104,26 @@ def fast_path(batch: int, train_batch: int, warmup: int, repeats: int, compile_:
     folded = v1().eval()
     fold_batchnorm(folded)
     folded = folded.to(memory_format=torch.channels_last)
-    fns = {"eager fp32": infer_fn(eager, x), "channels_last fp32": infer_fn(nhwc, x),
-           "channels_last + bf16": infer_fn(nhwc, x, bf16=True),
-           "channels_last + bf16 + BN folded": infer_fn(folded, x, bf16=True)}
+    fns = {
+        "eager fp32": infer_fn(eager, x),
+        "channels_last fp32": infer_fn(nhwc, x),
+        "channels_last + bf16": infer_fn(nhwc, x, bf16=True),
+        "channels_last + bf16 + BN folded": infer_fn(folded, x, bf16=True),
+    }
     if compile_:
         compiled = torch.compile(v1().eval().to(memory_format=torch.channels_last))
         fns["channels_last + bf16 + compile"] = infer_fn(compiled, x, bf16=True)
     infer = time_rounds(fns, warmup, repeats)
     xt, yt = torch.randn(train_batch, 3, SIZE, SIZE), torch.randint(0, 1000, (train_batch,))
-    train = time_rounds({
-        "eager fp32": train_fn(v1().train(), xt, yt),
-        "channels_last fp32": train_fn(v1().train().to(memory_format=torch.channels_last), xt, yt),
-        "channels_last + bf16": train_fn(v1().train().to(memory_format=torch.channels_last), xt, yt, bf16=True),
-    }, warmup, repeats)
+    train = time_rounds(
+        {
+            "eager fp32": train_fn(v1().train(), xt, yt),
+            "channels_last fp32": train_fn(v1().train().to(memory_format=torch.channels_last), xt, yt),
+            "channels_last + bf16": train_fn(v1().train().to(memory_format=torch.channels_last), xt, yt, bf16=True),
+        },
+        warmup,
+        repeats,
+    )
     rows, out = [], {}
     base_i, base_t = infer["eager fp32"], train["eager fp32"]
     for k, t in infer.items():
@@ -136,14 +150,21 @@ def main() -> None:
     refs, fast = None, None
     if args.only != "fast-path":
         rows, refs = compare_references(batch, train_batch, warmup, repeats)
-        print_table(f"MobileNets at {SIZE}x{SIZE}, {args.threads} threads (img/s, median of {repeats})",
-                    ["comparison", "ours img/s", "reference img/s", "ratio"], rows)
+        print_table(
+            f"MobileNets at {SIZE}x{SIZE}, {args.threads} threads (img/s, median of {repeats})",
+            ["comparison", "ours img/s", "reference img/s", "ratio"],
+            rows,
+        )
     if args.only != "references":
         rows, fast = fast_path(batch, train_batch, warmup, repeats, args.compile)
-        print_table(f"Fast path, our V1 1.0-{SIZE} (img/s, median of {repeats})", ["variant", "img/s", "x eager fp32"],
-                    rows)
-    write_results("backbone_speed", {"quick": args.quick, "image_size": SIZE, "repeats": repeats,
-                                     "references": refs, "fast_path": fast}, args.out)
+        print_table(
+            f"Fast path, our V1 1.0-{SIZE} (img/s, median of {repeats})", ["variant", "img/s", "x eager fp32"], rows
+        )
+    write_results(
+        "backbone_speed",
+        {"quick": args.quick, "image_size": SIZE, "repeats": repeats, "references": refs, "fast_path": fast},
+        args.out,
+    )
 
 
 if __name__ == "__main__":

@@ -79,10 +79,17 @@ def machine() -> dict:
     import timm
     import torchvision
 
-    info = {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(), "loadavg": load,
-            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-            "torch": torch.__version__, "torchvision": torchvision.__version__, "timm": timm.__version__,
-            "python": platform.python_version()}
+    info = {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "loadavg": load,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "timm": timm.__version__,
+        "python": platform.python_version(),
+    }
     try:
         import onnxruntime
 

@@ -46,8 +46,16 @@ REAL_SETS = {
     "fruits_voc": ("fruits_voc", ["task=detection", "data=voc"]),
     "raccoon_voc": ("raccoon_voc", ["task=detection", "data=voc"]),
     "orl_faces": ("orl_faces", ["task=embedding", "data=faces", "data.val_identities=6", "data.test_identities=10"]),
-    "yalefaces": ("yalefaces", ["task=embedding", "data=faces", "data.val_identities=3", "data.test_identities=4",
-                                "data.identities_per_batch=8"]),
+    "yalefaces": (
+        "yalefaces",
+        [
+            "task=embedding",
+            "data=faces",
+            "data.val_identities=3",
+            "data.test_identities=4",
+            "data.identities_per_batch=8",
+        ],
+    ),
 }
 
 
@@ -137,11 +145,19 @@ def main() -> None:
     p.add_argument("--tasks", nargs="+", default=["classification", "detection", "embedding"])
     p.add_argument("--real", action="store_true", help="the shared real sets instead of the synthetic defaults")
     p.add_argument("--sets", nargs="+", default=list(REAL_SETS), choices=list(REAL_SETS), help="with --real")
-    p.add_argument("--datasets-dir", type=Path,
-                   default=Path(os.environ.get("MBTASKS_SHARED_DATASETS", Path(__file__).resolve().parents[2]
-                                               / "shared" / "datasets")))
-    p.add_argument("--decode", choices=["both", "reduced", "full"], default="both",
-                   help="loader with reduced-size JPEG decoding, full-size decoding, or both (interleaved)")
+    p.add_argument(
+        "--datasets-dir",
+        type=Path,
+        default=Path(
+            os.environ.get("MBTASKS_SHARED_DATASETS", Path(__file__).resolve().parents[2] / "shared" / "datasets")
+        ),
+    )
+    p.add_argument(
+        "--decode",
+        choices=["both", "reduced", "full"],
+        default="both",
+        help="loader with reduced-size JPEG decoding, full-size decoding, or both (interleaved)",
+    )
     p.add_argument("--decode-images", type=int, default=60, help="files timed in the decode-only measurement")
     p.add_argument("--decode-only", action="store_true", help="only the decode measurement (no loader, no step)")
     p.add_argument("overrides", nargs="*", help="extra config overrides (e.g. data.num_workers=1)")
@@ -151,8 +167,15 @@ def main() -> None:
     batches = 5 if args.quick else 20
     rounds = 1 if args.quick else 2
     modes = ["reduced", "full"] if args.decode == "both" else [args.decode]
-    runs = ({name: [f"data.root={args.datasets_dir / folder}", *extra] for name, (folder, extra) in REAL_SETS.items()
-             if name in args.sets} if args.real else {name: [f"task={name}"] for name in args.tasks})
+    runs = (
+        {
+            name: [f"data.root={args.datasets_dir / folder}", *extra]
+            for name, (folder, extra) in REAL_SETS.items()
+            if name in args.sets
+        }
+        if args.real
+        else {name: [f"task={name}"] for name in args.tasks}
+    )
     rows, out = [], {}
     for name, base in runs.items():
         cfg = compose([*base, *args.overrides])
@@ -161,13 +184,28 @@ def main() -> None:
         ds, files = train_split(datamodule)
         side, eval_side = decode_side(datamodule.train_transforms), decode_side(datamodule.eval_transforms)
         files = files[: args.decode_images]
-        decode = decode_throughput(files, {"full": 0, "reduced": side, "reduced_eval": eval_side}, 3 if args.quick else 7)
+        decode = decode_throughput(
+            files, {"full": 0, "reduced": side, "reduced_eval": eval_side}, 3 if args.quick else 7
+        )
         del datamodule, ds
         if args.decode_only:
-            rows.append([name, f"{side} / {eval_side}", decode["full"], decode["reduced"],
-                         decode["reduced"] / decode["full"], decode["reduced_eval"] / decode["full"]])
-            out[name] = {"overrides": base, "decode_side": side, "eval_decode_side": eval_side,
-                         "decode_images": len(files), "decode_img_s": decode}
+            rows.append(
+                [
+                    name,
+                    f"{side} / {eval_side}",
+                    decode["full"],
+                    decode["reduced"],
+                    decode["reduced"] / decode["full"],
+                    decode["reduced_eval"] / decode["full"],
+                ]
+            )
+            out[name] = {
+                "overrides": base,
+                "decode_side": side,
+                "eval_decode_side": eval_side,
+                "decode_images": len(files),
+                "decode_img_s": decode,
+            }
             continue
         loader, batch = measure_loaders(cfg, modes, batches, rounds)
         task = build_task(cfg, instantiate(cfg.data).info)
@@ -175,32 +213,86 @@ def main() -> None:
         best = loader.get("reduced", loader.get("full"))
         backbone = cfg.backbone._target_.rsplit(".", 1)[-1]
         n, workers = len(batch[0]), int(cfg.data.num_workers)
-        rows.append([name, f"{backbone} {cfg.backbone.width} @{cfg.data.image_size}", n, workers,
-                     f"{side} / {eval_side}", decode["full"], decode["reduced"], decode["reduced"] / decode["full"],
-                     decode["reduced_eval"] / decode["full"],
-                     loader.get("full", float("nan")), loader.get("reduced", float("nan")),
-                     loader["reduced"] / loader["full"] if len(loader) == 2 else float("nan"), step_s, best / step_s])
-        out[name] = {"overrides": base, "backbone": backbone, "width": cfg.backbone.width,
-                     "image_size": int(cfg.data.image_size), "batch_size": n, "num_workers": workers,
-                     "decode_side": side, "eval_decode_side": eval_side, "decode_images": len(files),
-                     "decode_img_s": decode, "decode_speedup": decode["reduced"] / decode["full"],
-                     "eval_decode_speedup": decode["reduced_eval"] / decode["full"], "loader_img_s": loader,
-                     "loader_speedup": loader["reduced"] / loader["full"] if len(loader) == 2 else None,
-                     "train_step_img_s": step_s, "ratio": best / step_s, "target_ratio": 2.0}
+        rows.append(
+            [
+                name,
+                f"{backbone} {cfg.backbone.width} @{cfg.data.image_size}",
+                n,
+                workers,
+                f"{side} / {eval_side}",
+                decode["full"],
+                decode["reduced"],
+                decode["reduced"] / decode["full"],
+                decode["reduced_eval"] / decode["full"],
+                loader.get("full", float("nan")),
+                loader.get("reduced", float("nan")),
+                loader["reduced"] / loader["full"] if len(loader) == 2 else float("nan"),
+                step_s,
+                best / step_s,
+            ]
+        )
+        out[name] = {
+            "overrides": base,
+            "backbone": backbone,
+            "width": cfg.backbone.width,
+            "image_size": int(cfg.data.image_size),
+            "batch_size": n,
+            "num_workers": workers,
+            "decode_side": side,
+            "eval_decode_side": eval_side,
+            "decode_images": len(files),
+            "decode_img_s": decode,
+            "decode_speedup": decode["reduced"] / decode["full"],
+            "eval_decode_speedup": decode["reduced_eval"] / decode["full"],
+            "loader_img_s": loader,
+            "loader_speedup": loader["reduced"] / loader["full"] if len(loader) == 2 else None,
+            "train_step_img_s": step_s,
+            "ratio": best / step_s,
+            "target_ratio": 2.0,
+        }
     what = "shared real sets" if args.real else "default configs"
     if args.decode_only:
-        print_table(f"JPEG decoding alone, one process ({'median of 3' if args.quick else 'median of 7'}, interleaved)",
-                    ["set", "decode side train / eval", "full img/s", "train-side img/s", "x train", "x eval"], rows)
+        print_table(
+            f"JPEG decoding alone, one process ({'median of 3' if args.quick else 'median of 7'}, interleaved)",
+            ["set", "decode side train / eval", "full img/s", "train-side img/s", "x train", "x eval"],
+            rows,
+        )
         write_results("data_decode", {"quick": args.quick, "tasks": out}, args.out)
         return
-    print_table(f"Decode, loader and training step on the {what} ({args.threads} threads, "
-                f"steps: median of {repeats}; loader: median of {rounds}, {batches} batches)",
-                ["set", "network", "batch", "workers", "decode side train / eval", "decode full img/s",
-                 "decode train-side img/s", "decode x train", "decode x eval", "loader full img/s", "loader reduced img/s", "loader x", "step img/s", "loader / step"],
-                rows)
-    write_results("data_throughput_real" if args.real else "data_throughput",
-                  {"quick": args.quick, "repeats": repeats, "loader_batches": batches, "loader_rounds": rounds,
-                   "decode": args.decode, "overrides": args.overrides, "tasks": out}, args.out)
+    print_table(
+        f"Decode, loader and training step on the {what} ({args.threads} threads, "
+        f"steps: median of {repeats}; loader: median of {rounds}, {batches} batches)",
+        [
+            "set",
+            "network",
+            "batch",
+            "workers",
+            "decode side train / eval",
+            "decode full img/s",
+            "decode train-side img/s",
+            "decode x train",
+            "decode x eval",
+            "loader full img/s",
+            "loader reduced img/s",
+            "loader x",
+            "step img/s",
+            "loader / step",
+        ],
+        rows,
+    )
+    write_results(
+        "data_throughput_real" if args.real else "data_throughput",
+        {
+            "quick": args.quick,
+            "repeats": repeats,
+            "loader_batches": batches,
+            "loader_rounds": rounds,
+            "decode": args.decode,
+            "overrides": args.overrides,
+            "tasks": out,
+        },
+        args.out,
+    )
 
 
 if __name__ == "__main__":

@@ -32,9 +32,18 @@ SCORE, NMS_IOU, MAX_DET = 0.05, 0.6, 100
 
 
 def ours():
-    task = build_task(["task=detection", "backbone=mobilenet_v2", "head=ssdlite", f"data.image_size={SIZE}",
-                       "profile.num_classes=90", f"task.score_threshold={SCORE}", f"task.nms_iou={NMS_IOU}",
-                       f"task.max_detections={MAX_DET}"])
+    task = build_task(
+        [
+            "task=detection",
+            "backbone=mobilenet_v2",
+            "head=ssdlite",
+            f"data.image_size={SIZE}",
+            "profile.num_classes=90",
+            f"task.score_threshold={SCORE}",
+            f"task.nms_iou={NMS_IOU}",
+            f"task.max_detections={MAX_DET}",
+        ]
+    )
     mean = torch.tensor(task.info["mean"]).view(1, 3, 1, 1)
     std = torch.tensor(task.info["std"]).view(1, 3, 1, 1)
     return task, mean, std
@@ -64,8 +73,13 @@ def main() -> None:
     predictor = Predictor(task, cfg, device="cpu", fold_bn=True)
     fast = Predictor(fast_task, cfg, device="cpu", fold_bn=True, channels_last=True, precision="bf16")
     theirs = torchvision.models.detection.ssdlite320_mobilenet_v3_large(
-        weights=None, weights_backbone=None, num_classes=91, score_thresh=SCORE, nms_thresh=NMS_IOU,
-        detections_per_img=MAX_DET).eval()
+        weights=None,
+        weights_backbone=None,
+        num_classes=91,
+        score_thresh=SCORE,
+        nms_thresh=NMS_IOU,
+        detections_per_img=MAX_DET,
+    ).eval()
 
     def run_ours(x=images):
         return predictor.forward((x - mean) / std)
@@ -81,8 +95,16 @@ def main() -> None:
         with torch.inference_mode():
             return theirs(list(x))
 
-    t = time_rounds({"ours eager fp32": run_ours, "ours eager fp32, BN not folded": run_plain,
-                     "ours fast path": run_fast, "torchvision eager fp32": run_theirs}, warmup, repeats)
+    t = time_rounds(
+        {
+            "ours eager fp32": run_ours,
+            "ours eager fp32, BN not folded": run_plain,
+            "ours fast path": run_fast,
+            "torchvision eager fp32": run_theirs,
+        },
+        warmup,
+        repeats,
+    )
     ref = batch / t["torchvision eager fp32"]
     macs_ours = mult_adds(lambda x: plain_task.model(x), images[:1])
     macs_theirs = mult_adds(lambda x: theirs.head(list(theirs.backbone(x).values())), images[:1])
@@ -92,13 +114,25 @@ def main() -> None:
         target = {"ours eager fp32": 0.8, "ours fast path": 1.2}.get(name)
         rows.append([name, ips, ips / ref, target if target else "-"])
         out[name] = {"img_s": ips, "ratio_vs_torchvision_eager": ips / ref, "target_ratio": target}
-    print_table(f"Detection end to end at {SIZE}x{SIZE}, batch {batch}, {args.threads} threads (median of {repeats}); "
-                f"network mult-adds: ours {macs_ours / 1e6:.0f}M, torchvision {macs_theirs / 1e6:.0f}M",
-                ["pipeline", "img/s", "x torchvision", "target"], rows)
-    write_results("detection_e2e", {"quick": args.quick, "batch": batch, "repeats": repeats, "image_size": SIZE,
-                                      "thresholds": {"score": SCORE, "nms_iou": NMS_IOU, "max_detections": MAX_DET},
-                                      "mult_adds": {"ours": macs_ours, "torchvision": macs_theirs},
-                                      "pipelines": out}, args.out)
+    print_table(
+        f"Detection end to end at {SIZE}x{SIZE}, batch {batch}, {args.threads} threads (median of {repeats}); "
+        f"network mult-adds: ours {macs_ours / 1e6:.0f}M, torchvision {macs_theirs / 1e6:.0f}M",
+        ["pipeline", "img/s", "x torchvision", "target"],
+        rows,
+    )
+    write_results(
+        "detection_e2e",
+        {
+            "quick": args.quick,
+            "batch": batch,
+            "repeats": repeats,
+            "image_size": SIZE,
+            "thresholds": {"score": SCORE, "nms_iou": NMS_IOU, "max_detections": MAX_DET},
+            "mult_adds": {"ours": macs_ours, "torchvision": macs_theirs},
+            "pipelines": out,
+        },
+        args.out,
+    )
 
 
 if __name__ == "__main__":

@@ -53,8 +53,16 @@ REFERENCE = "torchvision ssdlite320_mobilenet_v3_large"
 
 def our_model(overrides: list[str], size: int, classes: int) -> torch.nn.Module:
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(config_name="config", overrides=["task=detection", "mode=profile", f"data.image_size={size}",
-                                                       f"profile.num_classes={classes}", *overrides])
+        cfg = compose(
+            config_name="config",
+            overrides=[
+                "task=detection",
+                "mode=profile",
+                f"data.image_size={size}",
+                f"profile.num_classes={classes}",
+                *overrides,
+            ],
+        )
     return profile_network(cfg).eval()
 
 
@@ -118,24 +126,41 @@ def main() -> None:
         macs = count_mult_adds(net_module, x[:1])
         t_net = median_seconds(network, args.warmup, args.repeats)
         t_e2e = median_seconds(end_to_end, args.warmup, args.repeats)
-        rows[name] = {"params": count_params(net_module), "mult_adds": macs,
-                      "network_images_per_s": args.batch / t_net, "end_to_end_images_per_s": args.batch / t_e2e}
+        rows[name] = {
+            "params": count_params(net_module),
+            "mult_adds": macs,
+            "network_images_per_s": args.batch / t_net,
+            "end_to_end_images_per_s": args.batch / t_e2e,
+        }
     ref = rows[REFERENCE]
     for row in rows.values():
         row["network_ratio_vs_torchvision"] = row["network_images_per_s"] / ref["network_images_per_s"]
         row["end_to_end_ratio_vs_torchvision"] = row["end_to_end_images_per_s"] / ref["end_to_end_images_per_s"]
-    table = Table(title=f"detection inference, {args.size}x{args.size}, batch {args.batch}, {args.threads} threads, "
-                        f"{args.classes} classes{', channels_last' if args.channels_last else ''}")
+    table = Table(
+        title=f"detection inference, {args.size}x{args.size}, batch {args.batch}, {args.threads} threads, "
+        f"{args.classes} classes{', channels_last' if args.channels_last else ''}"
+    )
     for col in ("model", "params", "mult-adds", "network img/s", "ratio", "end-to-end img/s", "ratio"):
         table.add_column(col)
     for name, r in rows.items():
-        table.add_row(name, f"{r['params'] / 1e6:.2f}M", f"{r['mult_adds'] / 1e9:.2f}B",
-                      f"{r['network_images_per_s']:.1f}", f"{r['network_ratio_vs_torchvision']:.2f}",
-                      f"{r['end_to_end_images_per_s']:.1f}", f"{r['end_to_end_ratio_vs_torchvision']:.2f}")
+        table.add_row(
+            name,
+            f"{r['params'] / 1e6:.2f}M",
+            f"{r['mult_adds'] / 1e9:.2f}B",
+            f"{r['network_images_per_s']:.1f}",
+            f"{r['network_ratio_vs_torchvision']:.2f}",
+            f"{r['end_to_end_images_per_s']:.1f}",
+            f"{r['end_to_end_ratio_vs_torchvision']:.2f}",
+        )
     Console().print(table)
-    result = {"settings": {k: str(v) for k, v in vars(args).items()}, "torch": torch.__version__,
-              "machine": platform.processor() or platform.machine(), "reference": REFERENCE, "models": rows,
-              "ratio": rows["ours ssdlite mobilenet_v2 1.0"]["network_ratio_vs_torchvision"]}
+    result = {
+        "settings": {k: str(v) for k, v in vars(args).items()},
+        "torch": torch.__version__,
+        "machine": platform.processor() or platform.machine(),
+        "reference": REFERENCE,
+        "models": rows,
+        "ratio": rows["ours ssdlite mobilenet_v2 1.0"]["network_ratio_vs_torchvision"],
+    }
     if args.channels_last and args.out.name == "detection_speed.json":
         args.out = args.out.with_name("detection_speed_channels_last.json")
     args.out.parent.mkdir(parents=True, exist_ok=True)

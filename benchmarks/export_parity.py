@@ -36,8 +36,12 @@ import torch
 from common import REPO, build_task, parser, print_table, setup, write_results
 
 DATASETS = REPO.parent / "shared" / "datasets"
-SETS = {"imagenet_sample": "*.JPEG", "hymenoptera": "val/*/*.jpg", "raccoon_voc": "test/*.jpg",
-        "fruits_voc": "test/*.jpg"}
+SETS = {
+    "imagenet_sample": "*.JPEG",
+    "hymenoptera": "val/*/*.jpg",
+    "raccoon_voc": "test/*.jpg",
+    "fruits_voc": "test/*.jpg",
+}
 
 
 def photos(root: Path, per_set: int) -> dict[str, list[Path]]:
@@ -57,10 +61,17 @@ def onnx_preprocess(pre):
 
     g = _Graph("pre/")
     preprocess_nodes(g, pre)
-    graph = helper.make_graph(g.nodes, "pre", [helper.make_tensor_value_info("pixels", TensorProto.UINT8, None)],
-                              [helper.make_tensor_value_info("images", TensorProto.FLOAT, None)], initializer=g.inits)
-    session = ort.InferenceSession(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-                                   .SerializeToString(), providers=["CPUExecutionProvider"])
+    graph = helper.make_graph(
+        g.nodes,
+        "pre",
+        [helper.make_tensor_value_info("pixels", TensorProto.UINT8, None)],
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, None)],
+        initializer=g.inits,
+    )
+    session = ort.InferenceSession(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]).SerializeToString(),
+        providers=["CPUExecutionProvider"],
+    )
     return lambda image: session.run(None, {"pixels": image[None]})[0][0]
 
 
@@ -75,8 +86,10 @@ def preprocessing_rows(sets: dict[str, list[Path]]) -> list[dict]:
     rows = []
     for label, (pre, cv2) in {
         "resize 320 (detection)": (Preprocessing(320, None, (0.0,) * 3, (1 / 255,) * 3), A.Resize(320, 320)),
-        "shorter 256 + crop 224 (classification)": (Preprocessing(224, 256, (0.0,) * 3, (1 / 255,) * 3),
-                                                     A.Compose([A.SmallestMaxSize(256), A.CenterCrop(224, 224)])),
+        "shorter 256 + crop 224 (classification)": (
+            Preprocessing(224, 256, (0.0,) * 3, (1 / 255,) * 3),
+            A.Compose([A.SmallestMaxSize(256), A.CenterCrop(224, 224)]),
+        ),
     }.items():
         ours, graph = Preprocess(pre), onnx_preprocess(pre)
         onnx_d, cv2_d, cv2_mean = [], [], []
@@ -89,8 +102,15 @@ def preprocessing_rows(sets: dict[str, list[Path]]) -> list[dict]:
                 ref = cv2(image=image)["image"].astype(np.float32).transpose(2, 0, 1)
                 cv2_d.append(float(np.abs(ref - x).max()))
                 cv2_mean.append(float(np.abs(ref - x).mean()))
-        rows.append({"pipeline": label, "photos": len(onnx_d), "onnx_max_levels": max(onnx_d),
-                     "cv2_max_levels": max(cv2_d), "cv2_mean_levels": float(np.mean(cv2_mean))})
+        rows.append(
+            {
+                "pipeline": label,
+                "photos": len(onnx_d),
+                "onnx_max_levels": max(onnx_d),
+                "cv2_max_levels": max(cv2_d),
+                "cv2_mean_levels": float(np.mean(cv2_mean)),
+            }
+        )
     return rows
 
 
@@ -103,8 +123,9 @@ def imagenet_classifier():
         return model.task, model.train_cfg, "mobilenet_v1_0.5:imagenet @160"
     except Exception as err:  # noqa: BLE001 - no cached weights: a random init says less, but runs
         print(f"(no ImageNet V1 0.5 weights: {err}; random init instead)")
-    cfg_task = build_task(["task=classification", "backbone.width=0.5", "data.image_size=160",
-                           "profile.num_classes=10"])
+    cfg_task = build_task(
+        ["task=classification", "backbone.width=0.5", "data.image_size=160", "profile.num_classes=10"]
+    )
     return cfg_task, None, "random-init V1 0.5 @160"
 
 
@@ -142,12 +163,28 @@ def end_to_end_rows(sets: dict[str, list[Path]], root: Path, quick: bool) -> lis
             for p in files:
                 (folder / p.name).symlink_to(p)
             for fmt, suffix in (("onnx", ".onnx"), ("torchscript", ".pt")):
-                record = export_task(t, cfg, Path(tmp) / f"out{suffix}", fmt, inputs=str(folder),
-                                     num_inputs=len(files), e2e_atol=5e-3, box_atol=1.0)
+                record = export_task(
+                    t,
+                    cfg,
+                    Path(tmp) / f"out{suffix}",
+                    fmt,
+                    inputs=str(folder),
+                    num_inputs=len(files),
+                    e2e_atol=5e-3,
+                    box_atol=1.0,
+                )
                 e2e = record["end_to_end"]
-                rows.append({"task": kind, "model": label, "format": fmt, "images": e2e["images"],
-                             "sizes": len(e2e["sizes"]), **{f"max_{k}": v for k, v in e2e["max_abs_diff"].items()},
-                             "detections": e2e.get("detections")})
+                rows.append(
+                    {
+                        "task": kind,
+                        "model": label,
+                        "format": fmt,
+                        "images": e2e["images"],
+                        "sizes": len(e2e["sizes"]),
+                        **{f"max_{k}": v for k, v in e2e["max_abs_diff"].items()},
+                        "detections": e2e.get("detections"),
+                    }
+                )
     return rows
 
 
@@ -174,7 +211,7 @@ def bug_rows(sets: dict[str, list[Path]]) -> list[dict]:
         k = (size / 0.875) / min(h, w)
         x = F.interpolate(x, size=[round(h * k), round(w * k)], mode="bilinear", align_corners=True)[0]
         top, left = (x.shape[1] - size) // 2, (x.shape[2] - size) // 2
-        return (x[:, top:top + size, left:left + size] / 255 - m) / s
+        return (x[:, top : top + size, left : left + size] / 255 - m) / s
 
     variants = {
         "cv2 resize (predict before this fix)": lambda im: to_tensor(apply(cv2, im)["image"], mean, std),
@@ -192,8 +229,16 @@ def bug_rows(sets: dict[str, list[Path]]) -> list[dict]:
                 probs = task.predict_step(fn(read_rgb(p))[None].float())[0]
                 diffs.append(float((probs - base[p]).abs().max()))
                 flips += int(probs.argmax() != base[p].argmax())
-            rows.append({"variant": label, "model": name, "photos": len(files), "max_prob_diff": max(diffs),
-                         "median_max_prob_diff": float(np.median(diffs)), "top1_changed": flips})
+            rows.append(
+                {
+                    "variant": label,
+                    "model": name,
+                    "photos": len(files),
+                    "max_prob_diff": max(diffs),
+                    "median_max_prob_diff": float(np.median(diffs)),
+                    "top1_changed": flips,
+                }
+            )
     return rows
 
 
@@ -222,9 +267,18 @@ def decode_rows(sets: dict[str, list[Path]]) -> list[dict]:
                 pa, pb = task.predict_step(a[None])[0], task.predict_step(b[None])[0]
                 prob.append(float((pa - pb).abs().max()))
                 flips += int(pa.argmax() != pb.argmax())
-            rows.append({"data": set_name, "model": name, "decode_side": side, "photos": len(files),
-                         "reduced": touched, "mean_abs_input_diff": float(np.mean(diffs)) if diffs else 0.0,
-                         "max_prob_diff": max(prob, default=0.0), "top1_changed": flips})
+            rows.append(
+                {
+                    "data": set_name,
+                    "model": name,
+                    "decode_side": side,
+                    "photos": len(files),
+                    "reduced": touched,
+                    "mean_abs_input_diff": float(np.mean(diffs)) if diffs else 0.0,
+                    "max_prob_diff": max(prob, default=0.0),
+                    "top1_changed": flips,
+                }
+            )
     return rows
 
 
@@ -241,16 +295,26 @@ def main() -> None:
     print_table("resize: predict vs ONNX graph vs cv2 (uint8 levels)", list(pre[0]), [list(r.values()) for r in pre])
     e2e = end_to_end_rows(sets, args.data, args.quick)
     cols = sorted({k for r in e2e for k in r}, key=lambda k: list(e2e[0]).index(k) if k in e2e[0] else 99)
-    print_table("end to end vs mode=predict (boxes in network-input pixels)", cols,
-                [[r.get(c, "") for c in cols] for r in e2e])
+    print_table(
+        "end to end vs mode=predict (boxes in network-input pixels)", cols, [[r.get(c, "") for c in cols] for r in e2e]
+    )
     bugs = bug_rows(sets)
     if bugs:
         print_table("what preprocessing bugs do (vs predict)", list(bugs[0]), [list(r.values()) for r in bugs])
     dec = decode_rows(sets)
     if dec:
         print_table("reduced vs full-size decoding", list(dec[0]), [list(r.values()) for r in dec])
-    write_results("export_parity", {"photos_per_set": {k: len(v) for k, v in sets.items()}, "preprocessing": pre,
-                                    "end_to_end": e2e, "bugs": bugs, "decoding": dec}, args.out)
+    write_results(
+        "export_parity",
+        {
+            "photos_per_set": {k: len(v) for k, v in sets.items()},
+            "preprocessing": pre,
+            "end_to_end": e2e,
+            "bugs": bugs,
+            "decoding": dec,
+        },
+        args.out,
+    )
 
 
 if __name__ == "__main__":

@@ -34,8 +34,14 @@ VARIANTS = {
 def run(args: list[str], log_file: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     with log_file.open("w") as log:
-        done = subprocess.run([sys.executable, "-m", "mbtasks", *args], cwd=REPO, env=env, stdout=log,
-                              stderr=subprocess.STDOUT, check=False)
+        done = subprocess.run(
+            [sys.executable, "-m", "mbtasks", *args],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            check=False,
+        )
     if done.returncode != 0:
         tail = log_file.read_text()[-2000:]
         raise SystemExit(f"error: mbtasks {' '.join(args)} failed (exit {done.returncode}); {log_file}:\n{tail}")
@@ -45,9 +51,15 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--time", default="20m", help="train.time of each variant (default 20m)")
     p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
-    p.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "datasets",
-                   help="folder holding orl_faces, hymenoptera, imagenet_sample, dlib_faces")
-    p.add_argument("--pretrained", default="auto", help="backbone.pretrained (auto: ImageNet weights if on the machine)")
+    p.add_argument(
+        "--shared",
+        type=Path,
+        default=REPO.parent / "shared" / "datasets",
+        help="folder holding orl_faces, hymenoptera, imagenet_sample, dlib_faces",
+    )
+    p.add_argument(
+        "--pretrained", default="auto", help="backbone.pretrained (auto: ImageNet weights if on the machine)"
+    )
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "face_detector.json")
     p.add_argument("--runs", type=Path, default=REPO / "outputs" / "bench_face_detector")
     p.add_argument("extra", nargs="*", help="more overrides for every training run (key=value)")
@@ -56,38 +68,76 @@ def main() -> None:
     for name in ("orl_faces", "hymenoptera", "imagenet_sample", "dlib_faces"):
         if not (shared / name).is_dir():
             raise SystemExit(f"error: --shared {shared}: no {name}/ in it")
-    data = [f"data.faces={shared / 'orl_faces'}",
-            f"data.backgrounds=[{shared / 'hymenoptera'},{shared / 'imagenet_sample'}]",
-            f"data.real={shared / 'dlib_faces'}", "data.val=pasted"]
+    data = [
+        f"data.faces={shared / 'orl_faces'}",
+        f"data.backgrounds=[{shared / 'hymenoptera'},{shared / 'imagenet_sample'}]",
+        f"data.real={shared / 'dlib_faces'}",
+        "data.val=pasted",
+    ]
     stamp = time.strftime("%Y%m%d-%H%M%S")
     rows = []
     for variant in a.variants:
         run_dir = (a.runs / f"{stamp}-{variant}").resolve()
         run_dir.mkdir(parents=True, exist_ok=True)
         start = time.time()
-        run(["experiment=face_detector_photos", *data, *VARIANTS[variant], f"train.time={a.time}",
-             f"backbone.pretrained={a.pretrained}", f"hydra.run.dir={run_dir}", *a.extra], run_dir / "train.log")
+        run(
+            [
+                "experiment=face_detector_photos",
+                *data,
+                *VARIANTS[variant],
+                f"train.time={a.time}",
+                f"backbone.pretrained={a.pretrained}",
+                f"hydra.run.dir={run_dir}",
+                *a.extra,
+            ],
+            run_dir / "train.log",
+        )
         train_s = time.time() - start
         test_dir = run_dir / "test_dlib"
-        run(["task=detection", "mode=test", f"ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}", "data=dlib_xml",
-             f"data.root={shared / 'dlib_faces'}", f"hydra.run.dir={test_dir}"], run_dir / "test.log")
+        run(
+            [
+                "task=detection",
+                "mode=test",
+                f"ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}",
+                "data=dlib_xml",
+                f"data.root={shared / 'dlib_faces'}",
+                f"hydra.run.dir={test_dir}",
+            ],
+            run_dir / "test.log",
+        )
         metrics = json.loads((test_dir / "metrics.json").read_text())
         flat = metrics.get("metrics", metrics)
         log_text = (run_dir / "train.log").read_text()
-        rows.append({"variant": variant, "train_s": round(train_s, 1), "map_50": flat.get("test/map_50"),
-                     "wider_ap_all": flat.get("test/wider_ap_all"), "map": flat.get("test/map"),
-                     "pretrained_used": "fine-tuning from" in log_text, "run_dir": str(run_dir)})
+        rows.append(
+            {
+                "variant": variant,
+                "train_s": round(train_s, 1),
+                "map_50": flat.get("test/map_50"),
+                "wider_ap_all": flat.get("test/wider_ap_all"),
+                "map": flat.get("test/map"),
+                "pretrained_used": "fine-tuning from" in log_text,
+                "run_dir": str(run_dir),
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
     print(f"\nface detector on dlib testing.xml (5 photos, 25 faces), train.time={a.time} each")
     print(f"{'variant':8} {'mAP@0.5':>8} {'WIDER AP':>9} {'mAP':>7} {'train s':>8} pretrained")
     for r in rows:
+
         def fmt(v):
             return f"{v:.3f}" if isinstance(v, int | float) else "-"
-        print(f"{r['variant']:8} {fmt(r['map_50']):>8} {fmt(r['wider_ap_all']):>9} {fmt(r['map']):>7} "
-              f"{r['train_s']:8.0f} {r['pretrained_used']}")
+
+        print(
+            f"{r['variant']:8} {fmt(r['map_50']):>8} {fmt(r['wider_ap_all']):>9} {fmt(r['map']):>7} "
+            f"{r['train_s']:8.0f} {r['pretrained_used']}"
+        )
     a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps({"time": a.time, "shared": str(shared), "pretrained": a.pretrained,
-                                 "extra": a.extra, "rows": rows}, indent=2))
+    a.out.write_text(
+        json.dumps(
+            {"time": a.time, "shared": str(shared), "pretrained": a.pretrained, "extra": a.extra, "rows": rows},
+            indent=2,
+        )
+    )
     print(f"written {a.out}")
 
 

@@ -59,12 +59,23 @@ def loss_overrides(loss: str, sets: list[str]) -> list[str]:
     return out
 
 
-def run(root: Path, val: int, test: int, size: int, loss: str, seed: int, budget: str, extra: list[str],
-        run_dir: Path) -> dict:
-    args = ["task=embedding", "data=faces", f"data.root={root}", f"data.image_size={size}",
-            f"data.val_identities={val}", f"data.test_identities={test}", f"train.time={budget}",
-            f"task.loss={loss}", f"seed={seed}", *extra, f"hydra.run.dir={run_dir}",
-            "trainer.enable_progress_bar=false"]
+def run(
+    root: Path, val: int, test: int, size: int, loss: str, seed: int, budget: str, extra: list[str], run_dir: Path
+) -> dict:
+    args = [
+        "task=embedding",
+        "data=faces",
+        f"data.root={root}",
+        f"data.image_size={size}",
+        f"data.val_identities={val}",
+        f"data.test_identities={test}",
+        f"train.time={budget}",
+        f"task.loss={loss}",
+        f"seed={seed}",
+        *extra,
+        f"hydra.run.dir={run_dir}",
+        "trainer.enable_progress_bar=false",
+    ]
     start = time.perf_counter()
     out = subprocess.run([sys.executable, "-m", "mbtasks", *args], capture_output=True, text=True)
     wall = time.perf_counter() - start
@@ -75,14 +86,25 @@ def run(root: Path, val: int, test: int, size: int, loss: str, seed: int, budget
     record = {"args": args, "wall_s": wall, "run_dir": str(run_dir), "start": start_from}
     if out.returncode != 0:
         lines = [line for line in (out.stderr + out.stdout).splitlines() if line.strip()]
-        return {**record, "error": next((ln for ln in reversed(lines) if "error" in ln.lower()), lines[-1] if lines
-                                        else f"exit {out.returncode}")}
+        return {
+            **record,
+            "error": next(
+                (ln for ln in reversed(lines) if "error" in ln.lower()),
+                lines[-1] if lines else f"exit {out.returncode}",
+            ),
+        }
     epochs = read_epoch_log(run_dir / "epochs.jsonl")
     vals = [e[KEY] for e in epochs if KEY in e]
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    return {**record, "val_last": vals[-1] if vals else float("nan"), "val_best": max(vals, default=float("nan")),
-            "validations": len(vals), "test": metrics.get("test/verification_acc"),
-            "threshold": metrics.get("val/threshold"), "train_loss": metrics.get("train/loss")}
+    return {
+        **record,
+        "val_last": vals[-1] if vals else float("nan"),
+        "val_best": max(vals, default=float("nan")),
+        "validations": len(vals),
+        "test": metrics.get("test/verification_acc"),
+        "threshold": metrics.get("val/threshold"),
+        "train_loss": metrics.get("train/loss"),
+    }
 
 
 def summary(records: list[dict]) -> list[list]:
@@ -101,13 +123,24 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--time", default="5m", help="train.time of every run (e.g. 10s, 5m)")
     p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
-    p.add_argument("--datasets-dir", type=Path,
-                   default=Path(os.environ.get("MBTASKS_FACES_DIR", REPO.parent / "shared" / "datasets")))
+    p.add_argument(
+        "--datasets-dir",
+        type=Path,
+        default=Path(os.environ.get("MBTASKS_FACES_DIR", REPO.parent / "shared" / "datasets")),
+    )
     p.add_argument("--losses", nargs="+", default=list(LOSSES), choices=list(LOSSES))
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
-    p.add_argument("--image-size", type=int, default=112, help="data.image_size (112: ORL's height, MobileFaceNet's input)")
-    p.add_argument("--set", dest="sets", action="append", default=[], metavar="[LOSS:]KEY=VALUE",
-                   help="an override for every run, or with LOSS: for that loss's runs only (repeatable)")
+    p.add_argument(
+        "--image-size", type=int, default=112, help="data.image_size (112: ORL's height, MobileFaceNet's input)"
+    )
+    p.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="[LOSS:]KEY=VALUE",
+        help="an override for every run, or with LOSS: for that loss's runs only (repeatable)",
+    )
     p.add_argument("--runs", type=Path, default=RESULTS / "face_loss_runs")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
@@ -121,8 +154,17 @@ def main() -> None:
         for seed in args.seeds:
             for loss in args.losses:
                 extra = loss_overrides(loss, args.sets)
-                r = run(root, val, test, args.image_size, loss, seed, args.time, extra,
-                        args.runs / stamp / f"{name}-{loss}-{seed}")
+                r = run(
+                    root,
+                    val,
+                    test,
+                    args.image_size,
+                    loss,
+                    seed,
+                    args.time,
+                    extra,
+                    args.runs / stamp / f"{name}-{loss}-{seed}",
+                )
                 records.append({"set": name, "loss": loss, "seed": seed, "overrides": extra, **r})
                 if "error" in r:
                     rows.append([name, loss, str(seed), r["start"], "failed", "-", "-", "-", "-", f"{r['wall_s']:.0f}"])
@@ -130,15 +172,31 @@ def main() -> None:
                 else:
                     test_acc = "-" if r["test"] is None else f"{r['test']:.3f}"
                     threshold = "-" if r["threshold"] is None else f"{r['threshold']:.3f}"
-                    rows.append([name, loss, str(seed), r["start"], f"{r['val_last']:.3f}", f"{r['val_best']:.3f}", test_acc,
-                                 threshold, str(r["validations"]), f"{r['wall_s']:.0f}"])
+                    rows.append(
+                        [
+                            name,
+                            loss,
+                            str(seed),
+                            r["start"],
+                            f"{r['val_last']:.3f}",
+                            f"{r['val_best']:.3f}",
+                            test_acc,
+                            threshold,
+                            str(r["validations"]),
+                            f"{r['wall_s']:.0f}",
+                        ]
+                    )
                     print(" | ".join(rows[-1]), flush=True)
-                write_results("face_losses", {"time": args.time, "image_size": args.image_size, "runs": records},
-                              args.out)
+                write_results(
+                    "face_losses", {"time": args.time, "image_size": args.image_size, "runs": records}, args.out
+                )
     print_table(f"embedding losses on face sets, train.time={args.time}, {args.image_size} px", COLUMNS, rows)
     ranked = summary(records)
-    print_table("best validation verification accuracy over sets and seeds (the choice: first row)",
-                ["loss", "mean", "std", "runs", "failed"], ranked)
+    print_table(
+        "best validation verification accuracy over sets and seeds (the choice: first row)",
+        ["loss", "mean", "std", "runs", "failed"],
+        ranked,
+    )
     if ranked and ranked[0][1] != "nan":
         print(f"choice on validation: task.loss={ranked[0][0]} (mean {ranked[0][1]} +- {ranked[0][2]})")
 

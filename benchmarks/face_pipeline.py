@@ -38,19 +38,37 @@ def main() -> None:
     p.add_argument("--score-threshold", type=float, default=None)
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
-    pipeline = Pipeline(args.detector, args.embedder, margin=args.margin, score_threshold=args.score_threshold,
-                        device="cpu")
+    pipeline = Pipeline(
+        args.detector, args.embedder, margin=args.margin, score_threshold=args.score_threshold, device="cpu"
+    )
     start = time.perf_counter()
     args.margin, args.score_threshold = pipeline.margin, pipeline.score_threshold
-    metrics = evaluate_on_coco(pipeline, args.root / "annotations" / f"instances_{args.split}.json",
-                               args.root / args.split, args.root / "gallery")
+    metrics = evaluate_on_coco(
+        pipeline,
+        args.root / "annotations" / f"instances_{args.split}.json",
+        args.root / args.split,
+        args.root / "gallery",
+    )
     seconds = time.perf_counter() - start
     rows = [[k, f"{v:.4f}" if k not in ("faces", "false_detections") else f"{int(v)}"] for k, v in metrics.items()]
-    print_table(f"face pipeline on {args.root / args.split} (margin {args.margin}, score >= {args.score_threshold})",
-                ["metric", "value"], rows)
-    write_results("face_pipeline", {"metrics": metrics, "seconds": round(seconds, 1), "detector": str(args.detector),
-                             "embedder": str(args.embedder), "margin": args.margin,
-                             "score_threshold": args.score_threshold, "split": args.split}, args.out)
+    print_table(
+        f"face pipeline on {args.root / args.split} (margin {args.margin}, score >= {args.score_threshold})",
+        ["metric", "value"],
+        rows,
+    )
+    write_results(
+        "face_pipeline",
+        {
+            "metrics": metrics,
+            "seconds": round(seconds, 1),
+            "detector": str(args.detector),
+            "embedder": str(args.embedder),
+            "margin": args.margin,
+            "score_threshold": args.score_threshold,
+            "split": args.split,
+        },
+        args.out,
+    )
 
 
 if __name__ == "__main__":

@@ -41,8 +41,12 @@ PLAN: dict[str, tuple[dict[str, tuple[str, int]], str, dict[str, list[str]]]] = 
             "default": [],
             "lr 1e-3 all layers no warm-up": ["optimizer.lr=0.001", "finetune.lr_mult=1.0", "finetune.freeze=false"],
             "default + batch 16": ["data.batch_size=16"],
-            "lr 1e-3 all layers batch 16": ["optimizer.lr=0.001", "finetune.lr_mult=1.0", "finetune.freeze=false",
-                                            "data.batch_size=16"],
+            "lr 1e-3 all layers batch 16": [
+                "optimizer.lr=0.001",
+                "finetune.lr_mult=1.0",
+                "finetune.freeze=false",
+                "data.batch_size=16",
+            ],
             "default + augment=light": ["augment=light"],
         },
     ),
@@ -53,8 +57,11 @@ PLAN: dict[str, tuple[dict[str, tuple[str, int]], str, dict[str, list[str]]]] = 
             "default": [],
             "lr 1e-2 backbone x0.1": ["optimizer.lr=0.01", "finetune.lr_mult=0.1"],
             "default BN stats train": ["finetune.freeze_bn=false"],
-            "lr 1e-2 backbone x0.1 BN stats train": ["optimizer.lr=0.01", "finetune.lr_mult=0.1",
-                                                     "finetune.freeze_bn=false"],
+            "lr 1e-2 backbone x0.1 BN stats train": [
+                "optimizer.lr=0.01",
+                "finetune.lr_mult=0.1",
+                "finetune.freeze_bn=false",
+            ],
         },
     ),
     "embedding": (
@@ -75,18 +82,30 @@ COLUMNS = ["task", "set", "recipe", "val last", "val best", "majority", "vals", 
 
 
 def run(task: str, name: str, group: str, size: int, budget: str, extra: list[str], run_dir: Path) -> dict:
-    args = [f"task={task}", f"data={group}", f"data.root={DATASETS / name}", f"data.image_size={size}",
-            f"train.time={budget}", *BACKBONE[task], *extra, f"hydra.run.dir={run_dir}",
-            "trainer.enable_progress_bar=false"]
+    args = [
+        f"task={task}",
+        f"data={group}",
+        f"data.root={DATASETS / name}",
+        f"data.image_size={size}",
+        f"train.time={budget}",
+        *BACKBONE[task],
+        *extra,
+        f"hydra.run.dir={run_dir}",
+        "trainer.enable_progress_bar=false",
+    ]
     start = time.perf_counter()
     out = subprocess.run([sys.executable, "-m", "mbtasks", *args], capture_output=True, text=True)
     wall = time.perf_counter() - start
     if out.returncode != 0:
         raise SystemExit(f"mbtasks failed ({' '.join(args)}):\n{out.stderr[-3000:]}")
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    return {"epochs": read_epoch_log(run_dir / "epochs.jsonl"), "metrics": metrics, "wall_s": wall,
-            "pretrained": "backbone.pretrained=imagenet" in out.stderr + out.stdout
-            or "fine-tuning from them" in out.stderr + out.stdout}
+    return {
+        "epochs": read_epoch_log(run_dir / "epochs.jsonl"),
+        "metrics": metrics,
+        "wall_s": wall,
+        "pretrained": "backbone.pretrained=imagenet" in out.stderr + out.stdout
+        or "fine-tuning from them" in out.stderr + out.stdout,
+    }
 
 
 def main() -> None:
@@ -115,15 +134,38 @@ def main() -> None:
                 vals = [e[key] for e in r["epochs"] if key in e]
                 last, best = (vals[-1], max(vals)) if vals else (float("nan"), float("nan"))
                 steps = max((e.get("step", 0) for e in r["epochs"]), default=0)
-                rows.append([task, name, cand, f"{last:.3f}", f"{best:.3f}",
-                             "-" if majority is None else f"{majority:.3f}", str(len(vals)), str(steps),
-                             f"{r['wall_s']:.0f}"])
-                records.append({"task": task, "set": name, "size": size, "candidate": cand, "overrides": extra,
-                                "metric": key, "last": last, "best": best, "majority_val": majority, "validations": len(vals),
-                                "steps": steps, "wall_s": r["wall_s"], "run_dir": str(run_dir)})
+                rows.append(
+                    [
+                        task,
+                        name,
+                        cand,
+                        f"{last:.3f}",
+                        f"{best:.3f}",
+                        "-" if majority is None else f"{majority:.3f}",
+                        str(len(vals)),
+                        str(steps),
+                        f"{r['wall_s']:.0f}",
+                    ]
+                )
+                records.append(
+                    {
+                        "task": task,
+                        "set": name,
+                        "size": size,
+                        "candidate": cand,
+                        "overrides": extra,
+                        "metric": key,
+                        "last": last,
+                        "best": best,
+                        "majority_val": majority,
+                        "validations": len(vals),
+                        "steps": steps,
+                        "wall_s": r["wall_s"],
+                        "run_dir": str(run_dir),
+                    }
+                )
                 print(" | ".join(rows[-1]), flush=True)
-                write_results("finetune_recipes", {"budget": args.budget, "runs": records},
-                              args.out)
+                write_results("finetune_recipes", {"budget": args.budget, "runs": records}, args.out)
     print_table(f"fine-tuning recipes, {args.budget} a run, validation", COLUMNS, rows)
 
 

@@ -67,7 +67,7 @@ TARGETS = {"torchvision": 1, "tensorflow": 1, "tflite": 3}  # |diff| of top-1, i
 
 # The TensorFlow side, written to a temp file and run with the throwaway venv's python:
 # argv: graph.pb crops.npy out.npy  (crops: (N, 224, 224, 3) uint8 RGB) -> out: (N, 1001) logits.
-TF_SCRIPT = textwrap.dedent('''
+TF_SCRIPT = textwrap.dedent("""
     import sys
     import numpy as np
     import tensorflow as tf
@@ -94,10 +94,11 @@ TF_SCRIPT = textwrap.dedent('''
         outs = [np.asarray(sess.run(y, {x: crops[i:i + 1]})).reshape(1, -1) for i in range(len(crops))]
     np.save(out_path, np.concatenate(outs))
     print(f"tensorflow {tf.__version__}: input {inputs[0]}, output {out}", flush=True)
-''')
+""")
 
 
 # -- the photos and their truth -----------------------------------------------------------------
+
 
 def sample_photos(root: Path, limit: int | None) -> tuple[list[Path], list[int], list[str]]:
     """The photos, their class indices (from the wnid in the file name) and the 1000 class names."""
@@ -116,6 +117,7 @@ def score(top5: list[list[int]], truth: list[int]) -> tuple[float, float]:
 
 
 # -- the caches -------------------------------------------------------------------------------
+
 
 def sources(weights: Path) -> dict[str, tuple[Path, str]]:
     """Published name -> (original file, runtime) for the files present in ``weights``."""
@@ -162,6 +164,7 @@ def prepare_caches(tmp: Path, files: dict[str, tuple[Path, str]]) -> None:
 
 # -- ours ---------------------------------------------------------------------------------------
 
+
 def run_ours(name: str, photos: list[Path], class_names: list[str]):
     """mbtasks' top-5 class indices per photo, the input size, and the loaded model."""
     import mbtasks
@@ -187,8 +190,8 @@ def crops_like_ours(model, photos: list[Path]) -> np.ndarray:
 
 # -- the original runtimes ------------------------------------------------------------------------
 
-def run_torchvision(path: Path, photos: list[Path], crops: np.ndarray
-                    ) -> tuple[list[list[int]], str, list[list[int]]]:
+
+def run_torchvision(path: Path, photos: list[Path], crops: np.ndarray) -> tuple[list[list[int]], str, list[list[int]]]:
     """torchvision's model with its own eval transform; also on ours' crops (the same pixels as ours:
     separates the conversion from the resizing code)."""
     from PIL import Image
@@ -209,7 +212,11 @@ def run_torchvision(path: Path, photos: list[Path], crops: np.ndarray
             same.append(net(y[None])[0].topk(5).indices.tolist())
     import torchvision
 
-    return top5, f"torchvision {torchvision.__version__} mobilenet_v2, its own eval transform (PIL resize 256, crop 224)", same
+    return (
+        top5,
+        f"torchvision {torchvision.__version__} mobilenet_v2, its own eval transform (PIL resize 256, crop 224)",
+        same,
+    )
 
 
 def run_tflite(path: Path, crops: np.ndarray) -> tuple[list[list[int]], str]:
@@ -224,9 +231,14 @@ def run_tflite(path: Path, crops: np.ndarray) -> tuple[list[list[int]], str]:
     it.allocate_tensors()
     inp, out = it.get_input_details()[0], it.get_output_details()[0]
     # the uint8 logits feeding the softmax: tie-breaker for the uint8 probabilities (1/256 steps)
-    logits = next((d["index"] for d in it.get_tensor_details()
-                   if d["name"].startswith("MobilenetV1/Logits/SpatialSqueeze")
-                   and list(d["shape"]) == list(out["shape"])), None)
+    logits = next(
+        (
+            d["index"]
+            for d in it.get_tensor_details()
+            if d["name"].startswith("MobilenetV1/Logits/SpatialSqueeze") and list(d["shape"]) == list(out["shape"])
+        ),
+        None,
+    )
     if tuple(inp["shape"][1:3]) != crops.shape[1:3]:
         raise ValueError(f"{path.name}: input {tuple(inp['shape'])}, crops {crops.shape}")
     top5 = []
@@ -245,7 +257,9 @@ def run_tflite(path: Path, crops: np.ndarray) -> tuple[list[list[int]], str]:
     import ai_edge_litert
 
     version = getattr(ai_edge_litert, "__version__", "")
-    return top5, f"ai-edge-litert {version} Interpreter, uint8 input" + ("" if logits is not None else " (no logits tie-break)")
+    return top5, f"ai-edge-litert {version} Interpreter, uint8 input" + (
+        "" if logits is not None else " (no logits tie-break)"
+    )
 
 
 def tf_python(venv: Path, install: bool) -> Path | None:
@@ -256,22 +270,31 @@ def tf_python(venv: Path, install: bool) -> Path | None:
     def has_tf() -> bool:
         if not python.is_file():
             return False
-        return subprocess.run([str(python), "-c", "import tensorflow"], capture_output=True, timeout=300).returncode == 0
+        return (
+            subprocess.run([str(python), "-c", "import tensorflow"], capture_output=True, timeout=300).returncode == 0
+        )
 
     if has_tf():
         return python
     if not install:
         print(f"TensorFlow: none in {venv} (--no-tf-install): V1 1.0's original runtime skipped", flush=True)
         return None
-    print(f"TensorFlow: python -m venv {venv} && {venv}/bin/pip install tensorflow-cpu (at most "
-          f"{TF_INSTALL_TIMEOUT_S // 60} minutes) ...", flush=True)
+    print(
+        f"TensorFlow: python -m venv {venv} && {venv}/bin/pip install tensorflow-cpu (at most "
+        f"{TF_INSTALL_TIMEOUT_S // 60} minutes) ...",
+        flush=True,
+    )
     start = time.monotonic()
     try:
         if not python.is_file():
             subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
         left = TF_INSTALL_TIMEOUT_S - (time.monotonic() - start)
-        proc = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "tensorflow-cpu"], capture_output=True,
-                              text=True, timeout=max(1, left))
+        proc = subprocess.run(
+            [str(venv / "bin" / "pip"), "install", "-q", "tensorflow-cpu"],
+            capture_output=True,
+            text=True,
+            timeout=max(1, left),
+        )
         if proc.returncode != 0:
             print(f"  pip failed: {proc.stderr.strip().splitlines()[-1:]}; skipped", flush=True)
             return None
@@ -286,8 +309,13 @@ def run_tensorflow(python: Path, path: Path, crops: np.ndarray, tmp: Path) -> tu
     script.write_text(TF_SCRIPT)
     np.save(crops_file, crops)
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
-    proc = subprocess.run([str(python), str(script), str(path), str(crops_file), str(out_file)], capture_output=True,
-                          text=True, env=env, timeout=900)
+    proc = subprocess.run(
+        [str(python), str(script), str(path), str(crops_file), str(out_file)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"TensorFlow run failed: {proc.stderr.strip()[-800:]}")
     logits = np.load(out_file)
@@ -299,6 +327,7 @@ def run_tensorflow(python: Path, path: Path, crops: np.ndarray, tmp: Path) -> tu
 
 # -- main -----------------------------------------------------------------------------------------
 
+
 def main(argv: list[str] | None = None) -> None:
     p = common.parser(__doc__.split("\n\n")[0])
     p.add_argument("--weights", type=Path, default=WEIGHTS, help=f"the original files (default {WEIGHTS})")
@@ -306,8 +335,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--names", default=None, help="comma-separated published names (default: every one with a file)")
     p.add_argument("--limit", type=int, default=None, help="first N photos only (a smoke run)")
     p.add_argument("--no-original", action="store_true", help="ours only (the original-runtime columns stay empty)")
-    p.add_argument("--tf-venv", type=Path, default=Path(tempfile.gettempdir()) / "tfvenv",
-                   help="the throwaway venv with TensorFlow for the .pb's original runtime (default /tmp/tfvenv)")
+    p.add_argument(
+        "--tf-venv",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "tfvenv",
+        help="the throwaway venv with TensorFlow for the .pb's original runtime (default /tmp/tfvenv)",
+    )
     p.add_argument("--no-tf-install", action="store_true", help="use --tf-venv only if TensorFlow is already there")
     args = p.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="mbtasks_imagenet_weights_"))
@@ -333,8 +366,11 @@ def run(args, p, tmp: Path) -> None:
     if not files:
         p.error(f"no published weight files in {args.weights}")
     paper = {e.name: e.paper_top1 for e in published.TABLE}
-    print(f"{len(photos)} photos of {args.sample}; weights: " + ", ".join(f"{n} ({f.name})" for n, (f, _) in files.items()),
-          flush=True)
+    print(
+        f"{len(photos)} photos of {args.sample}; weights: "
+        + ", ".join(f"{n} ({f.name})" for n, (f, _) in files.items()),
+        flush=True,
+    )
 
     rows, results = [], {}
     prepare_caches(tmp, files)
@@ -347,9 +383,13 @@ def run(args, p, tmp: Path) -> None:
         ours_top5, size, model = run_ours(name, photos, class_names)
         ours_s = time.monotonic() - start
         ours1, ours5 = score(ours_top5, truth)
-        entry = {"file": path.name, "input_size": size, "paper_top1": paper.get(name),
-                 "ours": {"top1": ours1, "top5": ours5, "seconds": ours_s,
-                          "top1_pred": [t[0] for t in ours_top5]}, "original": None}
+        entry = {
+            "file": path.name,
+            "input_size": size,
+            "paper_top1": paper.get(name),
+            "ours": {"top1": ours1, "top5": ours5, "seconds": ours_s, "top1_pred": [t[0] for t in ours_top5]},
+            "original": None,
+        }
         orig_top5, note, same_crop = None, "", None
         if not args.no_original:
             print(f"[{name}] original runtime ({runtime}) ...", flush=True)
@@ -374,34 +414,81 @@ def run(args, p, tmp: Path) -> None:
             diff = round(abs(ours1 - orig1) * len(photos) / 100)
             agree = sum(a[0] == b[0] for a, b in zip(ours_top5, orig_top5, strict=True))
             agree_crop = sum(a[0] == b[0] for a, b in zip(ours_top5, same_crop, strict=True))
-            entry["original"] = {"runtime": note, "top1": orig1, "top5": orig5, "seconds": time.monotonic() - start,
-                                 "top1_pred": [t[0] for t in orig_top5]}
+            entry["original"] = {
+                "runtime": note,
+                "top1": orig1,
+                "top5": orig5,
+                "seconds": time.monotonic() - start,
+                "top1_pred": [t[0] for t in orig_top5],
+            }
             if same_crop is not orig_top5:
                 entry["original"]["on_ours_crop"] = dict(zip(("top1", "top5"), score(same_crop, truth), strict=True))
-            entry.update({"top1_diff_photos": diff, "top1_agreement": agree, "top1_agreement_same_crop": agree_crop,
-                          "target_photos": TARGETS[runtime],
-                          "within_target": diff <= TARGETS[runtime]})
-            rows.append([name, size, f"{ours1:.0f} / {ours5:.0f}", f"{orig1:.0f} / {orig5:.0f}", runtime,
-                         f"{diff} (<= {TARGETS[runtime]}: {'ok' if diff <= TARGETS[runtime] else 'MISSED'})",
-                         f"{agree} / {len(photos)}", f"{agree_crop} / {len(photos)}", paper.get(name) or "-"])
+            entry.update(
+                {
+                    "top1_diff_photos": diff,
+                    "top1_agreement": agree,
+                    "top1_agreement_same_crop": agree_crop,
+                    "target_photos": TARGETS[runtime],
+                    "within_target": diff <= TARGETS[runtime],
+                }
+            )
+            rows.append(
+                [
+                    name,
+                    size,
+                    f"{ours1:.0f} / {ours5:.0f}",
+                    f"{orig1:.0f} / {orig5:.0f}",
+                    runtime,
+                    f"{diff} (<= {TARGETS[runtime]}: {'ok' if diff <= TARGETS[runtime] else 'MISSED'})",
+                    f"{agree} / {len(photos)}",
+                    f"{agree_crop} / {len(photos)}",
+                    paper.get(name) or "-",
+                ]
+            )
         else:
             entry["original"] = {"runtime": note} if note else None
-            rows.append([name, size, f"{ours1:.0f} / {ours5:.0f}", "-", note or runtime, "-", "-", "-",
-                         paper.get(name) or "-"])
+            rows.append(
+                [name, size, f"{ours1:.0f} / {ours5:.0f}", "-", note or runtime, "-", "-", "-", paper.get(name) or "-"]
+            )
         results[name] = entry
-        print_table(f"published ImageNet weights on {len(photos)} imagenet_sample photos (top-1 / top-5 %; "
-                    "+-~5 points of sampling noise)",
-                    ["name", "input", "ours top-1/5", "original top-1/5", "original runtime", "|diff| photos",
-                     "top-1 agree", "agree, ours' crop", "paper top-1 (224 px)"], rows)
-    print("agree, ours' crop: the original runtime fed the same pixels as ours (TF / TFLite always are; torchvision's "
-          "row also runs its own PIL transform): a gap between the two agreement columns is resizing code, not the "
-          "weights' conversion")
-    print("paper top-1: V1 Table 6 / V2 Table 4, at 224 px (the TFLite widths run at 128 / 160 / 192 px, "
-          "and are uint8-quantized: expect lower); 100 photos: +-~5 points of noise (and the sample's photos may be "
-          "ImageNet training images, which flatters every column alike)")
-    write_results("imagenet_weights", {"photos": len(photos), "sample": str(args.sample), "truth": truth,
-                                       "photo_names": [f.name for f in photos], "targets_photos": TARGETS,
-                                       "weights": results}, args.out)
+        print_table(
+            f"published ImageNet weights on {len(photos)} imagenet_sample photos (top-1 / top-5 %; "
+            "+-~5 points of sampling noise)",
+            [
+                "name",
+                "input",
+                "ours top-1/5",
+                "original top-1/5",
+                "original runtime",
+                "|diff| photos",
+                "top-1 agree",
+                "agree, ours' crop",
+                "paper top-1 (224 px)",
+            ],
+            rows,
+        )
+    print(
+        "agree, ours' crop: the original runtime fed the same pixels as ours (TF / TFLite always are; torchvision's "
+        "row also runs its own PIL transform): a gap between the two agreement columns is resizing code, not the "
+        "weights' conversion"
+    )
+    print(
+        "paper top-1: V1 Table 6 / V2 Table 4, at 224 px (the TFLite widths run at 128 / 160 / 192 px, "
+        "and are uint8-quantized: expect lower); 100 photos: +-~5 points of noise (and the sample's photos may be "
+        "ImageNet training images, which flatters every column alike)"
+    )
+    write_results(
+        "imagenet_weights",
+        {
+            "photos": len(photos),
+            "sample": str(args.sample),
+            "truth": truth,
+            "photo_names": [f.name for f in photos],
+            "targets_photos": TARGETS,
+            "weights": results,
+        },
+        args.out,
+    )
 
 
 if __name__ == "__main__":

@@ -40,8 +40,10 @@ from mbtasks.export.formats import load_e2e_runner, load_runner, save_onnx, writ
 NETWORKS = {
     "classification V1 1.0": (["backbone.act=relu6", "data.image_size=224"], 224),
     "classification V2 1.0": (["backbone=mobilenet_v2", "data.image_size=224"], 224),
-    "detection SSDLite V2 1.0": (["task=detection", "backbone=mobilenet_v2", "head=ssdlite", "data.image_size=320",
-                                  "profile.num_classes=80"], 320),
+    "detection SSDLite V2 1.0": (
+        ["task=detection", "backbone=mobilenet_v2", "head=ssdlite", "data.image_size=320", "profile.num_classes=80"],
+        320,
+    ),
     "embedding V1 1.0": (["task=embedding", "data.image_size=160"], 160),
 }
 
@@ -69,23 +71,27 @@ def pytorch_fn(module: nn.Module, x: torch.Tensor):
     def run():
         with torch.inference_mode():
             module(x)
+
     return run
 
 
 # name -> (config overrides, deployment input: the checkpoint's eval pipeline decides the preprocessing)
 END_TO_END = {
-    "classification V1 1.0 (shorter side 256, crop 224)": ["data=imagefolder", "data.root=unused",
-                                                           "data.image_size=224"],
+    "classification V1 1.0 (shorter side 256, crop 224)": [
+        "data=imagefolder",
+        "data.root=unused",
+        "data.image_size=224",
+    ],
     "detection SSDLite V2 1.0 @320": NETWORKS["detection SSDLite V2 1.0"][0],
     "embedding V1 1.0 @160": NETWORKS["embedding V1 1.0"][0],
 }
 FRAME = (480, 640)  # (H, W) of the deployed camera frames
 
 
-
 def graph_of(task):
     """The network ``mode=export`` writes for ``task`` (its spec's export graph)."""
     return task.spec.export.graph(task)
+
 
 def compose(overrides: list[str]):
     from hydra import compose as hydra_compose
@@ -106,8 +112,11 @@ def frames(batch: int, folder: Path | None) -> np.ndarray:
     """``(batch, 480, 640, 3)`` uint8: real photos resized with PIL, else random pixels."""
     from PIL import Image
 
-    roots = [folder] if folder else [Path("/work/shared/datasets/fruits_voc/test"),
-                                     Path("/work/shared/datasets/hymenoptera/val")]
+    roots = (
+        [folder]
+        if folder
+        else [Path("/work/shared/datasets/fruits_voc/test"), Path("/work/shared/datasets/hymenoptera/val")]
+    )
     files = [f for r in roots if r.is_dir() for f in sorted(r.rglob("*.jpg"))][:batch]
     if not files:
         return np.random.default_rng(0).integers(0, 256, (batch, *FRAME, 3), dtype=np.uint8)
@@ -124,8 +133,9 @@ def end_to_end_speed(folder: Path, images: np.ndarray, threads: int, warmup: int
     return rows, table
 
 
-def end_to_end_row(name: str, overrides: list[str], folder: Path, images: np.ndarray, threads: int, warmup: int,
-                   repeats: int) -> tuple[list, dict]:
+def end_to_end_row(
+    name: str, overrides: list[str], folder: Path, images: np.ndarray, threads: int, warmup: int, repeats: int
+) -> tuple[list, dict]:
     import onnx
 
     from mbtasks.data.transforms import apply, to_tensor
@@ -153,27 +163,42 @@ def end_to_end_row(name: str, overrides: list[str], folder: Path, images: np.nda
         if task.name == "classification":
             return np.argsort(-outs[1], axis=1)[:, :5]
         if task.name == "detection":
-            dets = detections_from_outputs(*outs, **{k: post[k] for k in (
-                "score_threshold", "nms_iou", "max_detections", "topk_candidates")})
+            dets = detections_from_outputs(
+                *outs, **{k: post[k] for k in ("score_threshold", "nms_iou", "max_detections", "topk_candidates")}
+            )
             scale = np.array([FRAME[1] / size, FRAME[0] / size] * 2, np.float32)
             return [d["boxes"] * scale for d in dets]
         return outs[0]
 
     x = preprocess()
     outs = network(x)
-    t = time_rounds({"end_to_end": lambda: e2e(images), "two_step": lambda: postprocess(network(preprocess())),
-                     "network": lambda: network(x), "preprocess": preprocess,
-                     "postprocess": lambda: postprocess(outs)}, warmup, repeats)
+    t = time_rounds(
+        {
+            "end_to_end": lambda: e2e(images),
+            "two_step": lambda: postprocess(network(preprocess())),
+            "network": lambda: network(x),
+            "preprocess": preprocess,
+            "postprocess": lambda: postprocess(outs),
+        },
+        warmup,
+        repeats,
+    )
     e2e_s, two_s = batch / t["end_to_end"], batch / t["two_step"]
     pre_ms, post_ms = 1000 * t["preprocess"] / batch, 1000 * t["postprocess"] / batch
     row = [name, e2e_s, two_s, e2e_s / two_s, batch / t["network"], pre_ms, post_ms]
-    return row, {"end_to_end_img_s": e2e_s, "network_plus_numpy_img_s": two_s, "ratio": e2e_s / two_s,
-                 "network_only_img_s": batch / t["network"], "numpy_preprocess_ms_per_img": pre_ms,
-                 "numpy_postprocess_ms_per_img": post_ms}
+    return row, {
+        "end_to_end_img_s": e2e_s,
+        "network_plus_numpy_img_s": two_s,
+        "ratio": e2e_s / two_s,
+        "network_only_img_s": batch / t["network"],
+        "numpy_preprocess_ms_per_img": pre_ms,
+        "numpy_postprocess_ms_per_img": post_ms,
+    }
 
 
-def int8_speed(checkpoints: list[Path], variants: list[list[str]], batch: int, threads: int,
-               calibration_images: int) -> tuple[list, dict]:
+def int8_speed(
+    checkpoints: list[Path], variants: list[list[str]], batch: int, threads: int, calibration_images: int
+) -> tuple[list, dict]:
     """Section 4: ``export.quantize=int8`` of each checkpoint, per set of op types kept float."""
     from mbtasks.errors import ConfigError
     from mbtasks.modes.export import export_task
@@ -186,21 +211,47 @@ def int8_speed(checkpoints: list[Path], variants: list[list[str]], batch: int, t
         for exclude in variants:
             try:
                 with tempfile.TemporaryDirectory() as tmp:
-                    r = export_task(task, train_cfg, Path(tmp) / "net.onnx", end_to_end=False, quantize="int8",
-                                    calibration_images=calibration_images, int8_exclude=exclude,
-                                    max_drop={task.spec.export.metric: float("inf")}, speed_batch=batch,
-                                    speed_threads=threads)
+                    r = export_task(
+                        task,
+                        train_cfg,
+                        Path(tmp) / "net.onnx",
+                        end_to_end=False,
+                        quantize="int8",
+                        calibration_images=calibration_images,
+                        int8_exclude=exclude,
+                        max_drop={task.spec.export.metric: float("inf")},
+                        speed_batch=batch,
+                        speed_threads=threads,
+                    )
             except ConfigError as err:  # e.g. --int8-exclude Gemm on a network without Gemm: skip that variant
                 print(f"{data} {task.name}, float {exclude}: skipped ({err})")
                 continue
             q, s = r["int8"], r["int8"]["speed"]
-            name = f"{data} {task.name}" + (" (default)" if exclude is None else f" (float: {', '.join(exclude) or 'none'})")
+            name = f"{data} {task.name}" + (
+                " (default)" if exclude is None else f" (float: {', '.join(exclude) or 'none'})"
+            )
             target = task.spec.export.max_drop
             ok = q["drop"] <= target and s["int8_vs_fp32"] >= 2.0
-            rows.append([name, q["metric"], q["fp32"], q["int8"], q["drop"], s["fp32"], s["int8"], s["int8_vs_fp32"],
-                         "yes" if ok else "no"])
-            table[name] = {"checkpoint": str(ckpt), "kept_float": r["quantization"]["kept_float"]["op_types"], **q,
-                           "target": {"max_drop": target, "min_speedup": 2.0}, "met": ok}
+            rows.append(
+                [
+                    name,
+                    q["metric"],
+                    q["fp32"],
+                    q["int8"],
+                    q["drop"],
+                    s["fp32"],
+                    s["int8"],
+                    s["int8_vs_fp32"],
+                    "yes" if ok else "no",
+                ]
+            )
+            table[name] = {
+                "checkpoint": str(ckpt),
+                "kept_float": r["quantization"]["kept_float"]["op_types"],
+                **q,
+                "target": {"max_drop": target, "min_speedup": 2.0},
+                "met": ok,
+            }
     return rows, table
 
 
@@ -209,11 +260,21 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=None, help="batch (default 32, --quick 8)")
     p.add_argument("--e2e-only", action="store_true", help="only section 3 (end to end vs network + numpy)")
     p.add_argument("--images", type=Path, default=None, help="folder of photos for section 3")
-    p.add_argument("--int8", type=Path, nargs="+", default=None, metavar="CKPT",
-                   help="only section 4: export.quantize=int8 of these checkpoints vs fp32")
-    p.add_argument("--int8-exclude", action="append", default=[],
-                   help="comma-separated op types (or 'depthwise') to also measure kept float (repeatable; ',' = "
-                        "nothing float); the first row per checkpoint is the task's default")
+    p.add_argument(
+        "--int8",
+        type=Path,
+        nargs="+",
+        default=None,
+        metavar="CKPT",
+        help="only section 4: export.quantize=int8 of these checkpoints vs fp32",
+    )
+    p.add_argument(
+        "--int8-exclude",
+        action="append",
+        default=[],
+        help="comma-separated op types (or 'depthwise') to also measure kept float (repeatable; ',' = "
+        "nothing float); the first row per checkpoint is the task's default",
+    )
     p.add_argument("--calibration-images", type=int, default=256)
     args = p.parse_args()
     setup(args.threads)
@@ -224,19 +285,31 @@ def main() -> None:
     if args.int8:
         variants = [None] + [[k.strip() for k in v.split(",") if k.strip()] for v in args.int8_exclude]
         rows, results["int8_vs_fp32"] = int8_speed(args.int8, variants, batch, args.threads, args.calibration_images)
-        print_table(f"onnxruntime INT8 (QDQ) vs fp32 network graphs, batch {batch}, {args.threads} threads; metric on "
-                    "the checkpoint's validation split (top1 as a fraction)",
-                    ["checkpoint", "metric", "fp32", "int8", "drop", "fp32 img/s", "int8 img/s", "speed-up",
-                     "targets met"], rows)
+        print_table(
+            f"onnxruntime INT8 (QDQ) vs fp32 network graphs, batch {batch}, {args.threads} threads; metric on "
+            "the checkpoint's validation split (top1 as a fraction)",
+            ["checkpoint", "metric", "fp32", "int8", "drop", "fp32 img/s", "int8 img/s", "speed-up", "targets met"],
+            rows,
+        )
         write_results("onnx_speed_int8", results, args.out)
         return
     with tempfile.TemporaryDirectory() as tmp:
         rows, table = end_to_end_speed(Path(tmp), frames(batch, args.images), args.threads, warmup, repeats)
     results["end_to_end_vs_network_plus_numpy"] = table
-    print_table(f"onnxruntime, {FRAME[1]}x{FRAME[0]} uint8 frames to answers, batch {batch}, {args.threads} threads: "
-                "one end-to-end graph vs predict's preprocessing + network graph + numpy post-processing",
-                ["model", "end to end img/s", "network + numpy img/s", "ratio", "network alone img/s",
-                 "numpy pre ms/img", "numpy post ms/img"], rows)
+    print_table(
+        f"onnxruntime, {FRAME[1]}x{FRAME[0]} uint8 frames to answers, batch {batch}, {args.threads} threads: "
+        "one end-to-end graph vs predict's preprocessing + network graph + numpy post-processing",
+        [
+            "model",
+            "end to end img/s",
+            "network + numpy img/s",
+            "ratio",
+            "network alone img/s",
+            "numpy pre ms/img",
+            "numpy post ms/img",
+        ],
+        rows,
+    )
     if args.e2e_only:
         write_results("onnx_speed_e2e", results, args.out)
         return
@@ -250,8 +323,11 @@ def main() -> None:
         t = time_rounds({"ours": lambda: run_ours(x), "timm": lambda: run_ref(x)}, warmup, repeats)
         o, r = batch / t["ours"], batch / t["timm"]
         results["ours_v1_vs_timm_onnxruntime"] = {"ours_img_s": o, "timm_img_s": r, "ratio": o / r, "target_ratio": 1.0}
-        print_table(f"onnxruntime, V1 1.0-224 classifier, batch {batch}, {args.threads} threads",
-                    ["model", "img/s", "ratio"], [["ours", o, o / r], ["timm mobilenetv1_100", r, 1.0]])
+        print_table(
+            f"onnxruntime, V1 1.0-224 classifier, batch {batch}, {args.threads} threads",
+            ["model", "img/s", "ratio"],
+            [["ours", o, o / r], ["timm mobilenetv1_100", r, 1.0]],
+        )
         rows, table = [], {}
         for name, (overrides, size) in NETWORKS.items():
             graph = graph_of(build_task(overrides))
@@ -259,15 +335,25 @@ def main() -> None:
             images = torch.randn(batch, 3, size, size)
             arr = images.numpy()
             np.testing.assert_allclose(runner(arr[:2])[0], graph.module(images[:2])[0].detach().numpy(), atol=1e-3)
-            t = time_rounds({"onnxruntime": lambda r=runner, a=arr: r(a), "pytorch": pytorch_fn(graph.module, images)},
-                            warmup, repeats)
+            t = time_rounds(
+                {"onnxruntime": lambda r=runner, a=arr: r(a), "pytorch": pytorch_fn(graph.module, images)},
+                warmup,
+                repeats,
+            )
             ort_s, pt_s = batch / t["onnxruntime"], batch / t["pytorch"]
             rows.append([f"{name} @{size}", ort_s, pt_s, ort_s / pt_s])
-            table[name] = {"image_size": size, "onnxruntime_img_s": ort_s, "pytorch_eager_fp32_img_s": pt_s,
-                           "ratio": ort_s / pt_s}
+            table[name] = {
+                "image_size": size,
+                "onnxruntime_img_s": ort_s,
+                "pytorch_eager_fp32_img_s": pt_s,
+                "ratio": ort_s / pt_s,
+            }
         results["ours_onnxruntime_vs_pytorch"] = table
-    print_table(f"Our exported networks: onnxruntime vs PyTorch eager fp32, batch {batch}, {args.threads} threads",
-                ["network", "onnxruntime img/s", "PyTorch img/s", "ratio"], rows)
+    print_table(
+        f"Our exported networks: onnxruntime vs PyTorch eager fp32, batch {batch}, {args.threads} threads",
+        ["network", "onnxruntime img/s", "PyTorch img/s", "ratio"],
+        rows,
+    )
     write_results("onnx_speed", results, args.out)
 
 

@@ -115,6 +115,7 @@ def default_size(name: str, start: str) -> int:
 
 # -- the ImageNet weights, where a user's machine would have them -----------------------------------
 
+
 class WeightsCache:
     """``TORCH_HOME`` / ``MBTASKS_WEIGHTS_DIR`` / ``HF_HOME`` under ``root``, filled on demand from the
     original files in ``weights`` (torchvision's .pth linked, Google's .pb / .tflite converted with
@@ -125,8 +126,13 @@ class WeightsCache:
         self.done: dict[str, bool] = {}
 
     def env(self) -> dict[str, str]:
-        return {**os.environ, "TORCH_HOME": str(self.root / "torch"), "MBTASKS_WEIGHTS_DIR": str(self.root / "weights"),
-                "HF_HOME": str(self.root / "hf"), "HF_HUB_OFFLINE": "1"}
+        return {
+            **os.environ,
+            "TORCH_HOME": str(self.root / "torch"),
+            "MBTASKS_WEIGHTS_DIR": str(self.root / "weights"),
+            "HF_HOME": str(self.root / "hf"),
+            "HF_HUB_OFFLINE": "1",
+        }
 
     def ensure(self, name: str) -> bool:
         """Whether published ``name`` (``mobilenet_v1_1.0``...) is in the cache, putting it there if its
@@ -147,8 +153,13 @@ class WeightsCache:
             print(f"  {name}: {path} linked into {ckpt}", flush=True)
             return True
         print(f"  {name}: python -m mbtasks weights convert {path}", flush=True)
-        proc = subprocess.run([sys.executable, "-m", "mbtasks", "weights", "convert", str(path)], cwd=REPO,
-                              env=self.env(), capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, "-m", "mbtasks", "weights", "convert", str(path)],
+            cwd=REPO,
+            env=self.env(),
+            capture_output=True,
+            text=True,
+        )
         if proc.returncode != 0:
             print(f"  conversion failed (exit {proc.returncode}): {proc.stderr.strip()[-500:]}", flush=True)
             return False
@@ -176,7 +187,9 @@ def pretrained_backbone(name: str, cache: WeightsCache) -> tuple[list[str], str]
 
     task = SETS[name][0]
     if task != "classification":
-        arch, width = backbone_arch(compose_cfg([f"task={task}", f"data={SETS[name][1]}", f"data.root={DATASETS / name}"]))
+        arch, width = backbone_arch(
+            compose_cfg([f"task={task}", f"data={SETS[name][1]}", f"data.root={DATASETS / name}"])
+        )
         try:
             entry = published.entry_for(arch, width)
         except ConfigError:
@@ -193,18 +206,31 @@ def pretrained_backbone(name: str, cache: WeightsCache) -> tuple[list[str], str]
 
 # -- mbtasks, as a user runs it ---------------------------------------------------------------
 
+
 def mbtasks_args(name: str, budget: str, size: int | None = None) -> list[str]:
     task, data, default, _, _ = SETS[name]
-    return [f"task={task}", f"data={data}", f"data.root={DATASETS / name}", f"data.image_size={size or default}",
-            f"train.time={budget}"]
+    return [
+        f"task={task}",
+        f"data={data}",
+        f"data.root={DATASETS / name}",
+        f"data.image_size={size or default}",
+        f"train.time={budget}",
+    ]
 
 
 FINETUNED = re.compile(r"backbone\.pretrained=auto: real data and (\S+) ImageNet weights on this machine \((.*?)\)")
 RECIPE = re.compile(r"fine-tuning recipe of task=\w+: (.*?) \(keys given")
 
 
-def run_mbtasks(name: str, budget: str, run_dir: Path, overrides: list[str] = (), size: int | None = None,
-                start: str = "scratch", env: dict[str, str] | None = None) -> dict:
+def run_mbtasks(
+    name: str,
+    budget: str,
+    run_dir: Path,
+    overrides: list[str] = (),
+    size: int | None = None,
+    start: str = "scratch",
+    env: dict[str, str] | None = None,
+) -> dict:
     """``python -m mbtasks`` in a subprocess; the last epoch's validation metric, steps and wall time.
 
     ``overrides`` (the start's backbone keys, then a recipe to compare with the defaults) go after the
@@ -212,8 +238,15 @@ def run_mbtasks(name: str, budget: str, run_dir: Path, overrides: list[str] = ()
     nothing (``auto``) and checks in the log that the run fine-tuned the ImageNet weights."""
     metric = SETS[name][3]
     start_args = ["backbone.pretrained=null"] if start == "scratch" else []
-    args = [sys.executable, "-m", "mbtasks", *mbtasks_args(name, budget, size), *start_args, *overrides,
-            f"hydra.run.dir={run_dir}"]
+    args = [
+        sys.executable,
+        "-m",
+        "mbtasks",
+        *mbtasks_args(name, budget, size),
+        *start_args,
+        *overrides,
+        f"hydra.run.dir={run_dir}",
+    ]
     run_dir.mkdir(parents=True, exist_ok=True)
     start_t = time.monotonic()
     with open(run_dir / "stdout.log", "w") as out:
@@ -224,8 +257,14 @@ def run_mbtasks(name: str, budget: str, run_dir: Path, overrides: list[str] = ()
         raise RuntimeError(f"mbtasks failed on {name} (exit {proc.returncode}), see {run_dir / 'stdout.log'}")
     last = epochs[-1]
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    result = {"metric": last.get(metric), "steps": int(last["step"]), "epochs": len(epochs), "wall_s": wall,
-              "command": "python -m mbtasks " + " ".join(args[3:-1]), "metrics": metrics}
+    result = {
+        "metric": last.get(metric),
+        "steps": int(last["step"]),
+        "epochs": len(epochs),
+        "wall_s": wall,
+        "command": "python -m mbtasks " + " ".join(args[3:-1]),
+        "metrics": metrics,
+    }
     if metrics.get("test/split") == "test" and "test/map_50" in metrics:
         result["test_map_50"] = metrics["test/map_50"]
     result["backbone"] = backbone_of(run_dir)
@@ -233,11 +272,18 @@ def run_mbtasks(name: str, budget: str, run_dir: Path, overrides: list[str] = ()
         log = (run_dir / "stdout.log").read_text(errors="replace")
         found = FINETUNED.search(log)
         if found is None:
-            raise RuntimeError(f"{name}: the pretrained run did not fine-tune ImageNet weights "
-                               f"(backbone.pretrained=auto did not find them), see {run_dir / 'stdout.log'}")
+            raise RuntimeError(
+                f"{name}: the pretrained run did not fine-tune ImageNet weights "
+                f"(backbone.pretrained=auto did not find them), see {run_dir / 'stdout.log'}"
+            )
         recipe = RECIPE.search(log)
-        result.update({"weights": found.group(1), "weights_file": found.group(2),
-                       "finetune_recipe": recipe.group(1) if recipe else None})
+        result.update(
+            {
+                "weights": found.group(1),
+                "weights_file": found.group(2),
+                "finetune_recipe": recipe.group(1) if recipe else None,
+            }
+        )
     return result
 
 
@@ -256,6 +302,7 @@ def backbone_of(run_dir: Path) -> str | None:
 
 # -- the peer loops -----------------------------------------------------------------------------
 
+
 def lr_at(progress: float, warmup: float = 0.05, min_ratio: float = 0.01) -> float:
     """Warm-up then cosine, as a fraction of the peak LR, over ``progress`` in [0, 1] of the budget."""
     if progress < warmup:
@@ -270,8 +317,13 @@ def tutorial_step_lr(progress: float) -> float:
     return 0.1 ** int(progress / (7 / 25))
 
 
-def train_for(budget_s: float, loader: DataLoader, optimizer: torch.optim.Optimizer,
-              step: Callable[[object], torch.Tensor], schedule: Callable[[float], float] = lr_at) -> int:
+def train_for(
+    budget_s: float,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    step: Callable[[object], torch.Tensor],
+    schedule: Callable[[float], float] = lr_at,
+) -> int:
     """Run ``step(batch)`` (returns the loss) over epochs of ``loader`` until the budget is spent; the LR
     is the peak times ``schedule(progress)``."""
     peaks = [g["lr"] for g in optimizer.param_groups]
@@ -336,12 +388,19 @@ def peer_classification(name: str, budget_s: float, workers: int, size: int) -> 
     import albumentations as A
     import timm
 
-    k, train, val = classification_splits(name, size, A.Compose([A.RandomResizedCrop((size, size), scale=(0.25, 1.0)),
-                                                                 A.HorizontalFlip()]))
+    k, train, val = classification_splits(
+        name, size, A.Compose([A.RandomResizedCrop((size, size), scale=(0.25, 1.0)), A.HorizontalFlip()])
+    )
     model = timm.create_model("mobilenetv1_100", pretrained=False, num_classes=k)
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.05)
-    loader = DataLoader(train, batch_size=64, shuffle=True, drop_last=len(train) > 64, num_workers=workers,
-                        persistent_workers=workers > 0)
+    loader = DataLoader(
+        train,
+        batch_size=64,
+        shuffle=True,
+        drop_last=len(train) > 64,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+    )
     criterion = nn.CrossEntropyLoss(label_smoothing=0.1)
     model.train()
     steps = train_for(budget_s, loader, optimizer, lambda b: criterion(model(b[0]), b[1]))
@@ -359,15 +418,22 @@ def peer_classification_pretrained(name: str, budget_s: float, workers: int, siz
 
     # the tutorial's RandomResizedCrop(224) + RandomHorizontalFlip (torchvision's default scale 0.08-1),
     # and Resize(256) + CenterCrop(224), at ``size``
-    k, train, val = classification_splits(name, size, A.Compose([A.RandomResizedCrop((size, size), scale=(0.08, 1.0)),
-                                                                 A.HorizontalFlip()]))
+    k, train, val = classification_splits(
+        name, size, A.Compose([A.RandomResizedCrop((size, size), scale=(0.08, 1.0)), A.HorizontalFlip()])
+    )
     model = mobilenet_v2()
     model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     model.classifier[1] = nn.Linear(model.last_channel, k)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     # drop_last: a last batch of one image would give BatchNorm a single value per channel at small sizes
-    loader = DataLoader(train, batch_size=TUTORIAL_BATCH, shuffle=True, drop_last=True, num_workers=workers,
-                        persistent_workers=workers > 0)
+    loader = DataLoader(
+        train,
+        batch_size=TUTORIAL_BATCH,
+        shuffle=True,
+        drop_last=True,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+    )
     criterion = nn.CrossEntropyLoss()
     model.train()
     steps = train_for(budget_s, loader, optimizer, lambda b: criterion(model(b[0]), b[1]), schedule=tutorial_step_lr)
@@ -389,8 +455,15 @@ def peer_detection(name: str, budget_s: float, workers: int, size: int = 320) ->
     train_tf = A.Compose([A.Resize(size, size), A.HorizontalFlip()], bbox_params=bbox)
     unit = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))  # [0, 1] images: the model normalises them itself
     train = DetectionDataset(dm.datasets["train"].records, train_tf, size, *unit, train=True)
-    loader = DataLoader(train, batch_size=8, shuffle=True, drop_last=True, num_workers=workers,
-                        persistent_workers=workers > 0, collate_fn=detection_collate)
+    loader = DataLoader(
+        train,
+        batch_size=8,
+        shuffle=True,
+        drop_last=True,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        collate_fn=detection_collate,
+    )
     model = ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=k + 1)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9, weight_decay=4e-5)
 
@@ -409,7 +482,9 @@ def peer_detection(name: str, budget_s: float, workers: int, size: int = 320) ->
         ds = DetectionDataset(dm.datasets[split].records, A.Compose([A.Resize(size, size)]), size, *unit, train=False)
         with torch.no_grad():
             for images, targets in DataLoader(ds, batch_size=8, num_workers=workers, collate_fn=detection_collate):
-                dets = [{"boxes": d["boxes"], "scores": d["scores"], "labels": d["labels"] - 1} for d in model(list(images))]
+                dets = [
+                    {"boxes": d["boxes"], "scores": d["scores"], "labels": d["labels"] - 1} for d in model(list(images))
+                ]
                 metric.update(to_original(dets, (size, size), [t["orig_size"] for t in targets]), targets)
         stats = metric.compute()
         result["metric" if split == "val" else "test_map_50"] = stats["map_50"]
@@ -426,14 +501,20 @@ def peer_faces(name: str, budget_s: float, workers: int, size: int) -> dict:
     from mbtasks.metrics.verification import evaluate_verification, pair_distances
 
     dm = _instantiate_data(name)
-    train_tf = A.Compose([A.Resize(size, size), A.Affine(scale=(0.9, 1.1), translate_percent=(-0.05, 0.05),
-                                                         rotate=(-10, 10), p=0.7), A.HorizontalFlip()])
+    train_tf = A.Compose(
+        [
+            A.Resize(size, size),
+            A.Affine(scale=(0.9, 1.1), translate_percent=(-0.05, 0.05), rotate=(-10, 10), p=0.7),
+            A.HorizontalFlip(),
+        ]
+    )
     train = IdentityDataset(dm.train_set.samples, train_tf, IMAGENET_MEAN, IMAGENET_STD)
     labels = [label for _, label in dm.train_set.samples]
     batch = min(64, 4 * len(set(labels)))  # the sampler needs m x identities >= batch (Yale: 11 identities)
     sampler = samplers.MPerClassSampler(labels, m=4, batch_size=batch, length_before_new_iter=max(len(labels), batch))
-    loader = DataLoader(train, batch_size=batch, sampler=sampler, drop_last=True, num_workers=workers,
-                        persistent_workers=workers > 0)
+    loader = DataLoader(
+        train, batch_size=batch, sampler=sampler, drop_last=True, num_workers=workers, persistent_workers=workers > 0
+    )
     model = timm.create_model("mobilenetv1_100", pretrained=False, num_classes=128)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
     loss_fn = losses.TripletMarginLoss(margin=0.2)
@@ -453,20 +534,35 @@ def peer_faces(name: str, budget_s: float, workers: int, size: int) -> dict:
     with torch.no_grad():
         for x, idx, _ in DataLoader(ds, batch_size=128, num_workers=workers):
             embeddings[idx] = nn.functional.normalize(model(x), dim=1)
-    res = evaluate_verification(pair_distances(embeddings.numpy(), pairs.pairs), pairs.same, pairs.folds,
-                                pairs.num_folds)
+    res = evaluate_verification(
+        pair_distances(embeddings.numpy(), pairs.pairs), pairs.same, pairs.folds, pairs.num_folds
+    )
     return {"metric": float(res.accuracy), "steps": steps}
 
 
 # (label, short label for the table, function) by (task, start)
-PEERS = {("classification", "scratch"): ("timm mobilenetv1_100 scratch, AdamW/cosine", "timm V1 scratch",
-                                         peer_classification),
-         ("classification", "pretrained"): ("torchvision mobilenet_v2 ImageNet, tutorial SGD/StepLR",
-                                            "tv V2 tutorial", peer_classification_pretrained),
-         ("detection", "scratch"): ("torchvision ssdlite320_mobilenet_v3_large scratch, SGD 0.02/cosine",
-                                    "ssdlite scratch", peer_detection),
-         ("embedding", "scratch"): ("timm mobilenetv1_100 scratch + PML triplet semi-hard, m-per-class",
-                                    "timm V1+PML scratch", peer_faces)}
+PEERS = {
+    ("classification", "scratch"): (
+        "timm mobilenetv1_100 scratch, AdamW/cosine",
+        "timm V1 scratch",
+        peer_classification,
+    ),
+    ("classification", "pretrained"): (
+        "torchvision mobilenet_v2 ImageNet, tutorial SGD/StepLR",
+        "tv V2 tutorial",
+        peer_classification_pretrained,
+    ),
+    ("detection", "scratch"): (
+        "torchvision ssdlite320_mobilenet_v3_large scratch, SGD 0.02/cosine",
+        "ssdlite scratch",
+        peer_detection,
+    ),
+    ("embedding", "scratch"): (
+        "timm mobilenetv1_100 scratch + PML triplet semi-hard, m-per-class",
+        "timm V1+PML scratch",
+        peer_faces,
+    ),
+}
 
 
 def peer_for(task: str, start: str) -> tuple[str, str, Callable]:
@@ -474,8 +570,9 @@ def peer_for(task: str, start: str) -> tuple[str, str, Callable]:
     return PEERS.get((task, start)) or PEERS[(task, "scratch")]
 
 
-def run_peer(name: str, start: str, budget_s: float, threads: int, workers: int, size: int,
-             weights: Path | None = None) -> dict:
+def run_peer(
+    name: str, start: str, budget_s: float, threads: int, workers: int, size: int, weights: Path | None = None
+) -> dict:
     """The peer of ``start``'s row (detection and faces: the scratch peer for both starts)."""
     torch.manual_seed(0)
     np.random.seed(0)
@@ -483,8 +580,11 @@ def run_peer(name: str, start: str, budget_s: float, threads: int, workers: int,
     task = SETS[name][0]
     label, short, fn = peer_for(task, start)
     start_t = time.monotonic()
-    out = fn(name, budget_s, workers, size, weights) if fn is peer_classification_pretrained else fn(
-        name, budget_s, workers, size)
+    out = (
+        fn(name, budget_s, workers, size, weights)
+        if fn is peer_classification_pretrained
+        else fn(name, budget_s, workers, size)
+    )
     return {**out, "wall_s": time.monotonic() - start_t, "peer": label, "short": short, "input_size": size}
 
 
@@ -496,7 +596,7 @@ def parse_sizes(specs: list[str], names: list[str]) -> dict[tuple[str, str], int
         name, _, start = key.partition(":")
         if name not in SETS or (start and start not in STARTS) or not value.isdigit() or int(value) < 32:
             raise ValueError(f"{spec!r}: expected SET=PX or SET:START=PX (START: {'|'.join(STARTS)}, PX >= 32)")
-        for s in ([start] if start else STARTS):
+        for s in [start] if start else STARTS:
             sizes[(name, s)] = int(value)
     return {(n, s): sizes.get((n, s), default_size(n, s)) for n in names for s in STARTS}
 
@@ -505,31 +605,69 @@ def fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
-COLUMNS = ["set", "metric", "start", "model @ px", "ours", "peer", "peer is", "ours / peer", "ours / scratch",
-           "majority", "TEST mAP50 *", "steps o / p", "wall s o / p"]
-LEGEND = ("val split throughout; ours / peer: the row's ratio (pretrained rows: pretrained / peer); ours / scratch: "
-          "our pretrained row / our scratch row; majority (classification): the val share of the most frequent "
-          "class, what always answering it scores; * TEST mAP50 (detection): mbtasks' held-out test split "
-          "(metrics.json test/map_50 of the checkpoint it tests), reported only, never used to choose anything")
+COLUMNS = [
+    "set",
+    "metric",
+    "start",
+    "model @ px",
+    "ours",
+    "peer",
+    "peer is",
+    "ours / peer",
+    "ours / scratch",
+    "majority",
+    "TEST mAP50 *",
+    "steps o / p",
+    "wall s o / p",
+]
+LEGEND = (
+    "val split throughout; ours / peer: the row's ratio (pretrained rows: pretrained / peer); ours / scratch: "
+    "our pretrained row / our scratch row; majority (classification): the val share of the most frequent "
+    "class, what always answering it scores; * TEST mAP50 (detection): mbtasks' held-out test split "
+    "(metrics.json test/map_50 of the checkpoint it tests), reported only, never used to choose anything"
+)
 
 
 def main(argv: Iterable[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--budget", default="5m", help="wall-clock budget per run, e.g. 5m, 20s (default 5m)")
     p.add_argument("--sets", default=",".join(SETS), help=f"comma-separated sets (default all: {','.join(SETS)})")
-    p.add_argument("--start", choices=("scratch", "pretrained", "both"), default="both",
-                   help="scratch (backbone.pretrained=null), pretrained (ImageNet weights on the machine, "
-                        "auto fine-tunes them) or both rows per set (default both)")
-    p.add_argument("--size", action="append", default=[], metavar="SET[:START]=PX",
-                   help="input size of a set's rows (every start, or one); repeatable")
-    p.add_argument("--weights", type=Path, default=WEIGHTS,
-                   help=f"the original ImageNet files the pretrained rows start from (default {WEIGHTS})")
+    p.add_argument(
+        "--start",
+        choices=("scratch", "pretrained", "both"),
+        default="both",
+        help="scratch (backbone.pretrained=null), pretrained (ImageNet weights on the machine, "
+        "auto fine-tunes them) or both rows per set (default both)",
+    )
+    p.add_argument(
+        "--size",
+        action="append",
+        default=[],
+        metavar="SET[:START]=PX",
+        help="input size of a set's rows (every start, or one); repeatable",
+    )
+    p.add_argument(
+        "--weights",
+        type=Path,
+        default=WEIGHTS,
+        help=f"the original ImageNet files the pretrained rows start from (default {WEIGHTS})",
+    )
     p.add_argument("--threads", type=int, default=2, help="torch threads of the peer loops (mbtasks: torch's default)")
     p.add_argument("--workers", type=int, default=2, help="loader workers of the peer loops (mbtasks' default: 2)")
-    p.add_argument("--runs", type=Path, default=RESULTS / "real_data_runs", help="where the mbtasks run dirs go (a dated folder per invocation)")
+    p.add_argument(
+        "--runs",
+        type=Path,
+        default=RESULTS / "real_data_runs",
+        help="where the mbtasks run dirs go (a dated folder per invocation)",
+    )
     p.add_argument("--out", type=Path, default=None, help="JSON file (default benchmarks/results/real_data.json)")
-    p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
-                   help="an mbtasks override for every set and start (a recipe to try against the defaults; repeatable)")
+    p.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an mbtasks override for every set and start (a recipe to try against the defaults; repeatable)",
+    )
     p.add_argument("--no-peer", action="store_true", help="run mbtasks only (the peer columns stay empty)")
     args = p.parse_args(argv)
     try:
@@ -553,8 +691,15 @@ def main(argv: Iterable[str] | None = None) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def run_all(args, names: list[str], starts: list[str], sizes: dict[tuple[str, str], int], budget_s: float,
-            runs: Path, cache: WeightsCache) -> None:
+def run_all(
+    args,
+    names: list[str],
+    starts: list[str],
+    sizes: dict[tuple[str, str], int],
+    budget_s: float,
+    runs: Path,
+    cache: WeightsCache,
+) -> None:
     rows, results = [], {}
     for name in names:
         task, _, _, metric, metric_name = SETS[name]
@@ -586,19 +731,48 @@ def run_all(args, names: list[str], starts: list[str], sizes: dict[tuple[str, st
                 peer = peers[key]
             ratio = ours["metric"] / peer["metric"] if ours["metric"] is not None and peer["metric"] else None
             scratch = entry["starts"].get("scratch", {}).get("mbtasks", {}).get("metric")
-            gain = ours["metric"] / scratch if start == "pretrained" and scratch and ours["metric"] is not None else None
-            entry["starts"][start] = {"input_size": size, "mbtasks": ours, "peer": peer, "ratio": ratio,
-                                      "vs_ours_scratch": gain}
-            rows.append([name, metric_name, start, f"{shown} @{size}", fmt(ours["metric"]),
-                         fmt(peer["metric"]), peer["short"], fmt(ratio), fmt(gain), fmt(majority),
-                         fmt(ours.get("test_map_50")) if task == "detection" else "",
-                         f"{ours['steps']} / {peer['steps']}", f"{ours['wall_s']:.0f} / "
-                         + ("-" if math.isnan(peer["wall_s"]) else f"{peer['wall_s']:.0f}")])
+            gain = (
+                ours["metric"] / scratch if start == "pretrained" and scratch and ours["metric"] is not None else None
+            )
+            entry["starts"][start] = {
+                "input_size": size,
+                "mbtasks": ours,
+                "peer": peer,
+                "ratio": ratio,
+                "vs_ours_scratch": gain,
+            }
+            rows.append(
+                [
+                    name,
+                    metric_name,
+                    start,
+                    f"{shown} @{size}",
+                    fmt(ours["metric"]),
+                    fmt(peer["metric"]),
+                    peer["short"],
+                    fmt(ratio),
+                    fmt(gain),
+                    fmt(majority),
+                    fmt(ours.get("test_map_50")) if task == "detection" else "",
+                    f"{ours['steps']} / {peer['steps']}",
+                    f"{ours['wall_s']:.0f} / " + ("-" if math.isnan(peer["wall_s"]) else f"{peer['wall_s']:.0f}"),
+                ]
+            )
             print_table(f"real data, {args.budget} per run", COLUMNS, rows)
             print(LEGEND, flush=True)
-    write_results("real_data", {"budget": args.budget, "budget_s": budget_s, "starts": starts,
-                                "overrides": args.override, "weights": str(args.weights), "sets": results,
-                                "machine_at_end": machine()}, args.out)
+    write_results(
+        "real_data",
+        {
+            "budget": args.budget,
+            "budget_s": budget_s,
+            "starts": starts,
+            "overrides": args.override,
+            "weights": str(args.weights),
+            "sets": results,
+            "machine_at_end": machine(),
+        },
+        args.out,
+    )
 
 
 if __name__ == "__main__":

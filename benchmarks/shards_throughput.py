@@ -50,8 +50,11 @@ def main() -> None:
     args = p.parse_args()
     setup(args.threads)
     repeats = args.repeats or (2 if args.quick else 5)
-    keys = [f"data.image_size={args.image_size}", f"data.batch_size={args.batch_size}",
-            f"data.num_workers={args.workers}"]
+    keys = [
+        f"data.image_size={args.image_size}",
+        f"data.batch_size={args.batch_size}",
+        f"data.num_workers={args.workers}",
+    ]
     with tempfile.TemporaryDirectory(prefix="shards-") as tmp:
         out = Path(tmp) / args.root.name
         start = time.perf_counter()
@@ -65,22 +68,44 @@ def main() -> None:
         def epoch(name):
             def run():
                 counts[name] = sum(len(y) for _, y in loaders[name])
+
             return run
 
         seconds = time_rounds({k: epoch(k) for k in loaders}, warmup=1, repeats=repeats)
         sizes = {"imagefolder": folder_bytes(args.root / "train"), "shards": folder_bytes(out / "train")}
     rows = [[k, counts[k], seconds[k], counts[k] / seconds[k], sizes[k] / 2**20] for k in loaders]
     ratio = rows[1][3] / rows[0][3]  # images / s: the loaders may drop different remainders
-    print_table(f"train loader, {args.root.name}: {args.image_size} px, batch {args.batch_size}, "
-                f"{args.workers} workers (shards / imagefolder throughput {ratio:.2f}; written in {write_s:.1f} s)",
-                ["loader", "images / epoch", "s / epoch", "images / s", "train MiB"], rows)
+    print_table(
+        f"train loader, {args.root.name}: {args.image_size} px, batch {args.batch_size}, "
+        f"{args.workers} workers (shards / imagefolder throughput {ratio:.2f}; written in {write_s:.1f} s)",
+        ["loader", "images / epoch", "s / epoch", "images / s", "train MiB"],
+        rows,
+    )
     print("note: a shared machine, not measured idle: a smoke run, not a benchmark result")
-    write_results("shards_throughput", {
-        "root": str(args.root), "image_size": args.image_size, "batch_size": args.batch_size,
-        "num_workers": args.workers, "repeats": repeats, "write_seconds": write_s, "splits": meta["splits"],
-        "loaders": {r[0]: {"images_per_epoch": r[1], "seconds_per_epoch": r[2], "images_per_second": r[3],
-                           "train_mib": r[4]} for r in rows},
-        "ratio_shards_over_imagefolder": ratio, "idle": False}, args.out)
+    write_results(
+        "shards_throughput",
+        {
+            "root": str(args.root),
+            "image_size": args.image_size,
+            "batch_size": args.batch_size,
+            "num_workers": args.workers,
+            "repeats": repeats,
+            "write_seconds": write_s,
+            "splits": meta["splits"],
+            "loaders": {
+                r[0]: {
+                    "images_per_epoch": r[1],
+                    "seconds_per_epoch": r[2],
+                    "images_per_second": r[3],
+                    "train_mib": r[4],
+                }
+                for r in rows
+            },
+            "ratio_shards_over_imagefolder": ratio,
+            "idle": False,
+        },
+        args.out,
+    )
 
 
 if __name__ == "__main__":

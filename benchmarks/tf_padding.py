@@ -119,14 +119,21 @@ def main() -> None:
         entry["seconds"] = round(time.perf_counter() - start, 1)
         results[name] = entry
         rt = entry.get("litert")
-        rows.append([name, f"{converted.width}/{converted.image_size}",
-                     f"{entry['tf_same']['top1']} / {entry['tf_same']['top5']}",
-                     f"{entry['symmetric']['top1']} / {entry['symmetric']['top5']}",
-                     f"{rt['top1']} / {rt['top5']}" if rt else "-",
-                     entry["tf_same"]["top1"] - entry["symmetric"]["top1"]])
-    print_table(f"Converted TF MobileNet V1 on {n} ImageNet val photos: top-1 / top-5 (photos right)",
-                ["file", "width/size", "ours tf_same", "ours symmetric", "TFLite runtime", "top-1 tf_same - sym"],
-                rows)
+        rows.append(
+            [
+                name,
+                f"{converted.width}/{converted.image_size}",
+                f"{entry['tf_same']['top1']} / {entry['tf_same']['top5']}",
+                f"{entry['symmetric']['top1']} / {entry['symmetric']['top5']}",
+                f"{rt['top1']} / {rt['top5']}" if rt else "-",
+                entry["tf_same"]["top1"] - entry["symmetric"]["top1"],
+            ]
+        )
+    print_table(
+        f"Converted TF MobileNet V1 on {n} ImageNet val photos: top-1 / top-5 (photos right)",
+        ["file", "width/size", "ours tf_same", "ours symmetric", "TFLite runtime", "top-1 tf_same - sym"],
+        rows,
+    )
     write_results("tf_padding", {"photos": n, "crop_fraction": CROP_FRACTION, "results": results}, args.out)
 
 

@@ -92,8 +92,9 @@ class FitClock(L.Callback):
 
     def on_train_end(self, trainer, pl_module) -> None:
         seconds = time.perf_counter() - self.start
-        self.out.write_text(json.dumps({"images": self.images, "seconds": seconds, "step_s": self.step_s,
-                                        "val_s": self.val_s}))
+        self.out.write_text(
+            json.dumps({"images": self.images, "seconds": seconds, "step_s": self.step_s, "val_s": self.val_s})
+        )
 
 
 def compose(overrides: list[str]):
@@ -114,8 +115,11 @@ def full_loop(overrides: list[str], run_dir: Path) -> dict:
     from mbtasks.modes.run import dispatch
 
     clock = run_dir.parent / "fit_clock.json"
-    overrides = [*overrides, "+callbacks.fit_clock._target_=train_throughput.FitClock",
-                 f"+callbacks.fit_clock.out={clock}"]
+    overrides = [
+        *overrides,
+        "+callbacks.fit_clock._target_=train_throughput.FitClock",
+        f"+callbacks.fit_clock.out={clock}",
+    ]
     dispatch(compose(overrides), run_dir, overrides)
     timing = json.loads(clock.read_text())
     last = run_dir / "checkpoints" / "last.ckpt"
@@ -123,9 +127,13 @@ def full_loop(overrides: list[str], run_dir: Path) -> dict:
     budget = next((v for k, v in state.items() if k.startswith("TimeBudget") and v), None)
     if budget:
         split = budget["split"]
-        timing["budget_split"] = {"spent_s": budget["spent"], "steps": split["steps"],
-                                  "validations": split["validations"], "step": split["steps_s"] / budget["spent"],
-                                  "val": split["val_s"] / budget["spent"]}
+        timing["budget_split"] = {
+            "spent_s": budget["spent"],
+            "steps": split["steps"],
+            "validations": split["validations"],
+            "step": split["steps_s"] / budget["spent"],
+            "val": split["val_s"] / budget["spent"],
+        }
         timing["budget_split"]["other"] = 1 - timing["budget_split"]["step"] - timing["budget_split"]["val"]
     return timing
 
@@ -180,16 +188,27 @@ def main() -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--tasks", nargs="*", default=["classification", "detection", "embedding"])
     p.add_argument("--real", nargs="*", default=[], choices=list(REAL_SETS), help="shared real sets to run too")
-    p.add_argument("--datasets-dir", type=Path,
-                   default=Path(os.environ.get("MBTASKS_SHARED_DATASETS", Path(__file__).resolve().parents[2]
-                                               / "shared" / "datasets")))
+    p.add_argument(
+        "--datasets-dir",
+        type=Path,
+        default=Path(
+            os.environ.get("MBTASKS_SHARED_DATASETS", Path(__file__).resolve().parents[2] / "shared" / "datasets")
+        ),
+    )
     p.add_argument("--epochs", type=int, default=2, help="full loop: epochs (validation and checkpoint after each)")
     p.add_argument("--steps", type=int, default=None, help="full loop: at most this many batches per epoch")
     p.add_argument("--bare-steps", type=int, default=10, help="bare loop: timed steps (twice: before and after)")
-    p.add_argument("--budget", default=None, help="full loop as a train.time run of this budget (e.g. 5m) "
-                   "instead of --epochs; adds the run's split of its budget")
-    p.add_argument("--no-worker-thread-limit", action="store_true",
-                   help="loader workers keep OpenCV's / BLAS' default thread pools (the measurement before the fix)")
+    p.add_argument(
+        "--budget",
+        default=None,
+        help="full loop as a train.time run of this budget (e.g. 5m) "
+        "instead of --epochs; adds the run's split of its budget",
+    )
+    p.add_argument(
+        "--no-worker-thread-limit",
+        action="store_true",
+        help="loader workers keep OpenCV's / BLAS' default thread pools (the measurement before the fix)",
+    )
     p.add_argument("overrides", nargs="*", help="extra config overrides for every run")
     args = p.parse_args()
     setup(args.threads)
@@ -198,11 +217,20 @@ def main() -> None:
     if args.quick:
         args.epochs, args.steps, args.bare_steps = 1, args.steps or 5, 3
     runs = {name: [f"task={name}"] for name in args.tasks}
-    runs.update({name: [f"data.root={args.datasets_dir / folder}", *extra]
-                 for name, (folder, extra) in REAL_SETS.items() if name in args.real})
+    runs.update(
+        {
+            name: [f"data.root={args.datasets_dir / folder}", *extra]
+            for name, (folder, extra) in REAL_SETS.items()
+            if name in args.real
+        }
+    )
     rows, out = [], {}
     for name, base in runs.items():
-        limits = [f"trainer.max_epochs={args.epochs}", "trainer.limit_test_batches=1", "trainer.enable_progress_bar=false"]
+        limits = [
+            f"trainer.max_epochs={args.epochs}",
+            "trainer.limit_test_batches=1",
+            "trainer.enable_progress_bar=false",
+        ]
         if args.budget:
             limits.append(f"train.time={args.budget}")
         if args.steps:
@@ -222,27 +250,72 @@ def main() -> None:
         backbone = cfg.backbone._target_.rsplit(".", 1)[-1]
         workers = int(cfg.data.num_workers)
         budget = timing.get("budget_split") or {}
-        rows.append([name, f"{backbone} {cfg.backbone.width} @{cfg.data.image_size}", len(batch[0]), workers,
-                     str(cfg.trainer.precision), images, full, bare, full / bare, share["step"], share["val"],
-                     share["other"], *((budget.get("step"), budget.get("val"), budget.get("other"))
-                                       if args.budget else ())])
-        out[name] = {"overrides": overrides, "batch_size": len(batch[0]), "num_workers": workers,
-                     "precision": str(cfg.trainer.precision), "full_images": images, "full_img_s": full,
-                     "bare_img_s": bare, "bare_img_s_before_after": [bare_before, bare_after], "ratio": full / bare,
-                     "time_share": share, "budget_split": budget or None,
-                     "target_ratio": 0.9}
+        rows.append(
+            [
+                name,
+                f"{backbone} {cfg.backbone.width} @{cfg.data.image_size}",
+                len(batch[0]),
+                workers,
+                str(cfg.trainer.precision),
+                images,
+                full,
+                bare,
+                full / bare,
+                share["step"],
+                share["val"],
+                share["other"],
+                *((budget.get("step"), budget.get("val"), budget.get("other")) if args.budget else ()),
+            ]
+        )
+        out[name] = {
+            "overrides": overrides,
+            "batch_size": len(batch[0]),
+            "num_workers": workers,
+            "precision": str(cfg.trainer.precision),
+            "full_images": images,
+            "full_img_s": full,
+            "bare_img_s": bare,
+            "bare_img_s_before_after": [bare_before, bare_after],
+            "ratio": full / bare,
+            "time_share": share,
+            "budget_split": budget or None,
+            "target_ratio": 0.9,
+        }
     length = f"train.time={args.budget}" if args.budget else f"{args.epochs} epochs"
-    print_table(f"Full training loop (mode=train) vs bare step ({args.threads} threads, {length}"
-                f"{f' of {args.steps} batches' if args.steps else ''}, worker thread limit "
-                f"{'off' if args.no_worker_thread_limit else 'on'})",
-                ["run", "network", "batch", "workers", "precision", "images", "full img/s", "bare img/s", "full / bare",
-                 "in steps", "in val", "other",
-                 *(("budget: steps", "budget: val", "budget: other") if args.budget else ())],
-                rows)
-    write_results("train_throughput", {"epochs": args.epochs, "budget": args.budget, "steps": args.steps,
-                                       "bare_steps": args.bare_steps,
-                                       "worker_thread_limit": not args.no_worker_thread_limit,
-                                       "overrides": args.overrides, "runs": out}, args.out)
+    print_table(
+        f"Full training loop (mode=train) vs bare step ({args.threads} threads, {length}"
+        f"{f' of {args.steps} batches' if args.steps else ''}, worker thread limit "
+        f"{'off' if args.no_worker_thread_limit else 'on'})",
+        [
+            "run",
+            "network",
+            "batch",
+            "workers",
+            "precision",
+            "images",
+            "full img/s",
+            "bare img/s",
+            "full / bare",
+            "in steps",
+            "in val",
+            "other",
+            *(("budget: steps", "budget: val", "budget: other") if args.budget else ()),
+        ],
+        rows,
+    )
+    write_results(
+        "train_throughput",
+        {
+            "epochs": args.epochs,
+            "budget": args.budget,
+            "steps": args.steps,
+            "bare_steps": args.bare_steps,
+            "worker_thread_limit": not args.no_worker_thread_limit,
+            "overrides": args.overrides,
+            "runs": out,
+        },
+        args.out,
+    )
 
 
 if __name__ == "__main__":

@@ -49,7 +49,9 @@ def main() -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--width", type=float, default=0.5)
     p.add_argument("--cls-epochs", type=int, default=None, help="classification epochs (default 8, --quick 1)")
-    p.add_argument("--det-batches", type=int, default=None, help="detection batches in the epoch (default 20, --quick 4)")
+    p.add_argument(
+        "--det-batches", type=int, default=None, help="detection batches in the epoch (default 20, --quick 4)"
+    )
     args = p.parse_args()
     cls_epochs = args.cls_epochs or (1 if args.quick else 8)
     det_batches = args.det_batches or (4 if args.quick else 20)
@@ -57,12 +59,23 @@ def main() -> None:
     setup(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        cls_extra = ["trainer.limit_train_batches=4", "trainer.limit_val_batches=2", "trainer.limit_test_batches=2"] \
-            if args.quick else []
+        cls_extra = (
+            ["trainer.limit_train_batches=4", "trainer.limit_val_batches=2", "trainer.limit_test_batches=2"]
+            if args.quick
+            else []
+        )
         cls = run([*shared, f"trainer.max_epochs={cls_epochs}", "task.log_images=0", *cls_extra], tmp / "cls")
         source = tmp / "cls" / "checkpoints" / "last.ckpt"
-        det = ["task=detection", *shared, "trainer.max_epochs=1", f"trainer.limit_train_batches={det_batches}",
-               "trainer.limit_val_batches=2", "trainer.limit_test_batches=2", "task.log_images=0", "seed=0"]
+        det = [
+            "task=detection",
+            *shared,
+            "trainer.max_epochs=1",
+            f"trainer.limit_train_batches={det_batches}",
+            "trainer.limit_val_batches=2",
+            "trainer.limit_test_batches=2",
+            "task.log_images=0",
+            "seed=0",
+        ]
         variants = {
             "scratch": [],
             "transferred, frozen backbone": ["experiment=transfer_cls_to_det", f"backbone.pretrained={source}"],
@@ -73,19 +86,43 @@ def main() -> None:
             run_dir = tmp / name.replace(" ", "_").replace(",", "")
             metrics = run([*det, *extra], run_dir)
             curve = loss_curve(run_dir)
-            curves[name] = {"train_loss": curve, "epoch_mean": statistics.fmean(curve),
-                            "last_5_mean": statistics.fmean(curve[-5:]), "val_loss": metrics.get("val/loss"),
-                            "val_map_50": metrics.get("val/map_50")}
-            rows.append([name, curve[0], statistics.fmean(curve), statistics.fmean(curve[-5:]),
-                         metrics.get("val/loss") or float("nan")])
+            curves[name] = {
+                "train_loss": curve,
+                "epoch_mean": statistics.fmean(curve),
+                "last_5_mean": statistics.fmean(curve[-5:]),
+                "val_loss": metrics.get("val/loss"),
+                "val_map_50": metrics.get("val/map_50"),
+            }
+            rows.append(
+                [
+                    name,
+                    curve[0],
+                    statistics.fmean(curve),
+                    statistics.fmean(curve[-5:]),
+                    metrics.get("val/loss") or float("nan"),
+                ]
+            )
     scratch = curves["scratch"]["epoch_mean"]
     for name in variants:
         curves[name]["epoch_mean_vs_scratch"] = curves[name]["epoch_mean"] / scratch
-    print_table(f"Detection, first epoch ({det_batches} batches), V1 width {args.width}; backbone from "
-                f"{cls_epochs} classification epochs (test/acc_top1 {cls.get('test/acc_top1', float('nan')):.3f})",
-                ["start", "first-step loss", "epoch mean loss", "last-5 mean loss", "val loss"], rows)
-    write_results("transfer_curves", {"quick": args.quick, "width": args.width, "cls_epochs": cls_epochs,
-                                      "det_batches": det_batches, "classification": cls, "detection": curves}, args.out)
+    print_table(
+        f"Detection, first epoch ({det_batches} batches), V1 width {args.width}; backbone from "
+        f"{cls_epochs} classification epochs (test/acc_top1 {cls.get('test/acc_top1', float('nan')):.3f})",
+        ["start", "first-step loss", "epoch mean loss", "last-5 mean loss", "val loss"],
+        rows,
+    )
+    write_results(
+        "transfer_curves",
+        {
+            "quick": args.quick,
+            "width": args.width,
+            "cls_epochs": cls_epochs,
+            "det_batches": det_batches,
+            "classification": cls,
+            "detection": curves,
+        },
+        args.out,
+    )
 
 
 if __name__ == "__main__":

@@ -45,8 +45,13 @@ def compare_records(reference: list, other: list, atol: float, with_ignored: boo
     by_name = {r.path.name: r for r in other}
     worst, mismatched, boxes, ignored = 0.0, [], 0, 0
     if sorted(by_name) != sorted(r.path.name for r in reference):
-        return {"same_images": False, "max_abs_px": float("nan"), "mismatched": ["image lists differ"],
-                "boxes": 0, "ignored_left_out": 0}
+        return {
+            "same_images": False,
+            "max_abs_px": float("nan"),
+            "mismatched": ["image lists differ"],
+            "boxes": 0,
+            "ignored_left_out": 0,
+        }
     for rec in reference:
         got = by_name[rec.path.name]
         keep = np.ones(len(rec.boxes), bool) if with_ignored else ~rec.iscrowd
@@ -54,16 +59,24 @@ def compare_records(reference: list, other: list, atol: float, with_ignored: boo
         want = effective_boxes(rec)[0][keep]
         have = effective_boxes(got)[0]
         boxes += len(want)
-        if want.shape != have.shape or rec.labels[keep].tolist() != got.labels.tolist() or (
-                with_ignored and rec.iscrowd.tolist() != got.iscrowd.tolist()):
+        if (
+            want.shape != have.shape
+            or rec.labels[keep].tolist() != got.labels.tolist()
+            or (with_ignored and rec.iscrowd.tolist() != got.iscrowd.tolist())
+        ):
             mismatched.append(rec.path.name)
             continue
         if len(want):
             worst = max(worst, float(np.abs(want - have).max()))
             if worst > atol:
                 mismatched.append(rec.path.name)
-    return {"same_images": True, "max_abs_px": worst, "mismatched": mismatched[:10], "boxes": boxes,
-            "ignored_left_out": ignored}
+    return {
+        "same_images": True,
+        "max_abs_px": worst,
+        "mismatched": mismatched[:10],
+        "boxes": boxes,
+        "ignored_left_out": ignored,
+    }
 
 
 def _max_abs(a: np.ndarray, b: np.ndarray) -> float:
@@ -84,8 +97,12 @@ def compare_samples(reference, other, limit: int | None, with_ignored: bool) -> 
         if not with_ignored:
             gt_a = gt_a[~tgt_a["gt_iscrowd"].numpy().astype(bool)]
             gt_b = gt_b[~tgt_b["gt_iscrowd"].numpy().astype(bool)]
-        worst = max(worst, float((img_a - img_b).abs().max()),
-                    _max_abs(tgt_a["boxes"].numpy(), tgt_b["boxes"].numpy()), _max_abs(gt_a, gt_b))
+        worst = max(
+            worst,
+            float((img_a - img_b).abs().max()),
+            _max_abs(tgt_a["boxes"].numpy(), tgt_b["boxes"].numpy()),
+            _max_abs(gt_a, gt_b),
+        )
     return worst
 
 
@@ -98,15 +115,18 @@ def one_set(root: Path, tmp: Path, atol: float, limit: int | None) -> list[dict]
     times = {"voc": time.perf_counter() - start}
     start = time.perf_counter()
     yaml_file = write_yolo(voc, tmp / name / "yolo")
-    written = {split: write_coco(voc, split, tmp / name / "coco" / f"{split}.json") for split in ("train", "val", "test")}
+    written = {
+        split: write_coco(voc, split, tmp / name / "coco" / f"{split}.json") for split in ("train", "val", "test")
+    }
     write_s = time.perf_counter() - start
     start = time.perf_counter()
     yolo = YoloDataModule(str(yaml_file), **pipe)
     yolo.setup("fit")
     times["yolo"] = time.perf_counter() - start
     start = time.perf_counter()
-    coco = CocoDataModule("/", *(str(v) for s in ("train", "val", "test")
-                                 for v in (written[s].path, written[s].image_root)), **pipe)
+    coco = CocoDataModule(
+        "/", *(str(v) for s in ("train", "val", "test") for v in (written[s].path, written[s].image_root)), **pipe
+    )
     coco.setup("fit")
     times["coco"] = time.perf_counter() - start
     rows = []
@@ -116,11 +136,22 @@ def one_set(root: Path, tmp: Path, atol: float, limit: int | None) -> list[dict]
             with_ignored = fmt == "coco"
             result = compare_records(ref.records, dm.datasets[split].records, atol, with_ignored)
             sample_diff = compare_samples(ref, dm.datasets[split], limit, with_ignored) if split != "train" else None
-            rows.append({"set": name, "format": fmt, "split": split, "images": len(ref.records), **result,
-                         "eval_sample_max_abs": sample_diff, "read_s": times[fmt], "voc_read_s": times["voc"],
-                         "write_s": write_s,
-                         "identical": result["same_images"] and not result["mismatched"]
-                         and (sample_diff is None or sample_diff <= atol)})
+            rows.append(
+                {
+                    "set": name,
+                    "format": fmt,
+                    "split": split,
+                    "images": len(ref.records),
+                    **result,
+                    "eval_sample_max_abs": sample_diff,
+                    "read_s": times[fmt],
+                    "voc_read_s": times["voc"],
+                    "write_s": write_s,
+                    "identical": result["same_images"]
+                    and not result["mismatched"]
+                    and (sample_diff is None or sample_diff <= atol),
+                }
+            )
     return rows
 
 
@@ -135,14 +166,47 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.sets:
             rows += one_set(args.datasets / name, Path(tmp), args.atol, limit)
-    print_table("VOC -> YOLO / COCO -> read back (box for box)",
-                ["set", "format", "split", "images", "boxes", "ignored left out", "max |d| px", "eval max |d|",
-                 "read s", "identical"],
-                [[r["set"], r["format"], r["split"], r["images"], r["boxes"], r["ignored_left_out"],
-                  r["max_abs_px"], "-" if r["eval_sample_max_abs"] is None else r["eval_sample_max_abs"],
-                  r["read_s"], r["identical"]] for r in rows])
-    write_results("yolo_roundtrip", {"atol_px": args.atol, "eval_image_size": SIZE, "quick": args.quick,
-                                     "all_identical": all(r["identical"] for r in rows), "rows": rows}, args.out)
+    print_table(
+        "VOC -> YOLO / COCO -> read back (box for box)",
+        [
+            "set",
+            "format",
+            "split",
+            "images",
+            "boxes",
+            "ignored left out",
+            "max |d| px",
+            "eval max |d|",
+            "read s",
+            "identical",
+        ],
+        [
+            [
+                r["set"],
+                r["format"],
+                r["split"],
+                r["images"],
+                r["boxes"],
+                r["ignored_left_out"],
+                r["max_abs_px"],
+                "-" if r["eval_sample_max_abs"] is None else r["eval_sample_max_abs"],
+                r["read_s"],
+                r["identical"],
+            ]
+            for r in rows
+        ],
+    )
+    write_results(
+        "yolo_roundtrip",
+        {
+            "atol_px": args.atol,
+            "eval_image_size": SIZE,
+            "quick": args.quick,
+            "all_identical": all(r["identical"] for r in rows),
+            "rows": rows,
+        },
+        args.out,
+    )
     if not all(r["identical"] for r in rows):
         raise SystemExit("some splits differ: see the table")
 

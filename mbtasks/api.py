@@ -149,8 +149,16 @@ class Model(Predictor):
             raise ValueError("export needs a model loaded from a checkpoint file (mbtasks.load(path))")
         suffix = {"onnx": ".onnx", "torchscript": ".pt"}.get(fmt, "")
         path = Path(path) if path is not None else Path(self.checkpoint).parent / f"{self.task_name}{suffix}"
-        result = run(["mode=export", f"ckpt_path={self.checkpoint}", f"export.format={fmt}", f"export.output={path}",
-                      *overrides], path.parent)
+        result = run(
+            [
+                "mode=export",
+                f"ckpt_path={self.checkpoint}",
+                f"export.format={fmt}",
+                f"export.output={path}",
+                *overrides,
+            ],
+            path.parent,
+        )
         return result.metrics
 
     def profile(self, batch_size: int = 1, warmup: int = 3, repeats: int = 20) -> dict:
@@ -159,14 +167,26 @@ class Model(Predictor):
         size = self.image_size
         network = self.task.model
         example = torch.randn(batch_size, 3, size, size, device=self.device)
-        return {"task": self.task_name, "image_size": size, "params": count_params(network),
-                "mult_adds": count_mult_adds(network, example[:1]),
-                "latency_ms": round(measure_latency_ms(network, example, warmup, repeats), 3),
-                "batch_size": batch_size, "device": str(self.device), "threads": torch.get_num_threads()}
+        return {
+            "task": self.task_name,
+            "image_size": size,
+            "params": count_params(network),
+            "mult_adds": count_mult_adds(network, example[:1]),
+            "latency_ms": round(measure_latency_ms(network, example, warmup, repeats), 3),
+            "batch_size": batch_size,
+            "device": str(self.device),
+            "threads": torch.get_num_threads(),
+        }
 
 
-def load(path: str | Path, device: str | None = None, fold_bn: bool = True, channels_last: bool = False,
-         precision: str = "32", batch_size: int = 32) -> Model:
+def load(
+    path: str | Path,
+    device: str | None = None,
+    fold_bn: bool = True,
+    channels_last: bool = False,
+    precision: str = "32",
+    batch_size: int = 32,
+) -> Model:
     """Load a checkpoint written by ``mode=train`` (any task) for inference.
 
     Args:
@@ -188,9 +208,16 @@ def load(path: str | Path, device: str | None = None, fold_bn: bool = True, chan
     check_inference_options(device, batch_size)
     path = checkpoint_file(path)
     task, train_cfg = load_task(path)
-    return model_class(type(task).spec.predictor)(task, train_cfg, device=device, fold_bn=fold_bn,
-                                                  channels_last=channels_last, precision=precision,
-                                                  batch_size=batch_size, checkpoint=path)
+    return model_class(type(task).spec.predictor)(
+        task,
+        train_cfg,
+        device=device,
+        fold_bn=fold_bn,
+        channels_last=channels_last,
+        precision=precision,
+        batch_size=batch_size,
+        checkpoint=path,
+    )
 
 
 def checkpoint_file(path: str | Path) -> Path:
@@ -209,8 +236,10 @@ def checkpoint_file(path: str | Path) -> Path:
                 log.info("%s: loading %s", folder, folder / name)
                 return folder / name
         others = sorted(p.name for p in folder.glob("*.ckpt"))
-        raise ConfigError(f"{folder}: a folder without {' or '.join(RUN_DIR_CHECKPOINTS[:2])}; give a mode=train "
-                          f"run's dir or a checkpoint file" + (f" (it holds {others[:5]})" if others else ""))
+        raise ConfigError(
+            f"{folder}: a folder without {' or '.join(RUN_DIR_CHECKPOINTS[:2])}; give a mode=train "
+            f"run's dir or a checkpoint file" + (f" (it holds {others[:5]})" if others else "")
+        )
     return named_checkpoint(text)
 
 
@@ -231,8 +260,10 @@ def download(url: str) -> Path:
         torch.hub.download_url_to_file(url, str(target), progress=True)
     except (OSError, ValueError) as err:  # URLError / HTTPError are OSErrors
         reason = getattr(err, "reason", None) or err
-        raise ConfigError(f"{url}: cannot download the checkpoint ({reason}); check the address and the internet "
-                          f"connection, or download it where there is internet and give the file's path") from err
+        raise ConfigError(
+            f"{url}: cannot download the checkpoint ({reason}); check the address and the internet "
+            f"connection, or download it where there is internet and give the file's path"
+        ) from err
     log.info("downloaded %s to %s", url, target)
     return target
 
@@ -244,6 +275,9 @@ def model_class(predictor: type[Predictor]) -> type:
     """:class:`Model` joined with a task's predictor class (so ``isinstance(m, mbtasks.Model)`` holds
     for every task and the task's own methods, ``verify`` / ``identify``..., are there)."""
     if predictor not in _MODEL_CLASSES:
-        _MODEL_CLASSES[predictor] = type(f"{predictor.__name__.removesuffix('Predictor')}Model", (Model, predictor),
-                                         {"__doc__": Model.__doc__, "__module__": __name__})
+        _MODEL_CLASSES[predictor] = type(
+            f"{predictor.__name__.removesuffix('Predictor')}Model",
+            (Model, predictor),
+            {"__doc__": Model.__doc__, "__module__": __name__},
+        )
     return _MODEL_CLASSES[predictor]

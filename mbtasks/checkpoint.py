@@ -98,8 +98,10 @@ def load_weights_only(path: Path, key: str, expected: str) -> Any:
             objects = []
         if objects:
             shown = ", ".join(objects[:5]) + (", ..." if len(objects) > 5 else "")
-            reason = (f"it holds pickled Python objects ({shown}), which are not loaded: loading them would run "
-                      "code (weights_only=True)")
+            reason = (
+                f"it holds pickled Python objects ({shown}), which are not loaded: loading them would run "
+                "code (weights_only=True)"
+            )
         else:
             reason = "not a torch checkpoint (torch's weights-only reader cannot parse it)"
         raise ConfigError(f"{key}={path}: cannot read checkpoint: {reason}; {expected}") from err
@@ -122,15 +124,19 @@ def read(path: str | Path, key: str = "ckpt_path") -> dict[str, Any]:
     """
     path = Path(path)
     if path.is_dir():
-        raise ConfigError(f"{key}={path}: a folder, expected a checkpoint file (a training run's "
-                          f"checkpoints/best.ckpt or last.ckpt)")
+        raise ConfigError(
+            f"{key}={path}: a folder, expected a checkpoint file (a training run's checkpoints/best.ckpt or last.ckpt)"
+        )
     if not path.is_file():
         raise FileNotFoundError(f"{key}={path}: file not found")
     ckpt = load_weights_only(path, key, "expected a checkpoint written by mbtasks mode=train")
     if not is_ours(ckpt):
         raise ConfigError(f"{key}={path}: not an mbtasks checkpoint (no '{KEY}' section)")
-    refuse_non_finite(ckpt.get("state_dict") or {}, f"{key}={path}",
-                      "the run that wrote it diverged or the file is damaged; use an earlier checkpoint")
+    refuse_non_finite(
+        ckpt.get("state_dict") or {},
+        f"{key}={path}",
+        "the run that wrote it diverged or the file is damaged; use an earlier checkpoint",
+    )
     section = ckpt[KEY]
     section["config"] = upgrade_config(section.get("config") or {})
     info = section.setdefault("info", {})
@@ -176,7 +182,7 @@ def task_name(ckpt: Mapping[str, Any]) -> str:
 def backbone_state(ckpt: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     """An mbtasks checkpoint's backbone tensors, named as ``backbone.state_dict()`` names them."""
     state = ckpt.get("state_dict") or {}
-    return {k[len(BACKBONE_PREFIX):]: v for k, v in state.items() if k.startswith(BACKBONE_PREFIX)}
+    return {k[len(BACKBONE_PREFIX) :]: v for k, v in state.items() if k.startswith(BACKBONE_PREFIX)}
 
 
 def backbone_config(ckpt: Mapping[str, Any]) -> dict[str, Any]:
@@ -232,8 +238,9 @@ def upgrade_config(config: Mapping[str, Any]) -> dict[str, Any]:
         head.pop("width", None)
     callbacks = cfg.get("callbacks")
     if isinstance(callbacks, dict):
-        cfg["callbacks"] = {k: v for k, v in callbacks.items()
-                            if not (isinstance(v, Mapping) and v.get("_target_") in LEGACY_CALLBACKS)}
+        cfg["callbacks"] = {
+            k: v for k, v in callbacks.items() if not (isinstance(v, Mapping) and v.get("_target_") in LEGACY_CALLBACKS)
+        }
     return cfg
 
 

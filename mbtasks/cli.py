@@ -83,11 +83,12 @@ def command_line_error(err: HydraException, argv: list[str]) -> str:
     if isinstance(err, MissingConfigException) and err.options and "/" in str(err.missing_cfg_file):
         group, _, choice = str(err.missing_cfg_file).rpartition("/")
         if group == "hydra/sweeper" and choice == "optuna":  # hparams_search=... without its plugin
-            return ("hparams_search needs Hydra's Optuna sweeper plugin: pip install 'mbtasks[search]' "
-                    "(or pip install hydra-optuna-sweeper)")
+            return (
+                "hparams_search needs Hydra's Optuna sweeper plugin: pip install 'mbtasks[search]' "
+                "(or pip install hydra-optuna-sweeper)"
+            )
         item = _given(argv, group) or f"{group}={choice}"
-        return (f"{item}: no such {group} option; choose one of {', '.join(err.options)}."
-                f"{suggest(choice, err.options)}")
+        return f"{item}: no such {group} option; choose one of {', '.join(err.options)}.{suggest(choice, err.options)}"
     if isinstance(err, OverrideParseException):
         return f"{err.override}: cannot parse it: {_first_lines(err.message)}"
     message = str(err)
@@ -108,10 +109,14 @@ def run_dir_error(err: OSError, argv: list[str]) -> str:
         reason = f"{err.strerror or err}: {where}"
     resume = _given(argv, "resume")
     if resume and not _given(argv, "hydra.run.dir"):
-        return f"{resume}: cannot use it as the run dir ({reason}); resume=<run dir> takes the folder of a mode=train run"
+        return (
+            f"{resume}: cannot use it as the run dir ({reason}); resume=<run dir> takes the folder of a mode=train run"
+        )
     item = _given(argv, "hydra.run.dir") or "the run dir (outputs/<task>/<date>/<time>)"
-    return (f"{item}: cannot create or write the run dir there ({reason}); give hydra.run.dir=DIR, a folder that can "
-            "be created and written")
+    return (
+        f"{item}: cannot create or write the run dir there ({reason}); give hydra.run.dir=DIR, a folder that can "
+        "be created and written"
+    )
 
 
 def os_error_behind(err: BaseException) -> OSError | None:

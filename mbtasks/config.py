@@ -87,11 +87,15 @@ def check_number(cfg: DictConfig, key: str) -> None:
     value = OmegaConf.select(cfg, key, default=None)
     if value is None:
         return
-    if (not _is_number(value, integer) or (value < low if low_in else value <= low)
-            or (high is not None and value > high)):
+    if (
+        not _is_number(value, integer)
+        or (value < low if low_in else value <= low)
+        or (high is not None and value > high)
+    ):
         bounds = f"{'>=' if low_in else '>'} {low}" + (f" and <= {high}" if high is not None else "")
-        raise ConfigError(f"{key}={value!r}: expected {'an integer' if integer else 'a number'} {bounds} "
-                          f"(e.g. {example})")
+        raise ConfigError(
+            f"{key}={value!r}: expected {'an integer' if integer else 'a number'} {bounds} (e.g. {example})"
+        )
 
 
 def check_normalisation(cfg: DictConfig) -> None:
@@ -101,11 +105,17 @@ def check_normalisation(cfg: DictConfig) -> None:
         if value is None:
             continue
         items = list(value) if isinstance(value, ListConfig | list | tuple) else None
-        if (items is None or len(items) != 3 or not all(_is_number(v, False) for v in items)
-                or (key == "data.std" and min(items) <= 0)):
+        if (
+            items is None
+            or len(items) != 3
+            or not all(_is_number(v, False) for v in items)
+            or (key == "data.std" and min(items) <= 0)
+        ):
             what = "three numbers > 0" if key == "data.std" else "three numbers"
-            raise ConfigError(f"{key}={value!r}: expected {what}, one per RGB channel (e.g. "
-                              f"{'[0.229, 0.224, 0.225]' if key == 'data.std' else '[0.485, 0.456, 0.406]'})")
+            raise ConfigError(
+                f"{key}={value!r}: expected {what}, one per RGB channel (e.g. "
+                f"{'[0.229, 0.224, 0.225]' if key == 'data.std' else '[0.485, 0.456, 0.406]'})"
+            )
 
 
 def check_epochs(cfg: DictConfig) -> None:
@@ -116,8 +126,9 @@ def check_epochs(cfg: DictConfig) -> None:
     max_steps = OmegaConf.select(cfg, "trainer.max_steps", default=-1)
     unlimited = value == -1 and _is_number(max_steps, True) and max_steps > 0
     if not _is_number(value, True) or (value < 1 and not unlimited):
-        raise ConfigError(f"trainer.max_epochs={value!r}: expected an integer >= 1 for mode=train (or -1 with "
-                          "trainer.max_steps > 0)")
+        raise ConfigError(
+            f"trainer.max_epochs={value!r}: expected an integer >= 1 for mode=train (or -1 with trainer.max_steps > 0)"
+        )
 
 
 def check_head_fits_task(cfg: DictConfig, spec) -> None:
@@ -135,8 +146,10 @@ def check_head_fits_task(cfg: DictConfig, spec) -> None:
         with contextlib.suppress(Exception):
             if issubclass(get_class(target), wanted):
                 fits.append(f"head={option.stem}")
-    raise ConfigError(f"task={spec.name} cannot use head._target_={OmegaConf.select(cfg, 'head._target_')}: "
-                      f"it needs a {wanted.__name__}; use {' or '.join(fits) or wanted.__name__}")
+    raise ConfigError(
+        f"task={spec.name} cannot use head._target_={OmegaConf.select(cfg, 'head._target_')}: "
+        f"it needs a {wanted.__name__}; use {' or '.join(fits) or wanted.__name__}"
+    )
 
 
 def validate(cfg: DictConfig) -> None:
@@ -145,8 +158,10 @@ def validate(cfg: DictConfig) -> None:
     if cfg.get("mode") in ("profile", "predict", "export"):  # these read no data set (predict/export: the checkpoint's)
         missing = [k for k in missing if not k.startswith("data.")]
     if missing:
-        raise ConfigError(f"{missing[0]} is not set (??? in the config): give {missing[0]}=VALUE on the command line"
-                          + (f" (also unset: {missing[1:]})" if len(missing) > 1 else ""))
+        raise ConfigError(
+            f"{missing[0]} is not set (??? in the config): give {missing[0]}=VALUE on the command line"
+            + (f" (also unset: {missing[1:]})" if len(missing) > 1 else "")
+        )
     mode = cfg.get("mode")
     if mode not in MODES:
         raise ConfigError(f"mode={mode!r}: expected one of {list(MODES)}.{suggest(mode, MODES)}")
@@ -164,30 +179,45 @@ def validate(cfg: DictConfig) -> None:
     if not isinstance(size, int) or isinstance(size, bool):
         raise ConfigError(f"data.image_size={size!r}: expected an integer (pixels), e.g. 224")
     if size < stride:
-        raise ConfigError(f"data.image_size={size!r}: expected an integer >= {stride} (the backbone reduces its "
-                          f"input {stride}x), e.g. 224, 160, 128 or 112")
+        raise ConfigError(
+            f"data.image_size={size!r}: expected an integer >= {stride} (the backbone reduces its "
+            f"input {stride}x), e.g. 224, 160, 128 or 112"
+        )
     if size % multiple:
-        raise ConfigError(f"data.image_size={size}: task={spec.name} needs a multiple of {multiple}, e.g. "
-                          f"{max(multiple, size // multiple * multiple)} or {(size // multiple + 1) * multiple}")
+        raise ConfigError(
+            f"data.image_size={size}: task={spec.name} needs a multiple of {multiple}, e.g. "
+            f"{max(multiple, size // multiple * multiple)} or {(size // multiple + 1) * multiple}"
+        )
     boxes = OmegaConf.select(cfg, "data.train_transforms.bbox_params") is not None
     if boxes and not spec.boxes:
-        raise ConfigError(f"data.train_transforms has bbox_params (box augmentation, e.g. augment=ssd), which "
-                          f"task={spec.name} cannot use; choose augment=none|light|default")
-    if mode == "train" and OmegaConf.select(cfg, "finetune.freeze") and OmegaConf.select(cfg, "backbone.pretrained") in (None, False, "auto"):
-        raise ConfigError("finetune.freeze=true with backbone.pretrained=null would freeze random weights; give "
-                          "backbone.pretrained=imagenet, PATH (a checkpoint of any mbtasks task or a state dict) or 'timm'")
+        raise ConfigError(
+            f"data.train_transforms has bbox_params (box augmentation, e.g. augment=ssd), which "
+            f"task={spec.name} cannot use; choose augment=none|light|default"
+        )
+    if (
+        mode == "train"
+        and OmegaConf.select(cfg, "finetune.freeze")
+        and OmegaConf.select(cfg, "backbone.pretrained") in (None, False, "auto")
+    ):
+        raise ConfigError(
+            "finetune.freeze=true with backbone.pretrained=null would freeze random weights; give "
+            "backbone.pretrained=imagenet, PATH (a checkpoint of any mbtasks task or a state dict) or 'timm'"
+        )
     check_no_decay(OmegaConf.select(cfg, "task.no_decay"))
     if mode in ("test", "predict", "export") and not cfg.get("ckpt_path"):
         raise ConfigError(f"mode={mode} needs ckpt_path=PATH (a checkpoint written by mode=train)")
     if mode == "predict" and not any(OmegaConf.select(cfg, f"predict.{k}") for k in ("input", "pairs", "gallery")):
-        raise ConfigError("mode=predict needs predict.input=PATH (an image file or a folder of images)"
-                          " (embedding checkpoints: or predict.pairs=FILE)")
+        raise ConfigError(
+            "mode=predict needs predict.input=PATH (an image file or a folder of images)"
+            " (embedding checkpoints: or predict.pairs=FILE)"
+        )
 
 
 def _compose_groups(overrides: list[str], config_dir: str) -> DictConfig | None:
     """The config composed with the group choices (``task=detection``) of ``overrides`` only; None if they fail."""
-    groups = [o for o in overrides if "=" in o and not o.startswith(("+", "~", "hydra."))
-              and "." not in o.split("=", 1)[0]]
+    groups = [
+        o for o in overrides if "=" in o and not o.startswith(("+", "~", "hydra.")) and "." not in o.split("=", 1)[0]
+    ]
     saved = copy.copy(GlobalHydra.instance().hydra) if GlobalHydra.instance().is_initialized() else None
     GlobalHydra.instance().clear()
     try:

@@ -40,16 +40,23 @@ from mbtasks.tasks.embedding.predictor import identify_threshold as identify_thr
 log = logging.getLogger(__name__)
 
 # Pipeline argument -> the predict.* key that holds its default (conf/config.yaml)
-PIPELINE_KEYS = {"margin": "crop_margin", "square": "crop_square", "score_threshold": "score_threshold",
-                 "classes": "detector_classes", "identify_threshold": "identify_threshold"}
+PIPELINE_KEYS = {
+    "margin": "crop_margin",
+    "square": "crop_square",
+    "score_threshold": "score_threshold",
+    "classes": "detector_classes",
+    "identify_threshold": "identify_threshold",
+}
 
 
 def pipeline_defaults() -> dict[str, Any]:
     """The chain's defaults, read from ``conf/config.yaml``'s ``predict`` section: the one place both
     ``mode=predict predict.detector=...`` and :class:`Pipeline` take them from."""
     predict = OmegaConf.load(Path(CONFIG_DIR) / "config.yaml").predict
-    return {arg: OmegaConf.to_object(predict[key]) if OmegaConf.is_config(predict[key]) else predict[key]
-            for arg, key in PIPELINE_KEYS.items()}
+    return {
+        arg: OmegaConf.to_object(predict[key]) if OmegaConf.is_config(predict[key]) else predict[key]
+        for arg, key in PIPELINE_KEYS.items()
+    }
 
 
 def crop_boxes(image: np.ndarray, boxes: np.ndarray, margin: float = 0.0, square: bool = True) -> list[np.ndarray]:
@@ -92,29 +99,48 @@ class Pipeline:
             None: the embedder checkpoint's 1:N threshold).
     """
 
-    def __init__(self, detector: str | Path | Predictor, embedder: str | Path | Predictor,
-                 margin: float | None = None, square: bool | None = None, score_threshold: float | None = None,
-                 classes: list[str] | None = None, device: str | None = None,
-                 identify_threshold: float | None = None) -> None:
-        given = {"margin": margin, "square": square, "score_threshold": score_threshold, "classes": classes,
-                 "identify_threshold": identify_threshold}
+    def __init__(
+        self,
+        detector: str | Path | Predictor,
+        embedder: str | Path | Predictor,
+        margin: float | None = None,
+        square: bool | None = None,
+        score_threshold: float | None = None,
+        classes: list[str] | None = None,
+        device: str | None = None,
+        identify_threshold: float | None = None,
+    ) -> None:
+        given = {
+            "margin": margin,
+            "square": square,
+            "score_threshold": score_threshold,
+            "classes": classes,
+            "identify_threshold": identify_threshold,
+        }
         defaults = pipeline_defaults()
         margin, square, score_threshold, classes, identify_threshold = (
-            defaults[k] if v is None else v for k, v in given.items())
+            defaults[k] if v is None else v for k, v in given.items()
+        )
         self.detector = detector if isinstance(detector, Predictor) else load_predictor(detector, device=device)
         self.embedder = embedder if isinstance(embedder, Predictor) else load_predictor(embedder, device=device)
         if self.embedder.task_name != "embedding":
-            raise ConfigError(f"predict.detector needs an embedding checkpoint as ckpt_path; {self.embedder.checkpoint} "
-                              f"is a {self.embedder.task_name} checkpoint")
+            raise ConfigError(
+                f"predict.detector needs an embedding checkpoint as ckpt_path; {self.embedder.checkpoint} "
+                f"is a {self.embedder.task_name} checkpoint"
+            )
         if self.detector.task_name != "detection":
-            raise ConfigError(f"predict.detector={self.detector.checkpoint}: a {self.detector.task_name} checkpoint; "
-                              "expected a detection checkpoint")
+            raise ConfigError(
+                f"predict.detector={self.detector.checkpoint}: a {self.detector.task_name} checkpoint; "
+                "expected a detection checkpoint"
+            )
         if margin < 0:
             raise ConfigError(f"predict.crop_margin={margin}: expected a fraction >= 0 of the box side")
         unknown = sorted(set(classes or ()) - set(self.detector.class_names))
         if unknown:
-            raise ConfigError(f"predict.detector_classes={list(classes)}: the detector has no class {unknown}; "
-                              f"it knows {self.detector.class_names}")
+            raise ConfigError(
+                f"predict.detector_classes={list(classes)}: the detector has no class {unknown}; "
+                f"it knows {self.detector.class_names}"
+            )
         self.margin, self.square, self.score_threshold = float(margin), bool(square), float(score_threshold)
         self.classes = set(classes) if classes else None
         self.identify_threshold = identify_threshold_fn(self.embedder, identify_threshold)
@@ -125,15 +151,22 @@ class Pipeline:
     def _model_warnings(self) -> list[str]:
         """The two checkpoints' health warnings (logged by name when they were loaded), summed up once for
         the chain: identities from a useless detector or embedder mean nothing."""
-        found = [f"{role} {model.checkpoint or ''}: {w.text()}".replace(" :", ":")
-                 for role, model in (("detector", self.detector), ("embedder", self.embedder))
-                 for w in getattr(model.task, "health", [])]
+        found = [
+            f"{role} {model.checkpoint or ''}: {w.text()}".replace(" :", ":")
+            for role, model in (("detector", self.detector), ("embedder", self.embedder))
+            for w in getattr(model.task, "health", [])
+        ]
         if found:
-            names = "; ".join(f"{role}: {', '.join(w.name for w in model.task.health)}"
-                              for role, model in (("detector", self.detector), ("embedder", self.embedder))
-                              if getattr(model.task, "health", []))
-            log.warning("Pipeline: the identities it gives may mean nothing, a model may be useless (%s; "
-                        "see the warnings above)", names)
+            names = "; ".join(
+                f"{role}: {', '.join(w.name for w in model.task.health)}"
+                for role, model in (("detector", self.detector), ("embedder", self.embedder))
+                if getattr(model.task, "health", [])
+            )
+            log.warning(
+                "Pipeline: the identities it gives may mean nothing, a model may be useless (%s; "
+                "see the warnings above)",
+                names,
+            )
         return found
 
     def check_detections(self, detections: list[Detections]) -> list[str]:
@@ -145,12 +178,16 @@ class Pipeline:
         cap = getattr(self.detector.task.model, "max_detections", None)
         out = []
         if len(counts) > 1 and not any(counts):
-            out.append(f"detector_found_nothing: no detection scores >= {self.score_threshold:g} on any of the "
-                       f"{len(counts)} photos (predict.score_threshold; the detector may be useless)")
+            out.append(
+                f"detector_found_nothing: no detection scores >= {self.score_threshold:g} on any of the "
+                f"{len(counts)} photos (predict.score_threshold; the detector may be useless)"
+            )
         elif cap and min(counts) >= cap:
-            out.append(f"detector_found_everything: every one of the {len(counts)} photos has {cap} detections "
-                       f"scoring >= {self.score_threshold:g}, the most it outputs: it finds everything (raise "
-                       "predict.score_threshold, or the detector is useless)")
+            out.append(
+                f"detector_found_everything: every one of the {len(counts)} photos has {cap} detections "
+                f"scoring >= {self.score_threshold:g}, the most it outputs: it finds everything (raise "
+                "predict.score_threshold, or the detector is useless)"
+            )
         for text in out:
             log.warning("Pipeline: %s", text)
         return out
@@ -162,12 +199,21 @@ class Pipeline:
             keep = det.scores >= self.score_threshold
             if self.classes is not None:
                 keep &= np.array([n in self.classes for n in det.names], bool)
-            out.append(Detections(det.source, det.boxes[keep], det.scores[keep], det.labels[keep],
-                                  [n for n, k in zip(det.names, keep, strict=True) if k], det.image))
+            out.append(
+                Detections(
+                    det.source,
+                    det.boxes[keep],
+                    det.scores[keep],
+                    det.labels[keep],
+                    [n for n, k in zip(det.names, keep, strict=True) if k],
+                    det.image,
+                )
+            )
         return out
 
-    def identify(self, photos: Any, gallery: str | Path | dict[str, Any] | Gallery,
-                 skipped: dict[str, str] | None = None) -> list[PhotoIdentities]:
+    def identify(
+        self, photos: Any, gallery: str | Path | dict[str, Any] | Gallery, skipped: dict[str, str] | None = None
+    ) -> list[PhotoIdentities]:
         """Every kept detection of every photo with its nearest gallery identity (``"unknown"`` above the
         embedder's threshold).
 
@@ -197,11 +243,14 @@ class Pipeline:
             return []
         vectors = self.crops(image, boxes)
         found = self.embedder.nearest(vectors, gallery, [""] * len(vectors), self.identify_threshold)
-        return [Face([float(v) for v in box], float(score), m.identity, m.distance, m.match, m.nearest)
-                for box, score, m in zip(boxes, scores, found, strict=True)]
+        return [
+            Face([float(v) for v in box], float(score), m.identity, m.distance, m.match, m.nearest)
+            for box, score, m in zip(boxes, scores, found, strict=True)
+        ]
 
-    def cluster(self, photos: Any, threshold: float | None = None,
-                skipped: dict[str, str] | None = None) -> list[PhotoIdentities]:
+    def cluster(
+        self, photos: Any, threshold: float | None = None, skipped: dict[str, str] | None = None
+    ) -> list[PhotoIdentities]:
         """Every kept detection of every photo grouped into identities without a gallery: agglomerative
         clustering of the face embeddings (:func:`~mbtasks.tasks.embedding.predictor.cluster_embeddings`).
 
@@ -255,24 +304,43 @@ def write_predictions(pipeline: Pipeline, cfg, files: list[Path], run_dir: Path)
     used: set[str] = set()
     for i, photo in enumerate(photos):
         photo.save(drawn / unique_name(used, Path(photo.source).name, i))
-    out = {"photos": [p.to_dict() for p in photos], **threshold_info(pipeline.embedder, pipeline.identify_threshold),
-           "distance": "squared_l2", "detector": str(pipeline.detector.checkpoint),
-           "embedder": str(pipeline.embedder.checkpoint), "gallery": str(cfg.predict.gallery),
-           "crop_margin": pipeline.margin, "crop_square": pipeline.square,
-           "score_threshold": pipeline.score_threshold, "skipped": skipped,
-           "warnings": pipeline.warnings + pipeline.photo_warnings}
+    out = {
+        "photos": [p.to_dict() for p in photos],
+        **threshold_info(pipeline.embedder, pipeline.identify_threshold),
+        "distance": "squared_l2",
+        "detector": str(pipeline.detector.checkpoint),
+        "embedder": str(pipeline.embedder.checkpoint),
+        "gallery": str(cfg.predict.gallery),
+        "crop_margin": pipeline.margin,
+        "crop_square": pipeline.square,
+        "score_threshold": pipeline.score_threshold,
+        "skipped": skipped,
+        "warnings": pipeline.warnings + pipeline.photo_warnings,
+    }
     write_json_atomic(run_dir / "identities.json", out)
     for path, reason in skipped.items():
         log.warning("skipped %s: %s", path, reason)
     faces = sum(len(p.faces) for p in photos)
     known = sum(f.match for p in photos for f in p.faces)
-    log.info("%d photos, %d faces (%d identified, %d unknown): %s, drawn images in %s", len(photos), faces, known,
-             faces - known, run_dir / "identities.json", drawn)
+    log.info(
+        "%d photos, %d faces (%d identified, %d unknown): %s, drawn images in %s",
+        len(photos),
+        faces,
+        known,
+        faces - known,
+        run_dir / "identities.json",
+        drawn,
+    )
     return out
 
 
-def evaluate_on_coco(pipeline: Pipeline, annotations: str | Path, images: str | Path,
-                     gallery: str | Path | dict | Gallery, iou_threshold: float = 0.5) -> dict[str, float]:
+def evaluate_on_coco(
+    pipeline: Pipeline,
+    annotations: str | Path,
+    images: str | Path,
+    gallery: str | Path | dict | Gallery,
+    iou_threshold: float = 0.5,
+) -> dict[str, float]:
     """Measure the chain on a COCO json whose annotations carry an ``identity`` (the synthetic face scenes).
 
     Every ground-truth box is matched one-to-one to the highest-scoring kept detection with
@@ -289,16 +357,20 @@ def evaluate_on_coco(pipeline: Pipeline, annotations: str | Path, images: str | 
     by_image: dict[int, list[dict]] = {}
     for ann in coco["annotations"]:
         if "identity" not in ann:
-            raise DataError(f"{annotations}: annotation {ann.get('id')} has no 'identity' (expected the synthetic "
-                            "face scenes' json)")
+            raise DataError(
+                f"{annotations}: annotation {ann.get('id')} has no 'identity' (expected the synthetic "
+                "face scenes' json)"
+            )
         by_image.setdefault(ann["image_id"], []).append(ann)
     gallery = pipeline.embedder.gallery(gallery)
     n = detected = chain = chain_thr = crop = crop_thr = false = 0
     for info in coco["images"]:
         path = Path(images) / info["file_name"]
         anns = by_image.get(info["id"], [])
-        gt = np.array([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
-                       for a in anns], np.float32).reshape(-1, 4)
+        gt = np.array(
+            [[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]] for a in anns],
+            np.float32,
+        ).reshape(-1, 4)
         truth = [a["identity"] for a in anns]
         photo = pipeline.identify([path], gallery)[0]
         image = read_rgb(path)
@@ -309,7 +381,11 @@ def evaluate_on_coco(pipeline: Pipeline, annotations: str | Path, images: str | 
         faces = sorted(photo.faces, key=lambda f: -f.score)
         if not faces:
             continue
-        iou = box_iou(torch.tensor([f.box for f in faces]), torch.from_numpy(gt)) if len(gt) else torch.zeros(len(faces), 0)
+        iou = (
+            box_iou(torch.tensor([f.box for f in faces]), torch.from_numpy(gt))
+            if len(gt)
+            else torch.zeros(len(faces), 0)
+        )
         taken: set[int] = set()
         for i, face in enumerate(faces):
             row = iou[i].clone()
@@ -324,6 +400,12 @@ def evaluate_on_coco(pipeline: Pipeline, annotations: str | Path, images: str | 
             chain += face.nearest == truth[j]
             chain_thr += face.match and face.nearest == truth[j]
     n = max(n, 1)
-    return {"faces": float(n), "detection_recall": detected / n, "chain_accuracy": chain / n,
-            "chain_accuracy_at_threshold": chain_thr / n, "gt_crop_accuracy": crop / n,
-            "gt_crop_accuracy_at_threshold": crop_thr / n, "false_detections": float(false)}
+    return {
+        "faces": float(n),
+        "detection_recall": detected / n,
+        "chain_accuracy": chain / n,
+        "chain_accuracy_at_threshold": chain_thr / n,
+        "gt_crop_accuracy": crop / n,
+        "gt_crop_accuracy_at_threshold": crop_thr / n,
+        "false_detections": float(false),
+    }

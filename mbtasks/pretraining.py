@@ -71,16 +71,31 @@ def resolve_auto(cfg: DictConfig) -> str | None:
     entry = next((e for e in published.TABLE if e.arch == arch and abs(e.width - width) < 1e-9), None)
     if entry is None:
         widths = ", ".join(f"{e.width:g}" for e in published.TABLE if e.arch == arch)
-        log.info("%s=auto: no published ImageNet weights for %s(width=%g) (published widths: %s): training from "
-                 "scratch", KEY, arch, width, widths or "none")
+        log.info(
+            "%s=auto: no published ImageNet weights for %s(width=%g) (published widths: %s): training from scratch",
+            KEY,
+            arch,
+            width,
+            widths or "none",
+        )
         return None
     found = published.find_local(entry)
     if found is None:
-        log.warning("%s=auto: training from scratch; ImageNet weights for %s would fine-tune far better on real "
-                    "photos: %s", KEY, entry.name, published.how_to_get(entry))
+        log.warning(
+            "%s=auto: training from scratch; ImageNet weights for %s would fine-tune far better on real photos: %s",
+            KEY,
+            entry.name,
+            published.how_to_get(entry),
+        )
         return None
-    log.info("%s=auto: real data and %s ImageNet weights on this machine (%s): fine-tuning from them "
-             "(%s=null trains from scratch)", KEY, entry.name, found.path, KEY)
+    log.info(
+        "%s=auto: real data and %s ImageNet weights on this machine (%s): fine-tuning from them "
+        "(%s=null trains from scratch)",
+        KEY,
+        entry.name,
+        found.path,
+        KEY,
+    )
     return "imagenet"
 
 
@@ -93,8 +108,11 @@ def weights_needs(cfg: DictConfig) -> dict[str, object]:
     entry = published.entry_for(arch, width)
     found = published.locate(entry)
     meta = published.describe(found)
-    needs: dict[str, object] = {"backbone.act": meta["act"], "data.mean": list(meta["mean"]),
-                                "data.std": list(meta["std"])}
+    needs: dict[str, object] = {
+        "backbone.act": meta["act"],
+        "data.mean": list(meta["mean"]),
+        "data.std": list(meta["std"]),
+    }
     if meta["padding"] != "symmetric" or "padding" in cfg.backbone:
         needs["backbone.padding"] = meta["padding"]
     if meta["bn_folded"]:
@@ -141,8 +159,13 @@ def prepare(cfg: DictConfig, overrides: Sequence[str] = ()) -> DictConfig:
             # data=voc or backbone=mobilenet_v1 choose a group, not these keys
             if is_given(key, given, groups=False):
                 if OmegaConf.select(cfg, key) != value:
-                    log.warning("%s=imagenet: %s=%s was given, but the weights were trained with %s", KEY, key,
-                                OmegaConf.select(cfg, key), value)
+                    log.warning(
+                        "%s=imagenet: %s=%s was given, but the weights were trained with %s",
+                        KEY,
+                        key,
+                        OmegaConf.select(cfg, key),
+                        value,
+                    )
                 continue
             changed[key] = value
     recipe = cfg.get("finetune_recipe")
@@ -159,9 +182,14 @@ def prepare(cfg: DictConfig, overrides: Sequence[str] = ()) -> DictConfig:
         OmegaConf.update(cfg, key, value, force_add=True)
     if changed:
         shown = " ".join(f"{k}={v}" for k, v in changed.items())
-        log.info("%s=%s: fine-tuning recipe of task=%s: %s (keys given on the command line win; "
-                 "finetune_recipe=null trains as from scratch)", KEY, spec, cfg.get("task", {}).get("_target_", "?")
-                 .rsplit(".", 1)[-1].removesuffix("Task").lower(), shown)
+        log.info(
+            "%s=%s: fine-tuning recipe of task=%s: %s (keys given on the command line win; "
+            "finetune_recipe=null trains as from scratch)",
+            KEY,
+            spec,
+            cfg.get("task", {}).get("_target_", "?").rsplit(".", 1)[-1].removesuffix("Task").lower(),
+            shown,
+        )
     return cfg
 
 
@@ -184,23 +212,44 @@ def named_checkpoint(spec: str, key: str = "ckpt_path") -> Path:
         return path
     meta = published.describe(found)
     group = GROUPS[entry.arch]
-    cfg = compose(["task=classification", f"backbone={group}", f"backbone.width={entry.width}",
-                   f"backbone.act={meta['act']}", f"backbone.padding={meta['padding']}", "backbone.pretrained=null",
-                   "data=imagefolder", f"data.image_size={meta['image_size']}",
-                   f"data.mean=[{','.join(map(str, meta['mean']))}]", f"data.std=[{','.join(map(str, meta['std']))}]"])
+    cfg = compose(
+        [
+            "task=classification",
+            f"backbone={group}",
+            f"backbone.width={entry.width}",
+            f"backbone.act={meta['act']}",
+            f"backbone.padding={meta['padding']}",
+            "backbone.pretrained=null",
+            "data=imagefolder",
+            f"data.image_size={meta['image_size']}",
+            f"data.mean=[{','.join(map(str, meta['mean']))}]",
+            f"data.std=[{','.join(map(str, meta['std']))}]",
+        ]
+    )
     OmegaConf.update(cfg, "data.class_names", class_names(), force_add=True)
-    info = {"class_names": class_names(), "image_size": int(meta["image_size"]), "mean": list(meta["mean"]),
-            "std": list(meta["std"])}
+    info = {
+        "class_names": class_names(),
+        "image_size": int(meta["image_size"]),
+        "mean": list(meta["mean"]),
+        "std": list(meta["std"]),
+    }
     task = build_task(cfg, info, training=False)
     converted = published.read(found, task.model.backbone)
     missing, unexpected = task.model.load_state_dict(converted.state_dict, strict=False)
     if missing or unexpected:
-        raise ConfigError(f"{key}={spec}: {found.path} does not fit {entry.name} (missing {missing[:3]}, "
-                          f"unexpected {unexpected[:3]})")
+        raise ConfigError(
+            f"{key}={spec}: {found.path} does not fit {entry.name} (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
     ckpt = {"state_dict": task.state_dict()}
-    checkpoint.stamp(ckpt, task=task.name, info=task.info, task_args=task.task_args(),
-                     config=OmegaConf.to_container(cfg, resolve=True), published=f"{entry.name}{published.SUFFIX}",
-                     source=str(found.path))
+    checkpoint.stamp(
+        ckpt,
+        task=task.name,
+        info=task.info,
+        task_args=task.task_args(),
+        config=OmegaConf.to_container(cfg, resolve=True),
+        published=f"{entry.name}{published.SUFFIX}",
+        source=str(found.path),
+    )
     save_torch_atomic(ckpt, path)
     log.info("%s=%s: %s written from %s", key, spec, path, found.path)
     return path

@@ -16,8 +16,24 @@ from torchvision.utils import draw_bounding_boxes
 from mbtasks.data.io import read_rgb
 
 # Box colours by class index (cycled).
-PALETTE = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45",
-           "#fabed4", "#469990", "#dcbeff", "#9a6324", "#800000", "#aaffc3", "#808000", "#000075"]
+PALETTE = [
+    "#e6194b",
+    "#3cb44b",
+    "#4363d8",
+    "#f58231",
+    "#911eb4",
+    "#42d4f4",
+    "#f032e6",
+    "#bfef45",
+    "#fabed4",
+    "#469990",
+    "#dcbeff",
+    "#9a6324",
+    "#800000",
+    "#aaffc3",
+    "#808000",
+    "#000075",
+]
 
 
 def _significant(x: float) -> float:
@@ -30,8 +46,14 @@ def draw_boxes(image: np.ndarray, boxes: np.ndarray, texts: list[str], colours: 
     """``image`` (H, W, 3) uint8 with ``boxes`` (N, 4) x1y1x2y2 pixels drawn and labelled."""
     pixels = torch.from_numpy(np.array(image, np.uint8)).permute(2, 0, 1)  # a copy: PIL arrays are read-only
     width = max(1, round(max(image.shape[:2]) / 320))
-    drawn = draw_bounding_boxes(pixels, torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4), labels=texts,
-                                colors=colours, width=width, fill_labels=True)
+    drawn = draw_bounding_boxes(
+        pixels,
+        torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+        labels=texts,
+        colors=colours,
+        width=width,
+        fill_labels=True,
+    )
     return Image.fromarray(drawn.permute(1, 2, 0).numpy())
 
 
@@ -51,8 +73,12 @@ class Classification:
     top_k: list[TopK]
 
     def to_dict(self) -> dict:
-        return {"file": self.source, "label": self.label, "score": round(self.score, 6),
-                "top_k": [{"label": t.label, "score": round(t.score, 6)} for t in self.top_k]}
+        return {
+            "file": self.source,
+            "label": self.label,
+            "score": round(self.score, 6),
+            "top_k": [{"label": t.label, "score": round(t.score, 6)} for t in self.top_k],
+        }
 
 
 @dataclass
@@ -134,8 +160,14 @@ class Identity:
     nearest_file: str
 
     def to_dict(self) -> dict:
-        return {"file": self.source, "identity": self.identity, "nearest": self.nearest,
-                "distance": _significant(self.distance), "match": self.match, "nearest_file": self.nearest_file}
+        return {
+            "file": self.source,
+            "identity": self.identity,
+            "nearest": self.nearest,
+            "distance": _significant(self.distance),
+            "match": self.match,
+            "nearest_file": self.nearest_file,
+        }
 
 
 @dataclass
@@ -156,8 +188,14 @@ class Face:
     nearest: str
 
     def to_dict(self) -> dict:
-        return {"box": [round(v, 2) for v in self.box], "score": round(self.score, 5), "identity": self.identity,
-                "nearest": self.nearest, "distance": _significant(self.distance), "match": self.match}
+        return {
+            "box": [round(v, 2) for v in self.box],
+            "score": round(self.score, 5),
+            "identity": self.identity,
+            "nearest": self.nearest,
+            "distance": _significant(self.distance),
+            "match": self.match,
+        }
 
 
 @dataclass

@@ -56,8 +56,10 @@ def resume_config(cfg: DictConfig, run_dir: Path, overrides=()) -> tuple[DictCon
     run_dir = Path(run_dir_for(resume, str(run_dir)))
     last = run_dir / LAST
     if not last.is_file():
-        raise ConfigError(f"resume={resume!r}: {last} not found; resume=<run dir> needs the dir of a "
-                          f"mode=train run (outputs/<task>/<date>/<time>) that wrote checkpoints/last.ckpt")
+        raise ConfigError(
+            f"resume={resume!r}: {last} not found; resume=<run dir> needs the dir of a "
+            f"mode=train run (outputs/<task>/<date>/<time>) that wrote checkpoints/last.ckpt"
+        )
     saved = run_dir / "config.yaml"
     if saved.is_file():
         # a run dir of an older version names old keys and targets: read it in today's shape
@@ -66,8 +68,10 @@ def resume_config(cfg: DictConfig, run_dir: Path, overrides=()) -> tuple[DictCon
         # every checkpoint stores the resolved run config (read() upgrades it): the same record
         stored = checkpoint.read(last, "resume")[checkpoint.KEY].get("config")
         if not stored:
-            raise ConfigError(f"resume={resume!r}: {run_dir} has no config.yaml and {last} stores no run config: "
-                              "resume=<run dir> needs the dir of a mode=train run")
+            raise ConfigError(
+                f"resume={resume!r}: {run_dir} has no config.yaml and {last} stores no run config: "
+                "resume=<run dir> needs the dir of a mode=train run"
+            )
         log.warning("%s has no config.yaml (the run's record): resuming with the config stored in %s", run_dir, last)
         base = OmegaConf.create(stored)
     for item in overrides:
@@ -75,8 +79,10 @@ def resume_config(cfg: DictConfig, run_dir: Path, overrides=()) -> tuple[DictCon
         if key in _RESUME_KEYS or key.startswith("hydra."):
             continue
         if isinstance(OmegaConf.select(cfg, key), DictConfig):
-            raise ConfigError(f"{item}: a config group cannot change when resuming {run_dir}; "
-                              f"change single keys ({key}.<name>=value) or start a new run")
+            raise ConfigError(
+                f"{item}: a config group cannot change when resuming {run_dir}; "
+                f"change single keys ({key}.<name>=value) or start a new run"
+            )
         OmegaConf.update(base, key, OmegaConf.select(cfg, key), force_add=True)
     base.mode = "train"
     base.resume = str(run_dir)
@@ -118,11 +124,15 @@ def finished_run(cfg: DictConfig, run_dir: Path, overrides=()) -> str | None:
     more = f"resume={run_dir} trainer.max_epochs=N" + (" train.time=null" if budget else "") + f" (N > {epochs})"
     if "trainer.max_epochs" in given and isinstance(max_epochs, int) and max_epochs > epochs:
         if budget:
-            raise ConfigError(f"trainer.max_epochs={max_epochs}: {what} trained under train.time={budget}, which sets "
-                              f"its own epochs; to train it further give {more}")
+            raise ConfigError(
+                f"trainer.max_epochs={max_epochs}: {what} trained under train.time={budget}, which sets "
+                f"its own epochs; to train it further give {more}"
+            )
         return None
     if "train.time" in given and budget:
-        raise ConfigError(f"train.time={budget}: {what}; its LR schedule ended with its budget, so a new budget "
-                          f"cannot extend it: to train it further give {more}")
+        raise ConfigError(
+            f"train.time={budget}: {what}; its LR schedule ended with its budget, so a new budget "
+            f"cannot extend it: to train it further give {more}"
+        )
     asked = f"; trainer.max_epochs={max_epochs} is not more than it trained" if "trainer.max_epochs" in given else ""
     return f"{what}: nothing to resume, it is left as it is{asked}. To train it further: {more}"

@@ -58,8 +58,10 @@ def objective(cfg: DictConfig, run_dir: Path, metrics: dict, maximize: bool = Tr
     if key is None:
         return None
     if not str(key).startswith("val/"):
-        raise ConfigError(f"optimized_metric={key}: a search is scored on validation; give a val/ metric, "
-                          f"e.g. val/acc_top1, val/map_50, val/verification_acc")
+        raise ConfigError(
+            f"optimized_metric={key}: a search is scored on validation; give a val/ metric, "
+            f"e.g. val/acc_top1, val/map_50, val/verification_acc"
+        )
     values = [float(r[key]) for r in read_epoch_log(run_dir / EPOCH_LOG) if r.get(key) is not None]
     if not values and metrics.get(key) is not None:
         values = [float(metrics[key])]
@@ -103,8 +105,9 @@ def _same(a: Any, b: Any) -> bool:
 
 def best_trial_dir(sweep_dir: Path, best_params: dict) -> Path | None:
     """The trial dir (``<sweep dir>/<n>``) whose overrides hold ``best_params`` (None: not found)."""
-    for trial in sorted((p for p in sweep_dir.iterdir() if (p / ".hydra" / "overrides.yaml").is_file()),
-                        key=lambda p: p.name):
+    for trial in sorted(
+        (p for p in sweep_dir.iterdir() if (p / ".hydra" / "overrides.yaml").is_file()), key=lambda p: p.name
+    ):
         given = _parse(yaml.safe_load((trial / ".hydra" / "overrides.yaml").read_text()) or [])
         if all(k in given and _same(given[k], v) for k, v in best_params.items()):
             return trial
@@ -142,5 +145,10 @@ class BestTrial(Callback):
         (sweep_dir / BEST_OVERRIDES).write_text("\n".join(rerun_overrides(overrides, trial_config)) + "\n")
         if config_file.is_file():
             shutil.copyfile(config_file, sweep_dir / BEST_CONFIG)
-        log.info("best trial: %s (%s %s); rerun it: python -m mbtasks $(cat %s)", trial,
-                 config.get("optimized_metric"), best.get("best_value"), sweep_dir / BEST_OVERRIDES)
+        log.info(
+            "best trial: %s (%s %s); rerun it: python -m mbtasks $(cat %s)",
+            trial,
+            config.get("optimized_metric"),
+            best.get("best_value"),
+            sweep_dir / BEST_OVERRIDES,
+        )

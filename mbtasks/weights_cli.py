@@ -39,8 +39,10 @@ def convert_state_dict(path: Path) -> Converted:
         v2 = any(k.startswith("conv_head") for k in state)
         arch, stem, origin = ("MobileNetV2" if v2 else "MobileNetV1"), state["conv_stem.weight"], "timm"
     else:
-        raise UserError(f"{path}: not a torchvision or timm MobileNet state dict (no features.0.0.weight or "
-                        "conv_stem.weight tensor)")
+        raise UserError(
+            f"{path}: not a torchvision or timm MobileNet state dict (no features.0.0.weight or "
+            "conv_stem.weight tensor)"
+        )
     errors = []
     for entry in (e for e in published.TABLE if e.arch == arch):
         backbone = BACKBONES[arch](entry.width, act="relu6")
@@ -51,17 +53,24 @@ def convert_state_dict(path: Path) -> Converted:
         except ValueError as err:
             errors.append(str(err))
             continue
-        return Converted(converted, arch, entry.width, 224, act="relu6", padding="symmetric",
-                         source=f"{origin} {path.name}")
-    raise UserError(f"{path}: a {origin} {arch} state dict of no published width"
-                    + (f" ({errors[0]})" if errors else ""))
+        return Converted(
+            converted, arch, entry.width, 224, act="relu6", padding="symmetric", source=f"{origin} {path.name}"
+        )
+    raise UserError(
+        f"{path}: a {origin} {arch} state dict of no published width" + (f" ({errors[0]})" if errors else "")
+    )
 
 
 def convert_file(path: Path) -> Converted:
     if not path.is_file():
         raise UserError(f"{path}: file not found")
-    readers = {".pb": convert_tf_graph, ".tflite": convert_tflite, ".pth": convert_state_dict,
-               ".pt": convert_state_dict, ".safetensors": convert_state_dict}
+    readers = {
+        ".pb": convert_tf_graph,
+        ".tflite": convert_tflite,
+        ".pth": convert_state_dict,
+        ".pt": convert_state_dict,
+        ".safetensors": convert_state_dict,
+    }
     reader = readers.get(path.suffix.lower())
     if reader is None:
         raise UserError(f"{path}: unknown weight format {path.suffix!r}; expected one of {sorted(readers)}")
@@ -77,10 +86,14 @@ def cmd_convert(files: Sequence[str]) -> int:
         entry = published.entry_for(converted.arch, converted.width, key=name)
         out = published.write_converted(converted, published.cached_file(entry))
         folded = ", BatchNorm folded" if converted.bn_folded else ""
-        print(f"{name}: {entry.name} ({converted.source}; {converted.image_size} px, act {converted.act}, "
-              f"padding {converted.padding}{folded}) -> {out}")
-        print(f"  now: backbone={published_group(entry)} backbone.width={entry.width:g} backbone.pretrained=imagenet, "
-              f"or mbtasks.load('{entry.name}{published.SUFFIX}')")
+        print(
+            f"{name}: {entry.name} ({converted.source}; {converted.image_size} px, act {converted.act}, "
+            f"padding {converted.padding}{folded}) -> {out}"
+        )
+        print(
+            f"  now: backbone={published_group(entry)} backbone.width={entry.width:g} backbone.pretrained=imagenet, "
+            f"or mbtasks.load('{entry.name}{published.SUFFIX}')"
+        )
     return 0
 
 
@@ -92,8 +105,13 @@ def cmd_list() -> int:
     rows = [("name", "found", "where")]
     for entry in published.TABLE:
         found = published.find_local(entry)
-        rows.append((f"{entry.name}{published.SUFFIX}", found.origin if found else "-",
-                     str(found.path) if found else published.how_to_get(entry)))
+        rows.append(
+            (
+                f"{entry.name}{published.SUFFIX}",
+                found.origin if found else "-",
+                str(found.path) if found else published.how_to_get(entry),
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(2)]
     for r in rows:
         print(f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]}")

@@ -56,8 +56,13 @@ def save_checkpoint(task, cfg: DictConfig, path: Path) -> Path:
     from omegaconf import OmegaConf
 
     ckpt = {"state_dict": task.state_dict()}
-    checkpoint.stamp(ckpt, task=task.name, info=task.info, task_args=task.task_args(),
-                     config=OmegaConf.to_container(cfg, resolve=True))
+    checkpoint.stamp(
+        ckpt,
+        task=task.name,
+        info=task.info,
+        task_args=task.task_args(),
+        config=OmegaConf.to_container(cfg, resolve=True),
+    )
     torch.save(ckpt, path)
     return path
 
@@ -74,8 +79,15 @@ def tiny_shapes(tmp_path_factory) -> Path:
     from mbtasks.data.synthetic import make_shapes_classification
 
     root = tmp_path_factory.mktemp("shapes")
-    return make_shapes_classification(root, classes=["circle", "square", "triangle"], train_per_class=8,
-                                      val_per_class=3, test_per_class=3, image_size=32, seed=1)
+    return make_shapes_classification(
+        root,
+        classes=["circle", "square", "triangle"],
+        train_per_class=8,
+        val_per_class=3,
+        test_per_class=3,
+        image_size=32,
+        seed=1,
+    )
 
 
 TINY_CLASSES = ["circle", "square", "triangle"]
@@ -86,11 +98,29 @@ def train_tiny(tmp_path_factory, *extra: str) -> tuple[Path, Path, dict]:
     ``(data root, run dir, metrics)``. ``extra``: more overrides (bf16, NHWC...)."""
     from mbtasks.data.synthetic import make_shapes_classification
 
-    root = make_shapes_classification(tmp_path_factory.mktemp("shapes"), classes=TINY_CLASSES, train_per_class=4,
-                                      val_per_class=2, test_per_class=2, image_size=32, seed=1)
+    root = make_shapes_classification(
+        tmp_path_factory.mktemp("shapes"),
+        classes=TINY_CLASSES,
+        train_per_class=4,
+        val_per_class=2,
+        test_per_class=2,
+        image_size=32,
+        seed=1,
+    )
     run_dir = tmp_path_factory.mktemp("cls")
-    metrics = run_mode([f"data.root={root}", "data.generator=null", "data.image_size=32", "data.batch_size=6",
-                        "backbone.width=0.25", "trainer.max_epochs=1", "task.log_images=0", *extra], run_dir)
+    metrics = run_mode(
+        [
+            f"data.root={root}",
+            "data.generator=null",
+            "data.image_size=32",
+            "data.batch_size=6",
+            "backbone.width=0.25",
+            "trainer.max_epochs=1",
+            "task.log_images=0",
+            *extra,
+        ],
+        run_dir,
+    )
     return root, run_dir, metrics
 
 
@@ -100,4 +130,3 @@ def tiny_run(tmp_path_factory) -> tuple[Path, Path]:
     copy what a test changes). ``(data root, run dir)``."""
     root, run_dir, _ = train_tiny(tmp_path_factory)
     return root, run_dir
-

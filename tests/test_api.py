@@ -21,11 +21,29 @@ QUIET = ["trainer.enable_progress_bar=false", "data.num_workers=0", "trainer.log
 def classifier(tmp_path_factory):
     from mbtasks.data.synthetic import make_shapes_classification
 
-    root = make_shapes_classification(tmp_path_factory.mktemp("shapes"), classes=["circle", "square", "triangle"],
-                                      train_per_class=6, val_per_class=2, test_per_class=2, image_size=32, seed=1)
-    run = mbtasks.train("classification", [*QUIET, f"data.root={root}", "data.generator=null", "data.image_size=32",
-                                           "data.batch_size=6", "backbone.width=0.25", "trainer.max_epochs=1",
-                                           "task.log_images=0"], run_dir=tmp_path_factory.mktemp("run") / "cls")
+    root = make_shapes_classification(
+        tmp_path_factory.mktemp("shapes"),
+        classes=["circle", "square", "triangle"],
+        train_per_class=6,
+        val_per_class=2,
+        test_per_class=2,
+        image_size=32,
+        seed=1,
+    )
+    run = mbtasks.train(
+        "classification",
+        [
+            *QUIET,
+            f"data.root={root}",
+            "data.generator=null",
+            "data.image_size=32",
+            "data.batch_size=6",
+            "backbone.width=0.25",
+            "trainer.max_epochs=1",
+            "task.log_images=0",
+        ],
+        run_dir=tmp_path_factory.mktemp("run") / "cls",
+    )
     return root, run
 
 
@@ -55,16 +73,19 @@ def test_predict_takes_every_input_kind_and_matches_the_cli(classifier, tmp_path
     assert len(by_path) == 1 and isinstance(by_path[0], Classification)
     assert by_path[0].label in ("circle", "square", "triangle") and len(by_path[0].top_k) == 3
     assert by_path[0].top_k[0].label == by_path[0].label
-    same = [model.predict(x)[0] for x in (Image.open(path), pixels, pixels.astype(np.float32) / 255,
-                                           torch.from_numpy(pixels).permute(2, 0, 1))]
+    same = [
+        model.predict(x)[0]
+        for x in (Image.open(path), pixels, pixels.astype(np.float32) / 255, torch.from_numpy(pixels).permute(2, 0, 1))
+    ]
     for r in same:
         assert r.label == by_path[0].label and r.score == pytest.approx(by_path[0].score, abs=1e-5)
     assert len(model.predict([path, pixels, np.stack([pixels, pixels])])) == 4
     folder = model.predict(root / "test")
     assert len(folder) == 6 and all(isinstance(r, Classification) for r in folder)
     # mode=predict runs the same predictor: same labels and scores
-    cli = mbtasks.api.run(["mode=predict", f"ckpt_path={run.best_checkpoint}", f"predict.input={root / 'test'}"],
-                          tmp_path / "predict").metrics
+    cli = mbtasks.api.run(
+        ["mode=predict", f"ckpt_path={run.best_checkpoint}", f"predict.input={root / 'test'}"], tmp_path / "predict"
+    ).metrics
     assert [p["file"] for p in cli["predictions"]] == [r.source for r in folder]
     assert [p["score"] for p in cli["predictions"]] == pytest.approx([r.score for r in folder], abs=1e-5)
 
@@ -96,12 +117,25 @@ def test_export_and_profile(classifier, tmp_path):
 
 
 def test_detection_results_are_in_original_pixels_and_draw(tmp_path):
-    run = mbtasks.train("detection", [*QUIET, f"data.root={tmp_path / 'det'}", "data.image_size=64",
-                                      "data.batch_size=4", "data.generator.classes=[circle,square]",
-                                      "data.generator.train_images=8", "data.generator.val_images=4",
-                                      "data.generator.test_images=4", "data.generator.image_size=64",
-                                      "backbone.width=0.25", "trainer.max_epochs=1", "task.log_images=0",
-                                      "task.score_threshold=0.0"], run_dir=tmp_path / "run")
+    run = mbtasks.train(
+        "detection",
+        [
+            *QUIET,
+            f"data.root={tmp_path / 'det'}",
+            "data.image_size=64",
+            "data.batch_size=4",
+            "data.generator.classes=[circle,square]",
+            "data.generator.train_images=8",
+            "data.generator.val_images=4",
+            "data.generator.test_images=4",
+            "data.generator.image_size=64",
+            "backbone.width=0.25",
+            "trainer.max_epochs=1",
+            "task.log_images=0",
+            "task.score_threshold=0.0",
+        ],
+        run_dir=tmp_path / "run",
+    )
     model = mbtasks.load(run.best_checkpoint)
     photo = np.asarray(Image.open(tmp_path / "det" / "test" / "00000.png").convert("RGB").resize((160, 96)))
     (det,) = model.predict(photo)
@@ -117,12 +151,25 @@ def test_embedding_verify_and_identify(tmp_path):
 
     gen = {"num_identities": 10, "images_per_identity": 4, "image_size": 32, "seed": 0}
     root = make_synthetic_faces(tmp_path / "data" / "synthetic_faces", **gen)
-    run = mbtasks.train("embedding", [*QUIET, f"data_dir={tmp_path / 'data'}", "backbone.width=0.25",
-                                      "data.image_size=32", *(f"data.generator.{k}={v}" for k, v in gen.items()),
-                                      "data.val_identities=2", "data.test_identities=2",
-                                      "data.identities_per_batch=4", "data.images_per_identity=2",
-                                      "data.num_folds=2", "data.pairs_per_fold=4", "trainer.max_epochs=1",
-                                      "task.projector_identities=0"], run_dir=tmp_path / "run")
+    run = mbtasks.train(
+        "embedding",
+        [
+            *QUIET,
+            f"data_dir={tmp_path / 'data'}",
+            "backbone.width=0.25",
+            "data.image_size=32",
+            *(f"data.generator.{k}={v}" for k, v in gen.items()),
+            "data.val_identities=2",
+            "data.test_identities=2",
+            "data.identities_per_batch=4",
+            "data.images_per_identity=2",
+            "data.num_folds=2",
+            "data.pairs_per_fold=4",
+            "trainer.max_epochs=1",
+            "task.projector_identities=0",
+        ],
+        run_dir=tmp_path / "run",
+    )
     model = mbtasks.load(run.best_checkpoint)
     a, b = root / "id_00000" / "id_00000_0001.png", root / "id_00001" / "id_00001_0001.png"
     (emb,) = model.predict(a)

@@ -60,8 +60,9 @@ def checkpoints(tmp_path_factory) -> Path:
 def python(code: str, timeout: int = 300) -> subprocess.CompletedProcess:
     """``code`` in a fresh interpreter (what a user's script sees after ``import mbtasks``)."""
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=timeout,
-                          env=env)
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 # ------------------------------------------------------------------ names after `import mbtasks`
@@ -76,10 +77,12 @@ def readme_api_names() -> list[str]:
 def test_every_name_the_readme_uses_resolves_after_import_mbtasks():
     names = readme_api_names()
     assert {"api.run", "errors.DataError", "errors.ConfigError", "load", "Pipeline"} <= set(names)
-    code = ("import functools, mbtasks\n"
-            f"for name in {names!r}:\n"
-            "    functools.reduce(getattr, name.split('.'), mbtasks)\n"
-            f"print('resolved', {len(names)})")
+    code = (
+        "import functools, mbtasks\n"
+        f"for name in {names!r}:\n"
+        "    functools.reduce(getattr, name.split('.'), mbtasks)\n"
+        f"print('resolved', {len(names)})"
+    )
     proc = python(code)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert f"resolved {len(names)}" in proc.stdout
@@ -89,9 +92,11 @@ def test_every_name_the_readme_uses_resolves_after_import_mbtasks():
 def test_api_runs_log_mbtasks_info_lines_once(checkpoints, tmp_path):
     """Without logging configured, API runs print mbtasks' INFO lines (as the CLI does); with the
     program's own logging (or Hydra's, under the CLI) they are printed by it, once."""
-    run = ("from mbtasks import api\n"
-           f"api.run(['mode=predict', 'ckpt_path={checkpoints / 'ok.ckpt'}', 'predict.input={checkpoints / 'x.png'}'],"
-           " {!r})\n")
+    run = (
+        "from mbtasks import api\n"
+        f"api.run(['mode=predict', 'ckpt_path={checkpoints / 'ok.ckpt'}', 'predict.input={checkpoints / 'x.png'}'],"
+        " {!r})\n"
+    )
     bare = python(run.format(str(tmp_path / "bare")))
     assert bare.returncode == 0, bare.stderr[-2000:]
     assert len(re.findall(r"wrote 1 predictions to", bare.stderr)) == 1, bare.stderr[-2000:]
@@ -175,8 +180,15 @@ def test_batch_size_below_one_is_refused(checkpoints, batch_size):
 def test_cli_predict_batch_size_zero_is_refused(checkpoints, tmp_path):
     # (already refused at start-up before issue 24; kept beside the API's check)
     with pytest.raises(ConfigError, match=r"predict\.batch_size=0: expected an integer >= 1"):
-        run_mode(["mode=predict", f"ckpt_path={checkpoints / 'ok.ckpt'}", f"predict.input={checkpoints / 'x.png'}",
-                  "predict.batch_size=0"], tmp_path)
+        run_mode(
+            [
+                "mode=predict",
+                f"ckpt_path={checkpoints / 'ok.ckpt'}",
+                f"predict.input={checkpoints / 'x.png'}",
+                "predict.batch_size=0",
+            ],
+            tmp_path,
+        )
 
 
 # ------------------------------------------------------------------ non-finite weights
@@ -191,8 +203,15 @@ def test_load_refuses_non_finite_weights_naming_the_tensor(checkpoints, kind):
 @pytest.mark.parametrize("mode", ["test", "predict", "export"])
 def test_every_mode_refuses_a_checkpoint_with_nan_weights(checkpoints, tmp_path, mode):
     with pytest.raises(ConfigError, match=r"nan\.ckpt: tensor model\.backbone\.\S+ holds NaN values"):
-        run_mode([f"mode={mode}", f"ckpt_path={checkpoints / 'nan.ckpt'}", f"predict.input={checkpoints / 'x.png'}",
-                  f"data.root={tmp_path / 'data'}"], tmp_path / "run")
+        run_mode(
+            [
+                f"mode={mode}",
+                f"ckpt_path={checkpoints / 'nan.ckpt'}",
+                f"predict.input={checkpoints / 'x.png'}",
+                f"data.root={tmp_path / 'data'}",
+            ],
+            tmp_path / "run",
+        )
     assert not list(tmp_path.rglob("*.json"))
 
 
@@ -231,14 +250,19 @@ def test_non_finite_pretrained_state_dict_is_named_not_blamed_on_the_lr(tmp_path
 def test_json_we_write_never_holds_nan(tmp_path):
     from mbtasks.io import write_json_atomic
 
-    write_json_atomic(tmp_path / "m.json", {"test/loss": float("nan"), "rows": [{"score": float("inf")}, 1.5],
-                                            "pair": (float("-inf"), 2)})
+    write_json_atomic(
+        tmp_path / "m.json",
+        {"test/loss": float("nan"), "rows": [{"score": float("inf")}, 1.5], "pair": (float("-inf"), 2)},
+    )
 
     def refuse(constant):
         raise ValueError(f"{constant} is not JSON")
 
     assert json.loads((tmp_path / "m.json").read_text(), parse_constant=refuse) == {
-        "test/loss": None, "rows": [{"score": None}, 1.5], "pair": [None, 2]}
+        "test/loss": None,
+        "rows": [{"score": None}, 1.5],
+        "pair": [None, 2],
+    }
 
 
 # ------------------------------------------------------------------ pairs files
@@ -262,8 +286,11 @@ def test_pairs_file_image_number_says_what_is_expected(tmp_path, number):
     (tmp_path / "pairs.txt").write_text(f"Ann 1 2\nAnn {number} 2\n")
     with pytest.raises(DataError) as err:
         read_lfw_pairs(tmp_path / "pairs.txt", root)
-    assert re.search(rf"pairs\.txt:2: image number '{re.escape(number)}': expected a whole number >= 0, the n of "
-                     r"the file Ann/Ann_<nnnn>\.<ext> \(e\.g\. 1 for Ann_0001\.jpg\)", str(err.value)), str(err.value)
+    assert re.search(
+        rf"pairs\.txt:2: image number '{re.escape(number)}': expected a whole number >= 0, the n of "
+        r"the file Ann/Ann_<nnnn>\.<ext> \(e\.g\. 1 for Ann_0001\.jpg\)",
+        str(err.value),
+    ), str(err.value)
     assert "not an integer" not in str(err.value)
 
 

@@ -42,6 +42,7 @@ class Case:
 
 # --- images --------------------------------------------------------------------------------------------------
 
+
 def _dataset_skips(tmp: Path, bad: bytes) -> dict:
     from mbtasks.data.imagefolder import ImageFolderDataset, scan_image_folder
 
@@ -51,7 +52,11 @@ def _dataset_skips(tmp: Path, bad: bytes) -> dict:
     ds = ImageFolderDataset(samples, None, (0.5,) * 3, (0.5,) * 3)
     images = [ds[i][0] for i in range(len(ds))]
     assert all(img.shape == (3, 32, 32) for img in images)  # the bad file was replaced by a readable one
-    return {"samples": len(samples), "skipped": len(ds.skips.skipped), "named": str(root / "a" / "bad.jpg") in ds.skips.skipped}
+    return {
+        "samples": len(samples),
+        "skipped": len(ds.skips.skipped),
+        "named": str(root / "a" / "bad.jpg") in ds.skips.skipped,
+    }
 
 
 def truncated_jpeg(tmp: Path) -> dict:
@@ -88,12 +93,14 @@ def empty_class_folder(tmp: Path) -> None:
 
 # --- COCO ----------------------------------------------------------------------------------------------------
 
+
 def coco_missing(key: str) -> Callable[[Path], dict]:
     def run(tmp: Path) -> dict:
         from mbtasks.data.coco import read_coco_json
 
         data = read_coco_json(coco(tmp, drop=key))
-        return {}  if data["annotations"] == [] else data
+        return {} if data["annotations"] == [] else data
+
     return run
 
 
@@ -113,6 +120,7 @@ def coco_counts(annotations: list[dict], missing_file: bool = False) -> Callable
             (tmp / "img" / "0.png").unlink()
         records, report = load_coco(ann, tmp / "img", [1, 2])
         return {**report.counts, "boxes": int(sum(r.num_trainable for r in records))}
+
     return run
 
 
@@ -127,6 +135,7 @@ def coco_no_usable_box(tmp: Path) -> None:
 
 # --- identities and pairs ------------------------------------------------------------------------------------
 
+
 def one_image_identity(tmp: Path) -> dict:
     from mbtasks.data.faces import scan_identities, split_identities
 
@@ -138,8 +147,11 @@ def one_image_identity(tmp: Path) -> dict:
     (tmp / "lonely" / "0.png").write_bytes(png_bytes())
     identities = scan_identities(tmp)
     train, val, test = split_identities(identities, 2, 2)
-    return {"identities": len(identities), "single": sum(len(v) < 2 for v in identities.values()),
-            "split": len(train) + len(val) + len(test)}
+    return {
+        "identities": len(identities),
+        "single": sum(len(v) < 2 for v in identities.values()),
+        "split": len(train) + len(val) + len(test),
+    }
 
 
 def too_few_identities(tmp: Path) -> None:
@@ -161,6 +173,7 @@ def pairs_missing_file(tmp: Path) -> None:
 
 # --- config --------------------------------------------------------------------------------------------------
 
+
 def unknown_group_value(tmp: Path) -> None:
     compose_cfg(["backbone=mobilenet_v9"])
 
@@ -177,6 +190,7 @@ def validate_with(overrides: list[str]) -> Callable[[Path], None]:
         from mbtasks.config import validate
 
         validate(compose_cfg(overrides))
+
     return run
 
 
@@ -194,6 +208,7 @@ def not_a_checkpoint(content: bytes) -> Callable[[Path], None]:
 
         (tmp / "last.ckpt").write_bytes(content)
         read_checkpoint(tmp / "last.ckpt")
+
     return run
 
 
@@ -207,6 +222,7 @@ def foreign_pickle(tmp: Path) -> None:
 
 # --- issue 12: decoders and pixel formats ------------------------------------------------------------------
 
+
 def _read(tmp: Path, name: str, content: bytes):
     from mbtasks.data.io import read_rgb
 
@@ -216,6 +232,7 @@ def _read(tmp: Path, name: str, content: bytes):
 
 def decoder_skip(content: bytes, name: str = "bad.png") -> Callable[[Path], dict]:
     """The file is a named, counted skip in a training split (never an exception mid-epoch)."""
+
     def run(tmp: Path) -> dict:
         from mbtasks.data.imagefolder import ImageFolderDataset, scan_image_folder
 
@@ -225,21 +242,25 @@ def decoder_skip(content: bytes, name: str = "bad.png") -> Callable[[Path], dict
         ds = ImageFolderDataset(samples, None, (0.5,) * 3, (0.5,) * 3)
         assert all(ds[i][0].shape == (3, 32, 32) for i in range(len(ds)))
         return {"skipped": len(ds.skips.skipped), "named": str(root / "a" / name) in ds.skips.skipped}
+
     return run
 
 
 def read_values(name: str, content: bytes) -> Callable[[Path], dict]:
     """Decoded grey values of the first row (as 8-bit RGB)."""
+
     def run(tmp: Path) -> dict:
         image = _read(tmp, name, content)
         assert image.dtype.name == "uint8" and image.shape[2] == 3
         return {"row": image[0, :, 0].tolist()}
+
     return run
 
 
 def read_refused(name: str, content: bytes) -> Callable[[Path], None]:
     def run(tmp: Path) -> None:
         _read(tmp, name, content)
+
     return run
 
 
@@ -253,15 +274,20 @@ def check_reports_decoder_failures(tmp: Path) -> dict:
     (tmp / "train" / "b" / "neg.tif").write_bytes(tiff_bytes("I", [[-5, 3], [4, 5]]))
     report = scan(compose_cfg(["data=imagefolder", f"data.root={tmp}", "data.image_size=32"]))
     first = report["unreadable"]["first"]
-    return {"ok": report["ok"], "unreadable": report["unreadable"]["count"],
-            "bomb named": "decompression bomb" in first[str(tmp / "train" / "a" / "bomb.png")],
-            "mode named": "pixel mode 'I'" in first[str(tmp / "train" / "b" / "neg.tif")]}
+    return {
+        "ok": report["ok"],
+        "unreadable": report["unreadable"]["count"],
+        "bomb named": "decompression bomb" in first[str(tmp / "train" / "a" / "bomb.png")],
+        "mode named": "pixel mode 'I'" in first[str(tmp / "train" / "b" / "neg.tif")],
+    }
 
 
 # --- issue 12: COCO / VOC fields -----------------------------------------------------------------------------
 
+
 def coco_edit(edit: Callable[[dict], None], counts_only: bool = True) -> Callable[[Path], dict]:
     """``load_coco`` after ``edit`` changed the parsed json of a 2-image file (one box each)."""
+
     def run(tmp: Path) -> dict:
         from mbtasks.data.coco import coco_categories, load_coco
 
@@ -272,17 +298,20 @@ def coco_edit(edit: Callable[[dict], None], counts_only: bool = True) -> Callabl
         _, ids = coco_categories(data, ann)
         records, report = load_coco(ann, tmp / "img", ids)
         return {**report.counts, "boxes": int(sum(r.num_trainable for r in records))}
+
     return run
 
 
 def _set(path: str, value) -> Callable[[dict], None]:
     """``_set("images.0.width", "abc")``: assign inside the parsed json."""
+
     def edit(data: dict) -> None:
         *parents, leaf = path.split(".")
         node = data
         for key in parents:
             node = node[int(key)] if isinstance(node, list) else node[key]
         node[int(leaf) if isinstance(node, list) else leaf] = value
+
     return edit
 
 
@@ -295,9 +324,11 @@ def coco_deep_nesting(tmp: Path) -> None:
 
 def coco_outside_file(name_of: Callable[[Path], str]) -> Callable[[Path], dict]:
     """A file_name leaving the image folder: not read (the file it names exists)."""
+
     def run(tmp: Path) -> dict:
         (tmp / "secret.png").write_bytes(png_bytes(64))
         return coco_edit(_set("images.1.file_name", name_of(tmp)))(tmp)
+
     return run
 
 
@@ -320,15 +351,34 @@ def check_reports_size_mismatch(tmp: Path) -> dict:
     from mbtasks.data.synthetic import make_shapes_detection
     from mbtasks.modes.check import scan
 
-    root = make_shapes_detection(tmp / "det", classes=["circle", "square"], train_images=4, val_images=2,
-                                 test_images=2, image_size=64, empty_fraction=0.0, seed=3)
+    root = make_shapes_detection(
+        tmp / "det",
+        classes=["circle", "square"],
+        train_images=4,
+        val_images=2,
+        test_images=2,
+        image_size=64,
+        empty_fraction=0.0,
+        seed=3,
+    )
     ann = root / "annotations" / "instances_train.json"
     data = json.loads(ann.read_text())
     data["images"][0].update(width=640, height=640)
     ann.write_text(json.dumps(data))
-    report = scan(compose_cfg(["task=detection", "data=coco", f"data.root={root}", "data.train_ann=annotations/instances_train.json",
-                               "data.train_images=train", "data.val_ann=annotations/instances_val.json",
-                               "data.val_images=val", "data.image_size=64"]))
+    report = scan(
+        compose_cfg(
+            [
+                "task=detection",
+                "data=coco",
+                f"data.root={root}",
+                "data.train_ann=annotations/instances_train.json",
+                "data.train_images=train",
+                "data.val_ann=annotations/instances_val.json",
+                "data.val_images=val",
+                "data.image_size=64",
+            ]
+        )
+    )
     return {"rescaled": report["rescaled"]["count"], "warned": any("differ in size" in w for w in report["warnings"])}
 
 
@@ -340,10 +390,12 @@ def voc_read(width="64", height="64", filename=None) -> Callable[[Path], dict]:
         voc_pair(tmp / "train", "a", width, height, filename)
         records, report = load_voc(split_files(tmp, "train"), ["thing"], tmp / "train")
         return {**report.counts, "size": (records[0].width, records[0].height), "file": records[0].path.name}
+
     return run
 
 
 # --- issue 12: config, checkpoints, run dirs, pairs ----------------------------------------------------------
+
 
 def missing_value_is_not_a_misspelling(tmp: Path) -> dict:
     from mbtasks.config import CONFIG_DIR, misspelled_keys
@@ -357,6 +409,7 @@ def checkpoint_of_task(task: str, overrides: list[str], given: bool = True) -> C
 
         path = fake_checkpoint(tmp / "run" / "checkpoints" / "last.ckpt", task)
         check_checkpoint_task(compose_cfg(overrides + [f"ckpt_path={path}"]), given)
+
     return run
 
 
@@ -368,8 +421,10 @@ def pickle_refusal_new_wording(tmp: Path) -> None:
     from mbtasks.checkpoint import read as read_checkpoint
 
     torch.save({"mbtasks": {}, "payload": Path("/etc/passwd")}, tmp / "evil.ckpt")
-    error = pickle.UnpicklingError("Weights only load failed. Re-running `torch.load` with `weights_only` set to "
-                                   "`False` will likely succeed... unsupported GLOBAL pathlib.PosixPath")
+    error = pickle.UnpicklingError(
+        "Weights only load failed. Re-running `torch.load` with `weights_only` set to "
+        "`False` will likely succeed... unsupported GLOBAL pathlib.PosixPath"
+    )
     with mock.patch("torch.load", side_effect=error):
         read_checkpoint(tmp / "evil.ckpt")
 
@@ -412,8 +467,11 @@ def other_mode_into_a_run_dir(mode: str) -> Callable[[Path], dict]:
         (tmp / "metrics.json").write_text('{"test/acc_top1": 0.9}')
         (tmp / "config.yaml").write_text("old: config\n")
         used = claim_run_dir(OmegaConf.create({"mode": mode, "resume": None}), tmp)
-        return {"dir": used.relative_to(tmp).as_posix(), "metrics kept": (tmp / "metrics.json").read_text() ==
-                '{"test/acc_top1": 0.9}'}
+        return {
+            "dir": used.relative_to(tmp).as_posix(),
+            "metrics kept": (tmp / "metrics.json").read_text() == '{"test/acc_top1": 0.9}',
+        }
+
     return run
 
 
@@ -434,10 +492,12 @@ def pairs_with_spaces(line: str) -> Callable[[Path], dict]:
             (tmp / name).write_bytes(png_bytes())
         (tmp / "pairs.txt").write_text(line + "\n")
         return {"pairs": [(a.name, b.name) for a, b in read_pair_list(tmp / "pairs.txt")]}
+
     return run
 
 
 # --- issue 24 -------------------------------------------------------------------------------------------------
+
 
 def non_finite_checkpoint(value: float) -> Callable[[Path], None]:
     def run(tmp: Path) -> None:
@@ -448,6 +508,7 @@ def non_finite_checkpoint(value: float) -> Callable[[Path], None]:
         ckpt["state_dict"] = {"model.head.fc.weight": torch.tensor([1.0, value])}
         torch.save(ckpt, path)
         checkpoint.read(path)
+
     return run
 
 
@@ -473,6 +534,7 @@ def lfw_pairs(line: str) -> Callable[[Path], dict]:
         (tmp / "pairs.txt").write_text(f"1 1\nAnn 1 2\n{line}\n")
         read_lfw_pairs(tmp / "pairs.txt", tmp, num_folds=1)
         return {}
+
     return run
 
 
@@ -481,6 +543,7 @@ def inference_options(device, batch_size) -> Callable[[Path], None]:
         from mbtasks.tasks.loading import check_inference_options
 
         check_inference_options(device, batch_size)
+
     return run
 
 
@@ -497,6 +560,7 @@ def export_output(name: str) -> Callable[[Path], None]:
 
         (tmp / "run" / "checkpoints").mkdir(parents=True)
         check_output(tmp / "run" / name)
+
     return run
 
 
@@ -532,155 +596,427 @@ CASES = [
     # allowed for image-info files; a training split without any box stops (next case)
     Case("COCO json without annotations", coco_missing("annotations"), counts={}),
     Case("COCO json not valid json", coco_invalid_json, DataError, r"ann\.json: not valid json"),
-    Case("box of zero size", coco_counts([box(1, [8, 8, 0, 10])]), counts={"boxes: zero or negative size": 1, "boxes": 1}),
-    Case("box of negative size", coco_counts([box(1, [8, 8, -5, 10])]), counts={"boxes: zero or negative size": 1, "boxes": 1}),
-    Case("box outside the image", coco_counts([box(1, [100, 100, 10, 10])]), counts={"boxes: outside the image": 1, "boxes": 1}),
+    Case(
+        "box of zero size", coco_counts([box(1, [8, 8, 0, 10])]), counts={"boxes: zero or negative size": 1, "boxes": 1}
+    ),
+    Case(
+        "box of negative size",
+        coco_counts([box(1, [8, 8, -5, 10])]),
+        counts={"boxes: zero or negative size": 1, "boxes": 1},
+    ),
+    Case(
+        "box outside the image",
+        coco_counts([box(1, [100, 100, 10, 10])]),
+        counts={"boxes: outside the image": 1, "boxes": 1},
+    ),
     Case("box partly outside (clipped, kept)", coco_counts([box(1, [50, 50, 30, 30])]), counts={"boxes": 2}),
-    Case("unknown category id", coco_counts([box(1, [8, 8, 10, 10], category_id=7)]), counts={"unknown category ids": 1, "boxes": 1}),
-    Case("image listed but missing on disk", coco_counts([box(1, [8, 8, 10, 10])], missing_file=True),
-         counts={"missing image files": 1, "annotations of missing images": 1, "boxes": 1}),
-    Case("no usable box in the training split", coco_no_usable_box, DataError, r"ann\.json: no usable boxes in 2 images"),
+    Case(
+        "unknown category id",
+        coco_counts([box(1, [8, 8, 10, 10], category_id=7)]),
+        counts={"unknown category ids": 1, "boxes": 1},
+    ),
+    Case(
+        "image listed but missing on disk",
+        coco_counts([box(1, [8, 8, 10, 10])], missing_file=True),
+        counts={"missing image files": 1, "annotations of missing images": 1, "boxes": 1},
+    ),
+    Case(
+        "no usable box in the training split", coco_no_usable_box, DataError, r"ann\.json: no usable boxes in 2 images"
+    ),
     Case("identity folder with one image", one_image_identity, counts={"identities": 7, "single": 1, "split": 7}),
     Case("too few identities", too_few_identities, DataError, r"identities cannot give"),
-    Case("pairs file naming a missing file", pairs_missing_file, DataError, r"pairs\.txt:1: image .*Ann_0002\.\* not found"),
+    Case(
+        "pairs file naming a missing file",
+        pairs_missing_file,
+        DataError,
+        r"pairs\.txt:1: image .*Ann_0002\.\* not found",
+    ),
     Case("unknown config group value", unknown_group_value, Exception, r"mobilenet_v9.*(?s:.*)mobilenet_v1"),
     Case("misspelled key", misspelled_key, ConfigError, r"unknown key 'backbone.widht'.*Did you mean 'backbone.width'"),
     Case("width <= 0", validate_with(["backbone.width=0"]), ConfigError, r"backbone.width=0: expected a number > 0"),
     Case("negative width", validate_with(["backbone.width=-0.5"]), ConfigError, r"backbone.width=-0.5"),
-    Case("image size the backbone cannot take", validate_with(["data.image_size=20"]), ConfigError,
-         r"data.image_size=20: expected an integer >= 32"),
+    Case(
+        "image size the backbone cannot take",
+        validate_with(["data.image_size=20"]),
+        ConfigError,
+        r"data.image_size=20: expected an integer >= 32",
+    ),
     Case("unknown mode", validate_with(["mode=tarin"]), ConfigError, r"mode='tarin'.*Did you mean 'train'"),
     Case("mode=test without ckpt_path", validate_with(["mode=test"]), ConfigError, r"needs ckpt_path"),
-    Case("checkpoint of another width as backbone.pretrained", other_width_as_pretrained, ConfigError,
-         r"backbone.pretrained=.*w025\.pt"),
-    Case("truncated checkpoint", not_a_checkpoint(b"PK\x03\x04 truncated"), ConfigError, r"last\.ckpt: cannot read checkpoint"),
+    Case(
+        "checkpoint of another width as backbone.pretrained",
+        other_width_as_pretrained,
+        ConfigError,
+        r"backbone.pretrained=.*w025\.pt",
+    ),
+    Case(
+        "truncated checkpoint",
+        not_a_checkpoint(b"PK\x03\x04 truncated"),
+        ConfigError,
+        r"last\.ckpt: cannot read checkpoint",
+    ),
     Case("checkpoint that is not ours", not_a_checkpoint(b""), ConfigError, r"last\.ckpt"),
     Case("checkpoint with pickled objects", foreign_pickle, ConfigError, r"evil\.ckpt: .*pickled Python objects"),
     # --- issue 12 ---
-    Case("header claiming 100000x100000 pixels (PIL's DecompressionBombError)", decoder_skip(png_claiming(100_000, 100_000)),
-         counts={"skipped": 1, "named": True}),
-    Case("header above the pixel limit, below 2x (PIL only warns)", read_refused("big.png", png_claiming(10_000, 10_000)),
-         ImageReadError, r"big\.png: 10000x10000 pixels is above the decoder limit of 89478485"),
-    Case("PNG text chunk inflating past MAX_TEXT_CHUNK", decoder_skip(png_text_bomb()), counts={"skipped": 1, "named": True}),
-    Case("PNG text bomb named with PIL's reason", read_refused("t.png", png_text_bomb()), ImageReadError,
-         r"t\.png: cannot decode image \(ValueError: Decompressed data too large"),
-    Case("16-bit little-endian greyscale", read_values("le.tif", tiff_bytes("I;16", [[0, 25700, 32896, 65535]])),
-         counts={"row": [0, 100, 128, 255]}),
-    Case("16-bit big-endian greyscale", read_values("be.tif", tiff_bytes("I;16B", [[0, 25700, 32896, 65535]])),
-         counts={"row": [0, 100, 128, 255]}),
-    Case("32-bit integer image holding 8-bit values", read_values("i8.tif", tiff_bytes("I", [[0, 100, 200, 255]])),
-         counts={"row": [0, 100, 200, 255]}),
-    Case("32-bit integer image holding 16-bit values", read_values("i16.tif", tiff_bytes("I", [[0, 25700, 65535, 300]])),
-         counts={"row": [0, 100, 255, 1]}),
-    Case("32-bit integer image with negative values", read_refused("neg.tif", tiff_bytes("I", [[-5, 3]])), ImageReadError,
-         r"neg\.tif: pixel mode 'I' with values -5\.\.3"),
-    Case("float image in [0, 1]", read_values("f.tif", tiff_bytes("F", [[0.0, 0.5, 0.25, 1.0]])),
-         counts={"row": [0, 128, 64, 255]}),
-    Case("float image holding NaN", read_refused("nan.tif", tiff_bytes("F", [[0.0, float("nan")]])), ImageReadError,
-         r"nan\.tif: pixel mode 'F' holds NaN or infinite values"),
-    Case("mode=check reports decoder failures by name", check_reports_decoder_failures,
-         counts={"ok": True, "unreadable": 2, "bomb named": True, "mode named": True}),
-    Case("COCO duplicate image id", coco_edit(_set("images.1.id", 1)), DataError,
-         r"ann\.json: image id 1 is used twice \(file_name '0\.png' and '1\.png'\)"),
-    Case("COCO width that is not a number", coco_edit(_set("images.0.width", "abc")),
-         counts={"image sizes that are not numbers": 1, "boxes": 2}),
-    Case("COCO height NaN", coco_edit(_set("images.0.height", float("nan"))),
-         counts={"image sizes that are not numbers": 1, "boxes": 2}),
-    Case("COCO annotation that is a list", coco_edit(_set("annotations.0", [1, 2, 3])),
-         counts={"malformed annotations": 1, "boxes": 1}),
-    Case("COCO image entry that is a string", coco_edit(_set("images.0", "0.png")),
-         counts={"malformed image entries": 1, "annotations of unlisted images": 1, "boxes": 1}),
+    Case(
+        "header claiming 100000x100000 pixels (PIL's DecompressionBombError)",
+        decoder_skip(png_claiming(100_000, 100_000)),
+        counts={"skipped": 1, "named": True},
+    ),
+    Case(
+        "header above the pixel limit, below 2x (PIL only warns)",
+        read_refused("big.png", png_claiming(10_000, 10_000)),
+        ImageReadError,
+        r"big\.png: 10000x10000 pixels is above the decoder limit of 89478485",
+    ),
+    Case(
+        "PNG text chunk inflating past MAX_TEXT_CHUNK",
+        decoder_skip(png_text_bomb()),
+        counts={"skipped": 1, "named": True},
+    ),
+    Case(
+        "PNG text bomb named with PIL's reason",
+        read_refused("t.png", png_text_bomb()),
+        ImageReadError,
+        r"t\.png: cannot decode image \(ValueError: Decompressed data too large",
+    ),
+    Case(
+        "16-bit little-endian greyscale",
+        read_values("le.tif", tiff_bytes("I;16", [[0, 25700, 32896, 65535]])),
+        counts={"row": [0, 100, 128, 255]},
+    ),
+    Case(
+        "16-bit big-endian greyscale",
+        read_values("be.tif", tiff_bytes("I;16B", [[0, 25700, 32896, 65535]])),
+        counts={"row": [0, 100, 128, 255]},
+    ),
+    Case(
+        "32-bit integer image holding 8-bit values",
+        read_values("i8.tif", tiff_bytes("I", [[0, 100, 200, 255]])),
+        counts={"row": [0, 100, 200, 255]},
+    ),
+    Case(
+        "32-bit integer image holding 16-bit values",
+        read_values("i16.tif", tiff_bytes("I", [[0, 25700, 65535, 300]])),
+        counts={"row": [0, 100, 255, 1]},
+    ),
+    Case(
+        "32-bit integer image with negative values",
+        read_refused("neg.tif", tiff_bytes("I", [[-5, 3]])),
+        ImageReadError,
+        r"neg\.tif: pixel mode 'I' with values -5\.\.3",
+    ),
+    Case(
+        "float image in [0, 1]",
+        read_values("f.tif", tiff_bytes("F", [[0.0, 0.5, 0.25, 1.0]])),
+        counts={"row": [0, 128, 64, 255]},
+    ),
+    Case(
+        "float image holding NaN",
+        read_refused("nan.tif", tiff_bytes("F", [[0.0, float("nan")]])),
+        ImageReadError,
+        r"nan\.tif: pixel mode 'F' holds NaN or infinite values",
+    ),
+    Case(
+        "mode=check reports decoder failures by name",
+        check_reports_decoder_failures,
+        counts={"ok": True, "unreadable": 2, "bomb named": True, "mode named": True},
+    ),
+    Case(
+        "COCO duplicate image id",
+        coco_edit(_set("images.1.id", 1)),
+        DataError,
+        r"ann\.json: image id 1 is used twice \(file_name '0\.png' and '1\.png'\)",
+    ),
+    Case(
+        "COCO width that is not a number",
+        coco_edit(_set("images.0.width", "abc")),
+        counts={"image sizes that are not numbers": 1, "boxes": 2},
+    ),
+    Case(
+        "COCO height NaN",
+        coco_edit(_set("images.0.height", float("nan"))),
+        counts={"image sizes that are not numbers": 1, "boxes": 2},
+    ),
+    Case(
+        "COCO annotation that is a list",
+        coco_edit(_set("annotations.0", [1, 2, 3])),
+        counts={"malformed annotations": 1, "boxes": 1},
+    ),
+    Case(
+        "COCO image entry that is a string",
+        coco_edit(_set("images.0", "0.png")),
+        counts={"malformed image entries": 1, "annotations of unlisted images": 1, "boxes": 1},
+    ),
     Case("COCO json nested 100000 deep", coco_deep_nesting, DataError, r"ann\.json: json nested too deeply"),
-    Case("COCO file_name with '..'", coco_outside_file(lambda tmp: "../secret.png"),
-         counts={"file names outside the image folder": 1, "annotations of missing images": 1, "boxes": 1}),
-    Case("COCO absolute file_name", coco_outside_file(lambda tmp: str(tmp / "secret.png")),
-         counts={"file names outside the image folder": 1, "annotations of missing images": 1, "boxes": 1}),
-    Case("COCO float category_id", coco_edit(_set("annotations.0.category_id", 1.5)),
-         counts={"malformed annotations": 1, "boxes": 1}),
-    Case("COCO boolean category_id", coco_edit(_set("annotations.0.category_id", True)),
-         counts={"malformed annotations": 1, "boxes": 1}),
-    Case("COCO bbox given as a string", coco_edit(_set("annotations.0.bbox", "8820")),
-         counts={"malformed annotations": 1, "boxes": 1}),
-    Case("COCO area that is not a number (box area used)", coco_edit(_set("annotations.0.area", "big")),
-         counts={"boxes": 2}),
-    Case("COCO duplicate category names", coco_edit(_set("categories.1.name", "thing")), DataError,
-         r"ann\.json: categories 1 and 2 share the name 'thing'"),
-    Case("COCO float category id in categories", coco_edit(_set("categories.1.id", 2.5)), DataError,
-         r"ann\.json: category .*2\.5.*integer 'id'"),
-    Case("annotated size differs from the image (boxes rescaled, counted)", coco_size_mismatch,
-         counts={"rescaled": 1, "box": [8.0, 8.0, 28.0, 28.0]}),
+    Case(
+        "COCO file_name with '..'",
+        coco_outside_file(lambda tmp: "../secret.png"),
+        counts={"file names outside the image folder": 1, "annotations of missing images": 1, "boxes": 1},
+    ),
+    Case(
+        "COCO absolute file_name",
+        coco_outside_file(lambda tmp: str(tmp / "secret.png")),
+        counts={"file names outside the image folder": 1, "annotations of missing images": 1, "boxes": 1},
+    ),
+    Case(
+        "COCO float category_id",
+        coco_edit(_set("annotations.0.category_id", 1.5)),
+        counts={"malformed annotations": 1, "boxes": 1},
+    ),
+    Case(
+        "COCO boolean category_id",
+        coco_edit(_set("annotations.0.category_id", True)),
+        counts={"malformed annotations": 1, "boxes": 1},
+    ),
+    Case(
+        "COCO bbox given as a string",
+        coco_edit(_set("annotations.0.bbox", "8820")),
+        counts={"malformed annotations": 1, "boxes": 1},
+    ),
+    Case(
+        "COCO area that is not a number (box area used)",
+        coco_edit(_set("annotations.0.area", "big")),
+        counts={"boxes": 2},
+    ),
+    Case(
+        "COCO duplicate category names",
+        coco_edit(_set("categories.1.name", "thing")),
+        DataError,
+        r"ann\.json: categories 1 and 2 share the name 'thing'",
+    ),
+    Case(
+        "COCO float category id in categories",
+        coco_edit(_set("categories.1.id", 2.5)),
+        DataError,
+        r"ann\.json: category .*2\.5.*integer 'id'",
+    ),
+    Case(
+        "annotated size differs from the image (boxes rescaled, counted)",
+        coco_size_mismatch,
+        counts={"rescaled": 1, "box": [8.0, 8.0, 28.0, 28.0]},
+    ),
     Case("mode=check reports size mismatches", check_reports_size_mismatch, counts={"rescaled": 1, "warned": True}),
-    Case("VOC <width>abc", voc_read(width="abc"), counts={"image sizes that are not numbers": 1, "size": (64, 64), "file": "a.png"}),
-    Case("VOC <height>nan", voc_read(height="nan"), counts={"image sizes that are not numbers": 1, "size": (64, 64), "file": "a.png"}),
-    Case("VOC <filename> with '..'", voc_read(filename="../secret.png"),
-         counts={"file names outside the image folder": 1, "size": (64, 64), "file": "a.png"}),
-    Case("data.batch_size=0", validate_with(["data.batch_size=0"]), ConfigError, r"data\.batch_size=0: expected an integer >= 1"),
-    Case("data.num_workers=-1", validate_with(["data.num_workers=-1"]), ConfigError, r"data\.num_workers=-1: expected an integer >= 0"),
+    Case(
+        "VOC <width>abc",
+        voc_read(width="abc"),
+        counts={"image sizes that are not numbers": 1, "size": (64, 64), "file": "a.png"},
+    ),
+    Case(
+        "VOC <height>nan",
+        voc_read(height="nan"),
+        counts={"image sizes that are not numbers": 1, "size": (64, 64), "file": "a.png"},
+    ),
+    Case(
+        "VOC <filename> with '..'",
+        voc_read(filename="../secret.png"),
+        counts={"file names outside the image folder": 1, "size": (64, 64), "file": "a.png"},
+    ),
+    Case(
+        "data.batch_size=0",
+        validate_with(["data.batch_size=0"]),
+        ConfigError,
+        r"data\.batch_size=0: expected an integer >= 1",
+    ),
+    Case(
+        "data.num_workers=-1",
+        validate_with(["data.num_workers=-1"]),
+        ConfigError,
+        r"data\.num_workers=-1: expected an integer >= 0",
+    ),
     Case("optimizer.lr=0", validate_with(["optimizer.lr=0"]), ConfigError, r"optimizer\.lr=0: expected a number > 0"),
-    Case("optimizer.lr=nan", validate_with(["optimizer.lr=nan"]), ConfigError, r"optimizer\.lr=nan: expected a number > 0"),
+    Case(
+        "optimizer.lr=nan",
+        validate_with(["optimizer.lr=nan"]),
+        ConfigError,
+        r"optimizer\.lr=nan: expected a number > 0",
+    ),
     Case("seed=-1", validate_with(["seed=-1"]), ConfigError, r"seed=-1: expected an integer >= 0 and <= 4294967295"),
     Case("seed given as text", validate_with(["seed=abc"]), ConfigError, r"seed='abc': expected an integer"),
-    Case("data.mean of two values", validate_with(["data.mean=[0.5,0.5]"]), ConfigError, r"data\.mean=.*expected three numbers"),
-    Case("data.std with a zero", validate_with(["data.std=[0.2,0,0.2]"]), ConfigError, r"data\.std=.*expected three numbers > 0"),
-    Case("trainer.max_epochs=0", validate_with(["trainer.max_epochs=0"]), ConfigError,
-         r"trainer\.max_epochs=0: expected an integer >= 1 for mode=train"),
-    Case("backbone.width=nan", validate_with(["backbone.width=nan"]), ConfigError, r"backbone\.width=nan: expected a number > 0 and <= 4"),
-    Case("backbone.width=inf", validate_with(["backbone.width=inf"]), ConfigError, r"backbone\.width=inf: expected a number"),
-    Case("backbone.width=100 (would exhaust memory)", validate_with(["backbone.width=100"]), ConfigError, r"backbone\.width=100: .*<= 4"),
-    Case("data.image_size as a float", validate_with(["data.image_size=224.0"]), ConfigError,
-         r"data\.image_size=224\.0: expected an integer"),
+    Case(
+        "data.mean of two values",
+        validate_with(["data.mean=[0.5,0.5]"]),
+        ConfigError,
+        r"data\.mean=.*expected three numbers",
+    ),
+    Case(
+        "data.std with a zero",
+        validate_with(["data.std=[0.2,0,0.2]"]),
+        ConfigError,
+        r"data\.std=.*expected three numbers > 0",
+    ),
+    Case(
+        "trainer.max_epochs=0",
+        validate_with(["trainer.max_epochs=0"]),
+        ConfigError,
+        r"trainer\.max_epochs=0: expected an integer >= 1 for mode=train",
+    ),
+    Case(
+        "backbone.width=nan",
+        validate_with(["backbone.width=nan"]),
+        ConfigError,
+        r"backbone\.width=nan: expected a number > 0 and <= 4",
+    ),
+    Case(
+        "backbone.width=inf",
+        validate_with(["backbone.width=inf"]),
+        ConfigError,
+        r"backbone\.width=inf: expected a number",
+    ),
+    Case(
+        "backbone.width=100 (would exhaust memory)",
+        validate_with(["backbone.width=100"]),
+        ConfigError,
+        r"backbone\.width=100: .*<= 4",
+    ),
+    Case(
+        "data.image_size as a float",
+        validate_with(["data.image_size=224.0"]),
+        ConfigError,
+        r"data\.image_size=224\.0: expected an integer",
+    ),
     Case("MISSING data.root is not called a misspelling", missing_value_is_not_a_misspelling, counts={"hints": []}),
-    Case("data.root left at ??? (MISSING)", validate_with(["data=imagefolder"]), ConfigError,
-         r"data\.root is not set \(\?\?\? in the config\): give data\.root=VALUE"),
-    Case("task=detection head=linear", validate_with(["task=detection", "head=linear"]), ConfigError,
-         r"task=detection cannot use head\._target_=mbtasks\.models\.classifier\.ClassifierHead.*head=ssd or head=ssdlite"),
-    Case("classification checkpoint with task=embedding (mode=test)",
-         checkpoint_of_task("classification", ["task=embedding", "mode=test"]), ConfigError,
-         r"last\.ckpt is a classification checkpoint, but task=embedding was given"),
-    Case("detection checkpoint as ckpt_path of a classification training run",
-         checkpoint_of_task("detection", ["mode=train"], given=False), ConfigError,
-         r"last\.ckpt is a detection checkpoint, but task=classification"),
-    Case("torch's newer refusal wording ('unsupported GLOBAL')", pickle_refusal_new_wording, ConfigError,
-         r"evil\.ckpt: cannot read checkpoint: it holds pickled Python objects \(pathlib\.PosixPath\)"),
-    Case("raw pickle that runs code on load", raw_pickle_with_code, ConfigError,
-         r"code\.ckpt: cannot read checkpoint: it holds pickled Python objects \(builtins\.print\)"),
-    Case("legacy-format checkpoint with pickled objects", legacy_format_with_objects, ConfigError,
-         r"old\.ckpt: .*pickled Python objects \(pathlib\.PosixPath\)"),
-    Case("resume= a run whose last.ckpt holds pickled objects", resume_with_pickled_objects, ConfigError,
-         r"^resume=.*last\.ckpt: cannot read checkpoint: it holds pickled Python objects"),
-    Case("mode=test pointed at a training run dir", other_mode_into_a_run_dir("test"),
-         counts={"dir": "test", "metrics kept": True}),
-    Case("mode=predict pointed at a training run dir", other_mode_into_a_run_dir("predict"),
-         counts={"dir": "predict", "metrics kept": True}),
-    Case("mode=train into a dir holding other files", train_into_a_dir_with_files, ConfigError,
-         r"already holds other files \(check\.json\)"),
-    Case("pairs file: tab-separated paths with spaces", pairs_with_spaces("Ann Lee_1.png\tAnn Lee_2.png"),
-         counts={"pairs": [("Ann Lee_1.png", "Ann Lee_2.png")]}),
-    Case("pairs file: quoted paths with spaces", pairs_with_spaces('"Ann Lee_1.png" "Ann Lee_2.png"'),
-         counts={"pairs": [("Ann Lee_1.png", "Ann Lee_2.png")]}),
-    Case("pairs file: unquoted paths with spaces", pairs_with_spaces("Ann Lee_1.png Ann Lee_2.png"),
-         counts={"pairs": [("Ann Lee_1.png", "Ann Lee_2.png")]}),
-    Case("pairs file: names with an apostrophe", pairs_with_spaces("O'Brien_1.png O'Brien_2.png"),
-         counts={"pairs": [("O'Brien_1.png", "O'Brien_2.png")]}),
-    Case("checkpoint with a NaN weight", non_finite_checkpoint(float("nan")), ConfigError,
-         r"bad\.ckpt: tensor model\.head\.fc\.weight holds NaN values"),
-    Case("checkpoint with an infinite weight", non_finite_checkpoint(float("inf")), ConfigError,
-         r"bad\.ckpt: tensor model\.head\.fc\.weight holds inf values"),
-    Case("backbone.pretrained= a state dict holding NaN", non_finite_pretrained, ConfigError,
-         r"backbone\.pretrained=.*weights\.pth: tensor .* holds NaN values"),
-    Case("pairs file: image number -1", lfw_pairs("Ann 1 -1"), DataError,
-         r"pairs\.txt:3: image number '-1': expected a whole number >= 0"),
-    Case("pairs file: identity '../secret'", lfw_pairs("../secret 1 2"), DataError,
-         r"pairs\.txt:3: identity '\.\./secret' is absolute or climbs out of"),
-    Case("mbtasks.load(device='tpu')", inference_options("tpu", 1), ConfigError,
-         r"device='tpu': not a device of this machine; expected one of \['cpu'"),
-    Case("mbtasks.load(batch_size=0)", inference_options("cpu", 0), ConfigError, r"batch_size=0: expected an integer >= 1"),
-    Case("mbtasks.load(<a folder without checkpoints>)", load_folder_without_checkpoints, ConfigError,
-         r"a folder without checkpoints/best\.ckpt or checkpoints/last\.ckpt"),
+    Case(
+        "data.root left at ??? (MISSING)",
+        validate_with(["data=imagefolder"]),
+        ConfigError,
+        r"data\.root is not set \(\?\?\? in the config\): give data\.root=VALUE",
+    ),
+    Case(
+        "task=detection head=linear",
+        validate_with(["task=detection", "head=linear"]),
+        ConfigError,
+        r"task=detection cannot use head\._target_=mbtasks\.models\.classifier\.ClassifierHead"
+        r".*head=ssd or head=ssdlite",
+    ),
+    Case(
+        "classification checkpoint with task=embedding (mode=test)",
+        checkpoint_of_task("classification", ["task=embedding", "mode=test"]),
+        ConfigError,
+        r"last\.ckpt is a classification checkpoint, but task=embedding was given",
+    ),
+    Case(
+        "detection checkpoint as ckpt_path of a classification training run",
+        checkpoint_of_task("detection", ["mode=train"], given=False),
+        ConfigError,
+        r"last\.ckpt is a detection checkpoint, but task=classification",
+    ),
+    Case(
+        "torch's newer refusal wording ('unsupported GLOBAL')",
+        pickle_refusal_new_wording,
+        ConfigError,
+        r"evil\.ckpt: cannot read checkpoint: it holds pickled Python objects \(pathlib\.PosixPath\)",
+    ),
+    Case(
+        "raw pickle that runs code on load",
+        raw_pickle_with_code,
+        ConfigError,
+        r"code\.ckpt: cannot read checkpoint: it holds pickled Python objects \(builtins\.print\)",
+    ),
+    Case(
+        "legacy-format checkpoint with pickled objects",
+        legacy_format_with_objects,
+        ConfigError,
+        r"old\.ckpt: .*pickled Python objects \(pathlib\.PosixPath\)",
+    ),
+    Case(
+        "resume= a run whose last.ckpt holds pickled objects",
+        resume_with_pickled_objects,
+        ConfigError,
+        r"^resume=.*last\.ckpt: cannot read checkpoint: it holds pickled Python objects",
+    ),
+    Case(
+        "mode=test pointed at a training run dir",
+        other_mode_into_a_run_dir("test"),
+        counts={"dir": "test", "metrics kept": True},
+    ),
+    Case(
+        "mode=predict pointed at a training run dir",
+        other_mode_into_a_run_dir("predict"),
+        counts={"dir": "predict", "metrics kept": True},
+    ),
+    Case(
+        "mode=train into a dir holding other files",
+        train_into_a_dir_with_files,
+        ConfigError,
+        r"already holds other files \(check\.json\)",
+    ),
+    Case(
+        "pairs file: tab-separated paths with spaces",
+        pairs_with_spaces("Ann Lee_1.png\tAnn Lee_2.png"),
+        counts={"pairs": [("Ann Lee_1.png", "Ann Lee_2.png")]},
+    ),
+    Case(
+        "pairs file: quoted paths with spaces",
+        pairs_with_spaces('"Ann Lee_1.png" "Ann Lee_2.png"'),
+        counts={"pairs": [("Ann Lee_1.png", "Ann Lee_2.png")]},
+    ),
+    Case(
+        "pairs file: unquoted paths with spaces",
+        pairs_with_spaces("Ann Lee_1.png Ann Lee_2.png"),
+        counts={"pairs": [("Ann Lee_1.png", "Ann Lee_2.png")]},
+    ),
+    Case(
+        "pairs file: names with an apostrophe",
+        pairs_with_spaces("O'Brien_1.png O'Brien_2.png"),
+        counts={"pairs": [("O'Brien_1.png", "O'Brien_2.png")]},
+    ),
+    Case(
+        "checkpoint with a NaN weight",
+        non_finite_checkpoint(float("nan")),
+        ConfigError,
+        r"bad\.ckpt: tensor model\.head\.fc\.weight holds NaN values",
+    ),
+    Case(
+        "checkpoint with an infinite weight",
+        non_finite_checkpoint(float("inf")),
+        ConfigError,
+        r"bad\.ckpt: tensor model\.head\.fc\.weight holds inf values",
+    ),
+    Case(
+        "backbone.pretrained= a state dict holding NaN",
+        non_finite_pretrained,
+        ConfigError,
+        r"backbone\.pretrained=.*weights\.pth: tensor .* holds NaN values",
+    ),
+    Case(
+        "pairs file: image number -1",
+        lfw_pairs("Ann 1 -1"),
+        DataError,
+        r"pairs\.txt:3: image number '-1': expected a whole number >= 0",
+    ),
+    Case(
+        "pairs file: identity '../secret'",
+        lfw_pairs("../secret 1 2"),
+        DataError,
+        r"pairs\.txt:3: identity '\.\./secret' is absolute or climbs out of",
+    ),
+    Case(
+        "mbtasks.load(device='tpu')",
+        inference_options("tpu", 1),
+        ConfigError,
+        r"device='tpu': not a device of this machine; expected one of \['cpu'",
+    ),
+    Case(
+        "mbtasks.load(batch_size=0)",
+        inference_options("cpu", 0),
+        ConfigError,
+        r"batch_size=0: expected an integer >= 1",
+    ),
+    Case(
+        "mbtasks.load(<a folder without checkpoints>)",
+        load_folder_without_checkpoints,
+        ConfigError,
+        r"a folder without checkpoints/best\.ckpt or checkpoints/last\.ckpt",
+    ),
     Case("export.output= the run's best.ckpt", export_output("checkpoints/best.ckpt"), ConfigError, r"best\.ckpt"),
     Case("export.output= the run's config.yaml", export_output("config.yaml"), ConfigError, r"config\.yaml"),
-    Case("export.output= an existing folder", export_output("checkpoints"), ConfigError,
-         r"export\.output=.*checkpoints is a folder"),
+    Case(
+        "export.output= an existing folder",
+        export_output("checkpoints"),
+        ConfigError,
+        r"export\.output=.*checkpoints is a folder",
+    ),
     Case("train.time=0", train_time_zero, ConfigError, r"train\.time=0: "),
     Case("an image array with no pixels", empty_array_image, DataError, r"image_0: the image is empty \(0x0"),
     Case("a float image array with negative values", float_array_out_of_range, DataError, r"image_0"),
@@ -719,8 +1055,18 @@ def test_unreadable_files_are_counted_in_metrics_not_silently_dropped(tiny_shape
     from tests.conftest import run_mode
 
     (tiny_shapes / "train" / "square" / "empty.png").write_bytes(b"")
-    metrics = run_mode([f"data.root={tiny_shapes}", "data.generator=null", "data.image_size=32", "data.batch_size=8",
-                        "backbone.width=0.25", "trainer.max_epochs=1", "task.log_images=0"], tmp_path)
+    metrics = run_mode(
+        [
+            f"data.root={tiny_shapes}",
+            "data.generator=null",
+            "data.image_size=32",
+            "data.batch_size=8",
+            "backbone.width=0.25",
+            "trainer.max_epochs=1",
+            "task.log_images=0",
+        ],
+        tmp_path,
+    )
     assert metrics["data/skipped_files"] == 1
     assert json.loads((tmp_path / "metrics.json").read_text())["data/skipped_files"] == 1
 
@@ -730,13 +1076,31 @@ def test_size_mismatches_are_counted_in_training_metrics(tmp_path):
     from mbtasks.data.synthetic import make_shapes_detection
     from tests.conftest import run_mode
 
-    root = make_shapes_detection(tmp_path / "det", classes=["circle", "square"], train_images=4, val_images=2,
-                                 test_images=2, image_size=64, empty_fraction=0.0, seed=3)
+    root = make_shapes_detection(
+        tmp_path / "det",
+        classes=["circle", "square"],
+        train_images=4,
+        val_images=2,
+        test_images=2,
+        image_size=64,
+        empty_fraction=0.0,
+        seed=3,
+    )
     ann = root / "annotations" / "instances_test.json"
     data = json.loads(ann.read_text())
     data["images"][0].update(width=128, height=96)
     ann.write_text(json.dumps(data))
-    metrics = run_mode(["task=detection", f"data.root={root}", "data.generator=null", "data.image_size=64",
-                        "data.batch_size=2", "backbone.width=0.25", "trainer.max_epochs=1", "task.log_images=0"],
-                       tmp_path / "run")
+    metrics = run_mode(
+        [
+            "task=detection",
+            f"data.root={root}",
+            "data.generator=null",
+            "data.image_size=64",
+            "data.batch_size=2",
+            "backbone.width=0.25",
+            "trainer.max_epochs=1",
+            "task.log_images=0",
+        ],
+        tmp_path / "run",
+    )
     assert metrics["data/rescaled_annotations"] == 1

@@ -46,8 +46,15 @@ class LrRecorder(L.Callback):
 
 
 def tiny(root, batch_size: int = 8) -> list[str]:
-    return [f"data.root={root}", "data.generator=null", "data.image_size=32", f"data.batch_size={batch_size}",
-            "backbone.width=0.25", "task.log_images=0", "trainer.max_epochs=1"]
+    return [
+        f"data.root={root}",
+        "data.generator=null",
+        "data.image_size=32",
+        f"data.batch_size={batch_size}",
+        "backbone.width=0.25",
+        "task.log_images=0",
+        "trainer.max_epochs=1",
+    ]
 
 
 def recorder(path: Path) -> list[str]:
@@ -65,18 +72,20 @@ def assert_lr_follows_the_final_plan(run_dir: Path, used: list, per_epoch: int) 
     base = ckpt["optimizer_states"][0]["param_groups"][0]["initial_lr"]
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=base)
     extra = {"plans": plan["plans"]} if "plans" in plan else {}
-    curve = cosine_with_warmup(optimizer, total_steps=plan["total_steps"], steps_per_epoch=per_epoch,
-                               **extra).lr_lambdas[0]
+    curve = cosine_with_warmup(
+        optimizer, total_steps=plan["total_steps"], steps_per_epoch=per_epoch, **extra
+    ).lr_lambdas[0]
     assert [s for s, _ in used] == list(range(plan["total_steps"]))
     for step, lr in used:
         assert lr == pytest.approx(base * curve(step), rel=1e-6, abs=1e-12), (step, plan)
     lrs = [lr for _, lr in used]
     peak = lrs.index(max(lrs))
-    assert all(b <= a * (1 + 1e-9) for a, b in zip(lrs[peak:], lrs[peak + 1:], strict=False)), lrs
+    assert all(b <= a * (1 + 1e-9) for a, b in zip(lrs[peak:], lrs[peak + 1 :], strict=False)), lrs
     assert ckpt["lr_schedulers"][0]["_last_lr"][0] == pytest.approx(0.01 * base, rel=1e-3)
 
 
 # -- the plan, without training ----------------------------------------------------------------
+
 
 def test_validation_is_charged_as_often_as_it_runs():
     # validation every 5 epochs (and the final): 100 s at 1 s a step, 3 steps an epoch, 10 s a validation
@@ -124,6 +133,7 @@ def test_progress_bar_shows_the_budget_not_a_changing_epoch_total():
 
 # -- runs ---------------------------------------------------------------------------------------
 
+
 def test_final_epoch_is_validated_and_checkpointed_without_a_budget(tiny_shapes, tmp_path):
     # 3 epochs, validation every 2: Lightning alone validates and checkpoints epoch 1 only
     run_mode(tiny(tiny_shapes) + ["trainer.max_epochs=3", "trainer.check_val_every_n_epoch=2"], tmp_path)
@@ -137,8 +147,10 @@ def test_budget_with_sparse_validation_ends_on_the_last_step(tiny_shapes, tmp_pa
     # the repro: train.time with check_val_every_n_epoch=N; validation made slow (1 s a pass)
     lrs = tmp_path / "lr.json"
     slow_val = ["+callbacks.slowval._target_=tests.test_budget_plan.SlowValidation", "+callbacks.slowval.seconds=1.0"]
-    run_mode(tiny(tiny_shapes) + SLOW + slow_val + recorder(lrs)
-             + ["train.time=12s", "trainer.check_val_every_n_epoch=5"], tmp_path / "run")
+    run_mode(
+        tiny(tiny_shapes) + SLOW + slow_val + recorder(lrs) + ["train.time=12s", "trainer.check_val_every_n_epoch=5"],
+        tmp_path / "run",
+    )
     run = tmp_path / "run"
     records = read_epoch_log(run / "epochs.jsonl")
     validated = [r for r in records if any(k.startswith("val/") for k in r)]
@@ -166,8 +178,15 @@ def test_short_budget_plans_early_and_every_step_gets_the_final_plans_lr(tmp_pat
     # 24 steps an epoch, a budget of ~16 of them: the plan must come after a few steps, not at the epoch's end
     from mbtasks.data.synthetic import make_shapes_classification
 
-    root = make_shapes_classification(tmp_path_factory.mktemp("shapes"), classes=["circle", "square", "triangle"],
-                                      train_per_class=16, val_per_class=3, test_per_class=3, image_size=32, seed=1)
+    root = make_shapes_classification(
+        tmp_path_factory.mktemp("shapes"),
+        classes=["circle", "square", "triangle"],
+        train_per_class=16,
+        val_per_class=3,
+        test_per_class=3,
+        image_size=32,
+        seed=1,
+    )
     lrs = tmp_path / "lr.json"
     with caplog.at_level(logging.INFO, logger="mbtasks.callbacks.time_budget"):
         run_mode(tiny(root, batch_size=2) + SLOW + recorder(lrs) + ["train.time=5s"], tmp_path / "run")

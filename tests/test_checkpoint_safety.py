@@ -44,8 +44,14 @@ def test_stale_temporaries_of_a_killed_save_are_removed(tmp_path):
 
 
 def tiny(root) -> list[str]:
-    return [f"data.root={root}", "data.generator=null", "data.image_size=32", "data.batch_size=8",
-            "backbone.width=0.25", "task.log_images=0"]
+    return [
+        f"data.root={root}",
+        "data.generator=null",
+        "data.image_size=32",
+        "data.batch_size=8",
+        "backbone.width=0.25",
+        "task.log_images=0",
+    ]
 
 
 def test_absurd_learning_rate_stops_naming_step_and_terms(tiny_shapes, tmp_path):
@@ -67,8 +73,10 @@ def test_injected_nan_is_caught_by_the_task_guard_before_backward():
     """Every task's training_step (BaseTask) checks its loss terms; the step's error names all of them."""
     from mbtasks.tasks import build_task
 
-    task = build_task(compose_cfg(["backbone.width=0.25"]),
-                      {"class_names": ["a", "b"], "image_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3})
+    task = build_task(
+        compose_cfg(["backbone.width=0.25"]),
+        {"class_names": ["a", "b"], "image_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3},
+    )
     terms = {"loss": torch.tensor(float("nan")), "loss_box": torch.tensor(0.5), "loss_cls": torch.tensor(float("inf"))}
     task.loss_terms = lambda batch: terms
     with pytest.raises(NonFiniteLossError, match=r"global step 0 \(epoch 0\): loss=nan, loss_box=0.5, loss_cls=inf"):
@@ -85,10 +93,22 @@ def test_cli_prints_one_error_line_for_a_diverged_run(tiny_shapes, tmp_path):
     from pathlib import Path
 
     repo = Path(__file__).resolve().parent.parent
-    args = tiny(tiny_shapes) + ["trainer.max_epochs=2", "optimizer.lr=1e12", "scheduler=constant",
-                                "trainer.enable_progress_bar=false", "data.num_workers=0", f"hydra.run.dir={tmp_path}"]
-    proc = subprocess.run([sys.executable, "-m", "mbtasks", *args], cwd=repo, capture_output=True, text=True,
-                          timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    args = tiny(tiny_shapes) + [
+        "trainer.max_epochs=2",
+        "optimizer.lr=1e12",
+        "scheduler=constant",
+        "trainer.enable_progress_bar=false",
+        "data.num_workers=0",
+        f"hydra.run.dir={tmp_path}",
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-m", "mbtasks", *args],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "error: training loss is not finite at global step" in proc.stderr
     assert "Traceback" not in proc.stderr

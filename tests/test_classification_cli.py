@@ -29,8 +29,15 @@ def tiny(root) -> list[str]:
 def trained(tmp_path_factory):
     from mbtasks.data.synthetic import make_shapes_classification
 
-    root = make_shapes_classification(tmp_path_factory.mktemp("shapes"), classes=["circle", "square", "triangle"],
-                                      train_per_class=8, val_per_class=3, test_per_class=3, image_size=32, seed=1)
+    root = make_shapes_classification(
+        tmp_path_factory.mktemp("shapes"),
+        classes=["circle", "square", "triangle"],
+        train_per_class=8,
+        val_per_class=3,
+        test_per_class=3,
+        image_size=32,
+        seed=1,
+    )
     (root / "train" / "circle" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     run_dir = tmp_path_factory.mktemp("run")
     metrics = run_mode(tiny(root), run_dir)
@@ -97,22 +104,37 @@ def test_test_mode_refuses_other_classes(trained, tmp_path):
     shutil.copytree(root, other)
     (other / "test" / "circle").rename(other / "test" / "ellipse")
     with pytest.raises(DataError, match="ellipse"):
-        run_mode(["mode=test", f"ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}", f"data.root={other}"], tmp_path / "r")
+        run_mode(
+            ["mode=test", f"ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}", f"data.root={other}"], tmp_path / "r"
+        )
 
 
 def test_predict_writes_topk_json(trained, tmp_path):
     root, run_dir, _ = trained
     (root / "test" / "notes.txt").write_text("not an image")
-    out = run_mode(["mode=predict", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
-                    f"predict.input={root / 'test'}", "predict.top_k=2"], tmp_path)
+    out = run_mode(
+        [
+            "mode=predict",
+            f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
+            f"predict.input={root / 'test'}",
+            "predict.top_k=2",
+        ],
+        tmp_path,
+    )
     payload = json.loads((tmp_path / "predictions.json").read_text())
     assert payload == out
     assert len(payload["predictions"]) == 9
     first = payload["predictions"][0]
     assert first["label"] in ("circle", "square", "triangle") and len(first["top_k"]) == 2
     assert first["top_k"][0]["score"] >= first["top_k"][1]["score"]
-    single = run_mode(["mode=predict", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
-                       f"predict.input={root / 'test' / 'square' / '00000.png'}"], tmp_path / "one")
+    single = run_mode(
+        [
+            "mode=predict",
+            f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
+            f"predict.input={root / 'test' / 'square' / '00000.png'}",
+        ],
+        tmp_path / "one",
+    )
     assert len(single["predictions"]) == 1 and len(single["predictions"][0]["top_k"]) == 3
 
 
@@ -121,7 +143,10 @@ def test_predict_rejects_missing_input(trained, tmp_path):
 
     _, run_dir, _ = trained
     with pytest.raises(ConfigError, match="no such file"):
-        run_mode(["mode=predict", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", f"predict.input={tmp_path}/nope"], tmp_path)
+        run_mode(
+            ["mode=predict", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", f"predict.input={tmp_path}/nope"],
+            tmp_path,
+        )
 
 
 def test_profile_writes_integers(tmp_path):
@@ -147,16 +172,31 @@ def test_imagenet_recipes_run_two_steps(tmp_path):
                 shapes_image(rng, shape, 40).save(folder / f"{synset}_{i}.JPEG")
     for recipe in ("imagenet_mobilenet_v1", "imagenet_mobilenet_v2"):
         run_dir = tmp_path / recipe
-        out = run_mode([f"experiment={recipe}", f"data.root={tmp_path / 'imagenet'}", "data.image_size=32",
-                        "data.batch_size=2", "data.num_workers=0", "trainer.max_epochs=1", "trainer.precision=32-true",
-                        "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1",
-                        "trainer.devices=1", "backbone.width=0.25"], run_dir)
+        out = run_mode(
+            [
+                f"experiment={recipe}",
+                f"data.root={tmp_path / 'imagenet'}",
+                "data.image_size=32",
+                "data.batch_size=2",
+                "data.num_workers=0",
+                "trainer.max_epochs=1",
+                "trainer.precision=32-true",
+                "trainer.limit_train_batches=2",
+                "trainer.limit_val_batches=1",
+                "trainer.limit_test_batches=1",
+                "trainer.devices=1",
+                "backbone.width=0.25",
+            ],
+            run_dir,
+        )
         assert "test/acc_top1" in out
         cfg = (run_dir / "config.yaml").read_text()
         assert "RMSprop" in cfg and "step_decay" in cfg
 
 
-@pytest.mark.parametrize(("classes", "top_k", "key"), [(3, 5, None), (3, 3, None), (3, 2, "acc_top2"), (8, 5, "acc_top5")])
+@pytest.mark.parametrize(
+    ("classes", "top_k", "key"), [(3, 5, None), (3, 3, None), (3, 2, "acc_top2"), (8, 5, "acc_top5")]
+)
 def test_top_k_key_names_the_k_used_and_is_left_out_when_trivial(classes, top_k, key):
     from functools import partial
 

@@ -62,14 +62,18 @@ def test_written_json_is_a_coco_file_pycocotools_scores(tmp_path):
     dm = data_module("dlib_xml", tmp_path / "data")
     done = write_coco(dm, "train", tmp_path / "train.json")
     gt = json.loads(done.path.read_text())
-    perfect = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0}
-               for a in gt["annotations"] if not a["iscrowd"]]
+    perfect = [
+        {"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0}
+        for a in gt["annotations"]
+        if not a["iscrowd"]
+    ]
     stats, _ = evaluate_coco(gt, perfect)
     assert stats["map"] == pytest.approx(1.0)
     # a detection on the ignore region is neither a hit nor a false alarm
     ignore = next(a for a in gt["annotations"] if a["iscrowd"])
-    stats, _ = evaluate_coco(gt, perfect + [{**{k: ignore[k] for k in ("image_id", "category_id", "bbox")},
-                                             "score": 1.0}])
+    stats, _ = evaluate_coco(
+        gt, perfect + [{**{k: ignore[k] for k in ("image_id", "category_id", "bbox")}, "score": 1.0}]
+    )
     assert stats["map"] == pytest.approx(1.0)
 
 
@@ -88,12 +92,20 @@ def test_image_root_and_repeated_ids(tmp_path):
 
 def test_mode_convert_writes_coco_that_data_coco_reads(tmp_path):
     root = voc_pairs(tmp_path / "voc")
-    report = run_mode(["task=detection", "mode=convert", "data=voc", f"data.root={root}", "data.image_size=64"],
-                      tmp_path / "run")
+    report = run_mode(
+        ["task=detection", "mode=convert", "data=voc", f"data.root={root}", "data.image_size=64"], tmp_path / "run"
+    )
     assert sorted(report) == ["test", "train", "val"]
     assert json.loads((tmp_path / "run" / "convert.json").read_text()) == report
-    coco = CocoDataModule("/", report["train"]["json"], report["train"]["image_root"], report["val"]["json"],
-                          report["val"]["image_root"], report["test"]["json"], report["test"]["image_root"])
+    coco = CocoDataModule(
+        "/",
+        report["train"]["json"],
+        report["train"]["image_root"],
+        report["val"]["json"],
+        report["val"]["image_root"],
+        report["test"]["json"],
+        report["test"]["image_root"],
+    )
     coco.setup("fit")
     voc = VocDataModule(str(root), val_split=None)
     voc.setup("fit")
@@ -107,5 +119,6 @@ def test_mode_convert_refuses_tasks_without_boxes(tmp_path, tiny_shapes):
     from mbtasks.errors import ConfigError
 
     with pytest.raises(ConfigError, match="task=classification has no boxes"):
-        run_mode(["mode=convert", f"data.root={tiny_shapes}", "data.generator=null", "data.image_size=32"],
-                 tmp_path / "run")
+        run_mode(
+            ["mode=convert", f"data.root={tiny_shapes}", "data.generator=null", "data.image_size=32"], tmp_path / "run"
+        )

@@ -42,7 +42,9 @@ def test_optimizers_instantiate(name):
 
 
 def test_finetune_group_is_its_constructor():
-    ft = instantiate(compose_cfg(["finetune.freeze=true", "finetune.unfreeze_at_epoch=2", "finetune.lr_mult=0.1"]).finetune)
+    ft = instantiate(
+        compose_cfg(["finetune.freeze=true", "finetune.unfreeze_at_epoch=2", "finetune.lr_mult=0.1"]).finetune
+    )
     assert ft == FineTune(freeze=True, unfreeze_at_epoch=2, lr_mult=0.1)
     assert ft.frozen_at(1) and not ft.frozen_at(2)
     with pytest.raises(ConfigError, match="finetune.unfreeze_at_epoch=-1"):
@@ -108,8 +110,11 @@ def test_trainers_compose(name):
 @pytest.mark.parametrize("name", options("data"))
 def test_data_groups_compose(name, tmp_path):
     # face_paste has no root: its folders are data.faces and data.backgrounds
-    where = ([f"data.faces={tmp_path}", f"data.backgrounds=[{tmp_path}]"] if name == "face_paste"
-             else [f"data.root={tmp_path}"])
+    where = (
+        [f"data.faces={tmp_path}", f"data.backgrounds=[{tmp_path}]"]
+        if name == "face_paste"
+        else [f"data.root={tmp_path}"]
+    )
     cfg = compose_cfg([f"data={name}", *where])
     assert cfg.data._target_ and cfg.data.image_size % 32 == 0
     OmegaConf.to_container(cfg.data, resolve=True)
@@ -157,7 +162,9 @@ def test_misspelled_key_gets_a_suggestion():
 def test_cli_reports_user_errors_without_traceback(tmp_path):
     run = lambda *args: subprocess.run(  # noqa: E731
         [sys.executable, "-m", "mbtasks", *args, f"hydra.run.dir={tmp_path}"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     bad_width = run("backbone.width=-1")
     assert bad_width.returncode == 2

@@ -39,8 +39,11 @@ def test_ssd_zoom_out_keeps_aspect_ratio_and_the_whole_image():
 
     cfg = compose_cfg(["task=detection", "data=voc", "data.root=unused", "data.image_size=64", "augment=ssd"])
     full = instantiate(cfg.data.train_transforms)
-    pipeline = A.Compose([t for t in full.transforms if not isinstance(t, RandomIoUCrop | A.HorizontalFlip)],
-                         bbox_params=A.BboxParams(format="pascal_voc", label_fields=["labels"]), seed=0)
+    pipeline = A.Compose(
+        [t for t in full.transforms if not isinstance(t, RandomIoUCrop | A.HorizontalFlip)],
+        bbox_params=A.BboxParams(format="pascal_voc", label_fields=["labels"]),
+        seed=0,
+    )
     image = np.full((80, 160, 3), 200, np.uint8)
     sides = []
     for _ in range(100):
@@ -82,8 +85,16 @@ def test_exif_rotated_image_gets_rotated_boxes_not_stretched_ones(tmp_path, trai
     from mbtasks.data.detection import DetectionDataset, ImageRecord
 
     _write_oriented(tmp_path / "a.png", 6)
-    rec = ImageRecord(1, tmp_path / "a.png", 80, 60, boxes=np.array([[10, 5, 30, 45]], np.float32),
-                      labels=np.array([0]), iscrowd=np.array([False]), areas=np.array([800], np.float32))
+    rec = ImageRecord(
+        1,
+        tmp_path / "a.png",
+        80,
+        60,
+        boxes=np.array([[10, 5, 30, 45]], np.float32),
+        labels=np.array([0]),
+        iscrowd=np.array([False]),
+        areas=np.array([800], np.float32),
+    )
     bbox = A.BboxParams(format="pascal_voc", label_fields=["labels"]) if train else None
     pipeline = A.Compose([A.Resize(120, 120)], bbox_params=bbox)
     _, target = DetectionDataset([rec], pipeline, 120, (0, 0, 0), (1, 1, 1), train=train)[0]
@@ -105,9 +116,19 @@ def test_check_counts_exif_rotated_images(tmp_path):
             (folder / f"{stem}.xml").write_text(
                 f"<annotation><filename>{stem}.jpg</filename><size><width>80</width><height>60</height></size>"
                 "<object><name>box</name><bndbox><xmin>10</xmin><ymin>5</ymin><xmax>30</xmax><ymax>45</ymax>"
-                "</bndbox></object></annotation>")
-    report = run_mode(["mode=check", "task=detection", "data=voc", f"data.root={tmp_path}", "data.image_size=64",
-                       "data.val_fraction=0.34"], tmp_path / "run")
+                "</bndbox></object></annotation>"
+            )
+    report = run_mode(
+        [
+            "mode=check",
+            "task=detection",
+            "data=voc",
+            f"data.root={tmp_path}",
+            "data.image_size=64",
+            "data.val_fraction=0.34",
+        ],
+        tmp_path / "run",
+    )
     assert report["ok"]
     assert sum(s["exif_rotated"] for s in report["splits"].values()) == 2
     assert any("2 images carry an EXIF rotation" in w for w in report["warnings"])

@@ -25,14 +25,39 @@ def test_classification_ddp_matches_single_process_test(tmp_path):
     from mbtasks.data.synthetic import make_shapes_classification
 
     # 12 test images: two ranks get 6 each, no padding duplicates by the distributed sampler
-    root = make_shapes_classification(tmp_path / "shapes", classes=["circle", "square", "triangle"], train_per_class=8,
-                                      val_per_class=4, test_per_class=4, image_size=32, seed=1)
+    root = make_shapes_classification(
+        tmp_path / "shapes",
+        classes=["circle", "square", "triangle"],
+        train_per_class=8,
+        val_per_class=4,
+        test_per_class=4,
+        image_size=32,
+        seed=1,
+    )
     run_dir = tmp_path / "run"
-    args = ["trainer=ddp", "trainer.accelerator=cpu", f"data.root={root}", "data.generator=null", "data.image_size=32",
-            "data.batch_size=4", "backbone.width=0.25", "trainer.max_epochs=2", "trainer.enable_progress_bar=false",
-            "data.num_workers=0", "task.log_images=0", "task.top_k=2", f"hydra.run.dir={run_dir}"]
-    proc = subprocess.run([sys.executable, "-m", "mbtasks", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=500, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    args = [
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        f"data.root={root}",
+        "data.generator=null",
+        "data.image_size=32",
+        "data.batch_size=4",
+        "backbone.width=0.25",
+        "trainer.max_epochs=2",
+        "trainer.enable_progress_bar=false",
+        "data.num_workers=0",
+        "task.log_images=0",
+        "task.top_k=2",
+        f"hydra.run.dir={run_dir}",
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-m", "mbtasks", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=500,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     ddp = json.loads((run_dir / "metrics.json").read_text())
     epochs = [json.loads(line)["epoch"] for line in (run_dir / "epochs.jsonl").read_text().splitlines()]
@@ -49,9 +74,19 @@ def _coco_update(metric, image_ids):
     for i in image_ids:
         gt = torch.tensor([[4.0, 4.0, 20.0, 20.0], [30.0, 30.0, 50.0, 60.0]])
         pred = gt + torch.tensor([[1.0, 0.0, 1.0, 0.0], [0.0, 12.0, 0.0, 2.0]]) * (i % 3)
-        metric.update([{"boxes": pred, "scores": torch.tensor([0.9, 0.6]), "labels": torch.tensor([0, 1])}],
-                      [{"image_id": i, "orig_size": (64, 64), "gt_boxes": gt, "gt_labels": torch.tensor([0, 1]),
-                        "gt_iscrowd": torch.tensor([False, False]), "gt_area": torch.tensor([0.0, 0.0])}])
+        metric.update(
+            [{"boxes": pred, "scores": torch.tensor([0.9, 0.6]), "labels": torch.tensor([0, 1])}],
+            [
+                {
+                    "image_id": i,
+                    "orig_size": (64, 64),
+                    "gt_boxes": gt,
+                    "gt_labels": torch.tensor([0, 1]),
+                    "gt_iscrowd": torch.tensor([False, False]),
+                    "gt_area": torch.tensor([0.0, 0.0]),
+                }
+            ],
+        )
 
 
 def test_coco_map_over_gathered_ranks_equals_one_process():
@@ -81,14 +116,41 @@ def test_detection_ddp_matches_single_process_test(tmp_path):
     # 96 px, batch 4: at 64 px / batch 2 the last extra layers' BatchNorm statistics (1x1 maps, two
     # values per channel) after a few steps make the eval-mode loss overflow to NaN
     # 5 test images on 2 ranks: the distributed sampler repeats one, which must be scored once
-    root = make_shapes_detection(tmp_path / "det", classes=["circle", "square"], train_images=16, val_images=4,
-                                 test_images=5, image_size=96, object_size=(0.3, 0.6), seed=3)
+    root = make_shapes_detection(
+        tmp_path / "det",
+        classes=["circle", "square"],
+        train_images=16,
+        val_images=4,
+        test_images=5,
+        image_size=96,
+        object_size=(0.3, 0.6),
+        seed=3,
+    )
     run_dir = tmp_path / "run"
-    args = ["task=detection", "trainer=ddp", "trainer.accelerator=cpu", f"data.root={root}", "data.generator=null",
-            "data.image_size=96", "data.batch_size=4", "optimizer.lr=0.01", "backbone.width=0.25", "trainer.max_epochs=1",
-            "trainer.enable_progress_bar=false", "data.num_workers=0", "task.log_images=0", f"hydra.run.dir={run_dir}"]
-    proc = subprocess.run([sys.executable, "-m", "mbtasks", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=500, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    args = [
+        "task=detection",
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        f"data.root={root}",
+        "data.generator=null",
+        "data.image_size=96",
+        "data.batch_size=4",
+        "optimizer.lr=0.01",
+        "backbone.width=0.25",
+        "trainer.max_epochs=1",
+        "trainer.enable_progress_bar=false",
+        "data.num_workers=0",
+        "task.log_images=0",
+        f"hydra.run.dir={run_dir}",
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-m", "mbtasks", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=500,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     ddp = json.loads((run_dir / "metrics.json").read_text())
     single = run_mode(["mode=test", f"ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}"], tmp_path / "single")
@@ -145,15 +207,39 @@ def test_embedding_ddp_matches_single_process_test(tmp_path):
     data_dir = tmp_path / "data"
     make_synthetic_faces(data_dir / "synthetic_faces", num_identities=14, images_per_identity=4, image_size=32, seed=0)
     run_dir = tmp_path / "run"
-    data = [f"data_dir={data_dir}", "data.image_size=32", "data.generator.num_identities=14",
-            "data.generator.images_per_identity=4", "data.generator.image_size=32", "data.val_identities=3",
-            "data.test_identities=3", "data.identities_per_batch=4", "data.images_per_identity=2",
-            "data.num_folds=2", "data.pairs_per_fold=8"]
-    args = ["task=embedding", "trainer=ddp", "trainer.accelerator=cpu", *data, "backbone.width=0.25",
-            "trainer.max_epochs=2", "trainer.enable_progress_bar=false", "data.num_workers=0",
-            "task.projector_identities=2", f"hydra.run.dir={run_dir}"]
-    proc = subprocess.run([sys.executable, "-m", "mbtasks", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=500, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    data = [
+        f"data_dir={data_dir}",
+        "data.image_size=32",
+        "data.generator.num_identities=14",
+        "data.generator.images_per_identity=4",
+        "data.generator.image_size=32",
+        "data.val_identities=3",
+        "data.test_identities=3",
+        "data.identities_per_batch=4",
+        "data.images_per_identity=2",
+        "data.num_folds=2",
+        "data.pairs_per_fold=8",
+    ]
+    args = [
+        "task=embedding",
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        *data,
+        "backbone.width=0.25",
+        "trainer.max_epochs=2",
+        "trainer.enable_progress_bar=false",
+        "data.num_workers=0",
+        "task.projector_identities=2",
+        f"hydra.run.dir={run_dir}",
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-m", "mbtasks", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=500,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "pairs dropped" not in proc.stderr + proc.stdout  # every rank's embeddings reached the protocol
     ddp = json.loads((run_dir / "metrics.json").read_text())

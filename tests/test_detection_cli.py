@@ -20,10 +20,19 @@ CLASSES = ["circle", "square", "triangle"]
 def tiny_overrides(root: Path) -> list[str]:
     """A tiny synthetic COCO set (64 px) written by the data module's own generator, a tiny net."""
     return [
-        "task=detection", f"data.root={root}", "data.image_size=64", "data.batch_size=4",
-        f"data.generator.classes=[{','.join(CLASSES)}]", "data.generator.train_images=8",
-        "data.generator.val_images=4", "data.generator.test_images=4", "data.generator.image_size=64",
-        "backbone.width=0.25", "trainer.max_epochs=1", "trainer.limit_train_batches=2", "task.log_images=2",
+        "task=detection",
+        f"data.root={root}",
+        "data.image_size=64",
+        "data.batch_size=4",
+        f"data.generator.classes=[{','.join(CLASSES)}]",
+        "data.generator.train_images=8",
+        "data.generator.val_images=4",
+        "data.generator.test_images=4",
+        "data.generator.image_size=64",
+        "backbone.width=0.25",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=2",
+        "task.log_images=2",
     ]
 
 
@@ -62,8 +71,10 @@ def test_train_test_predict_end_to_end(tmp_path):
 
     images = data / "test"
     Image.open(images / "00000.png").convert("L").save(images / "gray.jpg")  # another mode and format
-    out = run_mode(["mode=predict", f"ckpt_path={ckpt}", f"predict.input={images}", "predict.score_threshold=0.0"],
-                   tmp_path / "predict")
+    out = run_mode(
+        ["mode=predict", f"ckpt_path={ckpt}", f"predict.input={images}", "predict.score_threshold=0.0"],
+        tmp_path / "predict",
+    )
     detections = json.loads((tmp_path / "predict" / "predictions.json").read_text())
     assert out["images"] == 5 and isinstance(detections, list)
     names = {n: i for i, n in enumerate(CLASSES)}
@@ -90,21 +101,25 @@ def test_profile_lands_near_the_papers_counts(tmp_path):
 def test_config_errors_name_the_key(tmp_path):
     # a bad value deep in the task is reported by Hydra with the message (the CLI prints it)
     with pytest.raises(InstantiationException, match="head.anchors.aspect_ratios has 2 entries"):
-        run_mode(tiny_overrides(tmp_path / "d") + ["head.anchors.aspect_ratios=[[2],[3]]", "mode=profile"],
-                 tmp_path / "run")
+        run_mode(
+            tiny_overrides(tmp_path / "d") + ["head.anchors.aspect_ratios=[[2],[3]]", "mode=profile"], tmp_path / "run"
+        )
     with pytest.raises(ConfigError, match="data.image_size=20"):
         run_mode(["task=detection", "data.image_size=20", "mode=profile"], tmp_path / "run2")
 
 
 def coco2017_layout(root: Path) -> Path:
     """A tiny set in COCO 2017's own layout (annotations/instances_*2017.json, train2017/, val2017/)."""
-    src = make_shapes_detection(root / "src", classes=CLASSES, train_images=4, val_images=2, test_images=0,
-                                image_size=96, seed=3)
+    src = make_shapes_detection(
+        root / "src", classes=CLASSES, train_images=4, val_images=2, test_images=0, image_size=96, seed=3
+    )
     out = root / "coco"
     (out / "annotations").mkdir(parents=True)
     for split in ("train", "val"):
         shutil.copytree(src / split, out / f"{split}2017")
-        shutil.copy(src / "annotations" / f"instances_{split}.json", out / "annotations" / f"instances_{split}2017.json")
+        shutil.copy(
+            src / "annotations" / f"instances_{split}.json", out / "annotations" / f"instances_{split}2017.json"
+        )
     return out
 
 
@@ -115,8 +130,19 @@ def test_coco_recipes_compose_and_run_two_steps(tmp_path, experiment):
     assert cfg.data._target_.endswith("CocoDataModule") and cfg.data.image_size in (300, 320)
     assert cfg.optimizer._target_ == "torch.optim.RMSprop" and cfg.optimizer.lr == 0.004
     # the recipe as written, shrunk only in input size, batch and steps
-    metrics = run_mode([f"experiment={experiment}", f"data.root={root}", "data.image_size=128", "data.batch_size=2",
-                        "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
-                        "trainer.limit_test_batches=1", "task.log_images=0"], tmp_path / "run")
+    metrics = run_mode(
+        [
+            f"experiment={experiment}",
+            f"data.root={root}",
+            "data.image_size=128",
+            "data.batch_size=2",
+            "trainer.max_epochs=1",
+            "trainer.limit_train_batches=2",
+            "trainer.limit_val_batches=1",
+            "trainer.limit_test_batches=1",
+            "task.log_images=0",
+        ],
+        tmp_path / "run",
+    )
     assert "test/map" in metrics and "val/map" in metrics
     assert metrics["train/loss"] > 0

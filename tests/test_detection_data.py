@@ -22,9 +22,11 @@ RESIZE = A.Compose([A.Resize(64, 64)])
 
 
 def train_pipeline(size: int = 64) -> A.Compose:
-    return A.Compose([RandomIoUCrop(), A.Resize(size, size), A.HorizontalFlip()],
-                     bbox_params=A.BboxParams(format="pascal_voc", label_fields=["labels"], min_visibility=0.3, clip=True),
-                     seed=0)
+    return A.Compose(
+        [RandomIoUCrop(), A.Resize(size, size), A.HorizontalFlip()],
+        bbox_params=A.BboxParams(format="pascal_voc", label_fields=["labels"], min_visibility=0.3, clip=True),
+        seed=0,
+    )
 
 
 def write_image(path: Path, size=(80, 60), mode="RGB") -> None:
@@ -41,10 +43,19 @@ def write_coco(root: Path, images: list[dict], annotations: list[dict], categori
 
 
 def coco_module(root: Path, val: bool = True, **kw) -> CocoDataModule:
-    return CocoDataModule(str(root), train_ann="annotations/train.json", train_images="imgs",
-                          val_ann="annotations/train.json" if val else None, val_images="imgs" if val else None,
-                          image_size=64, batch_size=2, num_workers=0, train_transforms=train_pipeline(),
-                          eval_transforms=RESIZE, **kw)
+    return CocoDataModule(
+        str(root),
+        train_ann="annotations/train.json",
+        train_images="imgs",
+        val_ann="annotations/train.json" if val else None,
+        val_images="imgs" if val else None,
+        image_size=64,
+        batch_size=2,
+        num_workers=0,
+        train_transforms=train_pipeline(),
+        eval_transforms=RESIZE,
+        **kw,
+    )
 
 
 CATS = [{"id": 90, "name": "toothbrush"}, {"id": 3, "name": "car"}, {"id": 7, "name": "train"}]
@@ -53,11 +64,20 @@ CATS = [{"id": 90, "name": "toothbrush"}, {"id": 3, "name": "car"}, {"id": 7, "n
 def test_coco_ids_map_to_contiguous_labels_and_back(tmp_path):
     write_image(tmp_path / "imgs" / "a.png")
     write_image(tmp_path / "imgs" / "b.png")
-    anns = [{"id": 1, "image_id": 1, "category_id": 90, "bbox": [10, 10, 20, 20]},
-            {"id": 2, "image_id": 1, "category_id": 3, "bbox": [30, 5, 10, 40]},
-            {"id": 3, "image_id": 2, "category_id": 7, "bbox": [0, 0, 80, 60], "iscrowd": 1}]
-    write_coco(tmp_path, [{"id": 1, "file_name": "a.png", "width": 80, "height": 60},
-                          {"id": 2, "file_name": "b.png", "width": 80, "height": 60}], anns, CATS)
+    anns = [
+        {"id": 1, "image_id": 1, "category_id": 90, "bbox": [10, 10, 20, 20]},
+        {"id": 2, "image_id": 1, "category_id": 3, "bbox": [30, 5, 10, 40]},
+        {"id": 3, "image_id": 2, "category_id": 7, "bbox": [0, 0, 80, 60], "iscrowd": 1},
+    ]
+    write_coco(
+        tmp_path,
+        [
+            {"id": 1, "file_name": "a.png", "width": 80, "height": 60},
+            {"id": 2, "file_name": "b.png", "width": 80, "height": 60},
+        ],
+        anns,
+        CATS,
+    )
     dm = coco_module(tmp_path)
     dm.setup()
     info = dm.info
@@ -83,17 +103,21 @@ def test_coco_ids_map_to_contiguous_labels_and_back(tmp_path):
 def test_bad_annotations_are_named_counted_and_skipped(tmp_path, caplog):
     write_image(tmp_path / "imgs" / "ok.png")
     write_image(tmp_path / "imgs" / "nosize.png", size=(50, 40))
-    images = [{"id": 1, "file_name": "ok.png", "width": 80, "height": 60},
-              {"id": 2, "file_name": "missing.png", "width": 80, "height": 60},
-              {"id": 3, "file_name": "nosize.png", "width": 0, "height": 0}]
-    anns = [{"id": 11, "image_id": 1, "category_id": 3, "bbox": [10, 10, 20, 20]},       # good
-            {"id": 12, "image_id": 1, "category_id": 3, "bbox": [10, 10, 0, 20]},        # zero width
-            {"id": 13, "image_id": 1, "category_id": 3, "bbox": [10, 10, -5, 20]},       # negative
-            {"id": 14, "image_id": 1, "category_id": 3, "bbox": [200, 100, 20, 20]},     # outside
-            {"id": 15, "image_id": 1, "category_id": 4, "bbox": [10, 10, 20, 20]},       # unknown category
-            {"id": 16, "image_id": 2, "category_id": 3, "bbox": [10, 10, 20, 20]},       # image file missing
-            {"id": 17, "image_id": 1, "category_id": 3, "bbox": [70, 50, 20, 20]},       # sticks out: clipped
-            {"id": 18, "image_id": 3, "category_id": 7, "bbox": [40, 30, 20, 20]}]       # size from the file: clipped
+    images = [
+        {"id": 1, "file_name": "ok.png", "width": 80, "height": 60},
+        {"id": 2, "file_name": "missing.png", "width": 80, "height": 60},
+        {"id": 3, "file_name": "nosize.png", "width": 0, "height": 0},
+    ]
+    anns = [
+        {"id": 11, "image_id": 1, "category_id": 3, "bbox": [10, 10, 20, 20]},  # good
+        {"id": 12, "image_id": 1, "category_id": 3, "bbox": [10, 10, 0, 20]},  # zero width
+        {"id": 13, "image_id": 1, "category_id": 3, "bbox": [10, 10, -5, 20]},  # negative
+        {"id": 14, "image_id": 1, "category_id": 3, "bbox": [200, 100, 20, 20]},  # outside
+        {"id": 15, "image_id": 1, "category_id": 4, "bbox": [10, 10, 20, 20]},  # unknown category
+        {"id": 16, "image_id": 2, "category_id": 3, "bbox": [10, 10, 20, 20]},  # image file missing
+        {"id": 17, "image_id": 1, "category_id": 3, "bbox": [70, 50, 20, 20]},  # sticks out: clipped
+        {"id": 18, "image_id": 3, "category_id": 7, "bbox": [40, 30, 20, 20]},
+    ]  # size from the file: clipped
     write_coco(tmp_path, images, anns, CATS)
     dm = coco_module(tmp_path)
     with caplog.at_level(logging.WARNING):
@@ -114,9 +138,15 @@ def test_bad_annotations_are_named_counted_and_skipped(tmp_path, caplog):
 
 def test_no_usable_boxes_stops_with_data_error(tmp_path):
     write_image(tmp_path / "imgs" / "a.png")
-    write_coco(tmp_path, [{"id": 1, "file_name": "a.png", "width": 80, "height": 60}],
-               [{"id": 1, "image_id": 1, "category_id": 3, "bbox": [10, 10, 0, 0]},
-                {"id": 2, "image_id": 1, "category_id": 99, "bbox": [10, 10, 5, 5]}], CATS)
+    write_coco(
+        tmp_path,
+        [{"id": 1, "file_name": "a.png", "width": 80, "height": 60}],
+        [
+            {"id": 1, "image_id": 1, "category_id": 3, "bbox": [10, 10, 0, 0]},
+            {"id": 2, "image_id": 1, "category_id": 99, "bbox": [10, 10, 5, 5]},
+        ],
+        CATS,
+    )
     with pytest.raises(DataError, match=r"train.json: no usable boxes in 1 images .*1 boxes: zero or negative size"):
         coco_module(tmp_path).setup()
 
@@ -133,7 +163,9 @@ def test_malformed_files_and_pipeline_without_bbox_params(tmp_path):
 def test_gray_rgba_palette_images_and_empty_images(tmp_path):
     for name, mode in (("g.png", "L"), ("r.png", "RGBA"), ("p.png", "P")):
         write_image(tmp_path / "imgs" / name, mode=mode)
-    images = [{"id": i + 1, "file_name": n, "width": 80, "height": 60} for i, n in enumerate(["g.png", "r.png", "p.png"])]
+    images = [
+        {"id": i + 1, "file_name": n, "width": 80, "height": 60} for i, n in enumerate(["g.png", "r.png", "p.png"])
+    ]
     write_coco(tmp_path, images, [{"id": 1, "image_id": 1, "category_id": 3, "bbox": [10, 10, 30, 30]}], CATS)
     dm = coco_module(tmp_path, val=False, val_fraction=0.34)
     dm.setup()
@@ -151,17 +183,28 @@ def write_voc(folder: Path, stem: str, objects: list[tuple], size=(80, 60), xml_
     w, h = xml_size or size
     objs = "".join(
         f"<object><name>{n}</name><difficult>{d}</difficult><bndbox><xmin>{b[0]}</xmin><ymin>{b[1]}</ymin>"
-        f"<xmax>{b[2]}</xmax><ymax>{b[3]}</ymax></bndbox></object>" for n, b, d in objects)
+        f"<xmax>{b[2]}</xmax><ymax>{b[3]}</ymax></bndbox></object>"
+        for n, b, d in objects
+    )
     (folder / f"{stem}.xml").write_text(
-        f"<annotation><filename>{stem}.jpg</filename><size><width>{w}</width><height>{h}</height></size>{objs}</annotation>")
+        f"<annotation><filename>{stem}.jpg</filename><size><width>{w}</width><height>{h}</height></size>{objs}</annotation>"
+    )
 
 
 def test_voc_pairs_layout_difficult_and_zero_size(tmp_path, caplog):
     write_voc(tmp_path / "train", "a", [("banana", (11, 11, 40, 30), 0), ("apple", (1, 1, 20, 20), 1)], xml_size=(0, 0))
     write_voc(tmp_path / "train", "b", [("apple", (5, 5, 50, 50), 0), ("apple", (30, 30, 20, 50), 0)])
     write_voc(tmp_path / "test", "c", [("orange", (5, 5, 50, 50), 0), ("apple", (5, 5, 30, 30), 0)])
-    dm = VocDataModule(str(tmp_path), val_split=None, test_split="test", val_fraction=0.5, image_size=64,
-                       num_workers=0, train_transforms=train_pipeline(), eval_transforms=RESIZE)
+    dm = VocDataModule(
+        str(tmp_path),
+        val_split=None,
+        test_split="test",
+        val_fraction=0.5,
+        image_size=64,
+        num_workers=0,
+        train_transforms=train_pipeline(),
+        eval_transforms=RESIZE,
+    )
     with caplog.at_level(logging.WARNING):
         dm.setup()
     assert dm.info["class_names"] == ["apple", "banana"]
@@ -187,8 +230,15 @@ def test_voc_devkit_layout(tmp_path):
     (tmp_path / "ImageSets" / "Main").mkdir(parents=True)
     (tmp_path / "ImageSets" / "Main" / "train.txt").write_text("x1\nx2\n")
     (tmp_path / "ImageSets" / "Main" / "val.txt").write_text("x2\n")
-    dm = VocDataModule(str(tmp_path), val_split="val", test_split=None, image_size=64, num_workers=0,
-                       train_transforms=train_pipeline(), eval_transforms=RESIZE)
+    dm = VocDataModule(
+        str(tmp_path),
+        val_split="val",
+        test_split=None,
+        image_size=64,
+        num_workers=0,
+        train_transforms=train_pipeline(),
+        eval_transforms=RESIZE,
+    )
     dm.setup()
     assert dm.info["class_names"] == ["cat", "dog"]
     assert len(dm.datasets["train"]) == 2 and dm.datasets["test"].records is dm.datasets["val"].records

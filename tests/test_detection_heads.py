@@ -64,12 +64,14 @@ def test_box_coding_round_trip_and_weights():
 
 
 def test_matcher_threshold_and_best_anchor_per_ground_truth():
-    anchors = torch.tensor([
-        [0.0, 0.0, 10.0, 10.0],    # IoU 1.0 with gt 0
-        [1.0, 1.0, 11.0, 11.0],    # IoU ~0.68 with gt 0
-        [50.0, 50.0, 60.0, 60.0],  # no overlap with anything
-        [20.0, 20.0, 40.0, 40.0],  # IoU 0.25 with gt 1: gt 1's best box -> forced match
-    ])
+    anchors = torch.tensor(
+        [
+            [0.0, 0.0, 10.0, 10.0],  # IoU 1.0 with gt 0
+            [1.0, 1.0, 11.0, 11.0],  # IoU ~0.68 with gt 0
+            [50.0, 50.0, 60.0, 60.0],  # no overlap with anything
+            [20.0, 20.0, 40.0, 40.0],  # IoU 0.25 with gt 1: gt 1's best box -> forced match
+        ]
+    )
     gt = torch.tensor([[0.0, 0.0, 10.0, 10.0], [20.0, 20.0, 30.0, 30.0]])
     matches = match_default_boxes(gt, anchors, iou_threshold=0.5)
     assert matches.tolist() == [0, 0, BACKGROUND, 1]
@@ -93,11 +95,20 @@ def test_hard_negative_mask_keeps_three_hardest_negatives_per_positive():
 
 
 def test_ssd_loss_targets_and_values():
-    anchors = torch.tensor([[0.0, 0.0, 10.0, 10.0], [20.0, 20.0, 30.0, 30.0], [50.0, 50.0, 60.0, 60.0],
-                            [70.0, 70.0, 80.0, 80.0], [0.0, 50.0, 10.0, 60.0]])
+    anchors = torch.tensor(
+        [
+            [0.0, 0.0, 10.0, 10.0],
+            [20.0, 20.0, 30.0, 30.0],
+            [50.0, 50.0, 60.0, 60.0],
+            [70.0, 70.0, 80.0, 80.0],
+            [0.0, 50.0, 10.0, 60.0],
+        ]
+    )
     loss_fn = SSDLoss(BoxCoder(), iou_threshold=0.5, neg_pos_ratio=3)
-    targets = [{"boxes": torch.tensor([[0.0, 0.0, 10.0, 10.0]]), "labels": torch.tensor([2])},
-               {"boxes": torch.zeros((0, 4)), "labels": torch.zeros((0,), dtype=torch.int64)}]
+    targets = [
+        {"boxes": torch.tensor([[0.0, 0.0, 10.0, 10.0]]), "labels": torch.tensor([2])},
+        {"boxes": torch.zeros((0, 4)), "labels": torch.zeros((0,), dtype=torch.int64)},
+    ]
     classes, offsets = loss_fn.targets(anchors, targets)
     assert classes.tolist() == [[3, 0, 0, 0, 0], [0, 0, 0, 0, 0]]  # label 2 -> class 3 (0 = background)
     assert torch.allclose(offsets[0, 0], torch.zeros(4), atol=1e-6)
@@ -113,8 +124,15 @@ def test_ssd_loss_targets_and_values():
 
 
 def _detector(backbone, num_classes=3, depthwise=False, kernel_size=1):
-    head = SSDHead(backbone.out_channels, num_classes + 1, DefaultBoxes([[2, 3]]), width=backbone.width,
-                   depthwise=depthwise, kernel_size=kernel_size, act="relu6" if depthwise else "relu")
+    head = SSDHead(
+        backbone.out_channels,
+        num_classes + 1,
+        DefaultBoxes([[2, 3]]),
+        width=backbone.width,
+        depthwise=depthwise,
+        kernel_size=kernel_size,
+        act="relu6" if depthwise else "relu",
+    )
     return SSDDetector(backbone, head).eval()
 
 
@@ -146,8 +164,9 @@ def test_postprocess_format_nms_and_limits():
     logits[0, 1, 2] = 4.5  # ... but as class 1 it survives (NMS is per class)
     logits[0, 2, 0] = 5.0  # anchor 2: background
     regression = torch.zeros(1, 3, 4)
-    dets = postprocess_detections(logits, regression, anchors, BoxCoder(), (100, 100), score_threshold=0.05,
-                                  nms_iou=0.5, max_detections=10)
+    dets = postprocess_detections(
+        logits, regression, anchors, BoxCoder(), (100, 100), score_threshold=0.05, nms_iou=0.5, max_detections=10
+    )
     assert len(dets) == 1
     d = dets[0]
     assert set(d) == {"boxes", "scores", "labels"}
@@ -157,6 +176,7 @@ def test_postprocess_format_nms_and_limits():
     assert torch.allclose(d["boxes"][0], anchors[0])
     capped = postprocess_detections(logits, regression, anchors, BoxCoder(), (100, 100), 0.05, 0.5, max_detections=1)
     assert capped[0]["boxes"].shape == (1, 4)
-    clipped = postprocess_detections(logits, torch.tensor([[[0.0, 0.0, 30.0, 30.0]] * 3]), anchors, BoxCoder(),
-                                     (100, 100), 0.05, 0.5, 10)
+    clipped = postprocess_detections(
+        logits, torch.tensor([[[0.0, 0.0, 30.0, 30.0]] * 3]), anchors, BoxCoder(), (100, 100), 0.05, 0.5, 10
+    )
     assert clipped[0]["boxes"].min() >= 0 and clipped[0]["boxes"].max() <= 100

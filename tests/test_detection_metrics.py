@@ -10,22 +10,30 @@ from mbtasks.metrics.coco import STAT_NAMES, CocoMeanAP, evaluate_coco, results_
 
 def target(image_id, boxes, labels, crowd=None, size=(200, 300)):
     boxes = torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
-    return {"image_id": image_id, "orig_size": size, "gt_boxes": boxes,
-            "gt_labels": torch.tensor(labels, dtype=torch.int64),
-            "gt_iscrowd": torch.tensor(crowd or [0] * len(labels), dtype=torch.int64),
-            "gt_area": torch.zeros(len(labels))}
+    return {
+        "image_id": image_id,
+        "orig_size": size,
+        "gt_boxes": boxes,
+        "gt_labels": torch.tensor(labels, dtype=torch.int64),
+        "gt_iscrowd": torch.tensor(crowd or [0] * len(labels), dtype=torch.int64),
+        "gt_area": torch.zeros(len(labels)),
+    }
 
 
-TARGETS = [target(1, [[10, 10, 50, 60], [100, 20, 250, 180]], [0, 2]),
-           target(2, [[5, 5, 25, 30]], [1]),
-           target(3, [], [])]
+TARGETS = [
+    target(1, [[10, 10, 50, 60], [100, 20, 250, 180]], [0, 2]),
+    target(2, [[5, 5, 25, 30]], [1]),
+    target(3, [], []),
+]
 
 
 def pred(boxes, labels, scores=None):
     n = len(labels)
-    return {"boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
-            "labels": torch.tensor(labels, dtype=torch.int64),
-            "scores": torch.tensor(scores or [0.9] * n, dtype=torch.float32)}
+    return {
+        "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+        "labels": torch.tensor(labels, dtype=torch.int64),
+        "scores": torch.tensor(scores or [0.9] * n, dtype=torch.float32),
+    }
 
 
 def test_predictions_equal_to_ground_truth_score_one():
@@ -64,10 +72,14 @@ def test_crowd_regions_are_ignored_not_missed():
 
 
 def test_half_right_predictions_and_results_format():
-    gt = {"images": [{"id": 1, "width": 100, "height": 100}],
-          "categories": [{"id": 5, "name": "a"}, {"id": 9, "name": "b"}],
-          "annotations": [{"id": 1, "image_id": 1, "category_id": 5, "bbox": [10, 10, 30, 30], "area": 900, "iscrowd": 0},
-                          {"id": 2, "image_id": 1, "category_id": 9, "bbox": [50, 50, 40, 40], "area": 1600, "iscrowd": 0}]}
+    gt = {
+        "images": [{"id": 1, "width": 100, "height": 100}],
+        "categories": [{"id": 5, "name": "a"}, {"id": 9, "name": "b"}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 5, "bbox": [10, 10, 30, 30], "area": 900, "iscrowd": 0},
+            {"id": 2, "image_id": 1, "category_id": 9, "bbox": [50, 50, 40, 40], "area": 1600, "iscrowd": 0},
+        ],
+    }
     results = results_to_coco(1, torch.tensor([[10.0, 10.0, 40.0, 40.0]]), torch.tensor([0.8]), [5])
     assert results == [{"image_id": 1, "category_id": 5, "bbox": [10.0, 10.0, 30.0, 30.0], "score": 0.8}]
     stats, text = evaluate_coco(gt, results)

@@ -56,10 +56,21 @@ def trained(tmp_path_factory):
 def test_train_writes_verification_metrics_and_threshold(trained):
     run_dir, metrics = trained["run_dir"], trained["metrics"]
     on_disk = json.loads((run_dir / "metrics.json").read_text())
-    for key in ("test/verification_acc", "test/verification_acc_std", "test/roc_auc", "test/tar_at_far_1e-3",
-                "test/threshold", "val/verification_acc", "val/threshold", "train/loss", "train/active_triplets"):
+    for key in (
+        "test/verification_acc",
+        "test/verification_acc_std",
+        "test/roc_auc",
+        "test/tar_at_far_1e-3",
+        "test/threshold",
+        "val/verification_acc",
+        "val/threshold",
+        "train/loss",
+        "train/active_triplets",
+    ):
         assert key in on_disk, key
-    assert on_disk["test/num_pairs"] > 0 and on_disk["test/verification_acc"] == pytest.approx(metrics["test/verification_acc"])
+    assert on_disk["test/num_pairs"] > 0 and on_disk["test/verification_acc"] == pytest.approx(
+        metrics["test/verification_acc"]
+    )
     # a few pairs only: TAR at FAR 1e-3 cannot be measured and is null, not a made-up number
     assert on_disk["test/tar_at_far_1e-3"] is None
     # the threshold chosen on validation is stored in the checkpoint and reported for test
@@ -88,7 +99,8 @@ def test_mode_test_reevaluates_the_checkpoint(trained, tmp_path):
     metrics = run_mode([*trained["overrides"], "mode=test", f"ckpt_path={ckpt}"], tmp_path / "test")
     assert metrics["test/verification_acc"] == pytest.approx(trained["metrics"]["test/verification_acc"], abs=1e-6)
     assert json.loads((tmp_path / "test" / "metrics.json").read_text())["test/threshold"] == pytest.approx(
-        trained["metrics"]["test/threshold"])
+        trained["metrics"]["test/threshold"]
+    )
 
 
 def test_predict_embeddings_pairs_and_gallery(trained, tmp_path):
@@ -96,7 +108,11 @@ def test_predict_embeddings_pairs_and_gallery(trained, tmp_path):
     threshold = trained["metrics"]["val/threshold"]
     queries = tmp_path / "queries"
     queries.mkdir()
-    a0, a1, b0 = root / "id_00000" / "id_00000_0001.png", root / "id_00000" / "id_00000_0002.png", root / "id_00001" / "id_00001_0001.png"
+    a0, a1, b0 = (
+        root / "id_00000" / "id_00000_0001.png",
+        root / "id_00000" / "id_00000_0002.png",
+        root / "id_00001" / "id_00001_0001.png",
+    )
     for src in (a0, b0):
         (queries / src.name).write_bytes(src.read_bytes())
     (queries / "broken.png").write_bytes(b"nope")
@@ -108,8 +124,17 @@ def test_predict_embeddings_pairs_and_gallery(trained, tmp_path):
         for src in sorted((root / name).glob("*_000[1-4].png")):
             (gallery / name / src.name).write_bytes(src.read_bytes())
     out_dir = tmp_path / "predict"
-    out = run_mode([*trained["overrides"], "mode=predict", f"ckpt_path={ckpt}", f"predict.input={queries}",
-                    f"predict.pairs={pairs}", f"predict.gallery={gallery}"], out_dir)
+    out = run_mode(
+        [
+            *trained["overrides"],
+            "mode=predict",
+            f"ckpt_path={ckpt}",
+            f"predict.input={queries}",
+            f"predict.pairs={pairs}",
+            f"predict.gallery={gallery}",
+        ],
+        out_dir,
+    )
     # embeddings: .npy rows match the index; unreadable files named and skipped
     emb = np.load(out_dir / "embeddings.npy")
     index = json.loads((out_dir / "embeddings.json").read_text())
@@ -151,26 +176,32 @@ def test_predict_with_pairs_only_and_bad_pairs_file(trained, tmp_path):
 
 def test_facenet_recipe_runs_two_steps_on_a_tiny_identity_folder(tmp_path):
     """The aligned-faces recipe with an LFW-format pairs file for its test split."""
-    train_root = make_synthetic_faces(tmp_path / "casia", num_identities=10, images_per_identity=4, image_size=32, seed=5)
+    train_root = make_synthetic_faces(
+        tmp_path / "casia", num_identities=10, images_per_identity=4, image_size=32, seed=5
+    )
     lfw_root = make_synthetic_faces(tmp_path / "lfw", num_identities=6, images_per_identity=3, image_size=32, seed=6)
-    write_lfw_pairs(generate_pairs(scan_identities(lfw_root), num_folds=2, pairs_per_fold=6, seed=0),
-                    tmp_path / "pairs.txt")
-    metrics = run_mode([
-        "experiment=facenet_mobilenet",
-        "backbone.width=0.25",
-        f"data.root={train_root}",
-        f"data.test_root={lfw_root}",
-        f"data.test_pairs={tmp_path / 'pairs.txt'}",
-        "data.image_size=32",
-        "data.val_identities=3",
-        "data.num_folds=2",
-        "data.pairs_per_fold=6",
-        "data.identities_per_batch=3",
-        "data.images_per_identity=2",
-        "data.num_workers=0",
-        "trainer.max_epochs=1",
-        "trainer.limit_train_batches=2",
-    ], tmp_path / "run")
+    write_lfw_pairs(
+        generate_pairs(scan_identities(lfw_root), num_folds=2, pairs_per_fold=6, seed=0), tmp_path / "pairs.txt"
+    )
+    metrics = run_mode(
+        [
+            "experiment=facenet_mobilenet",
+            "backbone.width=0.25",
+            f"data.root={train_root}",
+            f"data.test_root={lfw_root}",
+            f"data.test_pairs={tmp_path / 'pairs.txt'}",
+            "data.image_size=32",
+            "data.val_identities=3",
+            "data.num_folds=2",
+            "data.pairs_per_fold=6",
+            "data.identities_per_batch=3",
+            "data.images_per_identity=2",
+            "data.num_workers=0",
+            "trainer.max_epochs=1",
+            "trainer.limit_train_batches=2",
+        ],
+        tmp_path / "run",
+    )
     assert metrics["test/num_pairs"] == 12.0  # the pairs file's pairs
     assert metrics["test/verification_acc"] == metrics["test/verification_acc"]  # not NaN: pairs were evaluated
     cfg = (tmp_path / "run" / "config.yaml").read_text()
@@ -185,5 +216,7 @@ def test_too_few_identities_fails_cleanly_through_the_cli(tmp_path):
         for i in range(n):
             Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(root / name / f"{i}.png")
     with pytest.raises(DataError, match="needs at least 2 identities with >= 2 images each, found 1"):
-        run_mode(["task=embedding", "data=faces", f"data.root={root}", "data.image_size=32",
-                  "backbone.width=0.25"], tmp_path / "run")
+        run_mode(
+            ["task=embedding", "data=faces", f"data.root={root}", "data.image_size=32", "backbone.width=0.25"],
+            tmp_path / "run",
+        )

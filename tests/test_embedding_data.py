@@ -28,7 +28,9 @@ def _write_faces(root: Path, counts: dict[str, int], size: int = 32, ext: str = 
     for name, n in counts.items():
         (root / name).mkdir(parents=True, exist_ok=True)
         for i in range(1, n + 1):
-            Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(root / name / f"{name}_{i:04d}.{ext}")
+            Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(
+                root / name / f"{name}_{i:04d}.{ext}"
+            )
     return root
 
 
@@ -42,9 +44,11 @@ def tiny_synthetic(tmp_path_factory) -> Path:
 def test_read_lfw_pairs_with_folds(tmp_path):
     root = _write_faces(tmp_path / "lfw", {"Ann": 3, "Bob": 2, "Cid": 2, "Dee": 1}, ext="jpg")
     pairs = tmp_path / "pairs.txt"
-    pairs.write_text("2\t2\n"
-                     "Ann\t1\t2\nBob\t1\t2\nAnn\t3\tBob\t1\nCid\t1\tDee\t1\n"
-                     "Ann\t1\t3\nCid\t1\t2\nBob\t2\tDee\t1\nAnn\t2\tCid\t2\n")
+    pairs.write_text(
+        "2\t2\n"
+        "Ann\t1\t2\nBob\t1\t2\nAnn\t3\tBob\t1\nCid\t1\tDee\t1\n"
+        "Ann\t1\t3\nCid\t1\t2\nBob\t2\tDee\t1\nAnn\t2\tCid\t2\n"
+    )
     ps = read_lfw_pairs(pairs, root)
     assert len(ps) == 8
     assert ps.same.tolist() == [True, True, False, False] * 2
@@ -124,8 +128,17 @@ def test_split_is_identity_disjoint_deterministic_and_keeps_positives(tmp_path):
 
 
 def test_datamodule_split_by_identity_never_by_image(tiny_synthetic):
-    dm = FacesDataModule(str(tiny_synthetic), image_size=32, identities_per_batch=4, images_per_identity=2,
-                         val_identities=3, test_identities=3, num_folds=2, pairs_per_fold=6, num_workers=0)
+    dm = FacesDataModule(
+        str(tiny_synthetic),
+        image_size=32,
+        identities_per_batch=4,
+        images_per_identity=2,
+        val_identities=3,
+        test_identities=3,
+        num_folds=2,
+        pairs_per_fold=6,
+        num_workers=0,
+    )
     dm.setup("fit")
     train_ids = {p.parent.name for p, _ in dm.train_set.samples}
     val_ids, test_ids = set(dm.pair_set("val").identities), set(dm.pair_set("test").identities)
@@ -147,8 +160,15 @@ def test_too_few_identities_with_two_images_is_a_clear_error(tmp_path):
 def test_pairs_file_identities_are_kept_out_of_training(tmp_path):
     root = _write_faces(tmp_path / "ids", {f"p{i}": 3 for i in range(10)}, size=32)
     (tmp_path / "pairs.txt").write_text("p0 1 2\np1 1 2\np0 1 p1 1\np0 2 p1 3\n")
-    dm = FacesDataModule(str(root), image_size=32, val_identities=2, test_pairs=str(tmp_path / "pairs.txt"),
-                         num_folds=2, pairs_per_fold=4, num_workers=0)
+    dm = FacesDataModule(
+        str(root),
+        image_size=32,
+        val_identities=2,
+        test_pairs=str(tmp_path / "pairs.txt"),
+        num_folds=2,
+        pairs_per_fold=4,
+        num_workers=0,
+    )
     dm.setup("test")
     train_ids = {p.parent.name for p, _ in dm.train_set.samples}
     assert dm.pair_set("test").identities == ["p0", "p1"]
@@ -218,7 +238,9 @@ def test_synthetic_faces_layout_and_determinism(tiny_synthetic, tmp_path):
     make_synthetic_faces(tiny_synthetic, num_identities=16, images_per_identity=4, image_size=32, seed=3)
     assert first.stat().st_mtime_ns == before  # complete: not rewritten
     other = make_synthetic_faces(tmp_path / "again", num_identities=16, images_per_identity=4, image_size=32, seed=3)
-    assert (other / "id_00005" / "id_00005_0003.png").read_bytes() == (tiny_synthetic / "id_00005" / "id_00005_0003.png").read_bytes()
+    assert (other / "id_00005" / "id_00005_0003.png").read_bytes() == (
+        tiny_synthetic / "id_00005" / "id_00005_0003.png"
+    ).read_bytes()
 
 
 def test_synthetic_images_of_one_identity_vary(tiny_synthetic):

@@ -32,8 +32,9 @@ def leftovers(folder) -> list[str]:
 
 @pytest.mark.parametrize("fmt, suffix", [("onnx", ".onnx"), ("torchscript", ".pt")])
 def test_classification_export_verified(cls_ckpt, tmp_path, fmt, suffix):
-    out = run_mode(["mode=export", f"ckpt_path={cls_ckpt}", f"export.format={fmt}", "export.end_to_end=false"],
-                   tmp_path)
+    out = run_mode(
+        ["mode=export", f"ckpt_path={cls_ckpt}", f"export.format={fmt}", "export.end_to_end=false"], tmp_path
+    )
     path = tmp_path / f"classification{suffix}"
     assert out["path"] == str(path) and path.is_file() and not leftovers(tmp_path)
     assert out["inputs"].startswith("4 images from")  # real images of the checkpoint's data
@@ -54,8 +55,10 @@ def test_classification_export_verified(cls_ckpt, tmp_path, fmt, suffix):
 
 
 def test_onnx_metadata_props(cls_ckpt, tmp_path):
-    run_mode(["mode=export", f"ckpt_path={cls_ckpt}", f"export.output={tmp_path}/m/model.onnx",
-              "export.end_to_end=false"], tmp_path)
+    run_mode(
+        ["mode=export", f"ckpt_path={cls_ckpt}", f"export.output={tmp_path}/m/model.onnx", "export.end_to_end=false"],
+        tmp_path,
+    )
     props = {p.key: p.value for p in onnx.load(str(tmp_path / "m" / "model.onnx")).metadata_props}
     assert json.loads(props["task"]) == "classification" and json.loads(props["class_names"]) == CLASSES
     assert json.loads(props["image_size"]) == 32 and json.loads(props["mbtasks"])["task"] == "classification"
@@ -69,7 +72,7 @@ def test_failed_verification_keeps_nothing(cls_ckpt, tmp_path, monkeypatch):
     import mbtasks.modes.export as export
 
     real = export.load_runner
-    monkeypatch.setattr(export, "load_runner", lambda *a: (lambda x: [o + 0.5 for o in real(*a)(x)]))
+    monkeypatch.setattr(export, "load_runner", lambda *a: lambda x: [o + 0.5 for o in real(*a)(x)])
     with pytest.raises(ExportError, match="output 'logits' differs from PyTorch by 0.5"):
         run_mode(["mode=export", f"ckpt_path={cls_ckpt}"], tmp_path)
     assert not (tmp_path / "classification.onnx").exists() and not leftovers(tmp_path)
@@ -97,8 +100,21 @@ def test_export_needs_checkpoint_and_known_format(cls_ckpt, tmp_path):
 def test_cli_failing_comparison_exits_nonzero(cls_ckpt, tmp_path):
     # a negative tolerance fails every comparison: the command must fail and say why
     env = {**os.environ, "MBTASKS_DEBUG": ""}
-    proc = subprocess.run([sys.executable, "-m", "mbtasks", "mode=export", f"ckpt_path={cls_ckpt}", "export.atol=-1",
-                           f"hydra.run.dir={tmp_path}"], capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mbtasks",
+            "mode=export",
+            f"ckpt_path={cls_ckpt}",
+            "export.atol=-1",
+            f"hydra.run.dir={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "export verification failed" in proc.stderr
     assert not (tmp_path / "classification.onnx").exists() and not leftovers(tmp_path)
@@ -129,13 +145,29 @@ def test_numpy_postprocess_matches_torchvision():
 def det_ckpt(tmp_path_factory):
     root = tmp_path_factory.mktemp("det") / "shapes"
     run_dir = tmp_path_factory.mktemp("det_run")
-    run_mode(["task=detection", "backbone=mobilenet_v2", "head=ssdlite", f"data.root={root}", "data.image_size=64",
-              "data.batch_size=4", f"data.generator.classes=[{','.join(CLASSES)}]", "data.generator.train_images=8",
-              "data.generator.val_images=4", "data.generator.test_images=4", "data.generator.image_size=64",
-              "backbone.width=0.25", "trainer.max_epochs=1", "trainer.limit_train_batches=2", "task.log_images=0",
-              # a small LR keeps 2 steps from blowing up BN statistics (an ill-conditioned net amplifies
-              # float32 rounding, which would blur the comparison with PyTorch)
-              "optimizer.lr=0.001"], run_dir)
+    run_mode(
+        [
+            "task=detection",
+            "backbone=mobilenet_v2",
+            "head=ssdlite",
+            f"data.root={root}",
+            "data.image_size=64",
+            "data.batch_size=4",
+            f"data.generator.classes=[{','.join(CLASSES)}]",
+            "data.generator.train_images=8",
+            "data.generator.val_images=4",
+            "data.generator.test_images=4",
+            "data.generator.image_size=64",
+            "backbone.width=0.25",
+            "trainer.max_epochs=1",
+            "trainer.limit_train_batches=2",
+            "task.log_images=0",
+            # a small LR keeps 2 steps from blowing up BN statistics (an ill-conditioned net amplifies
+            # float32 rounding, which would blur the comparison with PyTorch)
+            "optimizer.lr=0.001",
+        ],
+        run_dir,
+    )
     return run_dir / "checkpoints" / "last.ckpt"
 
 
@@ -144,8 +176,9 @@ def det_ckpt(tmp_path_factory):
 def test_detection_export_with_shipped_postprocess(det_ckpt, tmp_path, fmt, suffix):
     from mbtasks.export.postprocess import detections_from_outputs
 
-    out = run_mode(["mode=export", f"ckpt_path={det_ckpt}", f"export.format={fmt}", "export.end_to_end=false"],
-                   tmp_path)
+    out = run_mode(
+        ["mode=export", f"ckpt_path={det_ckpt}", f"export.format={fmt}", "export.end_to_end=false"], tmp_path
+    )
     assert set(out["max_abs_diff"]) == {"scores", "boxes"} and out["inputs"].startswith("4 images")
     meta = json.loads((tmp_path / "detection.json").read_text())
     assert meta["class_names"] == CLASSES and meta["category_ids"] == [1, 3, 5]
@@ -197,16 +230,26 @@ def test_classification_end_to_end_equals_predict(cls_ckpt, tmp_path, fmt, suffi
     from mbtasks.export.formats import load_e2e_runner
 
     files = sized_images(data_root(cls_ckpt), tmp_path / "images")
-    out = run_mode(["mode=export", f"ckpt_path={cls_ckpt}", f"export.format={fmt}", f"export.inputs={tmp_path}/images",
-                    "export.top_k=2"], tmp_path / "export")
+    out = run_mode(
+        [
+            "mode=export",
+            f"ckpt_path={cls_ckpt}",
+            f"export.format={fmt}",
+            f"export.inputs={tmp_path}/images",
+            "export.top_k=2",
+        ],
+        tmp_path / "export",
+    )
     e2e = out["end_to_end"]
     assert e2e["vs"] == "mode=predict" and {"40x24", "17x50", "64x64"} <= set(e2e["sizes"])
     meta = json.loads((tmp_path / "export" / "classification.json").read_text())
     assert meta["end_to_end"] and meta["input"]["name"] == "pixels" and meta["input"]["dtype"] == "uint8"
     assert meta["output_names"] == ["probs", "scores", "labels"] and meta["top_k"] == 2
     run = load_e2e_runner(fmt, tmp_path / "export" / f"classification{suffix}")
-    predicted = run_mode(["mode=predict", f"ckpt_path={cls_ckpt}", f"predict.input={tmp_path}/images",
-                          "predict.top_k=2"], tmp_path / "predict")["predictions"]
+    predicted = run_mode(
+        ["mode=predict", f"ckpt_path={cls_ckpt}", f"predict.input={tmp_path}/images", "predict.top_k=2"],
+        tmp_path / "predict",
+    )["predictions"]
     for path, pred in zip(files, predicted, strict=True):
         got = run(pixels(path))
         assert got["probs"].shape == (1, 3) and got["labels"].shape == (1, 2) and got["labels"].dtype == np.int64
@@ -221,9 +264,18 @@ def test_end_to_end_centre_crop_pipeline(cls_ckpt, tmp_path):
     from mbtasks.modes.export import export_task
 
     task, train_cfg = load_task(cls_ckpt)
-    OmegaConf.update(train_cfg, "data.eval_transforms", {"_target_": "albumentations.Compose", "transforms": [
-        {"_target_": "albumentations.SmallestMaxSize", "max_size": 37},
-        {"_target_": "albumentations.CenterCrop", "height": 32, "width": 32}]}, force_add=True)
+    OmegaConf.update(
+        train_cfg,
+        "data.eval_transforms",
+        {
+            "_target_": "albumentations.Compose",
+            "transforms": [
+                {"_target_": "albumentations.SmallestMaxSize", "max_size": 37},
+                {"_target_": "albumentations.CenterCrop", "height": 32, "width": 32},
+            ],
+        },
+        force_add=True,
+    )
     sized_images(data_root(cls_ckpt), tmp_path / "images", [(90, 41), (33, 77), (37, 37)])
     out = export_task(task, train_cfg, tmp_path / "m.onnx", inputs=str(tmp_path / "images"))
     assert {"90x41", "33x77"} <= set(out["end_to_end"]["sizes"])
@@ -237,8 +289,12 @@ def test_end_to_end_refuses_unknown_eval_transforms(cls_ckpt, tmp_path):
     from mbtasks.modes.export import export_task
 
     task, train_cfg = load_task(cls_ckpt)
-    OmegaConf.update(train_cfg, "data.eval_transforms.transforms", [
-        {"_target_": "albumentations.LongestMaxSize", "max_size": 32}], force_add=True)
+    OmegaConf.update(
+        train_cfg,
+        "data.eval_transforms.transforms",
+        [{"_target_": "albumentations.LongestMaxSize", "max_size": 32}],
+        force_add=True,
+    )
     with pytest.raises(ConfigError, match=r"\['LongestMaxSize'\].*export.end_to_end=false"):
         export_task(task, train_cfg, tmp_path / "m.onnx")
     assert list(tmp_path.iterdir()) == []
@@ -254,8 +310,11 @@ def test_end_to_end_mismatch_keeps_nothing(cls_ckpt, tmp_path, monkeypatch):
         return lambda x, **kw: {k: (v + 0.01 if k == "probs" else v) for k, v in run(x, **kw).items()}
 
     monkeypatch.setattr(export, "load_e2e_runner", shifted)
-    with pytest.raises(ExportError, match=r"end-to-end export verification failed on image 0 \(\d+x\d+\): "
-                                          "probabilities differ from mode=predict's by 0.01"):
+    with pytest.raises(
+        ExportError,
+        match=r"end-to-end export verification failed on image 0 \(\d+x\d+\): "
+        "probabilities differ from mode=predict's by 0.01",
+    ):
         run_mode(["mode=export", f"ckpt_path={cls_ckpt}"], tmp_path)
     assert list(tmp_path.glob("classification.*")) == [] and not leftovers(tmp_path)
 
@@ -280,15 +339,24 @@ def test_detection_end_to_end_equals_predict(det_ckpt, tmp_path, fmt, suffix):
     from mbtasks.export.formats import load_e2e_runner
 
     files = sized_images(data_root(det_ckpt), tmp_path / "images", [(80, 48), (50, 90), (64, 64)])
-    out = run_mode(["mode=export", f"ckpt_path={det_ckpt}", f"export.format={fmt}",
-                    f"export.inputs={tmp_path}/images", "export.max_detections=20"], tmp_path / "export")
+    out = run_mode(
+        [
+            "mode=export",
+            f"ckpt_path={det_ckpt}",
+            f"export.format={fmt}",
+            f"export.inputs={tmp_path}/images",
+            "export.max_detections=20",
+        ],
+        tmp_path / "export",
+    )
     assert out["end_to_end"]["detections"] > 0
     meta = json.loads((tmp_path / "export" / "detection.json").read_text())
     assert meta["output_names"] == ["boxes", "scores", "labels", "category_ids", "num_detections"]
     assert meta["thresholds"]["max_detections"] == 20
     run = load_e2e_runner(fmt, tmp_path / "export" / f"detection{suffix}")
-    predicted = run_mode(["mode=predict", f"ckpt_path={det_ckpt}", f"predict.input={tmp_path}/images"],
-                         tmp_path / "predict")["detections"]
+    predicted = run_mode(
+        ["mode=predict", f"ckpt_path={det_ckpt}", f"predict.input={tmp_path}/images"], tmp_path / "predict"
+    )["detections"]
     for path in files:
         # predict keeps every detection (up to the checkpoint's 100); the export its best 20
         ref = sorted((d for d in predicted if d["file_name"] == str(path)), key=lambda d: -d["score"])[:20]
@@ -312,11 +380,26 @@ def test_detection_end_to_end_equals_predict(det_ckpt, tmp_path, fmt, suffix):
 @pytest.fixture(scope="module")
 def emb_ckpt(tmp_path_factory):
     base = tmp_path_factory.mktemp("emb")
-    run_mode(["task=embedding", "backbone.width=0.25", f"data_dir={base / 'data'}", "data.image_size=32",
-              "data.generator.num_identities=8", "data.generator.images_per_identity=4", "data.generator.image_size=32",
-              "data.val_identities=2", "data.test_identities=2", "data.identities_per_batch=4",
-              "data.images_per_identity=2", "data.num_folds=2", "data.pairs_per_fold=4", "trainer.max_epochs=1",
-              "trainer.limit_train_batches=2"], base / "run")
+    run_mode(
+        [
+            "task=embedding",
+            "backbone.width=0.25",
+            f"data_dir={base / 'data'}",
+            "data.image_size=32",
+            "data.generator.num_identities=8",
+            "data.generator.images_per_identity=4",
+            "data.generator.image_size=32",
+            "data.val_identities=2",
+            "data.test_identities=2",
+            "data.identities_per_batch=4",
+            "data.images_per_identity=2",
+            "data.num_folds=2",
+            "data.pairs_per_fold=4",
+            "trainer.max_epochs=1",
+            "trainer.limit_train_batches=2",
+        ],
+        base / "run",
+    )
     return base / "run" / "checkpoints" / "last.ckpt"
 
 
@@ -346,8 +429,9 @@ def test_readme_deploy_examples_run_as_written(cls_ckpt, det_ckpt, emb_ckpt, tmp
     no_mbtasks = "\nimport sys\nassert not [m for m in sys.modules if m.split('.')[0] in ('mbtasks', 'torch')]\n"
     outputs = []
     for code in examples:
-        proc = subprocess.run([sys.executable, "-I", "-c", code + no_mbtasks], cwd=tmp_path, capture_output=True,
-                              text=True, timeout=120)
+        proc = subprocess.run(
+            [sys.executable, "-I", "-c", code + no_mbtasks], cwd=tmp_path, capture_output=True, text=True, timeout=120
+        )
         assert proc.returncode == 0, proc.stderr[-2000:]
         outputs.append(proc.stdout)
     cls_lines = outputs[0].splitlines()
@@ -377,16 +461,21 @@ def test_quantized_network_wraps_end_to_end(cls_ckpt, tmp_path):
         def get_next(self):
             return next(self.batches, None)
 
-    quantize_static(str(tmp_path / "net.onnx"), str(tmp_path / "int8.onnx"), Calibration(), quant_format=QuantFormat.QDQ)
+    quantize_static(
+        str(tmp_path / "net.onnx"), str(tmp_path / "int8.onnx"), Calibration(), quant_format=QuantFormat.QDQ
+    )
     pre = preprocessing_of(train_cfg, 32, task.info["mean"], task.info["std"])
     spec = task.spec.export
-    model = wrap_network(onnx.load(str(tmp_path / "int8.onnx")), pre, spec.post_kind,
-                         spec.post_settings(task, spec.graph(task), top_k=2))
+    model = wrap_network(
+        onnx.load(str(tmp_path / "int8.onnx")), pre, spec.post_kind, spec.post_settings(task, spec.graph(task), top_k=2)
+    )
     assert {"QuantizeLinear", "DequantizeLinear", "Resize", "TopK"} <= {n.op_type for n in model.graph.node}
     session = ort.InferenceSession(model.SerializeToString())
     pixels = np.random.default_rng(1).integers(0, 256, (2, 45, 30, 3), dtype=np.uint8)
     probs, scores, labels = session.run(None, {"pixels": pixels})
-    assert probs.shape == (2, 3) and labels.shape == (2, 2) and np.allclose(probs.sum(1), 1, atol=3 / 255)  # a QDQ-quantized softmax: one uint8 step per class
+    assert (
+        probs.shape == (2, 3) and labels.shape == (2, 2) and np.allclose(probs.sum(1), 1, atol=3 / 255)
+    )  # a QDQ-quantized softmax: one uint8 step per class
 
 
 @pytest.mark.parametrize("fmt, suffix", [("onnx", ".onnx"), ("torchscript", ".pt")])
@@ -394,8 +483,10 @@ def test_embedding_end_to_end_equals_predict(emb_ckpt, tmp_path, fmt, suffix):
     from mbtasks.export.formats import load_e2e_runner
 
     files = sized_images(data_root(emb_ckpt), tmp_path / "images", [(40, 52), (31, 29), (32, 32)])
-    out = run_mode(["mode=export", f"ckpt_path={emb_ckpt}", f"export.format={fmt}", f"export.inputs={tmp_path}/images"],
-                   tmp_path / "export")
+    out = run_mode(
+        ["mode=export", f"ckpt_path={emb_ckpt}", f"export.format={fmt}", f"export.inputs={tmp_path}/images"],
+        tmp_path / "export",
+    )
     assert {"40x52", "31x29"} <= set(out["end_to_end"]["sizes"])
     task, _ = load_task(emb_ckpt)
     meta = json.loads((tmp_path / "export" / "embedding.json").read_text())
@@ -423,13 +514,20 @@ def test_in_graph_resize_matches_predict_within_one_level(shorter_side):
     pre = Preprocessing(40, shorter_side, (0.0, 0.0, 0.0), (1 / 255, 1 / 255, 1 / 255))  # output = pixel levels
     g = _Graph("pre/")
     preprocess_nodes(g, pre)
-    graph = helper.make_graph(g.nodes, "pre", [helper.make_tensor_value_info("pixels", TensorProto.UINT8, None)],
-                              [helper.make_tensor_value_info("images", TensorProto.FLOAT, None)], initializer=g.inits)
-    session = ort.InferenceSession(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-                                   .SerializeToString())
+    graph = helper.make_graph(
+        g.nodes,
+        "pre",
+        [helper.make_tensor_value_info("pixels", TensorProto.UINT8, None)],
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, None)],
+        initializer=g.inits,
+    )
+    session = ort.InferenceSession(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]).SerializeToString()
+    )
     script = torch.jit.script(Preprocess(pre))
-    reference = A.Compose([A.Resize(40, 40)] if shorter_side is None else
-                          [A.SmallestMaxSize(max_size=shorter_side), A.CenterCrop(40, 40)])
+    reference = A.Compose(
+        [A.Resize(40, 40)] if shorter_side is None else [A.SmallestMaxSize(max_size=shorter_side), A.CenterCrop(40, 40)]
+    )
     rng = np.random.default_rng(0)
     for h, w in [(97, 131), (23, 61), (40, 40), (300, 41)]:
         # smooth content with sharp edges, like photos

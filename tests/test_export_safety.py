@@ -42,25 +42,54 @@ def dead_pid() -> int:
 
 # --- item 2: nothing of a run is overwritten -----------------------------------------------------------------
 
-@pytest.mark.parametrize(("target", "fmt"), [
-    ("checkpoints/best.ckpt", "onnx"), ("checkpoints/last.ckpt", "torchscript"), ("config.yaml", "onnx"),
-    ("epochs.jsonl", "onnx"), ("checkpoints/not_yet.ckpt", "onnx"), ("metrics.onnx", "onnx"),
-    (".hydra/model.onnx", "onnx")])
+
+@pytest.mark.parametrize(
+    ("target", "fmt"),
+    [
+        ("checkpoints/best.ckpt", "onnx"),
+        ("checkpoints/last.ckpt", "torchscript"),
+        ("config.yaml", "onnx"),
+        ("epochs.jsonl", "onnx"),
+        ("checkpoints/not_yet.ckpt", "onnx"),
+        ("metrics.onnx", "onnx"),
+        (".hydra/model.onnx", "onnx"),
+    ],
+)
 def test_export_never_takes_a_run_records_name(run_copy, tmp_path, target, fmt):
     before = snapshot(run_copy)
-    with pytest.raises(ConfigError, match="export.output=.*(never takes the name of a run's checkpoint|not an mbtasks "
-                                          "export)"):
-        run_mode(["mode=export", f"ckpt_path={run_copy / 'checkpoints' / 'best.ckpt'}", f"export.format={fmt}",
-                  f"export.output={run_copy / target}"], tmp_path / "out")
+    with pytest.raises(
+        ConfigError, match="export.output=.*(never takes the name of a run's checkpoint|not an mbtasks export)"
+    ):
+        run_mode(
+            [
+                "mode=export",
+                f"ckpt_path={run_copy / 'checkpoints' / 'best.ckpt'}",
+                f"export.format={fmt}",
+                f"export.output={run_copy / target}",
+            ],
+            tmp_path / "out",
+        )
     assert snapshot(run_copy) == before
 
 
 def test_cli_refuses_to_export_over_the_source_checkpoint(run_copy, tmp_path):
     best = run_copy / "checkpoints" / "best.ckpt"
     before = best.read_bytes()
-    proc = subprocess.run([sys.executable, "-m", "mbtasks", "mode=export", f"ckpt_path={best}", f"export.output={best}",
-                           f"hydra.run.dir={tmp_path / 'out'}"], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "MBTASKS_DEBUG": ""})
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mbtasks",
+            "mode=export",
+            f"ckpt_path={best}",
+            f"export.output={best}",
+            f"hydra.run.dir={tmp_path / 'out'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "MBTASKS_DEBUG": ""},
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "error: export.output=" in proc.stderr and "a checkpoint (*.ckpt)" in proc.stderr
     assert best.read_bytes() == before and not best.with_suffix(".json").exists()
@@ -91,8 +120,15 @@ def test_export_replaces_only_an_earlier_export(cls_ckpt, tmp_path):
 
 
 def test_run_record_rule():
-    for path in ("r/checkpoints/best.ckpt", "any/where/x.CKPT", "r/config.yaml", "r/metrics.json", "r/epochs.jsonl",
-                 "r/.hydra/config.yaml", "r/.hydra/x.onnx"):
+    for path in (
+        "r/checkpoints/best.ckpt",
+        "any/where/x.CKPT",
+        "r/config.yaml",
+        "r/metrics.json",
+        "r/epochs.jsonl",
+        "r/.hydra/config.yaml",
+        "r/.hydra/x.onnx",
+    ):
         assert run_record(path), path
     for path in ("r/checkpoints/classification.onnx", "r/model.pt", "r/model.json", "r/hydra/x.onnx"):
         assert run_record(path) is None, path
@@ -100,8 +136,12 @@ def test_run_record_rule():
 
 def test_a_killed_exports_temporaries_are_removed_by_the_next(cls_ckpt, tmp_path):
     dead, alive = dead_pid(), os.getppid()
-    stale = [f".model.tmp-{dead}-network.onnx", f".model.tmp-{dead}-int8-prep.onnx", f".model.tmp-{dead}-export.onnx",
-             f".model.json.tmp-{dead}"]
+    stale = [
+        f".model.tmp-{dead}-network.onnx",
+        f".model.tmp-{dead}-int8-prep.onnx",
+        f".model.tmp-{dead}-export.onnx",
+        f".model.json.tmp-{dead}",
+    ]
     kept = [f".model.tmp-{alive}-network.onnx", f".other.tmp-{dead}-network.onnx", ".model.tmp-notapid.onnx"]
     for name in stale + kept:
         (tmp_path / name).write_bytes(b"half a model")
@@ -114,7 +154,12 @@ def test_a_killed_exports_temporaries_are_removed_by_the_next(cls_ckpt, tmp_path
 
 def test_remove_stale_siblings_keeps_live_and_unrelated(tmp_path):
     dead = dead_pid()
-    for name in (f".a.onnx.tmp-{dead}", f".a.tmp-{dead}-x.onnx", f".ab.tmp-{dead}-x.onnx", f".a.tmp-{os.getpid()}-x.onnx"):
+    for name in (
+        f".a.onnx.tmp-{dead}",
+        f".a.tmp-{dead}-x.onnx",
+        f".ab.tmp-{dead}-x.onnx",
+        f".a.tmp-{os.getpid()}-x.onnx",
+    ):
         (tmp_path / name).write_bytes(b"")
     removed = remove_stale_siblings(tmp_path / "a.onnx")
     assert sorted(p.name for p in removed) == sorted([f".a.onnx.tmp-{dead}", f".a.tmp-{dead}-x.onnx"])
@@ -126,13 +171,16 @@ def test_predict_into_a_run_dir_leaves_its_records(run_copy, tiny_run):
     from mbtasks.api import run
 
     before = snapshot(run_copy)
-    result = run(["mode=predict", f"ckpt_path={run_copy / 'checkpoints' / 'best.ckpt'}",
-                  f"predict.input={tiny_run[0] / 'val'}"], run_copy)
+    result = run(
+        ["mode=predict", f"ckpt_path={run_copy / 'checkpoints' / 'best.ckpt'}", f"predict.input={tiny_run[0] / 'val'}"],
+        run_copy,
+    )
     assert result.run_dir != run_copy
     assert {k: v for k, v in snapshot(run_copy).items() if not k.startswith(result.run_dir.name + "/")} == before
 
 
 # --- item 7: INT8 calibration ----------------------------------------------------------------------------------
+
 
 def int8(cls_ckpt, out: Path, **kw) -> dict:
     task, train_cfg = load_task(cls_ckpt)
@@ -162,8 +210,9 @@ def test_int8_calibrates_on_the_training_split_across_classes(cls_ckpt, tiny_run
     assert meta["quantization"]["calibration_images"] == 3
 
 
-def test_int8_calibration_folder_leaves_out_validation_images_and_counts_broken_files(cls_ckpt, tiny_run, tmp_path,
-                                                                                    caplog):
+def test_int8_calibration_folder_leaves_out_validation_images_and_counts_broken_files(
+    cls_ckpt, tiny_run, tmp_path, caplog
+):
     root = tiny_run[0]
     meta = int8(cls_ckpt, tmp_path / "a.onnx", calibration=str(root), calibration_images=100)
     calibration = meta["quantization"]["calibration"]
@@ -210,14 +259,23 @@ def test_spread_covers_classes_before_repeating(tmp_path):
 
 # --- output: INT8 numbers as fractions, quiet exporters ----------------------------------------------------------
 
+
 def test_int8_top1_is_a_fraction_like_every_metric(cls_ckpt, tmp_path):
     record = int8(cls_ckpt, tmp_path / "q.onnx")["verification"]["int8"]
     assert 0 <= record["fp32"] <= 1 and 0 <= record["int8"] <= 1
     assert is_fraction_of(record["fp32"], 6) and is_fraction_of(record["int8"], 6)  # 6 validation images
     assert load_task(cls_ckpt)[0].spec.export.max_drop == 0.01
     with pytest.raises(ConfigError, match="export.int8_max_drop_top1=5: the tolerated drop is a fraction"):
-        run_mode(["mode=export", f"ckpt_path={cls_ckpt}", "export.quantize=int8", "export.int8_max_drop_top1=5",
-                  f"export.output={tmp_path / 'x.onnx'}"], tmp_path / "out")
+        run_mode(
+            [
+                "mode=export",
+                f"ckpt_path={cls_ckpt}",
+                "export.quantize=int8",
+                "export.int8_max_drop_top1=5",
+                f"export.output={tmp_path / 'x.onnx'}",
+            ],
+            tmp_path / "out",
+        )
 
 
 def test_export_log_has_no_third_party_info_lines(cls_ckpt, tmp_path, caplog):

@@ -46,8 +46,10 @@ def imglab(root: Path) -> Path:
 </images>
 </dataset>
 """)
-    (root / "testing.xml").write_text("<dataset><images><image file='t1.jpg'>"
-                                      "<box top='40' left='40' width='20' height='22'/></image></images></dataset>")
+    (root / "testing.xml").write_text(
+        "<dataset><images><image file='t1.jpg'>"
+        "<box top='40' left='40' width='20' height='22'/></image></images></dataset>"
+    )
     return root
 
 
@@ -62,8 +64,12 @@ def test_imglab_boxes_ignore_regions_and_skips(tmp_path):
     assert (p2.width, p2.height) == (120, 90)  # no size in the xml: read from the file
     np.testing.assert_array_equal(p2.boxes, [[0, 0, 25, 25]])
     assert p3.boxes.shape == (0, 4)  # an image without boxes is a negative
-    assert dict(report.counts) == {"boxes: zero or negative size": 1, "unknown class names": 1,
-                                   "missing image files": 1, "file names outside the image folder": 1}
+    assert dict(report.counts) == {
+        "boxes: zero or negative size": 1,
+        "unknown class names": 1,
+        "missing image files": 1,
+        "file names outside the image folder": 1,
+    }
 
 
 def test_dlib_xml_data_module_labels_and_splits(tmp_path):
@@ -87,8 +93,17 @@ def test_check_mode_on_dlib_xml_counts_ignore_regions(tmp_path):
     root = imglab(tmp_path / "faces")
     cfg = compose_cfg(["task=detection", "data=dlib_xml", f"data.root={root}"])
     assert cfg.data._target_.endswith("DlibXmlDataModule") and cfg.data.default_label == "face"
-    report = run_mode(["mode=check", "task=detection", "data=dlib_xml", f"data.root={root}", "data.val_xml=training.xml",
-                       "data.image_size=64"], tmp_path / "run")
+    report = run_mode(
+        [
+            "mode=check",
+            "task=detection",
+            "data=dlib_xml",
+            f"data.root={root}",
+            "data.val_xml=training.xml",
+            "data.image_size=64",
+        ],
+        tmp_path / "run",
+    )
     assert report["ok"], report["errors"]
     assert report["splits"]["train"]["ignored"] == 1 and report["splits"]["train"]["boxes"] == 4
     assert report["splits"]["train"]["backgrounds"] == 1
@@ -125,8 +140,9 @@ def wider(root: Path, txt: str = WIDER_TXT) -> Path:
 
 def test_wider_boxes_ignore_rule_and_flags(tmp_path):
     root = wider(tmp_path)
-    records, report = load_wider(root / "wider_face_split" / "wider_face_train_bbx_gt.txt",
-                                 root / "WIDER_train" / "images")
+    records, report = load_wider(
+        root / "wider_face_split" / "wider_face_train_bbx_gt.txt", root / "WIDER_train" / "images"
+    )
     a, b, c = records
     np.testing.assert_array_equal(a.boxes, [[10, 10, 40, 50], [50, 20, 70, 28], [70, 5, 95, 30]])
     # 8 px tall: ignore (10 px or less); flagged invalid: ignore
@@ -138,8 +154,9 @@ def test_wider_boxes_ignore_rule_and_flags(tmp_path):
     assert dict(report.counts) == {"boxes: zero or negative size": 1, "missing image files": 1}
     assert any("1_c.jpg face 0 (line 11)" in m for m in report.messages)
     assert dict(report.kept) == {"faces 10 px tall or less (ignore regions)": 1, "invalid faces (ignore regions)": 1}
-    records, _ = load_wider(root / "wider_face_split" / "wider_face_train_bbx_gt.txt",
-                            root / "WIDER_train" / "images", ignore_height=0)
+    records, _ = load_wider(
+        root / "wider_face_split" / "wider_face_train_bbx_gt.txt", root / "WIDER_train" / "images", ignore_height=0
+    )
     assert records[0].iscrowd.tolist() == [False, False, True]
 
 
@@ -160,8 +177,9 @@ def test_wider_data_module_and_check_mode(tmp_path):
     dm = WiderFaceDataModule(str(root))
     dm.setup("fit")
     assert dm.class_names == ["face"] and dm.test_split == "val" and len(dm.datasets["val"]) == 3
-    report = run_mode(["mode=check", "task=detection", "data=wider_face", f"data.root={root}", "data.image_size=64"],
-                      tmp_path / "run")
+    report = run_mode(
+        ["mode=check", "task=detection", "data=wider_face", f"data.root={root}", "data.image_size=64"], tmp_path / "run"
+    )
     assert report["ok"], report["errors"]
     train = report["splits"]["train"]
     assert train["boxes"] == 2 and train["ignored"] == 2 and train["backgrounds"] == 1

@@ -43,20 +43,28 @@ def resize_pipelines(side: int) -> dict:
     import albumentations as A
 
     box_params = A.BboxParams(format="pascal_voc", label_fields=["labels"])
-    return {"train_transforms": A.Compose([A.Resize(side, side)], bbox_params=box_params),
-            "eval_transforms": A.Compose([A.Resize(side, side)])}
+    return {
+        "train_transforms": A.Compose([A.Resize(side, side)], bbox_params=box_params),
+        "eval_transforms": A.Compose([A.Resize(side, side)]),
+    }
 
 
 def test_pasted_box_is_the_face_box_part_of_the_pasted_photo():
     """One white face photo, hard-edged, on a black scene: the box is face_box of the lit rectangle."""
     face_box = (0.2, 0.3, 0.8, 0.9)
-    settings = PasteSettings(scene_size=(96, 96), faces_per_scene=(1, 1), face_size=(12, 40), face_box=face_box,
-                             feather=0.0, color_match=0.0)
+    settings = PasteSettings(
+        scene_size=(96, 96), faces_per_scene=(1, 1), face_size=(12, 40), face_box=face_box, feather=0.0, color_match=0.0
+    )
     white = np.full((50, 40, 3), 255, np.uint8)
     black = np.zeros((70, 70, 3), np.uint8)
     for seed in range(8):
-        scene, boxes = compose_scene(np.random.default_rng(seed), [Path("f")], [Path("b")], settings,
-                                     read=lambda p: white if str(p) == "f" else black)
+        scene, boxes = compose_scene(
+            np.random.default_rng(seed),
+            [Path("f")],
+            [Path("b")],
+            settings,
+            read=lambda p: white if str(p) == "f" else black,
+        )
         ys, xs = np.nonzero(scene.max(axis=2))
         x0, y0, x1, y1 = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
         assert boxes.shape == (1, 4)
@@ -88,12 +96,15 @@ def test_counts_and_sizes_in_range_and_grey_faces_tinted(tmp_path):
     assert 9 <= min(widths) and max(widths) <= 31
     # a grey face photo comes out coloured
     white = np.full((28, 23, 3), 200, np.uint8)
-    scene, boxes = compose_scene(np.random.default_rng(0), [Path("f")], [Path("b")],
-                                 PasteSettings(scene_size=(64, 64), faces_per_scene=(1, 1), face_size=(20, 20),
-                                               feather=0.0, color_match=0.0),
-                                 read=lambda p: white if str(p) == "f" else np.zeros((64, 64, 3), np.uint8))
+    scene, boxes = compose_scene(
+        np.random.default_rng(0),
+        [Path("f")],
+        [Path("b")],
+        PasteSettings(scene_size=(64, 64), faces_per_scene=(1, 1), face_size=(20, 20), feather=0.0, color_match=0.0),
+        read=lambda p: white if str(p) == "f" else np.zeros((64, 64, 3), np.uint8),
+    )
     x0, y0, x1, y1 = boxes[0].astype(int)
-    patch = scene[y0 + 2:y1 - 2, x0 + 2:x1 - 2].reshape(-1, 3).astype(int)
+    patch = scene[y0 + 2 : y1 - 2, x0 + 2 : x1 - 2].reshape(-1, 3).astype(int)
     assert (patch[:, 0] > patch[:, 2]).all()
 
 
@@ -106,9 +117,18 @@ def test_deterministic_with_a_seed(tmp_path):
     assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
     assert not np.array_equal(a[0], c[0])
     # the data module's val scenes are fixed: the same item twice, and in a fresh module
-    kwargs = {"faces": str(faces), "backgrounds": str(bgs), "scenes_per_epoch": 4, "val_scenes": 3, "test_scenes": 2,
-              "scene_size": [64, 64], "face_size": [8, 30], "image_size": 64, "num_workers": 0,
-              **resize_pipelines(64)}
+    kwargs = {
+        "faces": str(faces),
+        "backgrounds": str(bgs),
+        "scenes_per_epoch": 4,
+        "val_scenes": 3,
+        "test_scenes": 2,
+        "scene_size": [64, 64],
+        "face_size": [8, 30],
+        "image_size": 64,
+        "num_workers": 0,
+        **resize_pipelines(64),
+    }
     dm = FacePasteDataModule(**kwargs)
     dm.setup()
     x1, t1 = dm.datasets["val"][1]
@@ -130,9 +150,20 @@ def torch_equal(a, b) -> bool:
 def test_mixed_with_real_photos_splits(tmp_path):
     faces, bgs = write_sets(tmp_path)
     real = write_dlib(tmp_path / "dlib")
-    dm = FacePasteDataModule(str(faces), [str(bgs)], real=str(real), scenes_per_epoch=5, real_repeat=3,
-                             val="pasted", val_scenes=2, scene_size=[64, 64], face_size=[8, 30], image_size=64,
-                             num_workers=0, **resize_pipelines(64))
+    dm = FacePasteDataModule(
+        str(faces),
+        [str(bgs)],
+        real=str(real),
+        scenes_per_epoch=5,
+        real_repeat=3,
+        val="pasted",
+        val_scenes=2,
+        scene_size=[64, 64],
+        face_size=[8, 30],
+        image_size=64,
+        num_workers=0,
+        **resize_pipelines(64),
+    )
     dm.setup()
     train, val, test = dm.datasets["train"], dm.datasets["val"], dm.datasets["test"]
     assert len(train) == 5 + 2 * 3 and len(val) == 2
@@ -141,8 +172,17 @@ def test_mixed_with_real_photos_splits(tmp_path):
     _, target = train[5]  # a real photo after the scenes
     assert len(target["boxes"]) == 1
     assert dm.info["class_names"] == ["face"]
-    held = FacePasteDataModule(str(faces), str(bgs), real=str(real), val_fraction=0.5, scene_size=[64, 64],
-                               face_size=[8, 30], image_size=64, num_workers=0, **resize_pipelines(64))
+    held = FacePasteDataModule(
+        str(faces),
+        str(bgs),
+        real=str(real),
+        val_fraction=0.5,
+        scene_size=[64, 64],
+        face_size=[8, 30],
+        image_size=64,
+        num_workers=0,
+        **resize_pipelines(64),
+    )
     held.setup()
     assert len(held.datasets["val"].records) == 1 and held.datasets["val"].scenes == 0
     assert len(held.datasets["train"].records) == 1
@@ -164,11 +204,31 @@ def test_bad_settings_name_the_key(tmp_path):
 def test_two_step_detection_train_through_the_cli(tmp_path):
     faces, bgs = write_sets(tmp_path)
     real = write_dlib(tmp_path / "dlib")
-    data = ["data=face_paste", f"data.faces={faces}", f"data.backgrounds={bgs}", f"data.real={real}", "data.val=pasted",
-            "data.scenes_per_epoch=6", "data.val_scenes=2", "data.real_repeat=1", "data.scene_size=[64,80]",
-            "data.face_size=[10,40]", "data.image_size=64", "data.batch_size=4"]
-    metrics = run_mode(["task=detection", *data, "backbone.width=0.25", "trainer.limit_train_batches=2", "trainer.max_epochs=1",
-                        "task.log_images=0"], tmp_path / "run")
+    data = [
+        "data=face_paste",
+        f"data.faces={faces}",
+        f"data.backgrounds={bgs}",
+        f"data.real={real}",
+        "data.val=pasted",
+        "data.scenes_per_epoch=6",
+        "data.val_scenes=2",
+        "data.real_repeat=1",
+        "data.scene_size=[64,80]",
+        "data.face_size=[10,40]",
+        "data.image_size=64",
+        "data.batch_size=4",
+    ]
+    metrics = run_mode(
+        [
+            "task=detection",
+            *data,
+            "backbone.width=0.25",
+            "trainer.limit_train_batches=2",
+            "trainer.max_epochs=1",
+            "task.log_images=0",
+        ],
+        tmp_path / "run",
+    )
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
     flat = json.dumps(saved)
     # the test split is the real testing.xml: WIDER-style AP beside COCO's
@@ -178,8 +238,14 @@ def test_two_step_detection_train_through_the_cli(tmp_path):
 def test_face_detector_recipe_composes(tmp_path):
     from mbtasks.config import validate
 
-    cfg = compose_cfg(["experiment=face_detector_photos", f"data.faces={tmp_path}", f"data.backgrounds=[{tmp_path}]",
-                       f"data.real={tmp_path / 'dlib_faces'}"])
+    cfg = compose_cfg(
+        [
+            "experiment=face_detector_photos",
+            f"data.faces={tmp_path}",
+            f"data.backgrounds=[{tmp_path}]",
+            f"data.real={tmp_path / 'dlib_faces'}",
+        ]
+    )
     validate(cfg)
     assert cfg.data._target_.endswith("FacePasteDataModule") and cfg.head.anchors.aspect_ratios == [[]]
     assert cfg.head.anchors.min_ratio * cfg.data.image_size == pytest.approx(16)

@@ -17,8 +17,18 @@ from mbtasks.results import Face, PhotoIdentities
 from tests.conftest import run_mode
 from tests.test_embedding_cli import tiny_overrides as tiny_embedding
 
-SCENES = {"train_images": 8, "val_images": 3, "test_images": 4, "image_size": 64, "train_identities": 4,
-          "eval_identities": 3, "gallery_images": 2, "gallery_size": 32, "max_faces": 3, "face_size": [0.25, 0.5]}
+SCENES = {
+    "train_images": 8,
+    "val_images": 3,
+    "test_images": 4,
+    "image_size": 64,
+    "train_identities": 4,
+    "eval_identities": 3,
+    "gallery_images": 2,
+    "gallery_size": 32,
+    "max_faces": 3,
+    "face_size": [0.25, 0.5],
+}
 
 
 @pytest.fixture(scope="module")
@@ -26,14 +36,27 @@ def chain(tmp_path_factory):
     """A tiny face detector trained on tiny scenes and a tiny embedder (neither learns much: the wiring is tested)."""
     base = tmp_path_factory.mktemp("faces")
     scenes = base / "data" / "synthetic_face_scenes"
-    det = [f"data_dir={base / 'data'}", "task=detection", "data=synthetic_face_scenes", "data.image_size=64",
-           "data.batch_size=4", *(f"data.generator.{k}={v}" for k, v in SCENES.items() if k != "face_size"),
-           "data.generator.face_size=[0.25,0.5]", "backbone.width=0.25", "trainer.max_epochs=1",
-           "trainer.limit_train_batches=2", "task.log_images=0"]
+    det = [
+        f"data_dir={base / 'data'}",
+        "task=detection",
+        "data=synthetic_face_scenes",
+        "data.image_size=64",
+        "data.batch_size=4",
+        *(f"data.generator.{k}={v}" for k, v in SCENES.items() if k != "face_size"),
+        "data.generator.face_size=[0.25,0.5]",
+        "backbone.width=0.25",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=2",
+        "task.log_images=0",
+    ]
     run_mode(det, base / "det")
     run_mode(tiny_embedding(base / "data"), base / "emb")
-    return {"scenes": scenes, "detector": base / "det" / "checkpoints" / "best.ckpt",
-            "embedder": base / "emb" / "checkpoints" / "best.ckpt", "base": base}
+    return {
+        "scenes": scenes,
+        "detector": base / "det" / "checkpoints" / "best.ckpt",
+        "embedder": base / "emb" / "checkpoints" / "best.ckpt",
+        "base": base,
+    }
 
 
 def test_scene_set_is_coco_with_identities_and_a_gallery(chain):
@@ -65,9 +88,18 @@ def test_crop_boxes_square_margin_and_outside_black():
 
 def test_cli_and_python_pipeline_agree(chain, tmp_path):
     scenes, out = chain["scenes"], tmp_path / "predict"
-    result = run_mode(["task=embedding", "mode=predict", f"ckpt_path={chain['embedder']}",
-                       f"predict.detector={chain['detector']}", f"predict.input={scenes / 'test'}",
-                       f"predict.gallery={scenes / 'gallery'}", "predict.score_threshold=0.0"], out)
+    result = run_mode(
+        [
+            "task=embedding",
+            "mode=predict",
+            f"ckpt_path={chain['embedder']}",
+            f"predict.detector={chain['detector']}",
+            f"predict.input={scenes / 'test'}",
+            f"predict.gallery={scenes / 'gallery'}",
+            "predict.score_threshold=0.0",
+        ],
+        out,
+    )
     written = json.loads((out / "identities.json").read_text())
     assert written == json.loads(json.dumps(result))
     assert [Path(p["file"]).name for p in written["photos"]] == [f"{i:05d}.png" for i in range(4)]
@@ -92,11 +124,27 @@ def test_pipeline_refuses_wrong_checkpoints_and_missing_gallery(chain, tmp_path)
     with pytest.raises(ConfigError, match="expected a detection checkpoint"):
         mbtasks.Pipeline(chain["embedder"], chain["embedder"])
     with pytest.raises(ConfigError, match="predict.detector needs an embedding checkpoint"):
-        run_mode(["task=detection", "mode=predict", f"ckpt_path={chain['detector']}",
-                  f"predict.detector={chain['detector']}", f"predict.input={scenes / 'test'}"], tmp_path / "a")
+        run_mode(
+            [
+                "task=detection",
+                "mode=predict",
+                f"ckpt_path={chain['detector']}",
+                f"predict.detector={chain['detector']}",
+                f"predict.input={scenes / 'test'}",
+            ],
+            tmp_path / "a",
+        )
     with pytest.raises(ConfigError, match="needs predict.gallery"):
-        run_mode(["task=embedding", "mode=predict", f"ckpt_path={chain['embedder']}",
-                  f"predict.detector={chain['detector']}", f"predict.input={scenes / 'test'}"], tmp_path / "b")
+        run_mode(
+            [
+                "task=embedding",
+                "mode=predict",
+                f"ckpt_path={chain['embedder']}",
+                f"predict.detector={chain['detector']}",
+                f"predict.input={scenes / 'test'}",
+            ],
+            tmp_path / "b",
+        )
     with pytest.raises(ConfigError, match="the detector has no class \\['person'\\]"):
         mbtasks.Pipeline(chain["detector"], chain["embedder"], classes=["person"])
 
@@ -125,8 +173,16 @@ def test_evaluation_matches_boxes_and_counts(chain, monkeypatch):
     assert m["chain_accuracy"] == pytest.approx(m["gt_crop_accuracy"])
     assert m["chain_accuracy_at_threshold"] == pytest.approx(m["gt_crop_accuracy_at_threshold"])
     # one extra box far from every face: a false detection, recall unchanged
-    monkeypatch.setattr(pipeline, "identify", lambda photos, gallery, skipped=None: [PhotoIdentities(
-        str(photos[0]), [*perfect(photos, gallery)[0].faces, Face([0, 0, 2, 2], 0.99, "unknown", 4.0, False, "x")])])
+    monkeypatch.setattr(
+        pipeline,
+        "identify",
+        lambda photos, gallery, skipped=None: [
+            PhotoIdentities(
+                str(photos[0]),
+                [*perfect(photos, gallery)[0].faces, Face([0, 0, 2, 2], 0.99, "unknown", 4.0, False, "x")],
+            )
+        ],
+    )
     m2 = evaluate_on_coco(pipeline, scenes / "annotations" / "instances_test.json", scenes / "test", scenes / "gallery")
     assert m2["detection_recall"] == 1.0 and m2["false_detections"] == len(coco["images"])
 

@@ -17,8 +17,9 @@ CLASSES = ["circle", "square", "triangle"]
 @pytest.fixture(scope="module")
 def trained_fast(tmp_path_factory):
     """Trained with the fast path itself: NHWC module and bf16 autocast."""
-    root, run_dir, metrics = train_tiny(tmp_path_factory, "trainer.precision=bf16-mixed",
-                                        "callbacks.channels_last.enabled=true")
+    root, run_dir, metrics = train_tiny(
+        tmp_path_factory, "trainer.precision=bf16-mixed", "callbacks.channels_last.enabled=true"
+    )
     return root, run_dir / "checkpoints" / "last.ckpt", metrics
 
 

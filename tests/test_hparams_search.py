@@ -23,8 +23,10 @@ from mbtasks.errors import ConfigError
 from tests.conftest import compose_cfg
 
 REPO = Path(__file__).resolve().parent.parent
-needs_plugin = pytest.mark.skipif(importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is None,
-                                  reason="hydra-optuna-sweeper not installed (pip install -e '.[search]')")
+needs_plugin = pytest.mark.skipif(
+    importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is None,
+    reason="hydra-optuna-sweeper not installed (pip install -e '.[search]')",
+)
 METRIC = {"classification": "val/acc_top1", "detection": "val/map_50", "embedding": "val/verification_acc"}
 
 
@@ -52,8 +54,12 @@ def test_search_configs_compose(task):
 
 def test_objective_is_the_best_validation_value(tmp_path):
     """The trial's score is the best of its validations (epochs.jsonl), not the last, never test."""
-    records = [{"epoch": 0, "val/acc_top1": 0.2}, {"epoch": 1}, {"epoch": 2, "val/acc_top1": 0.6},
-               {"epoch": 3, "val/acc_top1": 0.4}]
+    records = [
+        {"epoch": 0, "val/acc_top1": 0.2},
+        {"epoch": 1},
+        {"epoch": 2, "val/acc_top1": 0.6},
+        {"epoch": 3, "val/acc_top1": 0.4},
+    ]
     (tmp_path / "epochs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     metrics = {"val/acc_top1": 0.4, "test/acc_top1": 0.9}
     cfg = OmegaConf.create({"optimized_metric": "val/acc_top1"})
@@ -78,16 +84,28 @@ def test_finetune_space_only_for_pretrained_backbones():
 
 
 def test_rerun_overrides_keep_the_budget_drop_the_search():
-    trial = ["optimizer.lr=0.01", "augment=light", "train.test_after=False", "hparams_search=classification_optuna",
-             "data.root=/d"]
+    trial = [
+        "optimizer.lr=0.01",
+        "augment=light",
+        "train.test_after=False",
+        "hparams_search=classification_optuna",
+        "data.root=/d",
+    ]
     assert search.rerun_overrides(trial, {"train": {"time": "2m"}}) == [
-        "optimizer.lr=0.01", "augment=light", "data.root=/d", "train.time=2m"]
+        "optimizer.lr=0.01",
+        "augment=light",
+        "data.root=/d",
+        "train.time=2m",
+    ]
     assert search.rerun_overrides(trial + ["train.time=5m"], {"train": {"time": "5m"}})[-1] == "train.time=5m"
 
 
 def test_missing_plugin_says_what_to_install():
-    err = MissingConfigException("In 'hydra/config': Could not find 'hydra/sweeper/optuna'",
-                                 missing_cfg_file="hydra/sweeper/optuna", options=["basic"])
+    err = MissingConfigException(
+        "In 'hydra/config': Could not find 'hydra/sweeper/optuna'",
+        missing_cfg_file="hydra/sweeper/optuna",
+        options=["basic"],
+    )
     message = command_line_error(err, ["hparams_search=classification_optuna"])
     assert "pip install 'mbtasks[search]'" in message
 
@@ -98,15 +116,40 @@ def test_two_trial_search_through_the_cli(tmp_path):
     and best_overrides.txt composes to the best trial's config."""
     from mbtasks.data.synthetic import make_shapes_classification
 
-    root = make_shapes_classification(tmp_path / "shapes", classes=["circle", "square", "triangle"], train_per_class=8,
-                                      val_per_class=3, test_per_class=3, image_size=32, seed=1)
+    root = make_shapes_classification(
+        tmp_path / "shapes",
+        classes=["circle", "square", "triangle"],
+        train_per_class=8,
+        val_per_class=3,
+        test_per_class=3,
+        image_size=32,
+        seed=1,
+    )
     sweep = tmp_path / "sweep"
-    args = ["hparams_search=classification_optuna", "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={sweep}",
-            f"data.root={root}", "data.generator=null", "data.image_size=32", "backbone.width=0.25",
-            "backbone.pretrained=null", "train.time=null", "trainer.max_epochs=2", "task.log_images=0",
-            "data.num_workers=0", "trainer.enable_progress_bar=false", "callbacks.plots.enabled=false"]
-    proc = subprocess.run([sys.executable, "-m", "mbtasks", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    args = [
+        "hparams_search=classification_optuna",
+        "hydra.sweeper.n_trials=2",
+        f"hydra.sweep.dir={sweep}",
+        f"data.root={root}",
+        "data.generator=null",
+        "data.image_size=32",
+        "backbone.width=0.25",
+        "backbone.pretrained=null",
+        "train.time=null",
+        "trainer.max_epochs=2",
+        "task.log_images=0",
+        "data.num_workers=0",
+        "trainer.enable_progress_bar=false",
+        "callbacks.plots.enabled=false",
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-m", "mbtasks", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     results = yaml.safe_load((sweep / search.RESULTS).read_text())

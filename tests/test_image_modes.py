@@ -58,12 +58,15 @@ def test_palette_with_transparency_and_16bit_byte_orders_agree():
     assert to_rgb_array(little)[0, :, 0].tolist() == to_rgb_array(big)[0, :, 0].tolist() == [0, 1, 255]
 
 
-@pytest.mark.parametrize("mode, values, match", [
-    ("I", [[-1, 5]], r"pixel mode 'I' with values -1\.\.5"),
-    ("I", [[0, 70000]], r"values 0\.\.70000"),
-    ("F", [[0.0, -0.5]], r"pixel mode 'F' with values -0\.5\.\.0"),
-    ("F", [[0.0, np.inf]], r"NaN or infinite"),
-])
+@pytest.mark.parametrize(
+    "mode, values, match",
+    [
+        ("I", [[-1, 5]], r"pixel mode 'I' with values -1\.\.5"),
+        ("I", [[0, 70000]], r"values 0\.\.70000"),
+        ("F", [[0.0, -0.5]], r"pixel mode 'F' with values -0\.5\.\.0"),
+        ("F", [[0.0, np.inf]], r"NaN or infinite"),
+    ],
+)
 def test_out_of_range_numeric_images_are_refused_by_name(mode, values, match):
     arr = np.asarray(values, {"I": "<i4", "F": "<f4"}[mode])
     img = Image.frombytes(mode, (arr.shape[1], arr.shape[0]), arr.tobytes())

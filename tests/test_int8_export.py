@@ -10,19 +10,37 @@ from mbtasks.modes.export import export_task
 from mbtasks.tasks import load_task
 from tests.test_export import cls_ckpt, det_ckpt, emb_ckpt, leftovers  # noqa: F401 - fixtures
 
-TASKS = {"classification": ("cls_ckpt", "top1"), "detection": ("det_ckpt", "map_50"),
-         "embedding": ("emb_ckpt", "verification_accuracy")}
+TASKS = {
+    "classification": ("cls_ckpt", "top1"),
+    "detection": ("det_ckpt", "map_50"),
+    "embedding": ("emb_ckpt", "verification_accuracy"),
+}
 
 
-@pytest.mark.parametrize(("name", "end_to_end"), [
-    ("classification", True), ("classification", False),
-    pytest.param("detection", True, marks=pytest.mark.slow), ("embedding", True), ("embedding", False)])
+@pytest.mark.parametrize(
+    ("name", "end_to_end"),
+    [
+        ("classification", True),
+        ("classification", False),
+        pytest.param("detection", True, marks=pytest.mark.slow),
+        ("embedding", True),
+        ("embedding", False),
+    ],
+)
 def test_int8_export_records_metric_and_speed(name, end_to_end, request, tmp_path):
     fixture, metric = TASKS[name]
     task, train_cfg = load_task(request.getfixturevalue(fixture))
     out = tmp_path / f"{name}.onnx"
-    record = export_task(task, train_cfg, out, end_to_end=end_to_end, quantize="int8", calibration_images=8,
-                         max_drop={metric: 100.0}, speed_batch=4)
+    record = export_task(
+        task,
+        train_cfg,
+        out,
+        end_to_end=end_to_end,
+        quantize="int8",
+        calibration_images=8,
+        max_drop={metric: 100.0},
+        speed_batch=4,
+    )
     meta = json.loads(out.with_suffix(".json").read_text())
     int8 = meta["verification"]["int8"]
     assert record["int8"] == int8 and int8["metric"] == metric and meta["end_to_end"] is end_to_end
@@ -68,9 +86,22 @@ def test_int8_cli_refusal_exits_2(cls_ckpt, tmp_path):  # noqa: F811
 
     out = tmp_path / "m.onnx"
     proc = __import__("subprocess").run(
-        [__import__("sys").executable, "-m", "mbtasks", "mode=export", f"ckpt_path={cls_ckpt}", f"export.output={out}",
-         "export.quantize=int8", "export.int8_max_drop_top1=-1", "export.calibration_images=4",
-         "export.speed_batch=2", f"hydra.run.dir={tmp_path / 'run'}"], capture_output=True, text=True)
+        [
+            __import__("sys").executable,
+            "-m",
+            "mbtasks",
+            "mode=export",
+            f"ckpt_path={cls_ckpt}",
+            f"export.output={out}",
+            "export.quantize=int8",
+            "export.int8_max_drop_top1=-1",
+            "export.calibration_images=4",
+            "export.speed_batch=2",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "int8 refused" in proc.stderr + proc.stdout and not out.exists()
 
@@ -104,11 +135,26 @@ def test_int8_bad_keys_are_refused_by_name(cls_ckpt, tmp_path):  # noqa: F811
     import sys
 
     for overrides, expected in (
-            (["export.quantize=int8", "export.int8_max_drop_top1=abc"], "export.int8_max_drop_top1='abc': expected a number"),
-            (["export.quantize=int4"], "export.quantize='int4': expected null or 'int8'")):
-        proc = subprocess.run([sys.executable, "-m", "mbtasks", "mode=export", f"ckpt_path={cls_ckpt}",
-                               *overrides, f"export.output={tmp_path / 'm.onnx'}",
-                               f"hydra.run.dir={tmp_path / 'run'}"], capture_output=True, text=True)
+        (
+            ["export.quantize=int8", "export.int8_max_drop_top1=abc"],
+            "export.int8_max_drop_top1='abc': expected a number",
+        ),
+        (["export.quantize=int4"], "export.quantize='int4': expected null or 'int8'"),
+    ):
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "mbtasks",
+                "mode=export",
+                f"ckpt_path={cls_ckpt}",
+                *overrides,
+                f"export.output={tmp_path / 'm.onnx'}",
+                f"hydra.run.dir={tmp_path / 'run'}",
+            ],
+            capture_output=True,
+            text=True,
+        )
         assert proc.returncode == 2 and expected in proc.stderr + proc.stdout, proc.stderr[-1500:]
     assert not (tmp_path / "m.onnx").exists()
 
@@ -118,9 +164,17 @@ def test_int8_default_keeps_the_embeddings_last_layer_float(emb_ckpt, cls_ckpt, 
     # export.int8_exclude=null (the default): the task's measured choice; [] quantizes everything
     def kept(ckpt, name, **extra):
         task, train_cfg = load_task(ckpt)
-        export_task(task, train_cfg, tmp_path / f"{name}.onnx", end_to_end=False, quantize="int8",
-                    calibration_images=4, max_drop={"top1": 100.0, "verification_accuracy": 100.0}, speed_batch=2,
-                    **extra)
+        export_task(
+            task,
+            train_cfg,
+            tmp_path / f"{name}.onnx",
+            end_to_end=False,
+            quantize="int8",
+            calibration_images=4,
+            max_drop={"top1": 100.0, "verification_accuracy": 100.0},
+            speed_batch=2,
+            **extra,
+        )
         return json.loads((tmp_path / f"{name}.json").read_text())["quantization"]["kept_float"]
 
     emb = kept(emb_ckpt, "emb")

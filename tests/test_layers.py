@@ -12,18 +12,37 @@ PKG = Path(__file__).resolve().parent.parent / "mbtasks"
 # module prefix -> layer; the longest matching prefix wins. 0 ground, 1 nn code / data / export,
 # 2 Lightning plumbing and the inference base, 3 tasks, 4 modes and the app around them, 5 entry points.
 LAYERS = {
-    "mbtasks.errors": 0, "mbtasks.io": 0, "mbtasks.checkpoint": 0,
-    "mbtasks.backbones": 1, "mbtasks.models": 1, "mbtasks.metrics": 1, "mbtasks.data": 1,
-    "mbtasks.export": 1, "mbtasks.fusion": 1, "mbtasks.profiling": 1, "mbtasks.results": 1,
-    "mbtasks.callbacks": 2, "mbtasks.inference": 2,
+    "mbtasks.errors": 0,
+    "mbtasks.io": 0,
+    "mbtasks.checkpoint": 0,
+    "mbtasks.backbones": 1,
+    "mbtasks.models": 1,
+    "mbtasks.metrics": 1,
+    "mbtasks.data": 1,
+    "mbtasks.export": 1,
+    "mbtasks.fusion": 1,
+    "mbtasks.profiling": 1,
+    "mbtasks.results": 1,
+    "mbtasks.callbacks": 2,
+    "mbtasks.inference": 2,
     "mbtasks.tasks": 3,
-    "mbtasks.modes": 4, "mbtasks.config": 4, "mbtasks.resume": 4, "mbtasks.pipeline": 4,
-    "mbtasks.pretraining": 4, "mbtasks.search": 4,
-    "mbtasks.api": 5, "mbtasks.__main__": 5, "mbtasks": 5,  # "mbtasks": the package's __init__
+    "mbtasks.modes": 4,
+    "mbtasks.config": 4,
+    "mbtasks.resume": 4,
+    "mbtasks.pipeline": 4,
+    "mbtasks.pretraining": 4,
+    "mbtasks.search": 4,
+    "mbtasks.api": 5,
+    "mbtasks.__main__": 5,
+    "mbtasks": 5,  # "mbtasks": the package's __init__
 }
 # the same layer, kept apart: nn code and data do not know each other
-APART = [("mbtasks.backbones", "mbtasks.data"), ("mbtasks.models", "mbtasks.data"),
-         ("mbtasks.data", "mbtasks.models"), ("mbtasks.data", "mbtasks.backbones")]
+APART = [
+    ("mbtasks.backbones", "mbtasks.data"),
+    ("mbtasks.models", "mbtasks.data"),
+    ("mbtasks.data", "mbtasks.models"),
+    ("mbtasks.data", "mbtasks.backbones"),
+]
 # the only lazy imports of our own modules, each with its reason
 LAZY_OK = {
     # onnx / onnxruntime load only for an ONNX export
@@ -62,7 +81,9 @@ def imported(node: ast.Import | ast.ImportFrom, me: str, is_pkg: bool) -> list[s
         return [a.name for a in node.names]
     if node.level:  # relative: resolved against the importing module's package
         parts = me.split(".")
-        base = ".".join(parts[: len(parts) - node.level + (1 if is_pkg else 0)] + ([node.module] if node.module else []))
+        base = ".".join(
+            parts[: len(parts) - node.level + (1 if is_pkg else 0)] + ([node.module] if node.module else [])
+        )
     else:
         base = node.module or ""
     return [f"{base}.{a.name}" if is_module(f"{base}.{a.name}") else base for a in node.names]
@@ -97,8 +118,14 @@ def violations() -> list[str]:
                 if any(under(me, a) and under(target, b) for a, b in APART):
                     bad.append(f"{where}: nn code and data are kept apart")
                 mine, theirs = me.split(".")[2:3], target.split(".")[2:3]
-                if (under(me, "mbtasks.tasks") and under(target, "mbtasks.tasks") and mine and theirs
-                        and mine != theirs and {mine[0], theirs[0]} <= tasks):
+                if (
+                    under(me, "mbtasks.tasks")
+                    and under(target, "mbtasks.tasks")
+                    and mine
+                    and theirs
+                    and mine != theirs
+                    and {mine[0], theirs[0]} <= tasks
+                ):
                     bad.append(f"{where}: one task package imports another")
                 if id(node) not in top and (me, target) not in LAZY_OK:
                     bad.append(f"{where}: lazy import")

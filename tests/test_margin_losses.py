@@ -34,8 +34,10 @@ def separable_batch(k: int = 4, seed: int = 0):
     return images, labels
 
 
-@pytest.mark.parametrize(("loss", "cls"), [("arcface", losses.ArcFaceLoss), ("cosface", losses.CosFaceLoss),
-                                           ("sphereface", losses.SphereFaceLoss)])
+@pytest.mark.parametrize(
+    ("loss", "cls"),
+    [("arcface", losses.ArcFaceLoss), ("cosface", losses.CosFaceLoss), ("sphereface", losses.SphereFaceLoss)],
+)
 def test_margin_loss_trains_and_decreases(loss, cls):
     torch.manual_seed(0)
     task = _task(f"task.loss={loss}")
@@ -67,19 +69,22 @@ def test_settings_reach_the_losses_and_default_to_the_papers():
     assert _task("task.loss=triplet", "task.cosface_margin=5").metric_loss is not None
 
 
-@pytest.mark.parametrize(("overrides", "match"), [
-    (["task.loss=cosfase"], "task.loss='cosfase'.*Did you mean 'cosface'"),
-    (["task.loss=sphere_face"], "task.loss='sphere_face'.*Did you mean 'sphereface'"),
-    (["task.loss=cosface", "task.cosface_margin=1.5"], "task.cosface_margin=1.5: .*0 <= m <= 1"),
-    (["task.loss=cosface", "task.cosface_margin=-0.1"], "task.cosface_margin=-0.1"),
-    (["task.loss=cosface", "task.cosface_scale=0"], "task.cosface_scale=0: expected a number > 0"),
-    (["task.loss=sphereface", "task.sphereface_margin=2.5"], "task.sphereface_margin=2.5: .*whole number >= 1"),
-    (["task.loss=sphereface", "task.sphereface_margin=0"], "task.sphereface_margin=0"),
-    (["task.loss=sphereface", "task.sphereface_scale=-64"], "task.sphereface_scale=-64"),
-    (["task.loss=sphereface", "task.sphereface_scale=abc"], "task.sphereface_scale='abc'"),
-    (["task.loss=arcface", "task.arcface_margin=120"], "task.arcface_margin=120: .*degrees.*0 <= m < 90"),
-    (["task.loss=arcface", "task.arcface_scale=nan"], "task.arcface_scale=nan"),
-])
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        (["task.loss=cosfase"], "task.loss='cosfase'.*Did you mean 'cosface'"),
+        (["task.loss=sphere_face"], "task.loss='sphere_face'.*Did you mean 'sphereface'"),
+        (["task.loss=cosface", "task.cosface_margin=1.5"], "task.cosface_margin=1.5: .*0 <= m <= 1"),
+        (["task.loss=cosface", "task.cosface_margin=-0.1"], "task.cosface_margin=-0.1"),
+        (["task.loss=cosface", "task.cosface_scale=0"], "task.cosface_scale=0: expected a number > 0"),
+        (["task.loss=sphereface", "task.sphereface_margin=2.5"], "task.sphereface_margin=2.5: .*whole number >= 1"),
+        (["task.loss=sphereface", "task.sphereface_margin=0"], "task.sphereface_margin=0"),
+        (["task.loss=sphereface", "task.sphereface_scale=-64"], "task.sphereface_scale=-64"),
+        (["task.loss=sphereface", "task.sphereface_scale=abc"], "task.sphereface_scale='abc'"),
+        (["task.loss=arcface", "task.arcface_margin=120"], "task.arcface_margin=120: .*degrees.*0 <= m < 90"),
+        (["task.loss=arcface", "task.arcface_scale=nan"], "task.arcface_scale=nan"),
+    ],
+)
 def test_bad_choices_and_values_are_refused_by_name(overrides, match):
     with pytest.raises(ERRORS, match=match):
         _task(*overrides)
@@ -87,8 +92,10 @@ def test_bad_choices_and_values_are_refused_by_name(overrides, match):
 
 def test_margin_losses_need_training_identities():
     with pytest.raises(ERRORS, match="task.loss=sphereface needs the number of training identities"):
-        build_task(compose_cfg(["task=embedding", "backbone.width=0.25", "data.image_size=32", "task.loss=sphereface"]),
-                   {**INFO, "num_train_identities": 0})
+        build_task(
+            compose_cfg(["task=embedding", "backbone.width=0.25", "data.image_size=32", "task.loss=sphereface"]),
+            {**INFO, "num_train_identities": 0},
+        )
 
 
 def test_cli_trains_a_margin_loss_with_its_settings(tmp_path):
@@ -101,12 +108,25 @@ def test_cli_trains_a_margin_loss_with_its_settings(tmp_path):
 
     gen = {"num_identities": 12, "images_per_identity": 4, "image_size": 32, "seed": 0}
     make_synthetic_faces(tmp_path / "data" / "synthetic_faces", **gen)
-    overrides = ["task=embedding", "backbone.width=0.25", f"data_dir={tmp_path / 'data'}", "data.image_size=32",
-                 *(f"data.generator.{k}={v}" for k, v in gen.items()), "data.val_identities=3",
-                 "data.test_identities=3", "data.identities_per_batch=3", "data.images_per_identity=2",
-                 "data.num_folds=2", "data.pairs_per_fold=6", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
-                 "task.projector_identities=0", "task.loss=sphereface",
-                 "task.sphereface_margin=3", "task.sphereface_scale=32"]
+    overrides = [
+        "task=embedding",
+        "backbone.width=0.25",
+        f"data_dir={tmp_path / 'data'}",
+        "data.image_size=32",
+        *(f"data.generator.{k}={v}" for k, v in gen.items()),
+        "data.val_identities=3",
+        "data.test_identities=3",
+        "data.identities_per_batch=3",
+        "data.images_per_identity=2",
+        "data.num_folds=2",
+        "data.pairs_per_fold=6",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=2",
+        "task.projector_identities=0",
+        "task.loss=sphereface",
+        "task.sphereface_margin=3",
+        "task.sphereface_scale=32",
+    ]
     metrics = run_mode(overrides, tmp_path / "train")
     assert math.isfinite(metrics["train/loss"]) and 0.0 <= metrics["test/verification_acc"] <= 1.0
     task, _ = load_task(tmp_path / "train" / "checkpoints" / "best.ckpt")
@@ -117,8 +137,10 @@ def test_cli_trains_a_margin_loss_with_its_settings(tmp_path):
     assert math.isfinite(metrics["train/loss"])
 
 
-@pytest.mark.parametrize("loss, clip", [("arcface", (5.0, "norm")), ("cosface", (5.0, "norm")),
-                                        ("sphereface", (5.0, "norm")), ("triplet", (None, None))])
+@pytest.mark.parametrize(
+    "loss, clip",
+    [("arcface", (5.0, "norm")), ("cosface", (5.0, "norm")), ("sphereface", (5.0, "norm")), ("triplet", (None, None))],
+)
 def test_margin_losses_clip_the_gradient_norm_unless_the_trainer_does(loss, clip):
     task = _task(f"task.loss={loss}")
     seen = []

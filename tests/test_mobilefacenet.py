@@ -33,8 +33,17 @@ def embedder(size: int, width: float = 1.0, **head) -> EmbeddingNet:
 
 def test_profile_matches_the_paper(tmp_path):
     """Table 2 of the paper: 0.99M parameters, 221M mult-adds at 112x112, a 128-d embedding."""
-    out = run_mode(["mode=profile", "task=embedding", "backbone=mobilefacenet", "data.image_size=112",
-                    "profile.repeats=1", "profile.warmup=0"], tmp_path)
+    out = run_mode(
+        [
+            "mode=profile",
+            "task=embedding",
+            "backbone=mobilefacenet",
+            "data.image_size=112",
+            "profile.repeats=1",
+            "profile.warmup=0",
+        ],
+        tmp_path,
+    )
     assert json.loads((tmp_path / "profile.json").read_text()) == out
     assert out["backbone"] == "MobileFaceNet"
     # the paper counts the deployed network, BatchNorm folded into biases (0.993M); training holds
@@ -82,13 +91,19 @@ def test_gdconv_refuses_other_sizes_and_too_small_images():
 def test_head_pool_choices():
     # auto: MobileFaceNet's GDConv, average pooling for the other backbones; both can be forced
     assert isinstance(embedder(64, pool="avg").head.pool, torch.nn.AdaptiveAvgPool2d)
-    v1 = build_task(compose_cfg(["task=embedding", "backbone.width=0.25", "data.image_size=64"]), {**INFO, "image_size": 64})
+    v1 = build_task(
+        compose_cfg(["task=embedding", "backbone.width=0.25", "data.image_size=64"]), {**INFO, "image_size": 64}
+    )
     assert isinstance(v1.model.head.pool, torch.nn.AdaptiveAvgPool2d)
-    v1_gdc = build_task(compose_cfg(["task=embedding", "backbone.width=0.25", "data.image_size=64", "head.pool=gdc"]),
-                        {**INFO, "image_size": 64})
+    v1_gdc = build_task(
+        compose_cfg(["task=embedding", "backbone.width=0.25", "data.image_size=64", "head.pool=gdc"]),
+        {**INFO, "image_size": 64},
+    )
     assert isinstance(v1_gdc.model.head.pool, GlobalDepthwiseConv) and v1_gdc.model.head.pool.feature_size == 2
     with pytest.raises((ConfigError, InstantiationException), match="head.pool='gcd'.*Did you mean 'gdc'"):
-        build_task(compose_cfg(["task=embedding", "backbone=mobilefacenet", "data.image_size=32", "head.pool=gcd"]), INFO)
+        build_task(
+            compose_cfg(["task=embedding", "backbone=mobilefacenet", "data.image_size=32", "head.pool=gcd"]), INFO
+        )
     with pytest.raises(ConfigError, match="backbone.act='prelu6'.*Did you mean"):
         MobileFaceNet(act="prelu6")
 
@@ -112,11 +127,23 @@ def test_cli_trains_two_steps_and_the_checkpoint_rebuilds(tmp_path):
 
     gen = {"num_identities": 12, "images_per_identity": 4, "image_size": 32, "seed": 0}
     make_synthetic_faces(tmp_path / "data" / "synthetic_faces", **gen)
-    overrides = ["task=embedding", "backbone=mobilefacenet", "backbone.width=0.25", f"data_dir={tmp_path / 'data'}",
-                 "data.image_size=32", *(f"data.generator.{k}={v}" for k, v in gen.items()),
-                 "data.val_identities=3", "data.test_identities=3", "data.identities_per_batch=3",
-                 "data.images_per_identity=2", "data.num_folds=2", "data.pairs_per_fold=6", "trainer.max_epochs=1",
-                 "trainer.limit_train_batches=2", "task.projector_identities=0"]
+    overrides = [
+        "task=embedding",
+        "backbone=mobilefacenet",
+        "backbone.width=0.25",
+        f"data_dir={tmp_path / 'data'}",
+        "data.image_size=32",
+        *(f"data.generator.{k}={v}" for k, v in gen.items()),
+        "data.val_identities=3",
+        "data.test_identities=3",
+        "data.identities_per_batch=3",
+        "data.images_per_identity=2",
+        "data.num_folds=2",
+        "data.pairs_per_fold=6",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=2",
+        "task.projector_identities=0",
+    ]
     run_dir = tmp_path / "train"
     metrics = run_mode(overrides, run_dir)
     assert 0.0 <= metrics["test/verification_acc"] <= 1.0 and torch.isfinite(torch.tensor(metrics["train/loss"]))
@@ -126,8 +153,15 @@ def test_cli_trains_two_steps_and_the_checkpoint_rebuilds(tmp_path):
     again, _ = load_task(run_dir / "checkpoints" / "best.ckpt")
     assert torch.allclose(task.embed(x), again.embed(x))
     # the GDConv head exports (its size check stays out of the exported graph) and matches predict
-    out = run_mode(["mode=export", f"ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}", "export.format=onnx",
-                    "export.end_to_end=false"], tmp_path / "onnx")
+    out = run_mode(
+        [
+            "mode=export",
+            f"ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}",
+            "export.format=onnx",
+            "export.end_to_end=false",
+        ],
+        tmp_path / "onnx",
+    )
     assert set(out["max_abs_diff"]) == {"embeddings"}
     (got,) = load_runner("onnx", tmp_path / "onnx" / "embedding.onnx")(x.numpy())
     assert abs(got - task.embed(x).numpy()).max() < 1e-4

@@ -97,8 +97,15 @@ def useless_run(tmp_path_factory):
     from mbtasks.data.synthetic import make_shapes_classification
     from mbtasks.tasks.classification.task import ClassificationTask
 
-    root = make_shapes_classification(tmp_path_factory.mktemp("shapes"), classes=TINY_CLASSES, train_per_class=4,
-                                      val_per_class=6, test_per_class=2, image_size=32, seed=1)
+    root = make_shapes_classification(
+        tmp_path_factory.mktemp("shapes"),
+        classes=TINY_CLASSES,
+        train_per_class=4,
+        val_per_class=6,
+        test_per_class=2,
+        image_size=32,
+        seed=1,
+    )
     for cls in TINY_CLASSES[1:]:
         for path in sorted((root / "val" / cls).iterdir())[1:]:
             path.unlink()
@@ -110,24 +117,35 @@ def useless_run(tmp_path_factory):
         return grid(self, images, labels, preds)
 
     def record_figure(fig, path):
-        figures[Path(path).name] = (fig._suptitle.get_text() if fig._suptitle else "",
-                                    [ax.get_title() for ax in fig.axes if ax.axison])
+        figures[Path(path).name] = (
+            fig._suptitle.get_text() if fig._suptitle else "",
+            [ax.get_title() for ax in fig.axes if ax.axison],
+        )
         return save(fig, path)
 
     run_dir = tmp_path_factory.mktemp("useless")
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(ClassificationTask, "_prediction_grid", record_grid)
         mp.setattr(plots, "save_figure", record_figure)
-        metrics = run_mode([f"data.root={root}", "data.generator=null", "data.image_size=32", "data.batch_size=2",
-                            "backbone.width=0.25", "trainer.max_epochs=1", "task.log_images=16"], run_dir)
+        metrics = run_mode(
+            [
+                f"data.root={root}",
+                "data.generator=null",
+                "data.image_size=32",
+                "data.batch_size=2",
+                "backbone.width=0.25",
+                "trainer.max_epochs=1",
+                "task.log_images=16",
+            ],
+            run_dir,
+        )
     return {"root": root, "run_dir": run_dir, "metrics": metrics, "grids": grids, "figures": figures}
 
 
 def test_training_names_the_useless_model_in_metrics_json(useless_run):
     saved = json.loads((useless_run["run_dir"] / "metrics.json").read_text())
     assert saved["warnings"] == useless_run["metrics"]["warnings"]
-    assert any(w.startswith("below_majority_class: ") and "0.750" in w and "train.time" in w
-               for w in saved["warnings"])
+    assert any(w.startswith("below_majority_class: ") and "0.750" in w and "train.time" in w for w in saved["warnings"])
     ckpt = torch.load(useless_run["run_dir"] / "checkpoints" / "best.ckpt", weights_only=True)
     assert [f"{w['name']}: {w['message']}" for w in ckpt["mbtasks"]["health"]] == saved["warnings"]
 
@@ -142,8 +160,9 @@ def test_loading_a_useless_checkpoint_warns(useless_run, tmp_path, caplog):
     assert "below_majority_class" in names(model.task.health)
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="mbtasks"):
-        run_mode(["mode=predict", f"ckpt_path={best}", f"predict.input={useless_run['root'] / 'test'}"],
-                 tmp_path / "predict")
+        run_mode(
+            ["mode=predict", f"ckpt_path={best}", f"predict.input={useless_run['root'] / 'test'}"], tmp_path / "predict"
+        )
     assert "this model may be useless: below_majority_class" in caplog.text
     tested = run_mode(["mode=test", f"ckpt_path={best}"], tmp_path / "test")
     assert any(w.startswith("below_majority_class: ") for w in tested["warnings"])
@@ -212,8 +231,10 @@ def test_embedding_run_stores_its_checks_and_plots_no_empty_tar_panel(tmp_path):
 
 
 def test_results_png_leaves_out_metrics_never_measured(tmp_path, monkeypatch):
-    records = [{"epoch": e, "step": e, "train/loss": 1.0 / (e + 1), "val/tar_at_far_1e-4": None,
-                "val/threshold": 0.00017} for e in range(2)]
+    records = [
+        {"epoch": e, "step": e, "train/loss": 1.0 / (e + 1), "val/tar_at_far_1e-4": None, "val/threshold": 0.00017}
+        for e in range(2)
+    ]
     (tmp_path / "epochs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     panels = {}
     save = plots.save_figure
@@ -237,5 +258,6 @@ def test_a_tiny_threshold_is_printed_with_its_digits():
     result = evaluate_verification(distances, same, fars=(1e-3, 1e-4))
     roc, hist = plots.verification_figures(result, distances, same, 0.00017)
     labels = [t.get_text() for fig in (roc, hist) for t in fig.axes[0].get_legend().get_texts()]
-    assert any("threshold 0.00017" in t for t in labels) and not any("0.000:" in t or t.endswith("0.000")
-                                                                       for t in labels)
+    assert any("threshold 0.00017" in t for t in labels) and not any(
+        "0.000:" in t or t.endswith("0.000") for t in labels
+    )

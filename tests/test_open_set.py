@@ -154,8 +154,14 @@ def test_stranger_beyond_the_1n_threshold_is_unknown_though_verification_would_a
     gallery = Gallery(["alice", "bob"], ["alice.png", "bob.png"], np.stack([alice, bob]))
     stranger = _unit([1 - 0.35] + [0] * 2 + [math.sqrt(1 - 0.65**2)] + [0] * (dim - 4))  # 2 - 2 * 0.65 = 0.7
     friend = _unit([1 - 0.1] + [0] * 2 + [math.sqrt(1 - 0.9**2)] + [0] * (dim - 4))  # 0.2 from alice
-    monkeypatch.setattr(model, "embed", lambda images, skipped=None: (
-        [type("S", (), {"name": n})() for n in ("stranger", "friend")], np.stack([stranger, friend])))
+    monkeypatch.setattr(
+        model,
+        "embed",
+        lambda images, skipped=None: (
+            [type("S", (), {"name": n})() for n in ("stranger", "friend")],
+            np.stack([stranger, friend]),
+        ),
+    )
     found = model.identify(["x", "y"], gallery)
     assert [f.distance for f in found] == pytest.approx([0.7, 0.2], abs=1e-5)
     assert found[0].identity == "unknown" and found[0].nearest == "alice" and not found[0].match
@@ -168,8 +174,9 @@ def test_stranger_beyond_the_1n_threshold_is_unknown_though_verification_would_a
     assert [f.identity for f in faces] == ["unknown", "alice"]
     loose = Pipeline(det, model, identify_threshold=1.0)
     monkeypatch.setattr(loose, "crops", lambda image, boxes: np.stack([stranger, friend]))
-    assert [f.identity for f in loose.embed_boxes(np.zeros((8, 8, 3), np.uint8), np.zeros((2, 4)), np.ones(2),
-                                                  gallery)] == ["alice", "alice"]
+    assert [
+        f.identity for f in loose.embed_boxes(np.zeros((8, 8, 3), np.uint8), np.zeros((2, 4)), np.ones(2), gallery)
+    ] == ["alice", "alice"]
     with pytest.raises(ConfigError, match="predict.identify_threshold=7.0"):
         Pipeline(det, model, identify_threshold=7.0)
 
@@ -215,8 +222,11 @@ def _detector(tmp_path: Path) -> Path:
         return path
     cfg = compose_cfg(["task=detection", "backbone.width=0.25", "data.image_size=64"])
     torch.manual_seed(0)
-    task = build_task(cfg, {"class_names": ["face"], "image_size": 64, "mean": [0.5] * 3, "std": [0.5] * 3,
-                            "category_ids": [1]}, training=False)
+    task = build_task(
+        cfg,
+        {"class_names": ["face"], "image_size": 64, "mean": [0.5] * 3, "std": [0.5] * 3, "category_ids": [1]},
+        training=False,
+    )
     with torch.no_grad():
         for name, p in task.named_parameters():
             if "cls_heads" in name:
@@ -237,8 +247,17 @@ def test_cli_and_pipeline_give_the_same_answer_with_their_defaults(tmp_path):
         Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(gallery / name / "a.png")
     scores = np.concatenate([d.scores for d in mbtasks.load(det, device="cpu").predict(sorted(photos.iterdir()))])
     assert ((scores >= 0.3) & (scores < 0.5)).any()  # the two old defaults disagree on these photos
-    run_mode(["task=embedding", "mode=predict", f"ckpt_path={emb}", f"predict.detector={det}",
-              f"predict.input={photos}", f"predict.gallery={gallery}"], tmp_path / "cli")
+    run_mode(
+        [
+            "task=embedding",
+            "mode=predict",
+            f"ckpt_path={emb}",
+            f"predict.detector={det}",
+            f"predict.input={photos}",
+            f"predict.gallery={gallery}",
+        ],
+        tmp_path / "cli",
+    )
     written = json.loads((tmp_path / "cli" / "identities.json").read_text())
     pipeline = Pipeline(det, emb, device="cpu")
     found = [p.to_dict() for p in pipeline.identify(sorted(photos.iterdir()), gallery)]
@@ -248,15 +267,29 @@ def test_cli_and_pipeline_give_the_same_answer_with_their_defaults(tmp_path):
     assert pipeline.margin == written["crop_margin"] == cfg.predict.crop_margin
     assert pipeline.identify_threshold == written["threshold"] == pytest.approx(0.5)
     assert written["threshold_source"] == "open_set" and written["verification_threshold"] == pytest.approx(1.0)
-    assert pipeline_defaults() == {"margin": cfg.predict.crop_margin, "square": cfg.predict.crop_square,
-                                   "score_threshold": cfg.predict.score_threshold, "classes": None,
-                                   "identify_threshold": None}
+    assert pipeline_defaults() == {
+        "margin": cfg.predict.crop_margin,
+        "square": cfg.predict.crop_square,
+        "score_threshold": cfg.predict.score_threshold,
+        "classes": None,
+        "identify_threshold": None,
+    }
     for face in (f for p in written["photos"] for f in p["faces"]):
         assert face["match"] == (face["distance"] <= 0.5)
     # a key given on the command line and the same argument to Pipeline still agree
-    run_mode(["task=embedding", "mode=predict", f"ckpt_path={emb}", f"predict.detector={det}",
-              f"predict.input={photos}", f"predict.gallery={gallery}", "predict.score_threshold=0.55",
-              "predict.identify_threshold=1.5"], tmp_path / "cli2")
+    run_mode(
+        [
+            "task=embedding",
+            "mode=predict",
+            f"ckpt_path={emb}",
+            f"predict.detector={det}",
+            f"predict.input={photos}",
+            f"predict.gallery={gallery}",
+            "predict.score_threshold=0.55",
+            "predict.identify_threshold=1.5",
+        ],
+        tmp_path / "cli2",
+    )
     written = json.loads((tmp_path / "cli2" / "identities.json").read_text())
     strict = Pipeline(det, emb, score_threshold=0.55, identify_threshold=1.5, device="cpu")
     assert [p.to_dict() for p in strict.identify(sorted(photos.iterdir()), gallery)] == written["photos"]

@@ -36,10 +36,17 @@ def photo(h: int, w: int, seed: int = 0) -> np.ndarray:
 def onnx_preprocess(pre):
     g = _Graph("pre/")
     preprocess_nodes(g, pre)
-    graph = helper.make_graph(g.nodes, "pre", [helper.make_tensor_value_info("pixels", TensorProto.UINT8, None)],
-                              [helper.make_tensor_value_info("images", TensorProto.FLOAT, None)], initializer=g.inits)
-    session = ort.InferenceSession(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-                                   .SerializeToString(), providers=["CPUExecutionProvider"])
+    graph = helper.make_graph(
+        g.nodes,
+        "pre",
+        [helper.make_tensor_value_info("pixels", TensorProto.UINT8, None)],
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, None)],
+        initializer=g.inits,
+    )
+    session = ort.InferenceSession(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]).SerializeToString(),
+        providers=["CPUExecutionProvider"],
+    )
     return lambda image: session.run(None, {"pixels": image[None]})[0][0]
 
 
@@ -88,10 +95,19 @@ def test_box_tolerance_is_in_network_input_pixels():
     """A 800x533 photo at 320: 1.5 original pixels are 0.6 network pixels (within 1); before, 1.5 > 1 failed."""
     spec = DetectionExport()
     scale = np.array([800 / 320, 533 / 320, 800 / 320, 533 / 320])
-    ref = {"boxes": np.array([[100.0, 50.0, 400.0, 300.0]]), "scores": np.array([0.27]), "labels": np.array([0]),
-           "pixel_scale": scale}
-    got = {"boxes": np.array([[101.5, 51.0, 398.5, 300.5]]), "scores": np.array([0.272]), "labels": np.array([0]),
-           "category_ids": np.array([1]), "num_detections": np.array(1)}
+    ref = {
+        "boxes": np.array([[100.0, 50.0, 400.0, 300.0]]),
+        "scores": np.array([0.27]),
+        "labels": np.array([0]),
+        "pixel_scale": scale,
+    }
+    got = {
+        "boxes": np.array([[101.5, 51.0, 398.5, 300.5]]),
+        "scores": np.array([0.272]),
+        "labels": np.array([0]),
+        "category_ids": np.array([1]),
+        "num_detections": np.array(1),
+    }
     diffs = spec.compare(fake_detector(), ref, got, 5e-3, 1.0, fail)
     assert diffs["boxes"] == pytest.approx(0.6, abs=1e-3)
     got["boxes"] = np.array([[104.0, 50.0, 400.0, 300.0]])  # 1.6 network pixels: a real shift
@@ -103,8 +119,16 @@ def test_a_failed_end_to_end_check_names_the_cause_and_the_keys():
     from mbtasks.modes.export import verify_end_to_end
     from mbtasks.tasks import build_task, spec_for_config
 
-    cfg = compose_cfg(["task=classification", "data=imagefolder", "data.root=unused", "data.image_size=32",
-                       "backbone.width=0.25", "profile.num_classes=3"])
+    cfg = compose_cfg(
+        [
+            "task=classification",
+            "data=imagefolder",
+            "data.root=unused",
+            "data.image_size=32",
+            "backbone.width=0.25",
+            "profile.num_classes=3",
+        ]
+    )
     task = build_task(cfg, spec_for_config(cfg).profile_info(cfg), training=False).eval()
     preprocess = Preprocess(cfg, task.info)
 
@@ -125,23 +149,31 @@ GREY = np.array([[0, 64], [128, 255]], np.uint8)
 EXPECTED = np.repeat(GREY[..., None], 3, axis=2)
 
 
-@pytest.mark.parametrize("image", [
-    GREY.astype(np.uint16) * 257,  # 16-bit: 0..65535
-    GREY.astype(np.int32), GREY.astype(np.int64), GREY.astype(np.int16),  # integers within 0..255: 8-bit
-    GREY.astype(np.int64) * 257,  # within 0..65535: 16-bit
-    GREY.astype(np.float32), GREY.astype(np.float64),  # floats within 0..255: 8-bit levels
-    GREY.astype(np.float32) / 255, GREY.astype(np.float16) / 255,  # floats within 0..1
-    torch.from_numpy(GREY.astype(np.int32))[None],  # (1, H, W) tensors, the same rules
-    torch.from_numpy(GREY.astype(np.float32) / 255)[None].expand(3, 2, 2),
-    Image.fromarray(GREY.astype(np.uint16) * 257),
-    Image.fromarray(GREY.astype(np.int32)),
-    Image.fromarray(GREY.astype(np.float32) / 255),
-    Image.fromarray(GREY.astype(np.float32)),
-    Image.fromarray(GREY),
-    Image.fromarray(GREY).convert("LA"),
-    Image.fromarray(GREY).convert("P"),
-    Image.fromarray(GREY).convert("RGBA"),
-], ids=lambda x: f"{type(x).__name__}-{getattr(x, 'dtype', '')}{getattr(x, 'mode', '')}")
+@pytest.mark.parametrize(
+    "image",
+    [
+        GREY.astype(np.uint16) * 257,  # 16-bit: 0..65535
+        GREY.astype(np.int32),
+        GREY.astype(np.int64),
+        GREY.astype(np.int16),  # integers within 0..255: 8-bit
+        GREY.astype(np.int64) * 257,  # within 0..65535: 16-bit
+        GREY.astype(np.float32),
+        GREY.astype(np.float64),  # floats within 0..255: 8-bit levels
+        GREY.astype(np.float32) / 255,
+        GREY.astype(np.float16) / 255,  # floats within 0..1
+        torch.from_numpy(GREY.astype(np.int32))[None],  # (1, H, W) tensors, the same rules
+        torch.from_numpy(GREY.astype(np.float32) / 255)[None].expand(3, 2, 2),
+        Image.fromarray(GREY.astype(np.uint16) * 257),
+        Image.fromarray(GREY.astype(np.int32)),
+        Image.fromarray(GREY.astype(np.float32) / 255),
+        Image.fromarray(GREY.astype(np.float32)),
+        Image.fromarray(GREY),
+        Image.fromarray(GREY).convert("LA"),
+        Image.fromarray(GREY).convert("P"),
+        Image.fromarray(GREY).convert("RGBA"),
+    ],
+    ids=lambda x: f"{type(x).__name__}-{getattr(x, 'dtype', '')}{getattr(x, 'mode', '')}",
+)
 def test_every_dtype_and_mode_reads_as_the_file_reader_reads_it(image):
     """Before: every non-uint8 array was taken as 0..1 floats (int32 0..255 -> all white), a PIL ``I;16``
     image went white and an ``F`` image in [0, 1] black."""
@@ -156,16 +188,19 @@ def test_bool_and_one_bit_images_are_black_and_white():
     np.testing.assert_array_equal(_as_rgb_array(Image.fromarray(mask), "m")[..., 0], [[0, 255]])
 
 
-@pytest.mark.parametrize("image, words", [
-    (np.array([[-1, 5]], np.int32), r"image_0: a int32 image with values -1\.\.5"),
-    (np.array([[70000, 5]], np.int64), r"values 5\.\.70000"),
-    (np.array([[np.nan, 0.5]], np.float32), "NaN or infinite"),
-    (np.array([[1 + 1j, 0]]), "complex128 array is not an image"),
-    (np.array([["a", "b"]]), "array is not an image"),
-    (Image.new("RGB", (0, 0)), r"image_0: the image is empty \(0x0 pixels\)"),
-    (np.zeros((0, 5, 3), np.uint8), r"image_0: the image is empty \(5x0 pixels\)"),
-    (torch.zeros(3, 4, 0), r"the image is empty \(0x4 pixels\)"),
-])
+@pytest.mark.parametrize(
+    "image, words",
+    [
+        (np.array([[-1, 5]], np.int32), r"image_0: a int32 image with values -1\.\.5"),
+        (np.array([[70000, 5]], np.int64), r"values 5\.\.70000"),
+        (np.array([[np.nan, 0.5]], np.float32), "NaN or infinite"),
+        (np.array([[1 + 1j, 0]]), "complex128 array is not an image"),
+        (np.array([["a", "b"]]), "array is not an image"),
+        (Image.new("RGB", (0, 0)), r"image_0: the image is empty \(0x0 pixels\)"),
+        (np.zeros((0, 5, 3), np.uint8), r"image_0: the image is empty \(5x0 pixels\)"),
+        (torch.zeros(3, 4, 0), r"the image is empty \(0x4 pixels\)"),
+    ],
+)
 def test_unreadable_arrays_and_empty_images_are_refused_by_name(image, words):
     """Before: negative / NaN values were clipped silently, and an empty image reached cv2 (a raw cv2.error)."""
     with pytest.raises(DataError, match=words):

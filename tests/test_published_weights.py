@@ -39,12 +39,24 @@ def converted_v1(width: float = 0.25, folded: bool = True) -> Converted:
     torch.manual_seed(1)
     backbone = MobileNetV1(width, act="relu6", padding="tf_same")
     layout = published.ClassifierLayout(backbone)
-    return Converted(layout.state_dict(), "MobileNetV1", width, 128, act="relu6", padding="tf_same", mean=TF_MEAN,
-                     std=TF_STD, bn_folded=folded, source="test")
+    return Converted(
+        layout.state_dict(),
+        "MobileNetV1",
+        width,
+        128,
+        act="relu6",
+        padding="tf_same",
+        mean=TF_MEAN,
+        std=TF_STD,
+        bn_folded=folded,
+        source="test",
+    )
 
 
 def test_unpublished_width_is_refused_with_the_published_ones():
-    with pytest.raises(ConfigError, match=r"MobileNetV1\(width=0.3\); MobileNetV1 has them at widths 0.25, 0.5, 0.75, 1"):
+    with pytest.raises(
+        ConfigError, match=r"MobileNetV1\(width=0.3\); MobileNetV1 has them at widths 0.25, 0.5, 0.75, 1"
+    ):
         published.entry_for("MobileNetV1", 0.3)
     with pytest.raises(ConfigError, match="widths 0.5, 1, 1.4"):
         published.parse_name("mobilenet_v2_0.75:imagenet")
@@ -115,10 +127,14 @@ def test_named_classifier_refused_as_a_training_start(no_published_weights, tmp_
 
 
 @pytest.mark.slow
-def test_auto_is_from_scratch_on_synthetic_data_or_without_weights(no_published_weights, tiny_shapes, tmp_path,
-                                                                      caplog):
-    common = [f"data.root={tiny_shapes}", "data.image_size=32", "backbone.width=0.25", "trainer.max_epochs=1",
-              "data.batch_size=16"]
+def test_auto_is_from_scratch_on_synthetic_data_or_without_weights(no_published_weights, tiny_shapes, tmp_path, caplog):
+    common = [
+        f"data.root={tiny_shapes}",
+        "data.image_size=32",
+        "backbone.width=0.25",
+        "trainer.max_epochs=1",
+        "data.batch_size=16",
+    ]
     with caplog.at_level(logging.INFO, logger="mbtasks"):
         run_mode([*common, "data.generator=null"], tmp_path / "real")
     cfg = OmegaConf.load(tmp_path / "real" / "config.yaml")
@@ -135,9 +151,19 @@ def test_auto_on_real_data_finetunes_the_published_weights(no_published_weights,
     published.write_converted(converted, no_published_weights / "mbtasks" / "mobilenet_v1_0.25-imagenet.pth")
     with caplog.at_level(logging.INFO, logger="mbtasks"):
         # the group choices a real-data run gives (data=..., backbone=...) do not keep what the weights need
-        run_mode(["data=imagefolder", "backbone=mobilenet_v1", f"data.root={tiny_shapes}", "data.image_size=32",
-                  "backbone.width=0.25", "trainer.max_epochs=2", "data.batch_size=16", "finetune.lr_mult=0.5"],
-                 tmp_path / "run")
+        run_mode(
+            [
+                "data=imagefolder",
+                "backbone=mobilenet_v1",
+                f"data.root={tiny_shapes}",
+                "data.image_size=32",
+                "backbone.width=0.25",
+                "trainer.max_epochs=2",
+                "data.batch_size=16",
+                "finetune.lr_mult=0.5",
+            ],
+            tmp_path / "run",
+        )
     cfg = OmegaConf.load(tmp_path / "run" / "config.yaml")
     assert cfg.backbone.pretrained == "imagenet"
     # what the weights need
@@ -162,8 +188,18 @@ def test_recipe_off_and_explicit_imagenet_without_weights(no_published_weights, 
     with pytest.raises(ConfigError, match="no ImageNet weights for mobilenet_v1_0.25 on this machine"):
         run_mode([f"data.root={tiny_shapes}", "backbone.width=0.25", "backbone.pretrained=imagenet"], tmp_path / "a")
     published.write_converted(converted_v1(), no_published_weights / "mbtasks" / "mobilenet_v1_0.25-imagenet.pth")
-    run_mode([f"data.root={tiny_shapes}", "data.image_size=32", "backbone.width=0.25", "backbone.pretrained=imagenet",
-              "finetune_recipe=null", "trainer.max_epochs=1", "data.batch_size=16"], tmp_path / "b")
+    run_mode(
+        [
+            f"data.root={tiny_shapes}",
+            "data.image_size=32",
+            "backbone.width=0.25",
+            "backbone.pretrained=imagenet",
+            "finetune_recipe=null",
+            "trainer.max_epochs=1",
+            "data.batch_size=16",
+        ],
+        tmp_path / "b",
+    )
     cfg = OmegaConf.load(tmp_path / "b" / "config.yaml")
     assert cfg.optimizer.lr == 0.02 and cfg.finetune.freeze is False
     assert cfg.backbone.act == "relu6"  # what the weights need still applies
@@ -172,19 +208,25 @@ def test_recipe_off_and_explicit_imagenet_without_weights(no_published_weights, 
 @pytest.mark.slow
 def test_weights_cli_converts_a_torchvision_file_into_the_cache(no_published_weights, tmp_path):
     src = tv_file(tmp_path / "elsewhere")
-    out = subprocess.run([sys.executable, "-m", "mbtasks", "weights", "convert", str(src)], capture_output=True,
-                         text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "mbtasks", "weights", "convert", str(src)], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr
     cached = no_published_weights / "mbtasks" / "mobilenet_v2_1.0-imagenet.pth"
     assert str(cached) in out.stdout
     converted = published.read_converted(cached)
     assert (converted.arch, converted.width, converted.padding) == ("MobileNetV2", 1.0, "symmetric")
-    listing = subprocess.run([sys.executable, "-m", "mbtasks", "weights", "list"], capture_output=True, text=True,
-                             timeout=120)
+    listing = subprocess.run(
+        [sys.executable, "-m", "mbtasks", "weights", "list"], capture_output=True, text=True, timeout=120
+    )
     row = next(line for line in listing.stdout.splitlines() if line.startswith("mobilenet_v2_1.0:imagenet"))
     assert row.split() == ["mobilenet_v2_1.0:imagenet", "converted", str(cached)]
-    bad = subprocess.run([sys.executable, "-m", "mbtasks", "weights", "convert", str(tmp_path / "x.onnx")],
-                         capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(
+        [sys.executable, "-m", "mbtasks", "weights", "convert", str(tmp_path / "x.onnx")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode == 2 and "error:" in bad.stderr and "x.onnx" in bad.stderr
 
 
@@ -222,8 +264,9 @@ def test_unfold_batchnorm_keeps_the_function_and_takes_the_data_statistics():
     backbone.eval()
     with torch.no_grad():
         before = backbone(x)[-1]
-    assert unfold_batchnorm(backbone, batches) == len([m for m in backbone.modules()
-                                                        if isinstance(m, torch.nn.BatchNorm2d)])
+    assert unfold_batchnorm(backbone, batches) == len(
+        [m for m in backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    )
     with torch.no_grad():
         after = backbone(x)[-1]
         assert torch.allclose(before, after, atol=1e-4, rtol=1e-4)  # same function in eval mode
@@ -250,9 +293,17 @@ def test_named_classifier_exports_to_int8_and_profiles(no_published_weights, tmp
     profile = model.profile(repeats=2, warmup=1)
     assert profile["image_size"] == 128 and profile["params"] > 400_000
     out = tmp_path / "v1.onnx"
-    model.export("onnx", out, [f"data.root={tmp_path / 'imagenet'}", "export.quantize=int8",
-                                        "export.calibration_images=8", "export.int8_max_drop_top1=1",
-                                        "export.speed_batch=2"])
+    model.export(
+        "onnx",
+        out,
+        [
+            f"data.root={tmp_path / 'imagenet'}",
+            "export.quantize=int8",
+            "export.calibration_images=8",
+            "export.int8_max_drop_top1=1",
+            "export.speed_batch=2",
+        ],
+    )
     assert out.is_file()
     meta = json.loads(out.with_suffix(".json").read_text())
     assert meta["quantization"]["type"] == "int8"

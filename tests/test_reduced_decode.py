@@ -23,7 +23,7 @@ def two_colour(width: int, height: int) -> Image.Image:
     """Left half red, right half blue: orientation shows in which side is red."""
     arr = np.zeros((height, width, 3), np.uint8)
     arr[:, : width // 2] = (255, 0, 0)
-    arr[:, width // 2:] = (0, 0, 255)
+    arr[:, width // 2 :] = (0, 0, 255)
     return Image.fromarray(arr)
 
 
@@ -32,8 +32,9 @@ def jpeg(path: Path, img: Image.Image, **kw) -> Path:
     return path
 
 
-@pytest.mark.parametrize("min_side, shape", [(0, (300, 400)), (100, (150, 200)), (40, (75, 100)), (10, (38, 50)),
-                                             (301, (300, 400))])
+@pytest.mark.parametrize(
+    "min_side, shape", [(0, (300, 400)), (100, (150, 200)), (40, (75, 100)), (10, (38, 50)), (301, (300, 400))]
+)
 def test_jpeg_decodes_at_the_largest_reduction_that_keeps_min_side(tmp_path, min_side, shape):
     path = jpeg(tmp_path / "a.jpg", two_colour(400, 300))
     image, size = read_rgb_sized(path, min_side)
@@ -86,18 +87,28 @@ def box_image(tmp_path: Path, exif_orientation: int = 1) -> tuple[Path, np.ndarr
 
 
 def record(path: Path, boxes: np.ndarray, width: int, height: int) -> ImageRecord:
-    return ImageRecord(0, path, width, height, boxes, np.zeros(len(boxes), np.int64), np.zeros(len(boxes), bool),
-                       np.zeros(len(boxes), np.float32))
+    return ImageRecord(
+        0,
+        path,
+        width,
+        height,
+        boxes,
+        np.zeros(len(boxes), np.int64),
+        np.zeros(len(boxes), bool),
+        np.zeros(len(boxes), np.float32),
+    )
 
 
 @pytest.mark.parametrize("train", [True, False])
 def test_boxes_are_exact_after_reduced_decode(tmp_path, train):
     path, boxes = box_image(tmp_path)
-    pipeline = A.Compose([A.Resize(64, 64)],
-                         bbox_params=A.BboxParams(format="pascal_voc", label_fields=["labels"]) if train else None)
+    pipeline = A.Compose(
+        [A.Resize(64, 64)], bbox_params=A.BboxParams(format="pascal_voc", label_fields=["labels"]) if train else None
+    )
     full = DetectionDataset([record(path, boxes, 800, 600)], pipeline, 64, *NORM, train=train)
-    reduced = DetectionDataset([record(path, boxes, 800, 600)], pipeline, 64, *NORM, train=train,
-                               decode_side=decode_side(pipeline))
+    reduced = DetectionDataset(
+        [record(path, boxes, 800, 600)], pipeline, 64, *NORM, train=train, decode_side=decode_side(pipeline)
+    )
     assert decode_side(pipeline) == 64
     (x_full, t_full), (x, t) = full[0], reduced[0]
     expected = boxes * np.array([64 / 800, 64 / 600] * 2, np.float32)
@@ -108,7 +119,7 @@ def test_boxes_are_exact_after_reduced_decode(tmp_path, train):
         np.testing.assert_array_equal(t["gt_boxes"].numpy(), boxes)
     # the white box sits where the target says, as in the full-size decode
     x1, y1, x2, y2 = expected[0].round().astype(int)
-    assert x[:, y1 + 1:y2 - 1, x1 + 1:x2 - 1].min() > 0.9 and x[:, : y1 - 1].max() < -0.9
+    assert x[:, y1 + 1 : y2 - 1, x1 + 1 : x2 - 1].min() > 0.9 and x[:, : y1 - 1].max() < -0.9
     assert (x - x_full).abs().mean() < 0.05
 
 
@@ -129,16 +140,21 @@ def test_boxes_of_an_exif_turned_image_after_reduced_decode(tmp_path):
     expected = boxes * np.array([64 / 600, 64 / 800] * 2, np.float32)
     np.testing.assert_allclose(t["boxes"].numpy(), expected, atol=1e-4)
     x1, y1, x2, y2 = expected[0].round().astype(int)
-    assert x[:, y1 + 1:y2 - 1, x1 + 1:x2 - 1].min() > 0.9
+    assert x[:, y1 + 1 : y2 - 1, x1 + 1 : x2 - 1].min() > 0.9
 
 
 def test_decode_side_from_the_configured_pipelines():
     side = {}
-    for name, overrides in {"cls": ["data=imagefolder"], "det": ["task=detection", "data=voc"],
-                            "emb": ["task=embedding", "data=faces"]}.items():
+    for name, overrides in {
+        "cls": ["data=imagefolder"],
+        "det": ["task=detection", "data=voc"],
+        "emb": ["task=embedding", "data=faces"],
+    }.items():
         cfg = compose_cfg([*overrides, "data.root=x", "data.image_size=224"])
-        side[name] = (decode_side(instantiate(cfg.data.train_transforms)),
-                      decode_side(instantiate(cfg.data.eval_transforms)))
+        side[name] = (
+            decode_side(instantiate(cfg.data.train_transforms)),
+            decode_side(instantiate(cfg.data.eval_transforms)),
+        )
     # RandomResizedCrop at scale 0.25, ratio 3/4: 224 / sqrt(0.25 * 0.75); the eval resize to 256
     assert side["cls"] == (518, 256)
     assert side["det"] == (224, 224)  # the SSD pipeline resizes to the input square first

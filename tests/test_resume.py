@@ -23,8 +23,15 @@ BATCHES_PER_EPOCH = 3  # 3 classes x 8 training images, batch 8
 
 
 def tiny(root) -> list[str]:
-    return [f"data.root={root}", "data.generator=null", "data.image_size=32", "data.batch_size=8",
-            "backbone.width=0.25", "task.log_images=0", "scheduler=cosine"]
+    return [
+        f"data.root={root}",
+        "data.generator=null",
+        "data.image_size=32",
+        "data.batch_size=8",
+        "backbone.width=0.25",
+        "task.log_images=0",
+        "scheduler=cosine",
+    ]
 
 
 def tensorboard_steps(run_dir: Path, tag: str) -> list[int]:
@@ -121,17 +128,28 @@ def test_resume_in_process(tiny_shapes, tmp_path):
 
 def cli(args: list[str], **kwargs) -> subprocess.Popen:
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.Popen([sys.executable, "-m", "mbtasks", *args], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, "-m", "mbtasks", *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kwargs,
+    )
 
 
 @pytest.mark.slow
 def test_sigkill_then_resume_matches_an_uninterrupted_run(tiny_shapes, tmp_path):
     epochs = 4
-    common = tiny(tiny_shapes) + [f"trainer.max_epochs={epochs}", "trainer.enable_progress_bar=false",
-                                  "trainer.log_every_n_steps=1", "data.num_workers=0",
-                                  "+callbacks.slow._target_=tests.slow_steps.SlowSteps",
-                                  "+callbacks.slow.seconds=0.4"]
+    common = tiny(tiny_shapes) + [
+        f"trainer.max_epochs={epochs}",
+        "trainer.enable_progress_bar=false",
+        "trainer.log_every_n_steps=1",
+        "data.num_workers=0",
+        "+callbacks.slow._target_=tests.slow_steps.SlowSteps",
+        "+callbacks.slow.seconds=0.4",
+    ]
     killed, whole = tmp_path / "killed", tmp_path / "whole"
 
     proc = cli(common + [f"hydra.run.dir={killed}"])

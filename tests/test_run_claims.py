@@ -28,8 +28,14 @@ TRAIN = OmegaConf.create({"mode": "train", "resume": None})
 
 
 def cli(args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mbtasks", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    return subprocess.run(
+        [sys.executable, "-m", "mbtasks", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
 
 
 def error_lines(stderr: str) -> list[str]:
@@ -37,6 +43,7 @@ def error_lines(stderr: str) -> list[str]:
 
 
 # --- item 4: two runs into one dir ---------------------------------------------------------------------------
+
 
 def claim_at_once(cfgs, run_dir: Path) -> list:
     """``claim_run_dir`` from one thread per config, released together: the claimed dirs or the errors."""
@@ -145,6 +152,7 @@ def test_a_second_process_is_refused_by_name_until_the_first_dies(tmp_path):
 
 # --- item 3: resume= of a finished run -----------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory) -> Path:
     """A finished 1-epoch classification run (copy it before changing it)."""
@@ -199,12 +207,15 @@ def fake_run(run_dir: Path, step: int, epoch: int, metrics: dict | None) -> Path
     return run_dir
 
 
-@pytest.mark.parametrize("metrics, expected", [
-    (None, None),  # killed before its test: resumed
-    ({"test/acc_top1": 0.5}, "finished"),  # an older run's metrics.json: finished
-    ({"test/acc_top1": 0.5, STEPS_KEY: 6}, "finished"),
-    ({"test/acc_top1": 0.5, STEPS_KEY: 3}, None),  # extended after it finished, then killed: resumed
-])
+@pytest.mark.parametrize(
+    "metrics, expected",
+    [
+        (None, None),  # killed before its test: resumed
+        ({"test/acc_top1": 0.5}, "finished"),  # an older run's metrics.json: finished
+        ({"test/acc_top1": 0.5, STEPS_KEY: 6}, "finished"),
+        ({"test/acc_top1": 0.5, STEPS_KEY: 3}, None),  # extended after it finished, then killed: resumed
+    ],
+)
 def test_what_counts_as_finished(tmp_path, metrics, expected):
     run_dir = fake_run(tmp_path / "run", 6, 1, metrics)
     note = finished_run(compose_cfg([f"resume={run_dir}"]), run_dir, [f"resume={run_dir}"])
@@ -228,6 +239,7 @@ def test_cli_resume_of_a_finished_run_says_so_and_exits_0(finished, tmp_path):
 
 
 # --- resume= of a dir without config.yaml --------------------------------------------------------------------
+
 
 def test_a_run_dir_without_config_yaml_resumes_with_its_checkpoints_config(finished, tmp_path, caplog):
     run_dir = tmp_path / "run"

@@ -22,9 +22,14 @@ def test_cli_refuses_to_train_into_a_used_run_dir(tmp_path):
     (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"the old run's weights")
     (tmp_path / "metrics.json").write_text('{"test/acc_top1": 0.9}')
     (tmp_path / "config.yaml").write_text("old: config\n")
-    proc = subprocess.run([sys.executable, "-m", "mbtasks", f"hydra.run.dir={tmp_path}", "trainer.max_epochs=1"],
-                          cwd=REPO, capture_output=True, text=True, timeout=300,
-                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "mbtasks", f"hydra.run.dir={tmp_path}", "trainer.max_epochs=1"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert f"error: {tmp_path} already holds a training run's outputs; continue it with resume=" in proc.stderr
     assert (tmp_path / "checkpoints" / "last.ckpt").read_bytes() == b"the old run's weights"
@@ -69,11 +74,25 @@ def test_cli_test_mode_keeps_a_training_runs_records(tmp_path):
     stay as they were, the new outputs go to <dir>/profile and the CLI says so."""
     (tmp_path / "metrics.json").write_text('{"test/acc_top1": 0.9}')
     (tmp_path / "config.yaml").write_text("old: config\n")
-    proc = subprocess.run([sys.executable, "-m", "mbtasks", "mode=profile", f"hydra.run.dir={tmp_path}",
-                           "backbone.width=0.25", "data.image_size=64", "profile.repeats=1", "profile.warmup=0",
-                           "profile.num_classes=10"],
-                          cwd=REPO, capture_output=True, text=True, timeout=300,
-                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mbtasks",
+            "mode=profile",
+            f"hydra.run.dir={tmp_path}",
+            "backbone.width=0.25",
+            "data.image_size=64",
+            "profile.repeats=1",
+            "profile.warmup=0",
+            "profile.num_classes=10",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert f"writes into {tmp_path / 'profile'}" in proc.stderr
     assert (tmp_path / "metrics.json").read_text() == '{"test/acc_top1": 0.9}'

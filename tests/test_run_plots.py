@@ -24,9 +24,19 @@ def assert_png(path, min_side: int = 200) -> None:
 
 def test_classification_run_plots_and_epoch_records(tiny_shapes, tmp_path):
     # validation every 2nd epoch (and the final one): epochs 0 and 2 must not repeat epoch 1's val values
-    run_mode([f"data.root={tiny_shapes}", "data.generator=null", "data.image_size=32", "data.batch_size=8",
-              "backbone.width=0.25", "trainer.max_epochs=4", "trainer.check_val_every_n_epoch=2",
-              "task.log_images=0"], tmp_path)
+    run_mode(
+        [
+            f"data.root={tiny_shapes}",
+            "data.generator=null",
+            "data.image_size=32",
+            "data.batch_size=8",
+            "backbone.width=0.25",
+            "trainer.max_epochs=4",
+            "trainer.check_val_every_n_epoch=2",
+            "task.log_images=0",
+        ],
+        tmp_path,
+    )
     records = [json.loads(line) for line in (tmp_path / "epochs.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [0, 1, 2, 3]
     assert [any(k.startswith("val/") for k in r) for r in records] == [False, True, False, True]
@@ -56,8 +66,19 @@ def test_detection_and_embedding_plots(tmp_path):
 
 
 def test_plots_can_be_turned_off(tiny_shapes, tmp_path):
-    run_mode([f"data.root={tiny_shapes}", "data.generator=null", "data.image_size=32", "data.batch_size=8",
-              "backbone.width=0.25", "trainer.max_epochs=1", "task.log_images=0", "callbacks.plots=null"], tmp_path)
+    run_mode(
+        [
+            f"data.root={tiny_shapes}",
+            "data.generator=null",
+            "data.image_size=32",
+            "data.batch_size=8",
+            "backbone.width=0.25",
+            "trainer.max_epochs=1",
+            "task.log_images=0",
+            "callbacks.plots=null",
+        ],
+        tmp_path,
+    )
     assert (tmp_path / "metrics.json").is_file() and not list(tmp_path.glob("*.png"))
 
 

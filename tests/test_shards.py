@@ -24,8 +24,15 @@ def shards(tmp_path_factory) -> tuple[Path, Path]:
     """``(image folder, shards)``: 3 classes x 8 / 3 / 3 images of 32 px, plus one unreadable train file."""
     from mbtasks.data.synthetic import make_shapes_classification
 
-    root = make_shapes_classification(tmp_path_factory.mktemp("shapes"), classes=TINY_CLASSES, train_per_class=8,
-                                      val_per_class=3, test_per_class=3, image_size=32, seed=1)
+    root = make_shapes_classification(
+        tmp_path_factory.mktemp("shapes"),
+        classes=TINY_CLASSES,
+        train_per_class=8,
+        val_per_class=3,
+        test_per_class=3,
+        image_size=32,
+        seed=1,
+    )
     (root / "train" / "circle" / "broken.png").write_bytes(b"not an image")
     out = tmp_path_factory.mktemp("shards") / "shapes"
     write_shards(root, out, workers=2)
@@ -42,8 +49,11 @@ def test_write_stores_encoded_files_and_counts_unreadable(shards):
     root, out = shards
     meta = json.loads((out / META).read_text())
     assert meta["class_names"] == TINY_CLASSES
-    assert meta["splits"] == {"train": {"samples": 24, "skipped": 1}, "val": {"samples": 9, "skipped": 0},
-                              "test": {"samples": 9, "skipped": 0}}
+    assert meta["splits"] == {
+        "train": {"samples": 24, "skipped": 1},
+        "val": {"samples": 9, "skipped": 0},
+        "test": {"samples": 9, "skipped": 0},
+    }
     import litdata
 
     ds = litdata.StreamingDataset(str(out / "val"))
@@ -144,9 +154,19 @@ def test_two_ranks_two_workers_read_each_sample_once(shards, tmp_path):
 
 def test_train_and_test_on_shards(shards, tmp_path):
     _, out = shards
-    metrics = run_mode(["data=shards", f"data.root={out}", "data.image_size=32", "data.batch_size=6",
-                        "backbone.width=0.25", "trainer.max_epochs=1", "task.log_images=0", "task.top_k=2"],
-                       tmp_path / "run")
+    metrics = run_mode(
+        [
+            "data=shards",
+            f"data.root={out}",
+            "data.image_size=32",
+            "data.batch_size=6",
+            "backbone.width=0.25",
+            "trainer.max_epochs=1",
+            "task.log_images=0",
+            "task.top_k=2",
+        ],
+        tmp_path / "run",
+    )
     assert metrics["test/split"] == "test" and 0 <= metrics["test/acc_top1"] <= 1
 
 
@@ -154,8 +174,13 @@ def test_shards_write_cli(shards, tmp_path, capsys):
     from mbtasks.data import shards as shards_cli
 
     root, _ = shards
-    proc = subprocess.run([sys.executable, "-m", "mbtasks", "shards", "write", str(root), str(tmp_path / "s")],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mbtasks", "shards", "write", str(root), str(tmp_path / "s")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "train: 24 samples (1 unreadable left out)" in proc.stdout
     assert shards_cli.main(["write", str(root), str(tmp_path / "s")]) == 2  # what the CLI exits with

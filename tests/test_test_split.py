@@ -8,8 +8,14 @@ import shutil
 
 from tests.conftest import run_mode
 
-TINY = ["data.generator=null", "data.image_size=32", "data.batch_size=8", "backbone.width=0.25",
-        "trainer.max_epochs=1", "task.log_images=0"]
+TINY = [
+    "data.generator=null",
+    "data.image_size=32",
+    "data.batch_size=8",
+    "backbone.width=0.25",
+    "trainer.max_epochs=1",
+    "task.log_images=0",
+]
 
 
 def test_imagefolder_without_test_folder_says_test_is_val(tiny_shapes, tmp_path, caplog):
@@ -36,10 +42,24 @@ def test_detection_without_test_annotations_says_test_is_val(tmp_path):
     from mbtasks.data.coco import CocoDataModule
     from mbtasks.data.synthetic import make_shapes_detection
 
-    root = make_shapes_detection(tmp_path / "det", classes=["circle", "square"], train_images=4, val_images=2,
-                                 test_images=2, image_size=64, seed=0)
-    kw = dict(root=str(root), train_ann="annotations/instances_train.json", train_images="train",
-              val_ann="annotations/instances_val.json", val_images="val", image_size=64, num_workers=0)
+    root = make_shapes_detection(
+        tmp_path / "det",
+        classes=["circle", "square"],
+        train_images=4,
+        val_images=2,
+        test_images=2,
+        image_size=64,
+        seed=0,
+    )
+    kw = dict(
+        root=str(root),
+        train_ann="annotations/instances_train.json",
+        train_images="train",
+        val_ann="annotations/instances_val.json",
+        val_images="val",
+        image_size=64,
+        num_workers=0,
+    )
     no_test = CocoDataModule(**kw)
     no_test.setup()
     assert no_test.test_split == "val"

@@ -14,11 +14,20 @@ SLOW = ["+callbacks.slow._target_=tests.slow_steps.SlowSteps", "+callbacks.slow.
 
 
 def tiny(root) -> list[str]:
-    return [f"data.root={root}", "data.generator=null", "data.image_size=32", "data.batch_size=8",
-            "backbone.width=0.25", "task.log_images=0", "trainer.max_epochs=1"]
+    return [
+        f"data.root={root}",
+        "data.generator=null",
+        "data.image_size=32",
+        "data.batch_size=8",
+        "backbone.width=0.25",
+        "task.log_images=0",
+        "trainer.max_epochs=1",
+    ]
 
 
-@pytest.mark.parametrize(("text", "seconds"), [("10m", 600), ("90s", 90), ("1h30m", 5400), ("1.5h", 5400), ("2m30s", 150)])
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("10m", 600), ("90s", 90), ("1h30m", 5400), ("1.5h", 5400), ("2m30s", 150)]
+)
 def test_parse_duration(text, seconds):
     assert parse_duration(text) == seconds
 
@@ -68,8 +77,11 @@ def test_budget_sizes_epochs_and_ends_the_cosine_on_time(tiny_shapes, tmp_path):
 @pytest.mark.slow
 def test_resume_keeps_the_plan_and_the_rest_of_the_budget(tiny_shapes, tmp_path):
     # validation (hence a checkpoint) every epoch, so the halted run's last.ckpt is at epoch 1
-    halt = ["+callbacks.halt._target_=tests.slow_steps.StopAfterEpoch", "+callbacks.halt.epoch=1",
-            "train.val_share=null"]
+    halt = [
+        "+callbacks.halt._target_=tests.slow_steps.StopAfterEpoch",
+        "+callbacks.halt.epoch=1",
+        "train.val_share=null",
+    ]
     run_mode(tiny(tiny_shapes) + SLOW + halt + ["train.time=10s"], tmp_path)
     first = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     plan, _, _ = _plan_and_lr(first)

@@ -15,8 +15,16 @@ SEARCHPATH = f"hydra.searchpath=[file://{Path(__file__).parent / 'conf'}]"
 
 
 def toy(root, *extra: str) -> list[str]:
-    return [SEARCHPATH, "task=toy", f"data.root={root}", "data.generator=null", "data.image_size=32",
-            "data.batch_size=8", "backbone.width=0.25", *extra]
+    return [
+        SEARCHPATH,
+        "task=toy",
+        f"data.root={root}",
+        "data.generator=null",
+        "data.image_size=32",
+        "data.batch_size=8",
+        "backbone.width=0.25",
+        *extra,
+    ]
 
 
 def test_a_toy_task_runs_every_mode(tiny_shapes, tmp_path):
@@ -29,8 +37,7 @@ def test_a_toy_task_runs_every_mode(tiny_shapes, tmp_path):
     written = json.loads((tmp_path / "p" / "toy.json").read_text())
     assert written == out and len(out["labels"]) == len(list(images.rglob("*.png")))
     assert set(out["labels"].values()) <= {"circle", "square", "triangle"}
-    exported = run_mode(toy(tiny_shapes, "mode=export", f"ckpt_path={ckpt}", f"export.inputs={images}"),
-                        tmp_path / "e")
+    exported = run_mode(toy(tiny_shapes, "mode=export", f"ckpt_path={ckpt}", f"export.inputs={images}"), tmp_path / "e")
     assert Path(exported["path"]).name == "toy.onnx" and exported["end_to_end"]["max_abs_diff"]["probs"] < 5e-3
     profile = run_mode(toy(tiny_shapes, "mode=profile", "profile.repeats=2"), tmp_path / "prof")
     assert profile["task"] == "toy" and profile["params"] > 0

@@ -23,15 +23,28 @@ CLASSES = ["circle", "square", "triangle"]
 
 def backbone_tensors(state_dict: dict) -> dict[str, torch.Tensor]:
     prefix = "model.backbone."
-    return {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
 
 
 def detection(root, run_extra=()) -> list[str]:
-    return ["task=detection", f"data.root={root}", "data.image_size=64", "data.batch_size=4",
-            f"data.generator.classes=[{','.join(CLASSES)}]", "data.generator.train_images=8",
-            "data.generator.val_images=4", "data.generator.test_images=4", "data.generator.image_size=64",
-            "backbone.width=0.25", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
-            "trainer.limit_val_batches=1", "trainer.limit_test_batches=1", "task.log_images=0", *run_extra]
+    return [
+        "task=detection",
+        f"data.root={root}",
+        "data.image_size=64",
+        "data.batch_size=4",
+        f"data.generator.classes=[{','.join(CLASSES)}]",
+        "data.generator.train_images=8",
+        "data.generator.val_images=4",
+        "data.generator.test_images=4",
+        "data.generator.image_size=64",
+        "backbone.width=0.25",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=2",
+        "trainer.limit_val_batches=1",
+        "trainer.limit_test_batches=1",
+        "task.log_images=0",
+        *run_extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +81,9 @@ def test_classification_to_frozen_detection(source_ckpt, det_root, tmp_path):
 
 def test_loaded_tensors_equal_source_and_report(source_ckpt, caplog):
     source = backbone_tensors(read_checkpoint(source_ckpt)["state_dict"])
-    cfg = compose_cfg(["task=detection", "backbone.width=0.25", f"backbone.pretrained={source_ckpt}",
-                       "data.image_size=64"])
+    cfg = compose_cfg(
+        ["task=detection", "backbone.width=0.25", f"backbone.pretrained={source_ckpt}", "data.image_size=64"]
+    )
     with caplog.at_level("INFO"):
         task = build_task(cfg, {"class_names": CLASSES, "image_size": 64, "mean": [0.5] * 3, "std": [0.5] * 3})
     report = task.model.backbone.pretrained_report  # the backbone loaded it (backbone.pretrained)
@@ -82,9 +96,20 @@ def test_loaded_tensors_equal_source_and_report(source_ckpt, caplog):
 
 def test_unfreeze_at_epoch_with_lower_lr(source_ckpt, det_root, tmp_path):
     run_dir = tmp_path / "det"
-    run_mode(detection(det_root, [f"backbone.pretrained={source_ckpt}", "finetune.freeze=true",
-                                  "finetune.unfreeze_at_epoch=1", "finetune.lr_mult=0.1", "trainer.max_epochs=2",
-                                  "scheduler=constant"]), run_dir)
+    run_mode(
+        detection(
+            det_root,
+            [
+                f"backbone.pretrained={source_ckpt}",
+                "finetune.freeze=true",
+                "finetune.unfreeze_at_epoch=1",
+                "finetune.lr_mult=0.1",
+                "trainer.max_epochs=2",
+                "scheduler=constant",
+            ],
+        ),
+        run_dir,
+    )
     ckpt = read_checkpoint(run_dir / "checkpoints" / "last.ckpt")
     source = backbone_tensors(read_checkpoint(source_ckpt)["state_dict"])
     after = backbone_tensors(ckpt["state_dict"])
@@ -146,7 +171,9 @@ def test_refuses_width_and_architecture_mismatch(source_ckpt):
 def test_plain_state_dict_with_prefix(tmp_path):
     src = MobileNetV1(0.25)
     path = tmp_path / "plain.pth"
-    torch.save({f"backbone.{k}": v for k, v in src.state_dict().items()} | {"head.fc.weight": torch.zeros(3, 256)}, path)
+    torch.save(
+        {f"backbone.{k}": v for k, v in src.state_dict().items()} | {"head.fc.weight": torch.zeros(3, 256)}, path
+    )
     dst = MobileNetV1(0.25, out_indices=(3, 4))
     report = load_pretrained(dst, str(path))
     assert report.kind == "state dict" and report.unexpected == [] and report.missing == []

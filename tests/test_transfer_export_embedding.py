@@ -18,18 +18,32 @@ GEN = {"num_identities": 12, "images_per_identity": 4, "image_size": 32, "seed":
 
 
 def backbone_tensors(state_dict: dict) -> dict[str, torch.Tensor]:
-    return {k[len("model.backbone."):]: v for k, v in state_dict.items() if k.startswith("model.backbone.")}
+    return {k[len("model.backbone.") :]: v for k, v in state_dict.items() if k.startswith("model.backbone.")}
 
 
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory, tiny_run):
     base = tmp_path_factory.mktemp("chain")
     source = tiny_run[1] / "checkpoints" / "last.ckpt"
-    run_mode(["experiment=transfer_cls_to_emb", f"backbone.pretrained={source}", "backbone.width=0.25",
-              f"data_dir={base / 'data'}", "data.image_size=32", *(f"data.generator.{k}={v}" for k, v in GEN.items()),
-              "data.val_identities=3", "data.test_identities=3", "data.identities_per_batch=4",
-              "data.images_per_identity=2", "data.num_folds=2", "data.pairs_per_fold=8", "trainer.max_epochs=1",
-              "task.projector_identities=0"], base / "emb")
+    run_mode(
+        [
+            "experiment=transfer_cls_to_emb",
+            f"backbone.pretrained={source}",
+            "backbone.width=0.25",
+            f"data_dir={base / 'data'}",
+            "data.image_size=32",
+            *(f"data.generator.{k}={v}" for k, v in GEN.items()),
+            "data.val_identities=3",
+            "data.test_identities=3",
+            "data.identities_per_batch=4",
+            "data.images_per_identity=2",
+            "data.num_folds=2",
+            "data.pairs_per_fold=8",
+            "trainer.max_epochs=1",
+            "task.projector_identities=0",
+        ],
+        base / "emb",
+    )
     return source, base / "emb" / "checkpoints" / "last.ckpt"
 
 

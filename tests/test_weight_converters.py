@@ -31,6 +31,7 @@ TF_EPS = 1e-3
 
 # --- a random TF-slim MobileNet V1 in TF layouts -------------------------------------------------
 
+
 def random_tf_v1(seed: int = 0) -> dict:
     """``layers``: (TF scope, kind, stride, HWIO weight, BN dict); ``logits``: ([C, 1001], [1001])."""
     rng = np.random.default_rng(seed)
@@ -38,16 +39,22 @@ def random_tf_v1(seed: int = 0) -> dict:
     c = specs[0][4]
     for i, (ch, s) in enumerate(V1_ARCH, start=1):
         out = round_channels(ch, WIDTH)
-        specs += [(f"MobilenetV1/Conv2d_{i}_depthwise", "dw", s, c, c, 3),
-                  (f"MobilenetV1/Conv2d_{i}_pointwise", "conv", 1, c, out, 1)]
+        specs += [
+            (f"MobilenetV1/Conv2d_{i}_depthwise", "dw", s, c, c, 3),
+            (f"MobilenetV1/Conv2d_{i}_pointwise", "conv", 1, c, out, 1),
+        ]
         c = out
     layers = []
     for scope, kind, stride, cin, cout, k in specs:
         fan_in = k * k * (1 if kind == "dw" else cin)
         shape = (k, k, cin, 1) if kind == "dw" else (k, k, cin, cout)
         w = rng.normal(0, math.sqrt(2 / fan_in), shape).astype(np.float32)
-        bn = {"gamma": rng.uniform(0.5, 1.5, cout), "beta": rng.normal(0, 0.2, cout),
-              "moving_mean": rng.normal(0, 0.2, cout), "moving_variance": rng.uniform(0.5, 1.5, cout)}
+        bn = {
+            "gamma": rng.uniform(0.5, 1.5, cout),
+            "beta": rng.normal(0, 0.2, cout),
+            "moving_mean": rng.normal(0, 0.2, cout),
+            "moving_variance": rng.uniform(0.5, 1.5, cout),
+        }
         layers.append((scope, kind, stride, w, {k: v.astype(np.float32) for k, v in bn.items()}))
     logits_w = rng.normal(0, 1 / math.sqrt(c), (c, CLASSES)).astype(np.float32)
     logits_b = rng.normal(0, 0.5, CLASSES).astype(np.float32)
@@ -82,7 +89,7 @@ def conv_nhwc(x: np.ndarray, w: np.ndarray, stride: int, depthwise: bool) -> np.
     out = 0.0
     for dh in range(k):
         for dw in range(k):
-            patch = x[:, dh:dh + stride * (h - 1) + 1:stride, dw:dw + stride * (wd - 1) + 1:stride, :]
+            patch = x[:, dh : dh + stride * (h - 1) + 1 : stride, dw : dw + stride * (wd - 1) + 1 : stride, :]
             out = out + (patch * w[dh, dw, :, 0] if depthwise else patch @ w[dh, dw])
     return out
 
@@ -103,6 +110,7 @@ def reference_logits(x_nchw: torch.Tensor, layers: list, logits: tuple, bn: bool
 
 
 # --- writers of the real formats -----------------------------------------------------------------
+
 
 def write_graph(path, net: dict, scope: str = "MobilenetV1", extra: bool = True, skip: str | None = None) -> None:
     """A frozen GraphDef: one ``Const`` per variable (TF-slim names), an ``input`` placeholder."""
@@ -125,7 +133,8 @@ def write_graph(path, net: dict, scope: str = "MobilenetV1", extra: bool = True,
     placeholder = NodeDef(name="input", op="Placeholder")
     placeholder.attr["dtype"].type = DT_FLOAT
     placeholder.attr["shape"].shape.CopyFrom(
-        TensorShapeProto(dim=[TensorShapeProto.Dim(size=d) for d in (1, SIZE, SIZE, 3)]))
+        TensorShapeProto(dim=[TensorShapeProto.Dim(size=d) for d in (1, SIZE, SIZE, 3)])
+    )
     graph.node.append(placeholder)
     for name, kind, _, w, bn in net["layers"]:
         const(f"{name}/{'depthwise_weights' if kind == 'dw' else 'weights'}", w)
@@ -179,7 +188,9 @@ def write_tflite(path, layers: list, logits: tuple, logits_range: float = 20.0) 
         h = math.ceil(tensors[x][1][1] / stride)
         out = tensor(f"layer{i}/relu6", (1, h, h, len(bias)), U8, act_scale, 0)
         ops.append((1 if kind == "dw" else 0, [x, wt, bt], [out], kind, stride))
-        deq_layers.append((kind, stride, ((q.astype(np.float64) - wz) * ws).transpose(1, 2, 3, 0), qb * (in_scale * ws)))
+        deq_layers.append(
+            (kind, stride, ((q.astype(np.float64) - wz) * ws).transpose(1, 2, 3, 0), qb * (in_scale * ws))
+        )
         x, in_scale = out, act_scale
     c = tensors[x][1][3]
     pooled = tensor("pool", (1, 1, 1, c), U8, act_scale, 0)
@@ -212,7 +223,7 @@ def write_tflite(path, layers: list, logits: tuple, logits_range: float = 20.0) 
         if data:
             b.StartVector(1, len(data), 16)  # weights 16-byte aligned, as TFLite writes them
             b.head -= len(data)
-            b.Bytes[b.head:b.head + len(data)] = data
+            b.Bytes[b.head : b.head + len(data)] = data
             b.vectorNumElems = len(data)
             vec = b.EndVector()
         tflite.BufferStart(b)
@@ -316,6 +327,7 @@ def write_tflite(path, layers: list, logits: tuple, logits_range: float = 20.0) 
 
 # --- tests ---------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def net():
     return random_tf_v1()
@@ -353,7 +365,13 @@ def test_tflite_converts_exactly(net, tmp_path):
     deq_layers, deq_logits = write_tflite(path, folded(net), net["logits"])
     c = convert_tflite(path)
     assert (c.arch, c.width, c.image_size, c.act, c.padding, c.bn_folded) == (
-        "MobileNetV1", WIDTH, SIZE, "relu6", "tf_same", True)
+        "MobileNetV1",
+        WIDTH,
+        SIZE,
+        "relu6",
+        "tf_same",
+        True,
+    )
     model = ours(c)
     for m in model.modules():  # every BatchNorm the identity plus the folded bias
         if isinstance(m, nn.BatchNorm2d):
@@ -383,8 +401,12 @@ def test_tf_graph_reads_v2_names(tmp_path):
         dw = layer[0].groups > 1
         hwio = w.transpose(2, 3, 0, 1) if dw else w.transpose(2, 3, 1, 0)
         n = w.shape[0]
-        bn = {"gamma": rng.uniform(0.5, 1.5, n), "beta": rng.normal(0, 0.2, n),
-              "moving_mean": rng.normal(0, 0.2, n), "moving_variance": rng.uniform(0.5, 1.5, n)}
+        bn = {
+            "gamma": rng.uniform(0.5, 1.5, n),
+            "beta": rng.normal(0, 0.2, n),
+            "moving_mean": rng.normal(0, 0.2, n),
+            "moving_variance": rng.uniform(0.5, 1.5, n),
+        }
         graph_layers.append((name, "dw" if dw else "conv", 1, hwio, bn))
     fc_w = np.concatenate([np.zeros((1, 1280)), src.head.fc.weight.detach().numpy()]).T
     fc_b = np.concatenate([[0.0], src.head.fc.bias.detach().numpy()])
@@ -394,8 +416,9 @@ def test_tf_graph_reads_v2_names(tmp_path):
     assert (c.arch, c.width, c.padding) == ("MobileNetV2", 0.35, "tf_same")
     model = Classifier(MobileNetV2(c.width, padding=c.padding), ClassifierHead(1280, 1000))
     model.load_state_dict(c.state_dict, strict=True)
-    for (name, _, _, _, bn), layer in zip(graph_layers, [m for m in model.modules() if isinstance(m, ConvBNAct)],
-                                          strict=True):
+    for (name, _, _, _, bn), layer in zip(
+        graph_layers, [m for m in model.modules() if isinstance(m, ConvBNAct)], strict=True
+    ):
         var = torch.tensor(np.float32(bn["moving_variance"]) + (1e-3 - 1e-5), dtype=torch.float32)
         assert torch.allclose(layer[1].running_var, var, rtol=1e-6, atol=0), name
     for key in ("head.fc.weight", "backbone.blocks.5.conv_dw.0.weight", "backbone.blocks.17.0.weight"):

@@ -54,8 +54,9 @@ def test_a_detection_on_an_ignored_face_changes_nothing():
     np.testing.assert_array_equal(more.recall, base.recall)
     assert more.ap == base.ap == pytest.approx(1 / 2 + 1 / 2 * 2 / 3)
     # the same box where the face counts: a hit
-    assert wider_ap([pred((A, 0.9), (B, 0.8)), pred((C, 0.3), ([200, 0, 220, 20], 0.6))], [gt(A, B), gt(C)]).ap \
-        == pytest.approx(2 / 3 + 1 / 3 * 3 / 4)
+    assert wider_ap(
+        [pred((A, 0.9), (B, 0.8)), pred((C, 0.3), ([200, 0, 220, 20], 0.6))], [gt(A, B), gt(C)]
+    ).ap == pytest.approx(2 / 3 + 1 / 3 * 3 / 4)
 
 
 def test_a_duplicate_is_a_false_alarm_even_over_an_unrecalled_face():
@@ -95,8 +96,15 @@ def test_pr_curve_by_hand():
     t = thresholds()
     assert t[0] == pytest.approx(0.999) and t[-1] == 0 and len(t) == 1000 and r.faces == 4
     # thresholds away from the scores (a score equal to a threshold passes it)
-    expect = {0.999: (1, 1 / 4), 0.65: (1, 1 / 4), 0.55: (1 / 2, 1 / 4), 0.35: (1 / 2, 1 / 4), 0.25: (2 / 3, 2 / 4),
-              0.05: (2 / 3, 2 / 4), 0.0: (2 / 4, 2 / 4)}
+    expect = {
+        0.999: (1, 1 / 4),
+        0.65: (1, 1 / 4),
+        0.55: (1 / 2, 1 / 4),
+        0.35: (1 / 2, 1 / 4),
+        0.25: (2 / 3, 2 / 4),
+        0.05: (2 / 3, 2 / 4),
+        0.0: (2 / 4, 2 / 4),
+    }
     for cut, (p, rec) in expect.items():
         k = int(np.argmin(abs(t - cut)))
         assert (r.precision[k], r.recall[k]) == pytest.approx((p, rec)), cut
@@ -128,8 +136,11 @@ def official_ap(preds, truth, keep, iou_thresh=0.5, thresh_num=1000):
                 w = min(g[2], boxes[h, 2]) - max(g[0], boxes[h, 0]) + 1
                 hh = min(g[3], boxes[h, 3]) - max(g[1], boxes[h, 1]) + 1
                 inter = w * hh
-                union = (g[2] - g[0] + 1) * (g[3] - g[1] + 1) + (boxes[h, 2] - boxes[h, 0] + 1) * (
-                    boxes[h, 3] - boxes[h, 1] + 1) - inter
+                union = (
+                    (g[2] - g[0] + 1) * (g[3] - g[1] + 1)
+                    + (boxes[h, 2] - boxes[h, 0] + 1) * (boxes[h, 3] - boxes[h, 1] + 1)
+                    - inter
+                )
                 o.append(0.0 if w <= 0 or hh <= 0 else inter / union)
             idx = int(np.argmax(o))
             if o[idx] >= iou_thresh:
@@ -191,11 +202,25 @@ def coco_rows(preds, truth, labels=None):
     for k, ((boxes, scores), (g, ignore)) in enumerate(zip(preds, truth, strict=True)):
         n = len(scores)
         lab = torch.zeros(n, dtype=torch.long) if labels is None else torch.as_tensor(labels[k])
-        metric.update([{"boxes": torch.as_tensor(boxes).reshape(-1, 4).float(), "scores": torch.as_tensor(scores).float(),
-                        "labels": lab}],
-                      [{"image_id": k + 1, "orig_size": (400, 400), "gt_boxes": torch.as_tensor(g).reshape(-1, 4).float(),
-                        "gt_labels": torch.zeros(len(g), dtype=torch.long),
-                        "gt_iscrowd": torch.as_tensor(ignore, dtype=torch.long), "gt_area": torch.zeros(len(g))}])
+        metric.update(
+            [
+                {
+                    "boxes": torch.as_tensor(boxes).reshape(-1, 4).float(),
+                    "scores": torch.as_tensor(scores).float(),
+                    "labels": lab,
+                }
+            ],
+            [
+                {
+                    "image_id": k + 1,
+                    "orig_size": (400, 400),
+                    "gt_boxes": torch.as_tensor(g).reshape(-1, 4).float(),
+                    "gt_labels": torch.zeros(len(g), dtype=torch.long),
+                    "gt_iscrowd": torch.as_tensor(ignore, dtype=torch.long),
+                    "gt_area": torch.zeros(len(g)),
+                }
+            ],
+        )
     stats = metric.compute()
     return [r.numpy() for r in metric.rows], stats
 
@@ -232,11 +257,25 @@ def test_ranks_gathered_rows_give_one_process_numbers():
     def update(metric, ids):
         for k in ids:
             (boxes, scores), (g, ignore) = preds[k], truth[k]
-            metric.update([{"boxes": torch.as_tensor(boxes).float(), "scores": torch.as_tensor(scores).float(),
-                            "labels": torch.zeros(len(scores), dtype=torch.long)}],
-                          [{"image_id": k + 1, "orig_size": (400, 400), "gt_boxes": torch.as_tensor(g).float(),
-                            "gt_labels": torch.zeros(len(g), dtype=torch.long),
-                            "gt_iscrowd": torch.as_tensor(ignore, dtype=torch.long), "gt_area": torch.zeros(len(g))}])
+            metric.update(
+                [
+                    {
+                        "boxes": torch.as_tensor(boxes).float(),
+                        "scores": torch.as_tensor(scores).float(),
+                        "labels": torch.zeros(len(scores), dtype=torch.long),
+                    }
+                ],
+                [
+                    {
+                        "image_id": k + 1,
+                        "orig_size": (400, 400),
+                        "gt_boxes": torch.as_tensor(g).float(),
+                        "gt_labels": torch.zeros(len(g), dtype=torch.long),
+                        "gt_iscrowd": torch.as_tensor(ignore, dtype=torch.long),
+                        "gt_area": torch.zeros(len(g)),
+                    }
+                ],
+            )
 
     whole = CocoMeanAP()
     update(whole, range(7))
@@ -270,24 +309,43 @@ def write_mats(folder: Path, events: dict[str, dict[str, list]], lists: dict[str
 
     folder.mkdir(parents=True, exist_ok=True)
     names = list(events)
-    savemat(folder / "wider_face_val.mat", {
-        "event_list": cells(names),
-        "file_list": cells([cells(list(events[e])) for e in names]),
-        "face_bbx_list": cells([cells([np.array(b, float).reshape(-1, 4) for b in events[e].values()]) for e in names]),
-    })
+    savemat(
+        folder / "wider_face_val.mat",
+        {
+            "event_list": cells(names),
+            "file_list": cells([cells(list(events[e])) for e in names]),
+            "face_bbx_list": cells(
+                [cells([np.array(b, float).reshape(-1, 4) for b in events[e].values()]) for e in names]
+            ),
+        },
+    )
     for setting in SETTINGS:
-        savemat(folder / f"wider_{setting}_val.mat", {"gt_list": cells([
-            cells([np.array(lists[setting].get(n, []), float).reshape(-1, 1) for n in events[e]]) for e in names])})
+        savemat(
+            folder / f"wider_{setting}_val.mat",
+            {
+                "gt_list": cells(
+                    [
+                        cells([np.array(lists[setting].get(n, []), float).reshape(-1, 1) for n in events[e]])
+                        for e in names
+                    ]
+                )
+            },
+        )
     return folder
 
 
 def test_official_settings_from_the_mat_files(tmp_path):
     pytest.importorskip("scipy")
     # faces in x y w h; easy counts the big one, medium both, hard all three
-    events = {"0--Parade": {"0_Parade_a": [[0, 0, 20, 20], [40, 40, 20, 20], [100, 0, 8, 8]]},
-              "1--Handshaking": {"1_b": [[10, 10, 30, 30]]}}
-    lists = {"easy": {"0_Parade_a": [1], "1_b": [1]}, "medium": {"0_Parade_a": [1, 2], "1_b": [1]},
-             "hard": {"0_Parade_a": [1, 2, 3], "1_b": [1]}}
+    events = {
+        "0--Parade": {"0_Parade_a": [[0, 0, 20, 20], [40, 40, 20, 20], [100, 0, 8, 8]]},
+        "1--Handshaking": {"1_b": [[10, 10, 30, 30]]},
+    }
+    lists = {
+        "easy": {"0_Parade_a": [1], "1_b": [1]},
+        "medium": {"0_Parade_a": [1, 2], "1_b": [1]},
+        "hard": {"0_Parade_a": [1, 2, 3], "1_b": [1]},
+    }
     official = read_wider_mat(write_mats(tmp_path / "gt", events, lists))
     np.testing.assert_array_equal(official.boxes[("0--Parade", "0_Parade_a")][1], [40, 40, 60, 60])
     assert official.counted["medium"][("0--Parade", "0_Parade_a")].tolist() == [True, True, False]
@@ -330,7 +388,7 @@ def faces_xml(root: Path) -> Path:
             boxes = []
             for j in range(2):
                 x, y = int(rng.integers(0, 40)), int(rng.integers(0, 40))
-                pixels[y:y + 20, x:x + 20] = 220
+                pixels[y : y + 20, x : x + 20] = 220
                 ignore = " ignore='1'" if (k, j) == (0, 1) else ""
                 boxes.append(f"<box top='{y}' left='{x}' width='20' height='20'{ignore}/>")
             Image.fromarray(pixels).save(root / f"{split}_{k}.jpg")
@@ -340,9 +398,11 @@ def faces_xml(root: Path) -> Path:
 
 
 # WIDER FACE: x y w h per face (the 6-px one is an ignore region for the reader, as is the invalid one)
-WIDER_FACES = {"0--Parade/0_Parade_a": [[4, 4, 20, 20, 0], [36, 30, 22, 22, 0], [50, 2, 6, 6, 0]],
-               "0--Parade/0_Parade_b": [[10, 12, 24, 24, 0], [40, 40, 16, 16, 1]],
-               "1--Handshaking/1_c": [[20, 20, 30, 30, 0]]}
+WIDER_FACES = {
+    "0--Parade/0_Parade_a": [[4, 4, 20, 20, 0], [36, 30, 22, 22, 0], [50, 2, 6, 6, 0]],
+    "0--Parade/0_Parade_b": [[10, 12, 24, 24, 0], [40, 40, 16, 16, 1]],
+    "1--Handshaking/1_c": [[20, 20, 30, 30, 0]],
+}
 
 
 def wider_set(root: Path) -> Path:
@@ -351,7 +411,7 @@ def wider_set(root: Path) -> Path:
     for name, faces in WIDER_FACES.items():
         pixels = np.full((64, 64, 3), 40, np.uint8)
         for x, y, w, h, _ in faces:
-            pixels[y:y + h, x:x + w] = 220
+            pixels[y : y + h, x : x + w] = 220
         for split in ("train", "val"):
             (root / f"WIDER_{split}" / "images" / name).parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(pixels).save(root / f"WIDER_{split}" / "images" / f"{name}.jpg")
@@ -364,9 +424,11 @@ def wider_set(root: Path) -> Path:
         event, image_name = name.split("/")
         events.setdefault(event, {})[image_name] = [f[:4] for f in faces]
     # easy: the big faces; medium: also the 16-px one; hard: also the 6-px one (never the invalid one)
-    lists = {"easy": {"0_Parade_a": [1, 2], "0_Parade_b": [1], "1_c": [1]},
-             "medium": {"0_Parade_a": [1, 2], "0_Parade_b": [1], "1_c": [1]},
-             "hard": {"0_Parade_a": [1, 2, 3], "0_Parade_b": [1], "1_c": [1]}}
+    lists = {
+        "easy": {"0_Parade_a": [1, 2], "0_Parade_b": [1], "1_c": [1]},
+        "medium": {"0_Parade_a": [1, 2], "0_Parade_b": [1], "1_c": [1]},
+        "hard": {"0_Parade_a": [1, 2, 3], "0_Parade_b": [1], "1_c": [1]},
+    }
     write_mats(root / "eval_tools" / "ground_truth", events, lists)
     return root
 
@@ -379,7 +441,9 @@ def test_wider_data_module_reads_the_mat_files_at_setup(tmp_path):
     assert dm.eval_wider and len(dm.wider_ground_truth.boxes) == 3
     assert set(dm.wider_keys("val").values()) == set(dm.wider_ground_truth.boxes)
     # a wrong folder stops at setup, before any training
-    with pytest.raises(DataError, match=r"data.wider_eval_dir=nowhere: .*nowhere: WIDER FACE evaluation files \['wider_face_val"):
+    with pytest.raises(
+        DataError, match=r"data.wider_eval_dir=nowhere: .*nowhere: WIDER FACE evaluation files \['wider_face_val"
+    ):
         WiderFaceDataModule(str(root), wider_eval_dir="nowhere").setup("fit")
     # eval_wider off: the folder is not read
     assert WiderFaceDataModule(str(root), eval_wider=False, wider_eval_dir="nowhere").info["class_names"] == ["face"]
@@ -387,9 +451,18 @@ def test_wider_data_module_reads_the_mat_files_at_setup(tmp_path):
 
 def test_cli_test_mode_writes_wider_ap_beside_coco_map(tmp_path):
     root = faces_xml(tmp_path / "faces")
-    common = ["task=detection", "data=dlib_xml", f"data.root={root}", "data.val_xml=testing.xml",
-              "data.image_size=64", "data.batch_size=3", "backbone.width=0.25", "trainer.max_epochs=1",
-              "trainer.limit_train_batches=2", "task.log_images=0"]
+    common = [
+        "task=detection",
+        "data=dlib_xml",
+        f"data.root={root}",
+        "data.val_xml=testing.xml",
+        "data.image_size=64",
+        "data.batch_size=3",
+        "backbone.width=0.25",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=2",
+        "task.log_images=0",
+    ]
     trained = run_mode(common, tmp_path / "train")
     assert "val/wider_ap_all" in trained and "test/wider_ap_all" in trained
     tested = run_mode(["mode=test", f"ckpt_path={tmp_path / 'train' / 'checkpoints' / 'best.ckpt'}"], tmp_path / "test")
@@ -398,17 +471,39 @@ def test_cli_test_mode_writes_wider_ap_beside_coco_map(tmp_path):
     assert tested["test/wider_ap_all"] == pytest.approx(trained["test/wider_ap_all"], abs=1e-6)
     assert not any(k.startswith("test/wider_ap_") and k != "test/wider_ap_all" for k in saved)  # no .mat: no easy/...
     # the data config decides: the same checkpoint on the same photos, eval_wider off
-    off = run_mode(["mode=test", f"ckpt_path={tmp_path / 'train' / 'checkpoints' / 'best.ckpt'}", "task=detection",
-                    "data=dlib_xml", f"data.root={root}", "data.val_xml=testing.xml", "data.image_size=64",
-                    "data.eval_wider=false"], tmp_path / "test-off")
+    off = run_mode(
+        [
+            "mode=test",
+            f"ckpt_path={tmp_path / 'train' / 'checkpoints' / 'best.ckpt'}",
+            "task=detection",
+            "data=dlib_xml",
+            f"data.root={root}",
+            "data.val_xml=testing.xml",
+            "data.image_size=64",
+            "data.eval_wider=false",
+        ],
+        tmp_path / "test-off",
+    )
     assert "test/map_50" in off and not any("wider" in k for k in off)
     if importlib.util.find_spec("scipy") is None:
         return
     # the same face detector on a WIDER FACE layout with eval_tools' .mat files: the official settings too
     wider_root = wider_set(tmp_path / "wider")
-    official = run_mode(["mode=test", f"ckpt_path={tmp_path / 'train' / 'checkpoints' / 'best.ckpt'}", "task=detection",
-                         "data=wider_face", f"data.root={wider_root}", "data.image_size=64",
-                         "data.wider_eval_dir=eval_tools/ground_truth"], tmp_path / "test-wider")
+    official = run_mode(
+        [
+            "mode=test",
+            f"ckpt_path={tmp_path / 'train' / 'checkpoints' / 'best.ckpt'}",
+            "task=detection",
+            "data=wider_face",
+            f"data.root={wider_root}",
+            "data.image_size=64",
+            "data.wider_eval_dir=eval_tools/ground_truth",
+        ],
+        tmp_path / "test-wider",
+    )
     saved = json.loads((tmp_path / "test-wider" / "metrics.json").read_text())
     for key in ("all", "easy", "medium", "hard"):
-        assert 0 <= saved[f"test/wider_ap_{key}"] <= 1 and official[f"test/wider_ap_{key}"] == saved[f"test/wider_ap_{key}"]
+        assert (
+            0 <= saved[f"test/wider_ap_{key}"] <= 1
+            and official[f"test/wider_ap_{key}"] == saved[f"test/wider_ap_{key}"]
+        )

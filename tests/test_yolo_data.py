@@ -57,8 +57,9 @@ def test_yaml_paths_names_and_listings(tmp_path):
     (root / "train.txt").write_text("./images/train/a.png\nimages/train/b.png\n\n")
     (tmp_path / "cfg").mkdir()
     # path relative to the yaml, a listing txt (./ and root-relative lines), a list entry; dict names with gaps
-    (tmp_path / "cfg" / "data.yaml").write_text("path: ../set\ntrain: train.txt\nval: [images/train]\n"
-                                                "names: {0: cat, 2: dog}\n")
+    (tmp_path / "cfg" / "data.yaml").write_text(
+        "path: ../set\ntrain: train.txt\nval: [images/train]\nnames: {0: cat, 2: dog}\n"
+    )
     spec = read_data_yaml(tmp_path / "cfg" / "data.yaml")
     assert spec.root == root.resolve() and spec.names == ["cat", "dog"] and spec.class_ids == [0, 2]
     assert spec.splits["train"] == [(root / "train.txt").resolve()] and spec.splits["test"] is None
@@ -82,14 +83,17 @@ def test_yaml_paths_names_and_listings(tmp_path):
     assert dm.class_names == ["thing"] and dm.datasets["val"].records[0].labels.tolist() == [0]
 
 
-@pytest.mark.parametrize(("text", "match"), [
-    ("val: images/train\nnames: [a]\n", "'train' is not set"),
-    ("train: images/train\nnames: [a, b]\nnc: 3\n", "'nc: 3' but 'names' has 2"),
-    ("train: images/train\nnames: [a, a]\n", "'a' is given twice"),
-    ("train: images/train\n", "needs 'names'"),
-    ("train: images/train\nnames: {x: a}\n", "names key 'x'"),
-    ("path: nowhere\ntrain: images/train\nnames: [a]\n", "path: nowhere is not a folder"),
-])
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("val: images/train\nnames: [a]\n", "'train' is not set"),
+        ("train: images/train\nnames: [a, b]\nnc: 3\n", "'nc: 3' but 'names' has 2"),
+        ("train: images/train\nnames: [a, a]\n", "'a' is given twice"),
+        ("train: images/train\n", "needs 'names'"),
+        ("train: images/train\nnames: {x: a}\n", "names key 'x'"),
+        ("path: nowhere\ntrain: images/train\nnames: [a]\n", "path: nowhere is not a folder"),
+    ],
+)
 def test_yaml_mistakes_name_the_key(tmp_path, text, match):
     (tmp_path / "data.yaml").write_text(text)
     with pytest.raises(DataError, match=match):
@@ -104,25 +108,32 @@ def test_missing_split_folder_and_root_are_named(tmp_path):
         YoloDataModule(str(tmp_path / "nope")).setup("fit")
 
 
-QUIRKS = "\n".join([
-    MIDDLE,
-    MIDDLE,                                # duplicate: dropped once
-    "1 0.9 0.5 0.4 0.2",                   # x2 = 1.1: clipped to (56, 24, 80, 36)
-    "1 1.5 0.5 0.2 0.2",                   # wholly right of the image: dropped
-    "0 0.1 0.1 0.3 0.1 0.3 0.3",           # a triangle: its bounding box (8, 6, 24, 18)
-    "7 0.5 0.5 0.1 0.1",                   # class 7 is not in names: dropped
-    "0 0.5 0.5",                           # too few values
-    "0 0.5 0.5 0.2 0.2 0.9",               # a score column: not a label line
-    "x 0.5 0.5 0.2 0.2",                   # not a number
-    "1 0.5 0.5 0 0.2",                     # zero width
-    "",
-])
+QUIRKS = "\n".join(
+    [
+        MIDDLE,
+        MIDDLE,  # duplicate: dropped once
+        "1 0.9 0.5 0.4 0.2",  # x2 = 1.1: clipped to (56, 24, 80, 36)
+        "1 1.5 0.5 0.2 0.2",  # wholly right of the image: dropped
+        "0 0.1 0.1 0.3 0.1 0.3 0.3",  # a triangle: its bounding box (8, 6, 24, 18)
+        "7 0.5 0.5 0.1 0.1",  # class 7 is not in names: dropped
+        "0 0.5 0.5",  # too few values
+        "0 0.5 0.5 0.2 0.2 0.9",  # a score column: not a label line
+        "x 0.5 0.5 0.2 0.2",  # not a number
+        "1 0.5 0.5 0 0.2",  # zero width
+        "",
+    ]
+)
 
 
 def quirky_set(root: Path) -> Path:
     # "plain": a Windows editor's file (BOM, CRLF)
-    return yolo_set(root, {"train": {"quirks": QUIRKS, "empty": "", "nolabel": None,
-                                     "plain": "\ufeff" + MIDDLE + "\r\n"}, "val": {"v": MIDDLE}})
+    return yolo_set(
+        root,
+        {
+            "train": {"quirks": QUIRKS, "empty": "", "nolabel": None, "plain": "\ufeff" + MIDDLE + "\r\n"},
+            "val": {"v": MIDDLE},
+        },
+    )
 
 
 def test_label_quirks_are_fixed_or_dropped_and_counted(tmp_path):
@@ -135,16 +146,28 @@ def test_label_quirks_are_fixed_or_dropped_and_counted(tmp_path):
     assert records["empty"].boxes.shape == (0, 4) and records["nolabel"].boxes.shape == (0, 4)
     np.testing.assert_allclose(records["plain"].boxes, [[20, 15, 60, 45]], atol=1e-4)
     report = dm.reports[0]
-    assert dict(report.counts) == {"duplicate label lines": 1, "class ids outside names": 1,
-                                   "malformed label lines": 3, "boxes: outside the image": 1,
-                                   "boxes: zero or negative size": 1}
-    assert dict(report.kept) == {"boxes outside [0, 1] (clipped)": 2, "segment polygons (their bounding box is used)": 1,
-                                 "empty label files (negatives)": 1, "images without a label file (negatives)": 1}
+    assert dict(report.counts) == {
+        "duplicate label lines": 1,
+        "class ids outside names": 1,
+        "malformed label lines": 3,
+        "boxes: outside the image": 1,
+        "boxes: zero or negative size": 1,
+    }
+    assert dict(report.kept) == {
+        "boxes outside [0, 1] (clipped)": 2,
+        "segment polygons (their bounding box is used)": 1,
+        "empty label files (negatives)": 1,
+        "images without a label file (negatives)": 1,
+    }
 
 
 def test_keypoint_columns_are_left_out(tmp_path):
-    yaml_file = yolo_set(tmp_path, {"train": {"p": "0 0.5 0.5 0.5 0.5 0.1 0.2 2 0.3 0.4 1\n"}}, names="[person]",
-                         extra="kpt_shape: [2, 3]")
+    yaml_file = yolo_set(
+        tmp_path,
+        {"train": {"p": "0 0.5 0.5 0.5 0.5 0.1 0.2 2 0.3 0.4 1\n"}},
+        names="[person]",
+        extra="kpt_shape: [2, 3]",
+    )
     dm = YoloDataModule(str(yaml_file), val_fraction=0.5)
     records = dm.load_splits()["train"] + dm.load_splits()["val"]
     np.testing.assert_allclose(records[0].boxes, [[20, 15, 60, 45]], atol=1e-4)
@@ -152,8 +175,9 @@ def test_keypoint_columns_are_left_out(tmp_path):
 
 def test_check_mode_lists_what_was_kept_and_dropped(tmp_path):
     yaml_file = quirky_set(tmp_path / "data")
-    report = run_mode(["mode=check", "task=detection", "data=yolo", f"data.root={yaml_file}", "data.image_size=64"],
-                      tmp_path / "run")
+    report = run_mode(
+        ["mode=check", "task=detection", "data=yolo", f"data.root={yaml_file}", "data.image_size=64"], tmp_path / "run"
+    )
     assert report["ok"] and json.loads((tmp_path / "run" / "check.json").read_text()) == report
     train = report["splits"]["train"]
     assert train["images"] == 4 and train["backgrounds"] == 2 and train["boxes"] == 4
@@ -174,24 +198,54 @@ def shapes_as_yolo(tmp_path: Path) -> Path:
     """The synthetic shape scenes (COCO json) written out as YOLO files (copies)."""
     from mbtasks.data.synthetic import make_shapes_detection
 
-    src = make_shapes_detection(tmp_path / "coco", classes=["circle", "square"], train_images=8, val_images=4,
-                                test_images=4, image_size=64, seed=2)
-    coco = CocoDataModule(str(src), "annotations/instances_train.json", "train", "annotations/instances_val.json",
-                          "val", "annotations/instances_test.json", "test")
+    src = make_shapes_detection(
+        tmp_path / "coco",
+        classes=["circle", "square"],
+        train_images=8,
+        val_images=4,
+        test_images=4,
+        image_size=64,
+        seed=2,
+    )
+    coco = CocoDataModule(
+        str(src),
+        "annotations/instances_train.json",
+        "train",
+        "annotations/instances_val.json",
+        "val",
+        "annotations/instances_test.json",
+        "test",
+    )
     return write_yolo(coco, tmp_path / "yolo", link=False)
 
 
 def test_train_test_predict_on_yolo_data_through_the_cli(tmp_path):
     yaml_file = shapes_as_yolo(tmp_path)
-    common = ["task=detection", "data=yolo", f"data.root={yaml_file}", "data.image_size=64", "data.batch_size=4",
-              "backbone.width=0.25", "trainer.max_epochs=1", "trainer.limit_train_batches=2", "task.log_images=0"]
+    common = [
+        "task=detection",
+        "data=yolo",
+        f"data.root={yaml_file}",
+        "data.image_size=64",
+        "data.batch_size=4",
+        "backbone.width=0.25",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=2",
+        "task.log_images=0",
+    ]
     metrics = run_mode(common, tmp_path / "train")
     assert "test/map" in metrics and "val/map_50" in metrics and metrics["train/loss"] > 0
     ckpt = tmp_path / "train" / "checkpoints" / "best.ckpt"
     tested = run_mode(["mode=test", f"ckpt_path={ckpt}"], tmp_path / "test")
     assert tested["test/map"] == pytest.approx(metrics["test/map"], abs=1e-6)
-    run_mode(["mode=predict", f"ckpt_path={ckpt}", f"predict.input={yaml_file.parent / 'images' / 'test'}",
-              "predict.score_threshold=0.0"], tmp_path / "predict")
+    run_mode(
+        [
+            "mode=predict",
+            f"ckpt_path={ckpt}",
+            f"predict.input={yaml_file.parent / 'images' / 'test'}",
+            "predict.score_threshold=0.0",
+        ],
+        tmp_path / "predict",
+    )
     detections = json.loads((tmp_path / "predict" / "predictions.json").read_text())
     # predictions carry the YOLO class ids (0, 1), not COCO's 1, 3
     assert detections and {d["category_id"] for d in detections} <= {0, 1}
@@ -208,13 +262,19 @@ def voc_pairs(root: Path) -> Path:
     for split in ("train", "test"):
         for name, objs in objects.items():
             image(root / split / f"{name}.jpg")
-            size = "<size><width>0</width><height>0</height></size>" if name == "b" else \
-                f"<size><width>{W}</width><height>{H}</height></size>"
-            body = "".join(f"<object><name>{n}</name><difficult>{d}</difficult><bndbox><xmin>{b[0]}</xmin>"
-                           f"<ymin>{b[1]}</ymin><xmax>{b[2]}</xmax><ymax>{b[3]}</ymax></bndbox></object>"
-                           for n, b, d in objs)
-            (root / split / f"{name}.xml").write_text(f"<annotation><filename>{name}.jpg</filename>{size}{body}"
-                                                      "</annotation>")
+            size = (
+                "<size><width>0</width><height>0</height></size>"
+                if name == "b"
+                else f"<size><width>{W}</width><height>{H}</height></size>"
+            )
+            body = "".join(
+                f"<object><name>{n}</name><difficult>{d}</difficult><bndbox><xmin>{b[0]}</xmin>"
+                f"<ymin>{b[1]}</ymin><xmax>{b[2]}</xmax><ymax>{b[3]}</ymax></bndbox></object>"
+                for n, b, d in objs
+            )
+            (root / split / f"{name}.xml").write_text(
+                f"<annotation><filename>{name}.jpg</filename>{size}{body}</annotation>"
+            )
     return root
 
 
@@ -234,7 +294,9 @@ def same_boxes(a: list, b: list, keep_ignored: bool) -> None:
 def test_voc_written_as_yolo_gives_the_same_boxes(tmp_path):
     voc = VocDataModule(str(voc_pairs(tmp_path / "voc")), val_split=None, val_fraction=0.34)
     yaml_file = write_yolo(voc, tmp_path / "yolo")
-    assert (tmp_path / "yolo" / "images" / "train").is_dir() and (tmp_path / "yolo" / "labels" / "test" / "c.txt").read_text() == ""
+    assert (tmp_path / "yolo" / "images" / "train").is_dir() and (
+        tmp_path / "yolo" / "labels" / "test" / "c.txt"
+    ).read_text() == ""
     yolo = YoloDataModule(str(yaml_file))
     yolo.setup("fit")
     assert yolo.class_names == voc.class_names

@@ -39,7 +39,9 @@ class ToyPredictor(Predictor):
     def predict(self, inputs, skipped: dict[str, str] | None = None) -> list[tuple[str, str]]:
         out = []
         for sources, _, batch in self.batches(inputs, skipped):
-            out += [(s.name, self.class_names[int(i)]) for s, i in zip(sources, self.forward(batch).argmax(1), strict=True)]
+            out += [
+                (s.name, self.class_names[int(i)]) for s, i in zip(sources, self.forward(batch).argmax(1), strict=True)
+            ]
         return out
 
     def write(self, cfg: DictConfig, files: list[Path], run_dir: Path) -> dict:
@@ -83,8 +85,9 @@ SPEC = TaskSpec(name="toy", head=ToyHead, predictor=ToyPredictor, export=ToyExpo
 class ToyTask(BaseTask):
     spec = SPEC
 
-    def __init__(self, backbone, head, info, optimizer=None, scheduler=None, finetune=None,
-                 no_decay: Sequence[str] = ()) -> None:
+    def __init__(
+        self, backbone, head, info, optimizer=None, scheduler=None, finetune=None, no_decay: Sequence[str] = ()
+    ) -> None:
         super().__init__(info, optimizer, scheduler, finetune, no_decay)
         self.class_names = list(info["class_names"])
         self.model = ToyNet(backbone, head(in_channels=backbone.num_features, num_classes=len(self.class_names)))

@@ -42,9 +42,7 @@ def get_activation(name: str) -> ActLayer:
     try:
         return ACTIVATIONS[name]
     except KeyError:
-        raise ValueError(
-            f"unknown activation {name!r}; expected one of {sorted(ACTIVATIONS)}"
-        ) from None
+        raise ValueError(f"unknown activation {name!r}; expected one of {sorted(ACTIVATIONS)}") from None
 
 
 # backbone.padding: symmetric (PyTorch's k // 2 on every side) | tf_same (TensorFlow's SAME, which
@@ -63,9 +61,7 @@ def check_padding(padding: str) -> str:
     return padding
 
 
-def conv2d(
-    in_channels: int, out_channels: int, kernel_size: int, stride: int, groups: int, padding: str
-) -> nn.Conv2d:
+def conv2d(in_channels: int, out_channels: int, kernel_size: int, stride: int, groups: int, padding: str) -> nn.Conv2d:
     """A bias-free ``nn.Conv2d`` (or subclass) with ``symmetric`` or ``tf_same`` padding.
 
     ``tf_same`` is TensorFlow's SAME: ``total = max((ceil(in / s) - 1) * s + k - in, 0)``,
@@ -140,8 +136,9 @@ class ConvBNAct(nn.Sequential):
         ]
         if act_layer is not None:
             # PReLU learns one slope per channel, so it is built with the channel count
-            layers.append(act_layer(out_channels) if getattr(act_layer, "per_channel", False)
-                          else act_layer(inplace=True))
+            layers.append(
+                act_layer(out_channels) if getattr(act_layer, "per_channel", False) else act_layer(inplace=True)
+            )
         super().__init__(*layers)
         self.out_channels = out_channels
 
@@ -200,9 +197,7 @@ class InvertedResidual(nn.Module):
         hidden = int(round(in_channels * expand_ratio))
         self.use_residual = stride == 1 and in_channels == out_channels
         self.conv_expand = (
-            ConvBNAct(in_channels, hidden, 1, act_layer=act_layer, padding=padding)
-            if expand_ratio != 1
-            else None
+            ConvBNAct(in_channels, hidden, 1, act_layer=act_layer, padding=padding) if expand_ratio != 1 else None
         )
         self.conv_dw = ConvBNAct(hidden, hidden, 3, stride, hidden, act_layer, padding)
         self.conv_project = ConvBNAct(hidden, out_channels, 1, act_layer=None, padding=padding)

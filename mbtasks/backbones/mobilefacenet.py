@@ -67,8 +67,10 @@ class MobileFaceNet(Backbone):
     ) -> None:
         super().__init__()
         if act not in MFN_ACTIVATIONS:
-            raise ConfigError(f"backbone.act={act!r}: expected one of {list(MFN_ACTIVATIONS)} (prelu is the "
-                              f"paper's).{suggest(act, MFN_ACTIVATIONS)}")
+            raise ConfigError(
+                f"backbone.act={act!r}: expected one of {list(MFN_ACTIVATIONS)} (prelu is the "
+                f"paper's).{suggest(act, MFN_ACTIVATIONS)}"
+            )
         act_layer = MFN_ACTIVATIONS[act]
         self.padding = check_padding(padding)
         self.width = width

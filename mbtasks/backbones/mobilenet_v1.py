@@ -56,8 +56,14 @@ class MobileNetV1(Backbone):
         list of ``(N, C_i, H / s_i, W / s_i)`` tensors, finest first.
     """
 
-    def __init__(self, width: float = 1.0, out_indices: tuple[int, ...] = (4,), act: str = "relu",
-                 pretrained: str | None = None, padding: str = "symmetric") -> None:
+    def __init__(
+        self,
+        width: float = 1.0,
+        out_indices: tuple[int, ...] = (4,),
+        act: str = "relu",
+        pretrained: str | None = None,
+        padding: str = "symmetric",
+    ) -> None:
         super().__init__()
         act_layer = get_activation(act)
         self.padding = check_padding(padding)
@@ -75,8 +81,12 @@ class MobileNetV1(Backbone):
             in_ch = out_ch
         self.blocks = nn.Sequential(*blocks)
         self.out_indices = resolve_out_indices(out_indices, len(LEVEL_STRIDES))
-        self.finish(self.out_indices, [level_channels[lvl] for lvl in self.out_indices],
-                    {level_end[lvl]: lvl for lvl in self.out_indices}, pretrained)
+        self.finish(
+            self.out_indices,
+            [level_channels[lvl] for lvl in self.out_indices],
+            {level_end[lvl]: lvl for lvl in self.out_indices},
+            pretrained,
+        )
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = self.stem(x)

@@ -74,8 +74,10 @@ class LoadReport:
         def few(names: list[str]) -> str:
             return f" ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})" if names else ""
 
-        return (f"{KEY}={self.source} ({self.kind}): loaded {len(self.loaded)} tensors, "
-                f"missing {len(self.missing)}{few(self.missing)}, unexpected {len(self.unexpected)}{few(self.unexpected)}")
+        return (
+            f"{KEY}={self.source} ({self.kind}): loaded {len(self.loaded)} tensors, "
+            f"missing {len(self.missing)}{few(self.missing)}, unexpected {len(self.unexpected)}{few(self.unexpected)}"
+        )
 
 
 def describe(backbone: nn.Module) -> str:
@@ -105,8 +107,12 @@ def is_imagenet(spec) -> bool:
 
 
 def wants_file(spec) -> bool:
-    return (isinstance(spec, str) and not is_published(spec) and not is_imagenet(spec)
-            and spec.lower() not in ("", "null", "none", "false", "auto"))
+    return (
+        isinstance(spec, str)
+        and not is_published(spec)
+        and not is_imagenet(spec)
+        and spec.lower() not in ("", "null", "none", "false", "auto")
+    )
 
 
 def is_active(spec) -> bool:
@@ -141,8 +147,7 @@ def read_backbone_state(path: Path, backbone: nn.Module) -> tuple[dict[str, torc
     """
     if not path.is_file():
         raise ConfigError(f"{KEY}={path}: file not found (give an mbtasks checkpoint, a state dict, 'timm' or null)")
-    obj = checkpoint.load_weights_only(path, KEY, "expected an mbtasks checkpoint or a (timm / torchvision) "
-                                       "state dict")
+    obj = checkpoint.load_weights_only(path, KEY, "expected an mbtasks checkpoint or a (timm / torchvision) state dict")
     if not isinstance(obj, Mapping):
         raise ConfigError(f"{KEY}={path}: holds a {type(obj).__name__}, expected a checkpoint or a state dict")
     if checkpoint.is_ours(obj) and "state_dict" in obj:
@@ -163,13 +168,15 @@ def read_backbone_state(path: Path, backbone: nn.Module) -> tuple[dict[str, torc
         origin = "timm" if "conv_stem.weight" in tensors else "torchvision"
         return convert_foreign(tensors, backbone, path, origin), f"{origin} MobileNet state dict", None
     own = backbone.state_dict()
-    best = max(PREFIXES, key=lambda p: sum(1 for k in tensors if k.startswith(p) and k[len(p):] in own))
-    state = {k[len(best):]: v for k, v in tensors.items() if k.startswith(best)}
+    best = max(PREFIXES, key=lambda p: sum(1 for k in tensors if k.startswith(p) and k[len(p) :] in own))
+    state = {k[len(best) :]: v for k, v in tensors.items() if k.startswith(best)}
     # nothing matched under any prefix: keep every tensor, so the refusal counts what the file holds
     return (state if any(k in own for k in state) else dict(tensors)), "state dict", None
 
 
-def convert_foreign(tensors: Mapping[str, torch.Tensor], backbone: nn.Module, source, origin: str) -> dict[str, torch.Tensor]:
+def convert_foreign(
+    tensors: Mapping[str, torch.Tensor], backbone: nn.Module, source, origin: str
+) -> dict[str, torch.Tensor]:
     """timm / torchvision MobileNet tensors (classifier dropped) renamed to ``backbone``'s keys by position."""
     features = OrderedDict((k, v) for k, v in tensors.items() if not k.startswith("classifier"))
     try:
@@ -177,36 +184,52 @@ def convert_foreign(tensors: Mapping[str, torch.Tensor], backbone: nn.Module, so
     except ValueError as err:
         raise ConfigError(
             f"{KEY}={source}: a {origin} MobileNet state dict ({len(features)} feature tensors) does not fit "
-            f"this run's {describe(backbone)} ({len(backbone.state_dict())} tensors): {err}") from err
+            f"this run's {describe(backbone)} ({len(backbone.state_dict())} tensors): {err}"
+        ) from err
 
 
 def mismatch(source, source_arch: str | None, backbone: nn.Module, detail: str = "") -> ConfigError:
     return ConfigError(
         f"{KEY}={source} holds a {source_arch or 'different'} backbone but this run builds {describe(backbone)}"
-        f"{detail}; choose the same backbone and width (e.g. backbone=... backbone.width=...) or another source")
+        f"{detail}; choose the same backbone and width (e.g. backbone=... backbone.width=...) or another source"
+    )
 
 
-def load_state(backbone: nn.Module, state: Mapping[str, torch.Tensor], source: str, kind: str,
-               source_arch: str | None = None) -> LoadReport:
+def load_state(
+    backbone: nn.Module, state: Mapping[str, torch.Tensor], source: str, kind: str, source_arch: str | None = None
+) -> LoadReport:
     """Copy ``state`` (named as ``backbone.state_dict()``) into ``backbone``, checking every shape."""
     own = backbone.state_dict()
     shared = [k for k in state if k in own]
     if not shared:
         raise ConfigError(
             f"{KEY}={source}: none of its {len(state)} tensors match {describe(backbone)} "
-            f"(source keys start {list(state)[:3]}, expected e.g. {list(own)[:3]})")
+            f"(source keys start {list(state)[:3]}, expected e.g. {list(own)[:3]})"
+        )
     wrong = [k for k in shared if tuple(state[k].shape) != tuple(own[k].shape)]
     if wrong:
         k = wrong[0]
-        raise mismatch(source, source_arch, backbone,
-                       f" ({len(wrong)} tensors differ in shape, e.g. {k}: {tuple(state[k].shape)} there, "
-                       f"{tuple(own[k].shape)} here)")
+        raise mismatch(
+            source,
+            source_arch,
+            backbone,
+            f" ({len(wrong)} tensors differ in shape, e.g. {k}: {tuple(state[k].shape)} there, "
+            f"{tuple(own[k].shape)} here)",
+        )
     # NaN / inf weights would only show up later as a non-finite training loss (blamed on the LR)
-    checkpoint.refuse_non_finite({k: state[k] for k in shared}, f"{KEY}={source}",
-                                 f"the file is damaged or comes from a diverged run; give another file or {KEY}=null")
+    checkpoint.refuse_non_finite(
+        {k: state[k] for k in shared},
+        f"{KEY}={source}",
+        f"the file is damaged or comes from a diverged run; give another file or {KEY}=null",
+    )
     backbone.load_state_dict({k: state[k] for k in shared}, strict=False)
-    return LoadReport(source, kind, loaded=shared, missing=[k for k in own if k not in state],
-                      unexpected=[k for k in state if k not in own])
+    return LoadReport(
+        source,
+        kind,
+        loaded=shared,
+        missing=[k for k in own if k not in state],
+        unexpected=[k for k in state if k not in own],
+    )
 
 
 @contextlib.contextmanager
@@ -228,13 +251,18 @@ def published_weights(name: str) -> Iterator[None]:
         raise ConfigError(
             f"{KEY}=timm: could not get timm's published weights for {name}: {reason}. Download them where "
             f"there is internet (timm.create_model('{name}', pretrained=True).state_dict() saved with "
-            f"torch.save) and pass {KEY}=/path/to/file.pth, or use {KEY}=null") from err
+            f"torch.save) and pass {KEY}=/path/to/file.pth, or use {KEY}=null"
+        ) from err
     finally:
         hub.HF_HUB_OFFLINE = saved
 
 
 def activations(backbone: nn.Module) -> set[str]:
-    return {type(m).__name__.lower() for m in backbone.modules() if isinstance(m, nn.ReLU | nn.ReLU6 | nn.Hardswish | nn.SiLU)}
+    return {
+        type(m).__name__.lower()
+        for m in backbone.modules()
+        if isinstance(m, nn.ReLU | nn.ReLU6 | nn.Hardswish | nn.SiLU)
+    }
 
 
 def load_imagenet(backbone: nn.Module) -> LoadReport:
@@ -244,11 +272,23 @@ def load_imagenet(backbone: nn.Module) -> LoadReport:
     converted = published.read(found, backbone)
     acts, padding = activations(backbone), getattr(backbone, "padding", "symmetric")
     if acts != {converted.act}:
-        log.warning("%s=imagenet: %s was trained with %s, this backbone uses %s (set backbone.act=%s)",
-                    KEY, entry.name, converted.act, sorted(acts), converted.act)
+        log.warning(
+            "%s=imagenet: %s was trained with %s, this backbone uses %s (set backbone.act=%s)",
+            KEY,
+            entry.name,
+            converted.act,
+            sorted(acts),
+            converted.act,
+        )
     if padding != converted.padding:
-        log.warning("%s=imagenet: %s was trained with %s padding, this backbone uses %s (set backbone.padding=%s)",
-                    KEY, entry.name, converted.padding, padding, converted.padding)
+        log.warning(
+            "%s=imagenet: %s was trained with %s padding, this backbone uses %s (set backbone.padding=%s)",
+            KEY,
+            entry.name,
+            converted.padding,
+            padding,
+            converted.padding,
+        )
     kind = f"{entry.name} ImageNet weights, {converted.source}" + (" (BatchNorm folded)" if converted.bn_folded else "")
     return load_state(backbone, published.backbone_part(converted), "imagenet", kind)
 
@@ -266,7 +306,11 @@ def load_published(backbone: nn.Module) -> LoadReport:
         source = timm.create_model(name, pretrained=True)
     acts = activations(backbone)
     if acts != {"relu6"}:
-        log.warning("%s=timm: %s was trained with ReLU6, this backbone uses %s (set backbone.act=relu6)",
-                    KEY, name, sorted(acts))
+        log.warning(
+            "%s=timm: %s was trained with ReLU6, this backbone uses %s (set backbone.act=relu6)",
+            KEY,
+            name,
+            sorted(acts),
+        )
     state = convert_foreign(source.state_dict(), backbone, "timm", "timm")
     return load_state(backbone, state, "timm", f"timm {name} published weights")

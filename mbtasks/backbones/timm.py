@@ -20,12 +20,17 @@ class TimmBackbone(Backbone):
         name: any timm model name that supports ``features_only`` (``mobilenetv3_large_100``,
             ``efficientnet_b0``, ``mobilenetv1_100`` ...).
         pretrained: ``timm`` or ``imagenet`` (or ``true``): timm's published weights (needs internet
-            or a filled Hugging Face cache); PATH: an mbtasks checkpoint or a state dict of this backbone; null: random init.
+            or a filled Hugging Face cache); PATH: an mbtasks checkpoint or a state dict of this backbone;
+            null: random init.
         out_indices: timm feature levels (by reduction 2, 4, 8, 16, 32 for most models).
     """
 
-    def __init__(self, name: str = "mobilenetv3_large_100", pretrained: bool | str | None = None,
-                 out_indices: tuple[int, ...] = (-1,)) -> None:
+    def __init__(
+        self,
+        name: str = "mobilenetv3_large_100",
+        pretrained: bool | str | None = None,
+        out_indices: tuple[int, ...] = (-1,),
+    ) -> None:
         super().__init__()
         import timm
 

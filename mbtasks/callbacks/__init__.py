@@ -9,5 +9,13 @@ from mbtasks.callbacks.rng_state import RngState
 from mbtasks.callbacks.time_budget import TimeBudget
 from mbtasks.callbacks.validation_schedule import ValidationSchedule
 
-__all__ = ["BackboneFreeze", "ChannelsLast", "EpochLog", "RngState", "RunPlots", "RunProgressBar", "TimeBudget",
-           "ValidationSchedule"]
+__all__ = [
+    "BackboneFreeze",
+    "ChannelsLast",
+    "EpochLog",
+    "RngState",
+    "RunPlots",
+    "RunProgressBar",
+    "TimeBudget",
+    "ValidationSchedule",
+]

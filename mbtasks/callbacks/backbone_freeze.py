@@ -88,8 +88,12 @@ class BatchNormUnfold(Callback):
         loader = trainer.datamodule.train_dataloader()
         images = (batch[0].to(pl_module.device) for _, batch in zip(range(self.batches), loader, strict=False))
         changed = unfold_batchnorm(pl_module.backbone, images)
-        log.info("finetune.unfold_bn: %d backbone BatchNorm layers took the statistics of %d training batches "
-                 "(the network's function unchanged)", changed, self.batches)
+        log.info(
+            "finetune.unfold_bn: %d backbone BatchNorm layers took the statistics of %d training batches "
+            "(the network's function unchanged)",
+            changed,
+            self.batches,
+        )
 
 
 class BackboneFreeze(Callback):
@@ -104,8 +108,9 @@ class BackboneFreeze(Callback):
         freeze_bn: keep the backbone's BatchNorm layers in eval mode while it trains (``finetune.freeze_bn``).
     """
 
-    def __init__(self, freeze: bool = False, unfreeze_at_epoch: int | None = None, lr_mult: float = 1.0,
-                 freeze_bn: bool = False) -> None:
+    def __init__(
+        self, freeze: bool = False, unfreeze_at_epoch: int | None = None, lr_mult: float = 1.0, freeze_bn: bool = False
+    ) -> None:
         if unfreeze_at_epoch is not None and (isinstance(unfreeze_at_epoch, bool) or int(unfreeze_at_epoch) < 0):
             raise ConfigError(f"finetune.unfreeze_at_epoch={unfreeze_at_epoch!r}: expected an epoch >= 0 or null")
         self.freeze = bool(freeze)
@@ -126,9 +131,11 @@ class BackboneFreeze(Callback):
         frozen = self.frozen_at(trainer.current_epoch)
         if frozen != self._frozen:
             set_frozen(backbone, frozen)
-            log.info("epoch %d: backbone %s", trainer.current_epoch,
-                     "frozen (BatchNorm in eval)" if frozen
-                     else f"trainable (LR x {self.lr_mult})")
+            log.info(
+                "epoch %d: backbone %s",
+                trainer.current_epoch,
+                "frozen (BatchNorm in eval)" if frozen else f"trainable (LR x {self.lr_mult})",
+            )
             self._frozen = frozen
         elif frozen:
             # Lightning puts the whole module back in train mode (each epoch, after validation).
@@ -155,7 +162,8 @@ class BackboneFreeze(Callback):
             raise ConfigError(
                 f"finetune.unfreeze_at_epoch={self.unfreeze_at_epoch} needs a single-process run: with "
                 f"{trainer.world_size} DDP processes the unfrozen backbone would not be synchronised; "
-                "freeze for the whole run (finetune.unfreeze_at_epoch=null) or train on one device")
+                "freeze for the whole run (finetune.unfreeze_at_epoch=null) or train on one device"
+            )
         self._frozen = None
         self._apply(trainer, pl_module)
 

@@ -29,7 +29,6 @@ from mbtasks.callbacks.epoch_log import EPOCH_LOG, read_epoch_log  # noqa: E402
 log = logging.getLogger(__name__)
 
 
-
 def save_figure(fig, path: Path) -> Path:
     """Write ``fig`` as a PNG and close it."""
     fig.savefig(path, dpi=110)
@@ -65,7 +64,7 @@ def write_results(run_dir: Path) -> list[Path]:
     cols = min(4, len(keys))
     rows = math.ceil(len(keys) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False)
-    for ax in axes.flat[len(keys):]:
+    for ax in axes.flat[len(keys) :]:
         ax.axis("off")
     for ax, key in zip(axes.flat, keys, strict=False):
         points = [(r["epoch"], r[key]) for r in records if _finite(r.get(key))]
@@ -101,8 +100,15 @@ def confusion_figure(matrix: np.ndarray, names: list[str], split: str | None = N
             peak = values.max() if values.size else 0
             for i in range(k):
                 for j in range(k):
-                    ax.text(j, i, format(values[i, j], fmt), ha="center", va="center", fontsize=6,
-                            color="white" if peak and values[i, j] > peak / 2 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        format(values[i, j], fmt),
+                        ha="center",
+                        va="center",
+                        fontsize=6,
+                        color="white" if peak and values[i, j] > peak / 2 else "black",
+                    )
     fig.tight_layout()
     return fig
 
@@ -163,8 +169,14 @@ def verification_figures(result, distances: np.ndarray, same: np.ndarray, thresh
         fpr, tpr, _ = roc_curve(same, -np.asarray(distances))
         ax.plot(np.clip(fpr, 1e-5, 1), tpr, lw=1.5, label=f"ROC, AUC {result.roc_auc:.3f}")
         t_fpr, t_tpr = float(np.mean(distances[~same] <= threshold)), float(np.mean(distances[same] <= threshold))
-        ax.plot([max(t_fpr, 1e-5)], [t_tpr], "o", color="tab:red", ms=7,
-                label=f"threshold {threshold_text(threshold)}: TAR {t_tpr:.3f} @ FAR {t_fpr:.4f}")
+        ax.plot(
+            [max(t_fpr, 1e-5)],
+            [t_tpr],
+            "o",
+            color="tab:red",
+            ms=7,
+            label=f"threshold {threshold_text(threshold)}: TAR {t_tpr:.3f} @ FAR {t_fpr:.4f}",
+        )
         for far, tar in result.tar_at_far.items():
             if tar is not None:
                 ax.plot([far], [tar], "s", ms=6, label=f"TAR@FAR={far:g}: {tar:.3f}")

@@ -30,8 +30,11 @@ class RunProgressBar(RichProgressBar):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         now = time.monotonic()
-        if now - self._drawn < self.min_interval_s and batch_idx + 1 < self.total_train_batches \
-                and not trainer.should_stop:
+        if (
+            now - self._drawn < self.min_interval_s
+            and batch_idx + 1 < self.total_train_batches
+            and not trainer.should_stop
+        ):
             return
         self._drawn = now
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)

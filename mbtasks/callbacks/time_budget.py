@@ -52,8 +52,7 @@ def parse_duration(text: str | int | float) -> float:
     spec = str(text).strip().lower().replace(" ", "")
     parts = _DURATION.findall(spec)
     if not parts or "".join(n + u for n, u in parts) != spec:
-        raise ConfigError(f"train.time={text!r}: expected a duration such as 10m, 90s, 1h30m or 1.5h "
-                          "(null: no budget)")
+        raise ConfigError(f"train.time={text!r}: expected a duration such as 10m, 90s, 1h30m or 1.5h (null: no budget)")
     seconds = sum(float(n) * _UNITS[u] for n, u in parts)
     if seconds <= 0:
         raise ConfigError(f"train.time={text!r}: the budget must be longer than 0 s (null: no budget)")
@@ -76,8 +75,17 @@ def validations_left(final_epoch: int, last_validated: int, every: int) -> int:
     return (final_epoch - 1 - last_validated) // max(1, every) + 1
 
 
-def plan_steps(left: float, done: int, per_epoch: int, step_time: float, val_time: float, last_validated: int,
-               min_every: int, val_allowed: int | None, budget: float) -> tuple[int, int]:
+def plan_steps(
+    left: float,
+    done: int,
+    per_epoch: int,
+    step_time: float,
+    val_time: float,
+    last_validated: int,
+    min_every: int,
+    val_allowed: int | None,
+    budget: float,
+) -> tuple[int, int]:
     """The optimizer steps that fit ``left`` seconds, and the validation interval in epochs.
 
     Args:
@@ -146,12 +154,20 @@ class TimeBudget(L.Callback):
         replan_every: steps between re-plans (and at least every 5% of the budget).
     """
 
-    def __init__(self, time: str | None = None, val_share: float | None = 0.1, skip_steps: int = 2,
-                 measure_steps: int = 3, replan_every: int = 20) -> None:
+    def __init__(
+        self,
+        time: str | None = None,
+        val_share: float | None = 0.1,
+        skip_steps: int = 2,
+        measure_steps: int = 3,
+        replan_every: int = 20,
+    ) -> None:
         self.budget = parse_duration(time) if time is not None else None
         if val_share is not None and not 0 < float(val_share) < 1:
-            raise ConfigError(f"train.val_share={val_share!r}: expected a fraction of the budget in (0, 1), "
-                              "e.g. 0.1, or null (validate every trainer.check_val_every_n_epoch epochs)")
+            raise ConfigError(
+                f"train.val_share={val_share!r}: expected a fraction of the budget in (0, 1), "
+                "e.g. 0.1, or null (validate every trainer.check_val_every_n_epoch epochs)"
+            )
         self.val_share = None if val_share is None else float(val_share)
         self.skip_steps, self.measure_steps, self.replan_every = int(skip_steps), int(measure_steps), int(replan_every)
         # kept in checkpoints
@@ -205,8 +221,10 @@ class TimeBudget(L.Callback):
         self._timed_from, self._windows, self._val_began = None, 0.0, None
         self._schedule = next((c for c in trainer.callbacks if isinstance(c, ValidationSchedule)), None)
         if self._schedule is None:
-            log.warning("train.time: no ValidationSchedule callback: validation follows "
-                        "trainer.check_val_every_n_epoch and is charged as such")
+            log.warning(
+                "train.time: no ValidationSchedule callback: validation follows "
+                "trainer.check_val_every_n_epoch and is charged as such"
+            )
         if self.total_steps is not None:  # resumed: the stored plan, with the restored step count
             self.plans = self.plans or [(0, self.total_steps)]  # a checkpoint from before plans were kept
             self._apply(trainer, pl_module, self.total_steps, record=False)
@@ -216,11 +234,18 @@ class TimeBudget(L.Callback):
             self.plans = self.plans or [(trainer.global_step, _OPEN_ENDED)]
             trainer.fit_loop.max_epochs = _OPEN_ENDED
             self._rebuild_schedule(trainer, pl_module, _OPEN_ENDED)
-        rule = (f"at most {self.val_share:.0%} of it (train.val_share): every k epochs, k from the measured step "
-                "and validation times" if self.val_share is not None else
-                f"every {trainer.check_val_every_n_epoch} epochs (trainer.check_val_every_n_epoch)")
-        log.info("train.time=%s: validation takes %s, and always the final epoch; the plan comes after %d timed "
-                 "steps", format_seconds(self.budget), rule, self.skip_steps + self.measure_steps)
+        rule = (
+            f"at most {self.val_share:.0%} of it (train.val_share): every k epochs, k from the measured step "
+            "and validation times"
+            if self.val_share is not None
+            else f"every {trainer.check_val_every_n_epoch} epochs (trainer.check_val_every_n_epoch)"
+        )
+        log.info(
+            "train.time=%s: validation takes %s, and always the final epoch; the plan comes after %d timed steps",
+            format_seconds(self.budget),
+            rule,
+            self.skip_steps + self.measure_steps,
+        )
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
         if self.budget is None:
@@ -228,7 +253,9 @@ class TimeBudget(L.Callback):
         self._batch_began = time.monotonic()
         self._close_val_window(self._batch_began)
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int
+    ) -> None:
         if self.budget is None:
             return
         now = time.monotonic()
@@ -312,10 +339,14 @@ class TimeBudget(L.Callback):
         if self.val_share is not None and schedule is not None and val_time > 0:
             val_spent = self.earlier["val_cost_s"] + self._session["val_cost_s"] + open_window
             val_allowed = max(1, int((self.val_share * self.budget - val_spent) / val_time))
-        total, every = plan_steps(left, done, per_epoch, step_time, val_time, last_validated, min_every,
-                                  val_allowed, self.budget)
-        if self.total_steps is not None and total > self.total_steps \
-                and (total - self.total_steps) * step_time < 0.01 * self.budget:
+        total, every = plan_steps(
+            left, done, per_epoch, step_time, val_time, last_validated, min_every, val_allowed, self.budget
+        )
+        if (
+            self.total_steps is not None
+            and total > self.total_steps
+            and (total - self.total_steps) * step_time < 0.01 * self.budget
+        ):
             total = self.total_steps  # a growth within the timing noise: keep the plan (and the schedule) as is
         total, every = trainer.strategy.broadcast((int(total), int(every)), src=0)
         if schedule is not None:
@@ -326,16 +357,35 @@ class TimeBudget(L.Callback):
         if done >= total:
             trainer.should_stop = True
 
-    def _log_plan(self, left: float, step_time: float, val_time: float, measured: bool, total: int, per_epoch: int,
-                  every: int, last_validated: int) -> None:
+    def _log_plan(
+        self,
+        left: float,
+        step_time: float,
+        val_time: float,
+        measured: bool,
+        total: int,
+        per_epoch: int,
+        every: int,
+        last_validated: int,
+    ) -> None:
         # the first plan, and then only changes of 5% or more, at INFO (one-batch epochs re-plan often)
         loud = self._logged_total is None or abs(total - self._logged_total) >= 0.05 * self._logged_total
         vals = validations_left(math.ceil(total / per_epoch) - 1, last_validated, every)
-        log.log(logging.INFO if loud else logging.DEBUG,
-                "train.time: %s left, %.3g s per step, %.3g s per validation (%s): %d steps (%.1f epochs of %d), "
-                "validation every %d epochs and at the end (%d more, %s)", format_seconds(left), step_time, val_time,
-                "measured" if measured else "estimated", total, total / per_epoch, per_epoch, every, vals,
-                format_seconds(vals * val_time))
+        log.log(
+            logging.INFO if loud else logging.DEBUG,
+            "train.time: %s left, %.3g s per step, %.3g s per validation (%s): %d steps (%.1f epochs of %d), "
+            "validation every %d epochs and at the end (%d more, %s)",
+            format_seconds(left),
+            step_time,
+            val_time,
+            "measured" if measured else "estimated",
+            total,
+            total / per_epoch,
+            per_epoch,
+            every,
+            vals,
+            format_seconds(vals * val_time),
+        )
         if loud:
             self._logged_total = total
 
@@ -353,15 +403,20 @@ class TimeBudget(L.Callback):
         if factory is None or not trainer.lr_scheduler_configs:
             return
         config = trainer.lr_scheduler_configs[0]
-        kwargs = {"total_steps": total, "steps_per_epoch": self._steps_per_epoch(trainer),
-                  "last_epoch": trainer.global_step - 1}  # the new schedule starts at this step
+        kwargs = {
+            "total_steps": total,
+            "steps_per_epoch": self._steps_per_epoch(trainer),
+            "last_epoch": trainer.global_step - 1,
+        }  # the new schedule starts at this step
         if _takes(factory, "plans"):  # the LR of the steps taken stays as it was (schedules.py)
             kwargs["plans"] = list(self.plans)
         try:
             config.scheduler = factory(config.scheduler.optimizer, **kwargs)
         except TypeError as err:
-            raise ConfigError(f"train.time: the scheduler factory {factory} must take (optimizer, total_steps, "
-                              f"steps_per_epoch, last_epoch[, plans]) to be re-sized ({err})") from err
+            raise ConfigError(
+                f"train.time: the scheduler factory {factory} must take (optimizer, total_steps, "
+                f"steps_per_epoch, last_epoch[, plans]) to be re-sized ({err})"
+            ) from err
 
     # -- the split ----------------------------------------------------------------------------
 
@@ -370,17 +425,24 @@ class TimeBudget(L.Callback):
         total = self.elapsed()
         steps = self.earlier["steps_s"] + self._session["steps_s"]
         val = self.earlier["val_s"] + self._session["val_s"]
-        return {"total_s": total, "steps_s": steps, "val_s": val, "other_s": max(0.0, total - steps - val),
-                "steps": self.earlier["steps"] + self._session["steps"],
-                "validations": self.earlier["validations"] + self._session["validations"]}
+        return {
+            "total_s": total,
+            "steps_s": steps,
+            "val_s": val,
+            "other_s": max(0.0, total - steps - val),
+            "steps": self.earlier["steps"] + self._session["steps"],
+            "validations": self.earlier["validations"] + self._session["validations"],
+        }
 
     def split_line(self) -> str:
         s = self.split()
         share = {k: s[k] / s["total_s"] if s["total_s"] > 0 else 0.0 for k in ("steps_s", "val_s", "other_s")}
-        return (f"{format_seconds(s['total_s'])} of {format_seconds(self.budget)} used: "
-                f"{share['steps_s']:.0%} in training steps ({s['steps']} steps, {format_seconds(s['steps_s'])}), "
-                f"{share['val_s']:.0%} in validation ({s['validations']} passes, {format_seconds(s['val_s'])}), "
-                f"{share['other_s']:.0%} else (data waits, checkpoints, logging; {format_seconds(s['other_s'])})")
+        return (
+            f"{format_seconds(s['total_s'])} of {format_seconds(self.budget)} used: "
+            f"{share['steps_s']:.0%} in training steps ({s['steps']} steps, {format_seconds(s['steps_s'])}), "
+            f"{share['val_s']:.0%} in validation ({s['validations']} passes, {format_seconds(s['val_s'])}), "
+            f"{share['other_s']:.0%} else (data waits, checkpoints, logging; {format_seconds(s['other_s'])})"
+        )
 
     # -- checkpoints ----------------------------------------------------------------------------
 
@@ -389,11 +451,20 @@ class TimeBudget(L.Callback):
             return {}
         split = self.split()
         open_window = time.monotonic() - self._val_began if self._val_began is not None else 0.0
-        return {"spent": float(self.elapsed()), "total_steps": self.total_steps, "max_epochs": self.max_epochs,
-                "val_every": self.val_every, "plans": [list(p) for p in self.plans],
-                "split": {"steps_s": split["steps_s"], "val_s": split["val_s"], "steps": split["steps"],
-                          "validations": split["validations"],
-                          "val_cost_s": self.earlier["val_cost_s"] + self._session["val_cost_s"] + open_window}}
+        return {
+            "spent": float(self.elapsed()),
+            "total_steps": self.total_steps,
+            "max_epochs": self.max_epochs,
+            "val_every": self.val_every,
+            "plans": [list(p) for p in self.plans],
+            "split": {
+                "steps_s": split["steps_s"],
+                "val_s": split["val_s"],
+                "steps": split["steps"],
+                "validations": split["validations"],
+                "val_cost_s": self.earlier["val_cost_s"] + self._session["val_cost_s"] + open_window,
+            },
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if state_dict:

@@ -55,20 +55,27 @@ class ValidationSchedule(L.Callback):
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # without validation, ModelCheckpoint saves at every epoch's end only while the value is 1: leave it
-        self._active = (self.configured is not None and trainer.enable_validation
-                        and getattr(trainer, "_val_check_time_interval", None) is None)
+        self._active = (
+            self.configured is not None
+            and trainer.enable_validation
+            and getattr(trainer, "_val_check_time_interval", None) is None
+        )
         if self._active:
             self._validate_epoch(trainer, self.due(trainer.current_epoch))
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int
+    ) -> None:
         # decided again after every batch: ``every`` may have changed, and the run may be ending here.
         # Lightning reads the value after the last batch (or a stop); ModelCheckpoint until the epoch's end.
         if not self._active:
             return
         last_batch = batch_idx + 1 >= trainer.num_training_batches
-        ending = trainer.should_stop or (last_batch and trainer.current_epoch + 1 >= (trainer.max_epochs or 0) > 0) \
+        ending = (
+            trainer.should_stop
+            or (last_batch and trainer.current_epoch + 1 >= (trainer.max_epochs or 0) > 0)
             or (0 < trainer.max_steps <= trainer.global_step)
+        )
         # the final epoch always: its weights reach last.ckpt (and best.ckpt if best)
         self._validate_epoch(trainer, ending or self.due(trainer.current_epoch))
 

@@ -67,10 +67,17 @@ class DataModuleBase(L.LightningDataModule):
     # (benchmarks/export_parity.py), so every mode decodes the same way.
     reduced_decode: bool = False
 
-    def __init__(self, root: str | Path, image_size: int, num_workers: int = 2,
-                 train_transforms: Callable | None = None, eval_transforms: Callable | None = None,
-                 mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD,
-                 generator: Callable | None = None) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        image_size: int,
+        num_workers: int = 2,
+        train_transforms: Callable | None = None,
+        eval_transforms: Callable | None = None,
+        mean: tuple[float, ...] = IMAGENET_MEAN,
+        std: tuple[float, ...] = IMAGENET_STD,
+        generator: Callable | None = None,
+    ) -> None:
         super().__init__()
         self.root = Path(root)
         self.image_size = int(image_size)
@@ -118,10 +125,18 @@ class SplitDataModule(DataModuleBase):
 
     collate_fn: Callable | None = None
 
-    def __init__(self, root: str | Path, image_size: int, batch_size: int, num_workers: int = 2,
-                 train_transforms: Callable | None = None, eval_transforms: Callable | None = None,
-                 mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD,
-                 generator: Callable | None = None) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        image_size: int,
+        batch_size: int,
+        num_workers: int = 2,
+        train_transforms: Callable | None = None,
+        eval_transforms: Callable | None = None,
+        mean: tuple[float, ...] = IMAGENET_MEAN,
+        std: tuple[float, ...] = IMAGENET_STD,
+        generator: Callable | None = None,
+    ) -> None:
         super().__init__(root, image_size, num_workers, train_transforms, eval_transforms, mean, std, generator)
         self.batch_size = batch_size
         self.datasets: dict[str, Dataset] = {}

@@ -94,8 +94,12 @@ class RandomIoUCrop(BaseCrop):
             coords = (int(x1), int(y1), max(int(x1) + 1, int(x1 + w)), max(int(y1) + 1, int(y1 + h)))
             if not len(boxes):
                 return {"crop_coords": coords}
-            inside = ((centers[:, 0] > crop[0]) & (centers[:, 0] < crop[2])
-                      & (centers[:, 1] > crop[1]) & (centers[:, 1] < crop[3]))
+            inside = (
+                (centers[:, 0] > crop[0])
+                & (centers[:, 0] < crop[2])
+                & (centers[:, 1] > crop[1])
+                & (centers[:, 1] < crop[3])
+            )
             if inside.any() and _iou_with(boxes[inside], crop).max() >= min_iou:
                 return {"crop_coords": coords}
         return {"crop_coords": whole}

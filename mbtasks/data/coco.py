@@ -91,14 +91,17 @@ def coco_categories(data: dict, path: Path) -> tuple[list[str], list[int]]:
     first: dict[str, int] = {}
     for cid, name in cats:
         if name in first:
-            raise DataError(f"{path}: categories {first[name]} and {cid} share the name {name!r}; class names "
-                            "must be unique (merge the ids or rename one)")
+            raise DataError(
+                f"{path}: categories {first[name]} and {cid} share the name {name!r}; class names "
+                "must be unique (merge the ids or rename one)"
+            )
         first[name] = cid
     return [n for _, n in cats], ids
 
 
-def load_coco(ann_file: Path, image_dir: Path, category_ids: list[int],
-              report: AnnotationReport | None = None) -> tuple[list[ImageRecord], AnnotationReport]:
+def load_coco(
+    ann_file: Path, image_dir: Path, category_ids: list[int], report: AnnotationReport | None = None
+) -> tuple[list[ImageRecord], AnnotationReport]:
     """Read one split into records, skipping (and counting) what cannot be used.
 
     Skipped, each with a message naming file and annotation id: boxes of zero or negative
@@ -129,22 +132,31 @@ def load_coco(ann_file: Path, image_dir: Path, category_ids: list[int],
             report.add("malformed image entries", f"image entry {str(entry)[:80]} lacks an integer 'id' or 'file_name'")
             continue
         if image_id in listed:
-            raise DataError(f"{ann_file}: image id {image_id} is used twice (file_name {listed[image_id]!r} and "
-                            f"{name!r}); their boxes would mix: give every image its own id")
+            raise DataError(
+                f"{ann_file}: image id {image_id} is used twice (file_name {listed[image_id]!r} and "
+                f"{name!r}); their boxes would mix: give every image its own id"
+            )
         listed[image_id] = name
         if not inside_folder(name):
-            report.add("file names outside the image folder",
-                       f"image id {image_id}: file_name {name!r} is absolute or climbs out of {image_dir} with '..'; "
-                       "it is not read")
+            report.add(
+                "file names outside the image folder",
+                f"image id {image_id}: file_name {name!r} is absolute or climbs out of {image_dir} with '..'; "
+                "it is not read",
+            )
             continue
         path = image_dir / name
         if not path.is_file():
-            report.add("missing image files", f"image id {image_id}: file {path} not found; its annotations are skipped")
+            report.add(
+                "missing image files", f"image id {image_id}: file {path} not found; its annotations are skipped"
+            )
             continue
         width, height = as_size(entry.get("width")), as_size(entry.get("height"))
         if width is None or height is None:
-            report.add("image sizes that are not numbers", f"image id {image_id} ({name}): width={entry.get('width')!r}, "
-                                                           f"height={entry.get('height')!r}; the file's size is used")
+            report.add(
+                "image sizes that are not numbers",
+                f"image id {image_id} ({name}): width={entry.get('width')!r}, "
+                f"height={entry.get('height')!r}; the file's size is used",
+            )
             width = height = 0
         if width <= 0 or height <= 0:
             try:
@@ -160,29 +172,47 @@ def load_coco(ann_file: Path, image_dir: Path, category_ids: list[int],
             continue
         ann_id = ann.get("id", "?")
         image_id, category, bbox = as_id(ann.get("image_id")), as_id(ann.get("category_id")), ann.get("bbox")
-        if (image_id is None or category is None or not isinstance(bbox, list) or len(bbox) != 4
-                or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in bbox)):
-            report.add("malformed annotations", f"annotation {ann_id}: needs an integer image_id and category_id "
-                                                f"and bbox [x, y, w, h] of numbers; got image_id="
-                                                f"{ann.get('image_id')!r}, category_id={ann.get('category_id')!r}, "
-                                                f"bbox={str(bbox)[:60]}")
+        if (
+            image_id is None
+            or category is None
+            or not isinstance(bbox, list)
+            or len(bbox) != 4
+            or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in bbox)
+        ):
+            report.add(
+                "malformed annotations",
+                f"annotation {ann_id}: needs an integer image_id and category_id "
+                f"and bbox [x, y, w, h] of numbers; got image_id="
+                f"{ann.get('image_id')!r}, category_id={ann.get('category_id')!r}, "
+                f"bbox={str(bbox)[:60]}",
+            )
             continue
         x, y, w, h = (float(v) for v in bbox)
         if image_id not in images:
             if image_id not in listed:
-                report.add("annotations of unlisted images", f"annotation {ann_id}: image id {image_id} is not in 'images'")
+                report.add(
+                    "annotations of unlisted images", f"annotation {ann_id}: image id {image_id} is not in 'images'"
+                )
             else:
-                report.add("annotations of missing images", f"annotation {ann_id}: image id {image_id} has no readable file")
+                report.add(
+                    "annotations of missing images", f"annotation {ann_id}: image id {image_id} has no readable file"
+                )
             continue
         rec = images[image_id]
         if category not in label_of:
-            report.add("unknown category ids", f"annotation {ann_id} ({rec.path.name}): category id {category} is not "
-                                               f"among the training categories {category_ids}")
+            report.add(
+                "unknown category ids",
+                f"annotation {ann_id} ({rec.path.name}): category id {category} is not "
+                f"among the training categories {category_ids}",
+            )
             continue
         box, reason = check_box((x, y, x + w, y + h), rec.width, rec.height)
         if box is None:
-            report.add(f"boxes: {reason}", f"annotation {ann_id} ({rec.path.name}, {rec.width}x{rec.height}): "
-                                           f"bbox [x, y, w, h] = {[x, y, w, h]}: {reason}")
+            report.add(
+                f"boxes: {reason}",
+                f"annotation {ann_id} ({rec.path.name}, {rec.width}x{rec.height}): "
+                f"bbox [x, y, w, h] = {[x, y, w, h]}: {reason}",
+            )
             continue
         area = as_number(ann.get("area")) or (box[2] - box[0]) * (box[3] - box[1])
         per_image[image_id].append((box, label_of[category], bool(ann.get("iscrowd", 0)), area))
@@ -231,8 +261,18 @@ class CocoDataModule(DetectionDataModule):
         val_fraction: float = 0.1,
         generator: Callable | None = None,
     ) -> None:
-        super().__init__(root, image_size, batch_size, num_workers, train_transforms, eval_transforms, mean, std,
-                         val_fraction, generator)
+        super().__init__(
+            root,
+            image_size,
+            batch_size,
+            num_workers,
+            train_transforms,
+            eval_transforms,
+            mean,
+            std,
+            val_fraction,
+            generator,
+        )
         self.split_files = {
             "train": (train_ann, train_images),
             "val": (val_ann, val_images),
@@ -261,5 +301,7 @@ class CocoDataModule(DetectionDataModule):
         else:
             val, _ = load_coco(*val_paths, self.category_ids, self.report_for(val_paths[0]))
         test_paths = self._paths("test")
-        test = val if test_paths is None else load_coco(*test_paths, self.category_ids, self.report_for(test_paths[0]))[0]
+        test = (
+            val if test_paths is None else load_coco(*test_paths, self.category_ids, self.report_for(test_paths[0]))[0]
+        )
         return {"train": train, "val": val, "test": test}

@@ -50,8 +50,9 @@ def common_folder(paths: Sequence[Path]) -> Path:
     return Path(os.path.commonpath([str(Path(p).absolute().parent) for p in paths]))
 
 
-def records_to_coco(records: Sequence[ImageRecord], class_names: Sequence[str], category_ids: Sequence[int],
-                    image_root: Path) -> dict:
+def records_to_coco(
+    records: Sequence[ImageRecord], class_names: Sequence[str], category_ids: Sequence[int], image_root: Path
+) -> dict:
     """A COCO dataset dict of ``records`` (boxes in each record's pixels, ``x1y1x2y2`` -> ``xywh``).
 
     Raises:
@@ -70,23 +71,37 @@ def records_to_coco(records: Sequence[ImageRecord], class_names: Sequence[str], 
             raise DataError(f"{rec.path} is not inside image_root={image_root}") from err
         image_id = index if renumber else int(rec.image_id)
         images.append({"id": image_id, "file_name": name, "width": int(rec.width), "height": int(rec.height)})
-        for k, ((x1, y1, x2, y2), label, crowd) in enumerate(zip(rec.boxes.tolist(), rec.labels.tolist(),
-                                                                 rec.iscrowd.tolist(), strict=True)):
-            ann = {"id": len(annotations) + 1, "image_id": image_id, "category_id": int(category_ids[label]),
-                   "bbox": [x1, y1, x2 - x1, y2 - y1], "area": float(rec.areas[k]) if len(rec.areas) else
-                   (x2 - x1) * (y2 - y1), "iscrowd": int(crowd), "ignore": int(crowd),
-                   "segmentation": [[x1, y1, x2, y1, x2, y2, x1, y2]]}
+        for k, ((x1, y1, x2, y2), label, crowd) in enumerate(
+            zip(rec.boxes.tolist(), rec.labels.tolist(), rec.iscrowd.tolist(), strict=True)
+        ):
+            ann = {
+                "id": len(annotations) + 1,
+                "image_id": image_id,
+                "category_id": int(category_ids[label]),
+                "bbox": [x1, y1, x2 - x1, y2 - y1],
+                "area": float(rec.areas[k]) if len(rec.areas) else (x2 - x1) * (y2 - y1),
+                "iscrowd": int(crowd),
+                "ignore": int(crowd),
+                "segmentation": [[x1, y1, x2, y1, x2, y2, x1, y2]],
+            }
             if rec.attributes:
                 ann["attributes"] = {key: value[k].item() for key, value in rec.attributes.items()}
             annotations.append(ann)
-    categories = [{"id": int(cid), "name": str(name), "supercategory": "none"}
-                  for cid, name in zip(category_ids, class_names, strict=True)]
-    return {"info": {"description": "written by mbtasks.data.coco_export", "image_root": str(image_root)},
-            "images": images, "annotations": annotations, "categories": categories}
+    categories = [
+        {"id": int(cid), "name": str(name), "supercategory": "none"}
+        for cid, name in zip(category_ids, class_names, strict=True)
+    ]
+    return {
+        "info": {"description": "written by mbtasks.data.coco_export", "image_root": str(image_root)},
+        "images": images,
+        "annotations": annotations,
+        "categories": categories,
+    }
 
 
-def write_coco(datamodule: DetectionDataModule, split: str, out: str | Path,
-               image_root: str | Path | None = None) -> CocoExport:
+def write_coco(
+    datamodule: DetectionDataModule, split: str, out: str | Path, image_root: str | Path | None = None
+) -> CocoExport:
     """Write one split of a detection data module (any format: COCO, VOC, YOLO, dlib xml, WIDER FACE)
     as a COCO json file.
 
@@ -112,6 +127,11 @@ def write_coco(datamodule: DetectionDataModule, split: str, out: str | Path,
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out, json.dumps(data))
-    log.info("wrote %s: %d images, %d annotations (file names relative to %s)", out, len(data["images"]),
-             len(data["annotations"]), root)
+    log.info(
+        "wrote %s: %d images, %d annotations (file names relative to %s)",
+        out,
+        len(data["images"]),
+        len(data["annotations"]),
+        root,
+    )
     return CocoExport(out, root.absolute(), len(data["images"]), len(data["annotations"]))

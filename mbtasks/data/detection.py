@@ -169,7 +169,9 @@ class AnnotationReport:
             log.info("%s", self.summary())
 
 
-def check_box(box: tuple[float, float, float, float], width: int, height: int) -> tuple[tuple[float, ...] | None, str | None]:
+def check_box(
+    box: tuple[float, float, float, float], width: int, height: int
+) -> tuple[tuple[float, ...] | None, str | None]:
     """Validate one ``x1y1x2y2`` box against its image.
 
     Returns:
@@ -214,7 +216,9 @@ def require_boxes(records: list[ImageRecord], source: str | Path, report: Annota
         )
 
 
-def split_off(records: list[ImageRecord], fraction: float, seed: int = 0) -> tuple[list[ImageRecord], list[ImageRecord]]:
+def split_off(
+    records: list[ImageRecord], fraction: float, seed: int = 0
+) -> tuple[list[ImageRecord], list[ImageRecord]]:
     """Deterministically hold out ``fraction`` of ``records`` (at least one) as a validation split."""
     if not 0 < fraction < 1:
         raise ConfigError(f"data.val_fraction={fraction}: expected a number in (0, 1) when there is no val split")
@@ -252,8 +256,16 @@ class DetectionDataset(Dataset):
         original-pixel ground truth ``gt_boxes``, ``gt_labels``, ``gt_iscrowd``, ``gt_area``.
     """
 
-    def __init__(self, records: list[ImageRecord], pipeline: Callable | None, image_size: int,
-                 mean, std, train: bool, decode_side: int = 0) -> None:
+    def __init__(
+        self,
+        records: list[ImageRecord],
+        pipeline: Callable | None,
+        image_size: int,
+        mean,
+        std,
+        train: bool,
+        decode_side: int = 0,
+    ) -> None:
         self.records = records
         self.decode_side = int(decode_side)
         self.pipeline = pipeline
@@ -278,8 +290,12 @@ class DetectionDataset(Dataset):
             return self._sample(rec, image, size)
         raise DataError("no readable image in the data set")
 
-    def _sample(self, rec: ImageRecord, image: np.ndarray, size: tuple[int, int] | None = None,
-                ) -> tuple[torch.Tensor, dict]:
+    def _sample(
+        self,
+        rec: ImageRecord,
+        image: np.ndarray,
+        size: tuple[int, int] | None = None,
+    ) -> tuple[torch.Tensor, dict]:
         # Full-resolution size: boxes, ground truth and orig_size stay in full-size pixels.
         w, h = size or (image.shape[1], image.shape[0])
         boxes = rec.boxes
@@ -360,8 +376,9 @@ class DetectionDataModule(SplitDataModule):
         val_fraction: float = 0.1,
         generator: Callable | None = None,
     ) -> None:
-        super().__init__(root, image_size, batch_size, num_workers, train_transforms, eval_transforms, mean, std,
-                         generator)
+        super().__init__(
+            root, image_size, batch_size, num_workers, train_transforms, eval_transforms, mean, std, generator
+        )
         self.val_fraction = val_fraction
         self.class_names: list[str] | None = None
         self.category_ids: list[int] | None = None
@@ -386,10 +403,13 @@ class DetectionDataModule(SplitDataModule):
     def describe(self) -> dict:
         """What ``setup`` found, for ``mode=check``: classes, each split's image records, and what the
         readers dropped (``dropped``) or fixed and kept (``kept``) per annotation source."""
-        return {"root": str(self.root), "class_names": list(self.class_names or []),
-                "splits": {split: list(ds.records) for split, ds in self.datasets.items()},
-                "dropped": {r.source: dict(r.counts) for r in self.reports if r.counts},
-                "kept": {r.source: dict(r.kept) for r in self.reports if r.kept}}
+        return {
+            "root": str(self.root),
+            "class_names": list(self.class_names or []),
+            "splits": {split: list(ds.records) for split, ds in self.datasets.items()},
+            "dropped": {r.source: dict(r.counts) for r in self.reports if r.counts},
+            "kept": {r.source: dict(r.kept) for r in self.reports if r.kept},
+        }
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
@@ -401,10 +421,14 @@ class DetectionDataModule(SplitDataModule):
         for name, records in splits.items():
             train = name == "train"
             pipeline = self.train_transforms if train else self.eval_transforms
-            self.datasets[name] = DetectionDataset(records, pipeline, self.image_size, self.mean, self.std, train,
-                                                   self.min_side_for(pipeline))
-        log.info("detection data: %s images, %d classes",
-                 ", ".join(f"{k} {len(v)}" for k, v in splits.items()), len(self.class_names or []))
+            self.datasets[name] = DetectionDataset(
+                records, pipeline, self.image_size, self.mean, self.std, train, self.min_side_for(pipeline)
+            )
+        log.info(
+            "detection data: %s images, %d classes",
+            ", ".join(f"{k} {len(v)}" for k, v in splits.items()),
+            len(self.class_names or []),
+        )
 
     def rescaled(self) -> dict[str, str]:
         out: dict[str, str] = {}
@@ -418,5 +442,10 @@ class DetectionDataModule(SplitDataModule):
         original category ids, input size, normalisation."""
         if self.class_names is None:
             self.setup()
-        return {"class_names": list(self.class_names), "category_ids": [int(i) for i in self.category_ids],
-                "image_size": self.image_size, "mean": list(self.mean), "std": list(self.std)}
+        return {
+            "class_names": list(self.class_names),
+            "category_ids": [int(i) for i in self.category_ids],
+            "image_size": self.image_size,
+            "mean": list(self.mean),
+            "std": list(self.std),
+        }

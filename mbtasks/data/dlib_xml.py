@@ -80,8 +80,9 @@ def scan_labels(path: Path, default_label: str) -> list[str]:
     return sorted({_label(b) or default_label for b in read_imglab(path).iter("box")})
 
 
-def load_imglab(path: Path, class_names: Sequence[str], default_label: str,
-                report: AnnotationReport | None = None) -> tuple[list[ImageRecord], AnnotationReport]:
+def load_imglab(
+    path: Path, class_names: Sequence[str], default_label: str, report: AnnotationReport | None = None
+) -> tuple[list[ImageRecord], AnnotationReport]:
     """Read one imglab file, skipping (and counting) what cannot be used.
 
     Raises:
@@ -94,19 +95,25 @@ def load_imglab(path: Path, class_names: Sequence[str], default_label: str,
     for entry in entries:
         name = entry.get("file", "")
         if name and not inside_folder(name):
-            report.add("file names outside the image folder", f"{path.name}: file {name!r} is absolute or climbs out "
-                                                              f"of {path.parent} with '..'; it is not read")
+            report.add(
+                "file names outside the image folder",
+                f"{path.name}: file {name!r} is absolute or climbs out of {path.parent} with '..'; it is not read",
+            )
             continue
         image = (path.parent / name) if name else None
         if image is None or not image.is_file():
-            report.add("missing image files", f"{path.name}: image file {name!r} not found next to the xml; "
-                                              "its boxes are skipped")
+            report.add(
+                "missing image files",
+                f"{path.name}: image file {name!r} not found next to the xml; its boxes are skipped",
+            )
             continue
         width, height = as_size(entry.get("width")), as_size(entry.get("height"))
         if not width or not height:
             if width is None or height is None:
-                report.add("image sizes that are not numbers", f"{name}: width={entry.get('width')!r}, "
-                                                               f"height={entry.get('height')!r}; the file's size is used")
+                report.add(
+                    "image sizes that are not numbers",
+                    f"{name}: width={entry.get('width')!r}, height={entry.get('height')!r}; the file's size is used",
+                )
             try:
                 width, height = image_size_of(image)
             except ImageReadError as err:
@@ -125,8 +132,10 @@ def load_imglab(path: Path, class_names: Sequence[str], default_label: str,
                 continue
             checked, reason = check_box((left, top, left + w, top + h), width, height)
             if checked is None:
-                report.add(f"boxes: {reason}", f"{where} in {width}x{height} image: left={left} top={top} "
-                                               f"width={w} height={h}: {reason}")
+                report.add(
+                    f"boxes: {reason}",
+                    f"{where} in {width}x{height} image: left={left} top={top} width={w} height={h}: {reason}",
+                )
                 continue
             boxes.append(checked)
             labels.append(label_of[cls])
@@ -177,8 +186,18 @@ class DlibXmlDataModule(DetectionDataModule):
         val_fraction: float = 0.1,
         generator: Callable | None = None,
     ) -> None:
-        super().__init__(root, image_size, batch_size, num_workers, train_transforms, eval_transforms, mean, std,
-                         val_fraction, generator)
+        super().__init__(
+            root,
+            image_size,
+            batch_size,
+            num_workers,
+            train_transforms,
+            eval_transforms,
+            mean,
+            std,
+            val_fraction,
+            generator,
+        )
         self.files = {"train": train_xml, "val": val_xml, "test": test_xml}
         self.default_label = str(default_label)
         self.fixed_class_names = list(class_names) if class_names else None

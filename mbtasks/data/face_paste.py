@@ -89,17 +89,25 @@ class PasteSettings:
         if not 32 <= lo <= hi:
             raise ConfigError(f"data.scene_size={list(self.scene_size)}: expected [min, max] with 32 <= min <= max")
         if not 0 <= self.faces_per_scene[0] <= self.faces_per_scene[1]:
-            raise ConfigError(f"data.faces_per_scene={list(self.faces_per_scene)}: expected [min, max], 0 <= min <= max")
+            raise ConfigError(
+                f"data.faces_per_scene={list(self.faces_per_scene)}: expected [min, max], 0 <= min <= max"
+            )
         if not 4 <= self.face_size[0] <= self.face_size[1] <= lo:
-            raise ConfigError(f"data.face_size={list(self.face_size)}: expected [min, max] px with 4 <= min <= max <= "
-                              f"the smallest scene side ({lo})")
+            raise ConfigError(
+                f"data.face_size={list(self.face_size)}: expected [min, max] px with 4 <= min <= max <= "
+                f"the smallest scene side ({lo})"
+            )
         x0, y0, x1, y1 = self.face_box
         if not (0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1):
-            raise ConfigError(f"data.face_box={list(self.face_box)}: expected fractions x0 y0 x1 y1 of the face photo, "
-                              "0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1")
+            raise ConfigError(
+                f"data.face_box={list(self.face_box)}: expected fractions x0 y0 x1 y1 of the face photo, "
+                "0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1"
+            )
         if not 0 < self.max_cover <= 1 or not 0 <= self.feather <= 0.5 or not 0 <= self.color_match <= 1:
-            raise ConfigError(f"data.max_cover={self.max_cover} (0-1], data.feather={self.feather} [0-0.5], "
-                              f"data.color_match={self.color_match} [0-1]: a value is out of its range")
+            raise ConfigError(
+                f"data.max_cover={self.max_cover} (0-1], data.feather={self.feather} [0-0.5], "
+                f"data.color_match={self.color_match} [0-1]: a value is out of its range"
+            )
         return self
 
 
@@ -146,13 +154,18 @@ def background_crop(image: np.ndarray, side: int, rng: np.random.Generator) -> n
     h, w = image.shape[:2]
     crop = int(round(min(h, w) * rng.uniform(0.5, 1.0)))
     y, x = int(rng.integers(0, h - crop + 1)), int(rng.integers(0, w - crop + 1))
-    out = cv2.resize(image[y:y + crop, x:x + crop], (side, side), interpolation=cv2.INTER_AREA)
+    out = cv2.resize(image[y : y + crop, x : x + crop], (side, side), interpolation=cv2.INTER_AREA)
     return np.ascontiguousarray(out[:, ::-1]) if rng.random() < 0.5 else out
 
 
-def paste_face(scene: np.ndarray, face: np.ndarray, box_width: float, at: tuple[float, float],
-               settings: PasteSettings, rng: np.random.Generator) -> tuple[tuple[float, float, float, float],
-                                                                            tuple[int, int, int, int]]:
+def paste_face(
+    scene: np.ndarray,
+    face: np.ndarray,
+    box_width: float,
+    at: tuple[float, float],
+    settings: PasteSettings,
+    rng: np.random.Generator,
+) -> tuple[tuple[float, float, float, float], tuple[int, int, int, int]]:
     """Paste ``face`` (an ``(h, w, 3)`` face photo) into ``scene`` in place, its face box ``box_width`` px
     wide with its top-left corner at ``at``.
 
@@ -173,8 +186,8 @@ def paste_face(scene: np.ndarray, face: np.ndarray, box_width: float, at: tuple[
     alpha = _ellipse_mask(pw, ph, settings.feather)
     sh, sw = scene.shape[:2]
     x0, y0, x1, y1 = max(0, ox), max(0, oy), min(sw, ox + pw), min(sh, oy + ph)
-    part = photo[y0 - oy:y1 - oy, x0 - ox:x1 - ox]
-    a = alpha[y0 - oy:y1 - oy, x0 - ox:x1 - ox, None]
+    part = photo[y0 - oy : y1 - oy, x0 - ox : x1 - ox]
+    a = alpha[y0 - oy : y1 - oy, x0 - ox : x1 - ox, None]
     under = scene[y0:y1, x0:x1].astype(np.float32)
     if settings.color_match > 0:
         weight = float(a.sum()) + 1e-6
@@ -186,9 +199,13 @@ def paste_face(scene: np.ndarray, face: np.ndarray, box_width: float, at: tuple[
     return box, (x0, y0, x1, y1)
 
 
-def compose_scene(rng: np.random.Generator, faces: Sequence[Path], backgrounds: Sequence[Path],
-                  settings: PasteSettings, read: Callable[[Path], np.ndarray] = read_rgb,
-                  ) -> tuple[np.ndarray, np.ndarray]:
+def compose_scene(
+    rng: np.random.Generator,
+    faces: Sequence[Path],
+    backgrounds: Sequence[Path],
+    settings: PasteSettings,
+    read: Callable[[Path], np.ndarray] = read_rgb,
+) -> tuple[np.ndarray, np.ndarray]:
     """One scene: a background crop with face photos pasted in.
 
     Args:
@@ -242,9 +259,23 @@ class FacePasteDataset(DetectionDataset):
         Other arguments: see :class:`DetectionDataset`.
     """
 
-    def __init__(self, records: list[ImageRecord], scenes: int, faces: Sequence[Path], backgrounds: Sequence[Path],
-                 settings: PasteSettings, pipeline: Callable | None, image_size: int, mean, std, train: bool,
-                 seed: int = 0, fixed: bool = False, real_repeat: int = 1, decode_side: int = 0) -> None:
+    def __init__(
+        self,
+        records: list[ImageRecord],
+        scenes: int,
+        faces: Sequence[Path],
+        backgrounds: Sequence[Path],
+        settings: PasteSettings,
+        pipeline: Callable | None,
+        image_size: int,
+        mean,
+        std,
+        train: bool,
+        seed: int = 0,
+        fixed: bool = False,
+        real_repeat: int = 1,
+        decode_side: int = 0,
+    ) -> None:
         super().__init__(records, pipeline, image_size, mean, std, train, decode_side)
         self.scenes, self.faces, self.backgrounds = int(scenes), list(faces), list(backgrounds)
         self.settings, self.seed, self.fixed = settings, int(seed), bool(fixed)
@@ -337,8 +368,18 @@ class FacePasteDataModule(DetectionDataModule):
         val_fraction: float = 0.25,
         generator: Callable | None = None,
     ) -> None:
-        super().__init__(real or ".", image_size, batch_size, num_workers, train_transforms, eval_transforms, mean,
-                         std, val_fraction, generator)
+        super().__init__(
+            real or ".",
+            image_size,
+            batch_size,
+            num_workers,
+            train_transforms,
+            eval_transforms,
+            mean,
+            std,
+            val_fraction,
+            generator,
+        )
         self.faces_dirs, self.background_dirs, self.real = faces, backgrounds, real
         self.train_xml, self.test_xml = train_xml, test_xml
         if val not in (None, "real", "pasted"):
@@ -346,20 +387,30 @@ class FacePasteDataModule(DetectionDataModule):
         if val == "real" and not real:
             raise ConfigError("data.val=real needs data.real (a dlib imglab root); use data.val=pasted without it")
         self.val = val or ("real" if real else "pasted")
-        counts = {"scenes_per_epoch": scenes_per_epoch, "val_scenes": val_scenes, "test_scenes": test_scenes,
-                  "real_repeat": real_repeat}
+        counts = {
+            "scenes_per_epoch": scenes_per_epoch,
+            "val_scenes": val_scenes,
+            "test_scenes": test_scenes,
+            "real_repeat": real_repeat,
+        }
         for key, value in counts.items():
             if int(value) < 0:
                 raise ConfigError(f"data.{key}={value}: expected a count >= 0")
         if int(scenes_per_epoch) == 0 and not (real and int(real_repeat) > 0):
-            raise ConfigError("data.scenes_per_epoch=0 and no real photos (data.real, data.real_repeat > 0): "
-                              "nothing to train on")
+            raise ConfigError(
+                "data.scenes_per_epoch=0 and no real photos (data.real, data.real_repeat > 0): nothing to train on"
+            )
         self.scenes_per_epoch, self.val_scenes = int(scenes_per_epoch), int(val_scenes)
         self.test_scenes, self.real_repeat = int(test_scenes), int(real_repeat)
         self.settings = PasteSettings(
-            tuple(int(v) for v in scene_size), tuple(int(v) for v in faces_per_scene),
-            tuple(float(v) for v in face_size), tuple(float(v) for v in face_box), float(max_cover),
-            float(feather), float(color_match)).check()
+            tuple(int(v) for v in scene_size),
+            tuple(int(v) for v in faces_per_scene),
+            tuple(float(v) for v in face_size),
+            tuple(float(v) for v in face_box),
+            float(max_cover),
+            float(feather),
+            float(color_match),
+        ).check()
         self.seed = int(seed)
         self.eval_wider = bool(eval_wider)
         self.class_names, self.category_ids = ["face"], [1]
@@ -388,20 +439,46 @@ class FacePasteDataModule(DetectionDataModule):
         faces = find_images(self.faces_dirs, "data.faces")
         backgrounds = find_images(self.background_dirs, "data.backgrounds")
         real = self.load_splits()
-        common = {"faces": faces, "backgrounds": backgrounds, "settings": self.settings,
-                  "image_size": self.image_size, "mean": self.mean, "std": self.std}
+        common = {
+            "faces": faces,
+            "backgrounds": backgrounds,
+            "settings": self.settings,
+            "image_size": self.image_size,
+            "mean": self.mean,
+            "std": self.std,
+        }
         self.datasets["train"] = FacePasteDataset(
-            real["train"], self.scenes_per_epoch, pipeline=self.train_transforms, train=True, seed=self.seed,
-            real_repeat=self.real_repeat, decode_side=self.min_side_for(self.train_transforms), **common)
+            real["train"],
+            self.scenes_per_epoch,
+            pipeline=self.train_transforms,
+            train=True,
+            seed=self.seed,
+            real_repeat=self.real_repeat,
+            decode_side=self.min_side_for(self.train_transforms),
+            **common,
+        )
         for split, count, seed in (("val", self.val_scenes, self.seed + 1), ("test", self.test_scenes, self.seed + 2)):
             records = real[split]
             composed = 0 if records else count
             if not records and composed == 0:
                 raise ConfigError(f"data.{split}_scenes=0 and no real {split} photos: the {split} split would be empty")
             self.datasets[split] = FacePasteDataset(
-                records, composed, pipeline=self.eval_transforms, train=False, seed=seed, fixed=True,
-                decode_side=self.min_side_for(self.eval_transforms), **common)
-        log.info("face paste data: %d face photos, %d backgrounds; train %d scenes + %d real x%d, val %s, test %s",
-                 len(faces), len(backgrounds), self.scenes_per_epoch, len(real["train"]), self.real_repeat,
-                 f"{len(real['val'])} real" if real["val"] else f"{self.val_scenes} scenes",
-                 f"{len(real['test'])} real" if real["test"] else f"{self.test_scenes} scenes")
+                records,
+                composed,
+                pipeline=self.eval_transforms,
+                train=False,
+                seed=seed,
+                fixed=True,
+                decode_side=self.min_side_for(self.eval_transforms),
+                **common,
+            )
+        log.info(
+            "face paste data: %d face photos, %d backgrounds; train %d scenes + %d real x%d, val %s, test %s",
+            len(faces),
+            len(backgrounds),
+            self.scenes_per_epoch,
+            len(real["train"]),
+            self.real_repeat,
+            f"{len(real['val'])} real" if real["val"] else f"{self.val_scenes} scenes",
+            f"{len(real['test'])} real" if real["test"] else f"{self.test_scenes} scenes",
+        )

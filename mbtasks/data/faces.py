@@ -75,8 +75,10 @@ def split_identities(
     single = [n for n in names if len(identities[n]) < 2]
     n_val, n_test = _count(val, len(names), "data.val_identities"), _count(test, len(names), "data.test_identities")
     if n_val + n_test >= len(names):
-        raise DataError(f"{len(names)} identities cannot give {n_val} validation and {n_test} test identities "
-                        "and still leave some for training (lower data.val_identities / data.test_identities)")
+        raise DataError(
+            f"{len(names)} identities cannot give {n_val} validation and {n_test} test identities "
+            "and still leave some for training (lower data.val_identities / data.test_identities)"
+        )
     rng = np.random.default_rng(seed)
     multi = [str(n) for n in rng.permutation(multi)]
     single = [str(n) for n in rng.permutation(single)]
@@ -90,8 +92,10 @@ def split_identities(
     train = sorted(multi + single)
     val_names, test_names = (sorted(s) for s in splits)
     if sum(len(identities[n]) >= 2 for n in train) < 2:
-        raise DataError(f"after holding out {len(val_names)} validation and {len(test_names)} test identities, "
-                        "training has fewer than 2 identities with >= 2 images")
+        raise DataError(
+            f"after holding out {len(val_names)} validation and {len(test_names)} test identities, "
+            "training has fewer than 2 identities with >= 2 images"
+        )
     return train, val_names, test_names
 
 
@@ -102,8 +106,9 @@ class IdentityDataset(Dataset):
     identity, so labels stay right.
     """
 
-    def __init__(self, samples: list[tuple[Path, int]], pipeline: Callable | None, mean, std,
-                 decode_side: int = 0) -> None:
+    def __init__(
+        self, samples: list[tuple[Path, int]], pipeline: Callable | None, mean, std, decode_side: int = 0
+    ) -> None:
         self.samples = samples
         self.decode_side = int(decode_side)  # JPEGs may decode down to this side (0: full size)
         self.labels = [label for _, label in samples]
@@ -138,8 +143,9 @@ class EvalImageDataset(Dataset):
     The task drops the embeddings of unreadable images and the pairs that use them.
     """
 
-    def __init__(self, images: list[Path], pipeline: Callable | None, mean, std, image_size: int,
-                 decode_side: int = 0) -> None:
+    def __init__(
+        self, images: list[Path], pipeline: Callable | None, mean, std, image_size: int, decode_side: int = 0
+    ) -> None:
         self.images = images
         self.decode_side = int(decode_side)  # JPEGs may decode down to this side (0: full size)
         self.pipeline = pipeline
@@ -228,62 +234,96 @@ class FacesDataModule(DataModuleBase):
         identities = scan_identities(self.root)
         multi = sum(len(v) >= 2 for v in identities.values())
         if multi < 2:
-            raise DataError(f"{self.root}: needs at least 2 identities with >= 2 images each, found {multi} "
-                            f"(of {len(identities)} identities)")
+            raise DataError(
+                f"{self.root}: needs at least 2 identities with >= 2 images each, found {multi} "
+                f"(of {len(identities)} identities)"
+            )
         test_set = None
         if self.test_pairs is not None:
             test_set = read_lfw_pairs(self.test_pairs, self.test_root, self.num_folds)
             if self.test_root.resolve() == self.root.resolve():
                 named = set(test_set.identities)
                 identities = {k: v for k, v in identities.items() if k not in named}
-        train, val, test = split_identities(identities, self.val_identities,
-                                            0 if test_set else self.test_identities, self.split_seed)
+        train, val, test = split_identities(
+            identities, self.val_identities, 0 if test_set else self.test_identities, self.split_seed
+        )
         if len(val) < 2:
-            raise DataError(f"{self.root}: data.val_identities={self.val_identities!r} holds out {len(val)} "
-                            "identities; verification needs >= 2 (raise it)")
+            raise DataError(
+                f"{self.root}: data.val_identities={self.val_identities!r} holds out {len(val)} "
+                "identities; verification needs >= 2 (raise it)"
+            )
         if test_set is None:
             if len(test) < 2:
-                raise DataError(f"{self.root}: data.test_identities={self.test_identities!r} holds out "
-                                f"{len(test)} identities; verification needs >= 2 (raise it, or give data.test_pairs)")
-            test_set = generate_pairs({n: identities[n] for n in test}, self.num_folds, self.pairs_per_fold,
-                                      self.split_seed + 2)
+                raise DataError(
+                    f"{self.root}: data.test_identities={self.test_identities!r} holds out "
+                    f"{len(test)} identities; verification needs >= 2 (raise it, or give data.test_pairs)"
+                )
+            test_set = generate_pairs(
+                {n: identities[n] for n in test}, self.num_folds, self.pairs_per_fold, self.split_seed + 2
+            )
         self.pair_sets = {
-            "val": generate_pairs({n: identities[n] for n in val}, self.num_folds, self.pairs_per_fold,
-                                  self.split_seed + 1),
+            "val": generate_pairs(
+                {n: identities[n] for n in val}, self.num_folds, self.pairs_per_fold, self.split_seed + 1
+            ),
             "test": test_set,
         }
         samples = [(p, label) for label, name in enumerate(train) for p in identities[name]]
         eval_side = self.min_side_for(self.eval_transforms)
-        self.train_set = IdentityDataset(samples, self.train_transforms, self.mean, self.std,
-                                         self.min_side_for(self.train_transforms))
+        self.train_set = IdentityDataset(
+            samples, self.train_transforms, self.mean, self.std, self.min_side_for(self.train_transforms)
+        )
         for split, pair_set in self.pair_sets.items():
-            self.eval_sets[split] = EvalImageDataset(pair_set.images, self.eval_transforms, self.mean, self.std,
-                                                     self.image_size, eval_side)
+            self.eval_sets[split] = EvalImageDataset(
+                pair_set.images, self.eval_transforms, self.mean, self.std, self.image_size, eval_side
+            )
         single = sum(len(v) < 2 for v in identities.values())
-        self.stats = {"train": len(train), "val": len(val), "test": len(self.pair_sets["test"].identities),
-                      "single_image": single,
-                      "single_image_train": sum(len(identities[n]) < 2 for n in train)}
-        log.info("identities: %d train, %d val, %d test (%s); %d train images; val %d pairs, test %d pairs",
-                 len(train), len(val), self.stats["test"], self.pair_sets["test"].source, len(samples),
-                 len(self.pair_sets["val"]), len(self.pair_sets["test"]))
+        self.stats = {
+            "train": len(train),
+            "val": len(val),
+            "test": len(self.pair_sets["test"].identities),
+            "single_image": single,
+            "single_image_train": sum(len(identities[n]) < 2 for n in train),
+        }
+        log.info(
+            "identities: %d train, %d val, %d test (%s); %d train images; val %d pairs, test %d pairs",
+            len(train),
+            len(val),
+            self.stats["test"],
+            self.pair_sets["test"].source,
+            len(samples),
+            len(self.pair_sets["val"]),
+            len(self.pair_sets["test"]),
+        )
         if single:
-            log.info("%d identities have a single image: they serve only as negatives (different-identity "
-                     "pairs) and never in training batches, which need positives", single)
+            log.info(
+                "%d identities have a single image: they serve only as negatives (different-identity "
+                "pairs) and never in training batches, which need positives",
+                single,
+            )
 
     @property
     def info(self) -> dict:
         """What a checkpoint must remember about the data (ArcFace needs the identity count)."""
         if self.train_set is None:
             self.setup()
-        return {"image_size": self.image_size, "mean": list(self.mean), "std": list(self.std),
-                "num_train_identities": self.stats["train"], "identities": dict(self.stats)}
+        return {
+            "image_size": self.image_size,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "num_train_identities": self.stats["train"],
+            "identities": dict(self.stats),
+        }
 
     def describe(self) -> dict:
         """What ``setup`` found, for ``mode=check``: every identity folder, the split sizes, the training
         samples and each evaluation split's images and pair count."""
-        return {"root": str(self.root), "identities": scan_identities(self.root), "stats": dict(self.stats),
-                "train": list(self.train_set.samples),
-                "eval": {split: (list(ds.images), len(self.pair_sets[split])) for split, ds in self.eval_sets.items()}}
+        return {
+            "root": str(self.root),
+            "identities": scan_identities(self.root),
+            "stats": dict(self.stats),
+            "train": list(self.train_set.samples),
+            "eval": {split: (list(ds.images), len(self.pair_sets[split])) for split, ds in self.eval_sets.items()},
+        }
 
     def pair_set(self, split: str) -> PairSet:
         """The verification pairs of ``"val"`` or ``"test"`` (indices into that split's images)."""
@@ -304,22 +344,44 @@ class FacesDataModule(DataModuleBase):
         if self.num_workers > 0:
             limit_worker_threads()
         world, rank = self._ranks()
-        sampler = PKBatchSampler(self.train_set.labels, self.p, self.k, self.batches_per_epoch, self.split_seed,
-                                 num_replicas=world, rank=rank)
-        return DataLoader(self.train_set, batch_sampler=sampler, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available(),
-                          worker_init_fn=seed_worker)
+        sampler = PKBatchSampler(
+            self.train_set.labels,
+            self.p,
+            self.k,
+            self.batches_per_epoch,
+            self.split_seed,
+            num_replicas=world,
+            rank=rank,
+        )
+        return DataLoader(
+            self.train_set,
+            batch_sampler=sampler,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+            worker_init_fn=seed_worker,
+        )
 
     def _eval_loader(self, split: str) -> DataLoader:
         if self.num_workers > 0:
             limit_worker_threads()
         world, rank = self._ranks()
         # each rank embeds its share; the task gathers the embeddings before the protocol runs
-        sampler = (DistributedSampler(self.eval_sets[split], num_replicas=world, rank=rank, shuffle=False)
-                   if world > 1 else None)
-        return DataLoader(self.eval_sets[split], batch_size=self.eval_batch_size, shuffle=False, sampler=sampler,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
-                          pin_memory=torch.cuda.is_available(), worker_init_fn=seed_worker)
+        sampler = (
+            DistributedSampler(self.eval_sets[split], num_replicas=world, rank=rank, shuffle=False)
+            if world > 1
+            else None
+        )
+        return DataLoader(
+            self.eval_sets[split],
+            batch_size=self.eval_batch_size,
+            shuffle=False,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+            worker_init_fn=seed_worker,
+        )
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("val")

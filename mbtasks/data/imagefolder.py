@@ -14,7 +14,9 @@ from mbtasks.data.transforms import IMAGENET_MEAN, IMAGENET_STD, apply, to_tenso
 from mbtasks.errors import DataError
 
 
-def scan_image_folder(split_dir: Path, class_names: list[str] | None = None) -> tuple[list[tuple[Path, int]], list[str]]:
+def scan_image_folder(
+    split_dir: Path, class_names: list[str] | None = None
+) -> tuple[list[tuple[Path, int]], list[str]]:
     """List ``(path, label)`` samples of one split; classes are the sorted sub-folder names.
 
     Args:
@@ -52,8 +54,9 @@ class ImageFolderDataset(Dataset):
     ``decode_side``: the smallest side ``pipeline`` needs (JPEGs may decode smaller; 0: full size).
     """
 
-    def __init__(self, samples: list[tuple[Path, int]], pipeline: Callable | None, mean, std,
-                 decode_side: int = 0) -> None:
+    def __init__(
+        self, samples: list[tuple[Path, int]], pipeline: Callable | None, mean, std, decode_side: int = 0
+    ) -> None:
         self.samples = samples
         self.decode_side = int(decode_side)
         self.pipeline = pipeline
@@ -73,8 +76,10 @@ class ImageFolderDataset(Dataset):
                 continue
             image = apply(self.pipeline, image)["image"]
             return to_tensor(image, self.mean, self.std), label
-        raise DataError(f"no readable image in the data set ({len(self.skips.skipped)} unreadable files, "
-                        f"first: {next(iter(self.skips.skipped), '-')})")
+        raise DataError(
+            f"no readable image in the data set ({len(self.skips.skipped)} unreadable files, "
+            f"first: {next(iter(self.skips.skipped), '-')})"
+        )
 
 
 class ImageFolderDataModule(SplitDataModule):
@@ -110,8 +115,9 @@ class ImageFolderDataModule(SplitDataModule):
         generator: Callable | None = None,
         class_names: list[str] | None = None,
     ) -> None:
-        super().__init__(root, image_size, batch_size, num_workers, train_transforms, eval_transforms, mean, std,
-                         generator)
+        super().__init__(
+            root, image_size, batch_size, num_workers, train_transforms, eval_transforms, mean, std, generator
+        )
         self.split_dirs = tuple(splits)
         self.given_classes = class_names is not None
         self.class_names: list[str] | None = list(class_names) if class_names is not None else None
@@ -136,19 +142,26 @@ class ImageFolderDataModule(SplitDataModule):
                 continue  # evaluation only: the classes are known without a training split
             samples, _ = scan_image_folder(self._split_dir(split), self.class_names)
             pipeline = self.train_transforms if split == "train" else self.eval_transforms
-            self.datasets[split] = ImageFolderDataset(samples, pipeline, self.mean, self.std,
-                                                       self.min_side_for(pipeline))
+            self.datasets[split] = ImageFolderDataset(
+                samples, pipeline, self.mean, self.std, self.min_side_for(pipeline)
+            )
 
     def describe(self) -> dict:
         """What ``setup`` found, for ``mode=check``: the classes and each split's ``(path, label)`` samples."""
-        return {"root": str(self.root), "class_names": list(self.class_names),
-                "splits": {split: list(ds.samples) for split, ds in self.datasets.items()}}
+        return {
+            "root": str(self.root),
+            "class_names": list(self.class_names),
+            "splits": {split: list(ds.samples) for split, ds in self.datasets.items()},
+        }
 
     @property
     def info(self) -> dict:
         """What a checkpoint must remember about the data to predict without it."""
         if self.class_names is None:
             self.setup()
-        return {"class_names": list(self.class_names), "image_size": self.image_size,
-                "mean": list(self.mean), "std": list(self.std)}
-
+        return {
+            "class_names": list(self.class_names),
+            "image_size": self.image_size,
+            "mean": list(self.mean),
+            "std": list(self.std),
+        }

@@ -62,8 +62,10 @@ def open_image(path: str | Path) -> Iterator[Image.Image]:
             with Image.open(path) as img:
                 limit = Image.MAX_IMAGE_PIXELS
                 if limit and img.width * img.height > limit:
-                    raise ImageReadError(f"{path}: {img.width}x{img.height} pixels is above the decoder limit of "
-                                         f"{limit} pixels (PIL.Image.MAX_IMAGE_PIXELS)")
+                    raise ImageReadError(
+                        f"{path}: {img.width}x{img.height} pixels is above the decoder limit of "
+                        f"{limit} pixels (PIL.Image.MAX_IMAGE_PIXELS)"
+                    )
                 yield img
     except ImageReadError:
         raise
@@ -88,8 +90,10 @@ def _value_range_to_uint8(img: Image.Image, path: str | Path) -> np.ndarray:
             raise ImageReadError(f"{path}: pixel mode {img.mode!r} holds NaN or infinite values")
         lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
         if lo < 0 or hi > 65535:
-            raise ImageReadError(f"{path}: pixel mode {img.mode!r} with values {lo:g}..{hi:g}: expected values "
-                                 "in [0, 1], [0, 255] or [0, 65535] to map to 8 bits")
+            raise ImageReadError(
+                f"{path}: pixel mode {img.mode!r} with values {lo:g}..{hi:g}: expected values "
+                "in [0, 1], [0, 255] or [0, 65535] to map to 8 bits"
+            )
         top = 1.0 if img.mode == "F" and hi <= 1 else 255.0 if hi <= 255 else 65535.0
     return np.rint(arr * (255.0 / top)).astype(np.uint8)
 
@@ -100,8 +104,9 @@ def to_rgb_array(img: Image.Image, path: str | Path = "<image>") -> np.ndarray:
         grey = _value_range_to_uint8(img, path)
         return np.repeat(grey[..., None], 3, axis=2)
     if img.mode not in _PIL_CONVERTS:
-        raise ImageReadError(f"{path}: pixel mode {img.mode!r} is not supported (expected one of "
-                             f"{sorted(_PIL_CONVERTS | _NUMERIC)})")
+        raise ImageReadError(
+            f"{path}: pixel mode {img.mode!r} is not supported (expected one of {sorted(_PIL_CONVERTS | _NUMERIC)})"
+        )
     if img.mode == "La" or (img.mode == "P" and "transparency" in img.info):
         img = img.convert("LA" if img.mode == "La" else "RGBA")  # PIL's supported path to RGB
     if img.mode != "RGB":  # convert() copies even RGB -> RGB; a 20-megapixel copy is not free

@@ -109,11 +109,15 @@ def read_lfw_pairs(path: str | Path, image_root: str | Path, num_folds: int = 10
 
     def image_index(lineno: int, name: str, number: str) -> int:
         if not inside_folder(name):
-            raise DataError(f"{path}:{lineno}: identity {name!r} is absolute or climbs out of {image_root} with "
-                            "'..'; expected a folder name under the image folder")
+            raise DataError(
+                f"{path}:{lineno}: identity {name!r} is absolute or climbs out of {image_root} with "
+                "'..'; expected a folder name under the image folder"
+            )
         if not re.fullmatch(r"[0-9]+", number):  # str.isdigit() also takes '²', which int() refuses
-            raise DataError(f"{path}:{lineno}: image number {number!r}: expected a whole number >= 0, the n of "
-                            f"the file {name}/{name}_<nnnn>.<ext> (e.g. 1 for {name}_0001.jpg)")
+            raise DataError(
+                f"{path}:{lineno}: image number {number!r}: expected a whole number >= 0, the n of "
+                f"the file {name}/{name}_<nnnn>.<ext> (e.g. 1 for {name}_0001.jpg)"
+            )
         found = find(name, int(number))
         if found is None:
             raise DataError(f"{path}:{lineno}: image {image_root / name / f'{name}_{int(number):04d}'}.* not found")
@@ -131,8 +135,10 @@ def read_lfw_pairs(path: str | Path, image_root: str | Path, num_folds: int = 10
             pairs.append((image_index(lineno, fields[0], fields[1]), image_index(lineno, fields[2], fields[3])))
             same.append(False)
         else:
-            raise DataError(f"{path}:{lineno}: expected 'name n1 n2' (same person) or 'name1 n1 name2 n2' "
-                            f"(different persons), got {len(fields)} fields")
+            raise DataError(
+                f"{path}:{lineno}: expected 'name n1 n2' (same person) or 'name1 n1 name2 n2' "
+                f"(different persons), got {len(fields)} fields"
+            )
     if not pairs:
         raise DataError(f"{path}: no pairs found")
     same_arr = np.asarray(same, bool)
@@ -141,15 +147,25 @@ def read_lfw_pairs(path: str | Path, image_root: str | Path, num_folds: int = 10
         folds = np.arange(len(pairs)) // (2 * header[1])
     else:
         if len(header) == 2:
-            notes.append(f"{path}: header says {header[0]} folds x 2 x {header[1]} pairs, the file has "
-                         f"{len(pairs)}; folds dealt round-robin instead")
+            notes.append(
+                f"{path}: header says {header[0]} folds x 2 x {header[1]} pairs, the file has "
+                f"{len(pairs)}; folds dealt round-robin instead"
+            )
         # deal each kind round-robin so every fold gets both kinds
         folds = np.zeros(len(pairs), int)
         for kind in (True, False):
             where = np.flatnonzero(same_arr == kind)
             folds[where] = np.arange(len(where)) % num_folds
-    return PairSet(images, labels, list(identities), np.asarray(pairs, int).reshape(-1, 2), same_arr,
-                   folds.astype(int), source=str(path), notes=notes)
+    return PairSet(
+        images,
+        labels,
+        list(identities),
+        np.asarray(pairs, int).reshape(-1, 2),
+        same_arr,
+        folds.astype(int),
+        source=str(path),
+        notes=notes,
+    )
 
 
 def _sample_unique(rng: np.random.Generator, draw, n: int) -> list[tuple[int, int]]:
@@ -188,8 +204,10 @@ def generate_pairs(
     names = sorted(identities)
     multi = [n for n in names if len(identities[n]) >= 2]
     if len(names) < 2 or not multi:
-        raise DataError(f"verification pairs need >= 2 identities, one of them with >= 2 images; got "
-                        f"{len(names)} identities, {len(multi)} with >= 2 images")
+        raise DataError(
+            f"verification pairs need >= 2 identities, one of them with >= 2 images; got "
+            f"{len(names)} identities, {len(multi)} with >= 2 images"
+        )
     rng = np.random.default_rng(seed)
     images: list[Path] = []
     labels: list[int] = []
@@ -218,7 +236,9 @@ def generate_pairs(
         def draw_diff(members=members):
             a, b = rng.choice(len(members), 2, replace=False)
             na, nb = members[a], members[b]
-            return first[na] + int(rng.integers(len(identities[na]))), first[nb] + int(rng.integers(len(identities[nb])))
+            return first[na] + int(rng.integers(len(identities[na]))), first[nb] + int(
+                rng.integers(len(identities[nb]))
+            )
 
         pos = _sample_unique(rng, draw_same, pairs_per_fold // 2)
         neg = _sample_unique(rng, draw_diff, len(pos))
@@ -227,12 +247,22 @@ def generate_pairs(
         same += [True] * len(pos) + [False] * len(neg)
         folds += [fold] * (len(pos) + len(neg))
     if len(pairs) < num_folds * 2 * (pairs_per_fold // 2):
-        notes.append(f"{len(pairs)} pairs instead of {num_folds} x {pairs_per_fold}: the identities have "
-                     "no more distinct balanced pairs")
+        notes.append(
+            f"{len(pairs)} pairs instead of {num_folds} x {pairs_per_fold}: the identities have "
+            "no more distinct balanced pairs"
+        )
     for note in notes:
         log.info("verification pairs: %s", note)
-    return PairSet(images, labels, names, np.asarray(pairs, int).reshape(-1, 2), np.asarray(same, bool),
-                   np.asarray(folds, int), source="generated", notes=notes)
+    return PairSet(
+        images,
+        labels,
+        names,
+        np.asarray(pairs, int).reshape(-1, 2),
+        np.asarray(same, bool),
+        np.asarray(folds, int),
+        source="generated",
+        notes=notes,
+    )
 
 
 def write_lfw_pairs(pair_set: PairSet, path: str | Path) -> None:
@@ -241,6 +271,7 @@ def write_lfw_pairs(pair_set: PairSet, path: str | Path) -> None:
     Folds are written in order, same-identity lines first, with a ``folds per_fold``
     header when every fold holds as many pairs of each kind.
     """
+
     def number(i: int) -> str:
         return str(int(pair_set.images[i].stem.rsplit("_", 1)[-1]))
 
@@ -254,6 +285,8 @@ def write_lfw_pairs(pair_set: PairSet, path: str | Path) -> None:
         lines.append(f"{pair_set.num_folds}\t{per_same[0]}")
     for fold in range(pair_set.num_folds):
         for kind in (True, False):
-            for (a, b) in pair_set.pairs[(pair_set.folds == fold) & (pair_set.same == kind)]:
-                lines.append("\t".join([name(a), number(a), number(b)] if kind else [name(a), number(a), name(b), number(b)]))
+            for a, b in pair_set.pairs[(pair_set.folds == fold) & (pair_set.same == kind)]:
+                lines.append(
+                    "\t".join([name(a), number(a), number(b)] if kind else [name(a), number(a), name(b), number(b)])
+                )
     Path(path).write_text("\n".join(lines) + "\n")

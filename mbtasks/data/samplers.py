@@ -40,8 +40,16 @@ class PKBatchSampler(Sampler[list[int]]):
         lists of ``p * k`` dataset indices, identity-grouped.
     """
 
-    def __init__(self, labels: Sequence[int], p: int, k: int, num_batches: int | None = None, seed: int = 0,
-                 num_replicas: int = 1, rank: int = 0) -> None:
+    def __init__(
+        self,
+        labels: Sequence[int],
+        p: int,
+        k: int,
+        num_batches: int | None = None,
+        seed: int = 0,
+        num_replicas: int = 1,
+        rank: int = 0,
+    ) -> None:
         if k < 2:
             raise ConfigError(f"data.images_per_identity={k}: needs >= 2 (an anchor and a positive)")
         groups: dict[int, list[int]] = defaultdict(list)
@@ -52,8 +60,12 @@ class PKBatchSampler(Sampler[list[int]]):
         if len(self.groups) < 2:
             raise DataError(f"P x K batches need >= 2 identities with >= 2 images, got {len(self.groups)}")
         if p > len(self.groups):
-            log.warning("data.identities_per_batch=%d: only %d identities have >= 2 images; using P=%d",
-                        p, len(self.groups), len(self.groups))
+            log.warning(
+                "data.identities_per_batch=%d: only %d identities have >= 2 images; using P=%d",
+                p,
+                len(self.groups),
+                len(self.groups),
+            )
         self.p = min(p, len(self.groups))
         self.k = k
         eligible_images = sum(len(v) for v in self.groups.values())

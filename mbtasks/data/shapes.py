@@ -21,8 +21,11 @@ def random_background(rng: np.random.Generator, width: int, height: int) -> Imag
         other = rng.integers(0, 256, size=3)
         t = np.linspace(0, 1, width if rng.random() < 0.5 else height, dtype=np.float32)
         ramp = base[None] * (1 - t[:, None]) + other[None] * t[:, None]
-        arr = (np.broadcast_to(ramp[None], (height, width, 3)) if ramp.shape[0] == width
-               else np.broadcast_to(ramp[:, None], (height, width, 3))).astype(np.float32)
+        arr = (
+            np.broadcast_to(ramp[None], (height, width, 3))
+            if ramp.shape[0] == width
+            else np.broadcast_to(ramp[:, None], (height, width, 3))
+        ).astype(np.float32)
     elif kind == 2:
         noise = rng.normal(0, 40, size=(max(height // 8, 1), max(width // 8, 1), 3))
         small = np.clip(base + noise, 0, 255).astype(np.uint8)
@@ -37,7 +40,9 @@ def random_background(rng: np.random.Generator, width: int, height: int) -> Imag
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
 
 
-def contrasting_color(rng: np.random.Generator, background: Image.Image, box: tuple[float, ...]) -> tuple[int, int, int]:
+def contrasting_color(
+    rng: np.random.Generator, background: Image.Image, box: tuple[float, ...]
+) -> tuple[int, int, int]:
     """A saturated colour far (in RGB distance) from the mean of the background under ``box``."""
     x0, y0, x1, y1 = (int(v) for v in box)
     patch = np.asarray(background.crop((x0, y0, max(x1, x0 + 1), max(y1, y0 + 1))), np.float32)
@@ -53,7 +58,9 @@ def contrasting_color(rng: np.random.Generator, background: Image.Image, box: tu
     return best
 
 
-def _polygon(cx: float, cy: float, r: float, n: int, angle: float, inner: float | None = None) -> list[tuple[float, float]]:
+def _polygon(
+    cx: float, cy: float, r: float, n: int, angle: float, inner: float | None = None
+) -> list[tuple[float, float]]:
     pts = []
     steps = n * 2 if inner else n
     for k in range(steps):
@@ -63,7 +70,13 @@ def _polygon(cx: float, cy: float, r: float, n: int, angle: float, inner: float 
     return pts
 
 
-def draw_shape(image: Image.Image, kind: str, box: tuple[float, float, float, float], color: tuple[int, int, int], angle: float = 0.0) -> tuple[float, float, float, float]:
+def draw_shape(
+    image: Image.Image,
+    kind: str,
+    box: tuple[float, float, float, float],
+    color: tuple[int, int, int],
+    angle: float = 0.0,
+) -> tuple[float, float, float, float]:
     """Draw ``kind`` inside ``box`` (x1, y1, x2, y2) and return the tight box of what was drawn."""
     draw = ImageDraw.Draw(image)
     x0, y0, x1, y1 = box
@@ -90,7 +103,20 @@ def draw_shape(image: Image.Image, kind: str, box: tuple[float, float, float, fl
         pts = _polygon(cx, cy, r, 5, angle - math.pi / 2, inner=0.45)
     elif kind == "cross":
         t = r * 0.33
-        arm = [(-t, -r), (t, -r), (t, -t), (r, -t), (r, t), (t, t), (t, r), (-t, r), (-t, t), (-r, t), (-r, -t), (-t, -t)]
+        arm = [
+            (-t, -r),
+            (t, -r),
+            (t, -t),
+            (r, -t),
+            (r, t),
+            (t, t),
+            (t, r),
+            (-t, r),
+            (-t, t),
+            (-r, t),
+            (-r, -t),
+            (-t, -t),
+        ]
         ca, sa = math.cos(angle), math.sin(angle)
         pts = [(cx + px * ca - py * sa, cy + px * sa + py * ca) for px, py in arm]
     else:

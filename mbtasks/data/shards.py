@@ -86,9 +86,15 @@ def _written(split_dir: Path) -> int:
     return sum(int(c["chunk_size"]) for c in index["chunks"])
 
 
-def write_shards(root: str | Path, output: str | Path, splits: Sequence[str] = SPLITS,
-                 class_names: list[str] | None = None, chunk_bytes: str | int = "64MB", workers: int | None = None,
-                 overwrite: bool = False) -> dict[str, Any]:
+def write_shards(
+    root: str | Path,
+    output: str | Path,
+    splits: Sequence[str] = SPLITS,
+    class_names: list[str] | None = None,
+    chunk_bytes: str | int = "64MB",
+    workers: int | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
     """Write the ImageFolder ``root/<split>/<class>/<image>`` as LitData shards under ``output`` (local disk).
 
     Args:
@@ -122,20 +128,37 @@ def write_shards(root: str | Path, output: str | Path, splits: Sequence[str] = S
     if existing and not overwrite:
         raise DataError(f"{existing[0]}: shards are already there; pass --overwrite (overwrite=True) to replace them")
     workers = workers or max(1, min(4, os.cpu_count() or 1))
-    meta: dict[str, Any] = {"format": FORMAT, "version": 1, "source": str(root), "class_names": list(class_names),
-                            "splits": {}}
+    meta: dict[str, Any] = {
+        "format": FORMAT,
+        "version": 1,
+        "source": str(root),
+        "class_names": list(class_names),
+        "splits": {},
+    }
     for split in present:
         samples, _ = scan_image_folder(root / names[split], class_names)
         inputs = [(str(p), label, i, str(p.relative_to(root))) for i, (p, label) in enumerate(samples)]
-        ld.optimize(fn=_encode, inputs=inputs, output_dir=str(output / split), chunk_bytes=chunk_bytes,
-                    num_workers=min(workers, len(inputs)), mode="overwrite" if overwrite else None, verbose=False,
-                    start_method=START_METHOD)
+        ld.optimize(
+            fn=_encode,
+            inputs=inputs,
+            output_dir=str(output / split),
+            chunk_bytes=chunk_bytes,
+            num_workers=min(workers, len(inputs)),
+            mode="overwrite" if overwrite else None,
+            verbose=False,
+            start_method=START_METHOD,
+        )
         written = _written(output / split)
         if not written:
             raise DataError(f"{root / names[split]}: no image could be written (see the warnings above)")
         meta["splits"][split] = {"samples": written, "skipped": len(inputs) - written}
-        log.info("%s: %d samples written to %s (%d unreadable left out)", split, written, output / split,
-                 len(inputs) - written)
+        log.info(
+            "%s: %d samples written to %s (%d unreadable left out)",
+            split,
+            written,
+            output / split,
+            len(inputs) - written,
+        )
     write_json_atomic(output / META, meta)
     return meta
 
@@ -145,8 +168,10 @@ def read_meta(root: str, cache_dir: str | None = None, storage_options: dict | N
     if not is_url(root):
         path = Path(root) / META
         if not path.is_file():
-            raise DataError(f"{path}: not found; {root} is not a shards folder (write one with "
-                            "python -m mbtasks shards write IMAGEFOLDER DST)")
+            raise DataError(
+                f"{path}: not found; {root} is not a shards folder (write one with "
+                "python -m mbtasks shards write IMAGEFOLDER DST)"
+            )
         text = path.read_text()
     else:
         litdata()
@@ -155,12 +180,15 @@ def read_meta(root: str, cache_dir: str | None = None, storage_options: dict | N
         with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
             local = Path(tmp) / META
             try:
-                get_downloader(root, tmp, [], storage_options or {}).download_file(f"{root.rstrip('/')}/{META}",
-                                                                                    str(local))
+                get_downloader(root, tmp, [], storage_options or {}).download_file(
+                    f"{root.rstrip('/')}/{META}", str(local)
+                )
                 text = local.read_text()
             except Exception as err:  # noqa: BLE001 - any storage client's failure: say which file
-                raise DataError(f"{root}/{META}: cannot read it ({type(err).__name__}: {err}); give the classes "
-                                "as data.class_names to skip it") from err
+                raise DataError(
+                    f"{root}/{META}: cannot read it ({type(err).__name__}: {err}); give the classes "
+                    "as data.class_names to skip it"
+                ) from err
     meta = json.loads(text)
     if meta.get("format") != FORMAT or not meta.get("class_names"):
         raise DataError(f"{root}/{META}: not written by mbtasks shards write (no format {FORMAT!r} / class_names)")
@@ -241,8 +269,9 @@ class ShardsDataModule(DataModuleBase):
         litdata()  # a missing package fails before any work
         meta = read_meta(self.url, self.cache_dir, self.storage_options)
         if self.class_names is not None and self.class_names != list(meta["class_names"]):
-            raise DataError(f"data.class_names={self.class_names} differ from {self.url}/{META}'s "
-                            f"{meta['class_names']}")
+            raise DataError(
+                f"data.class_names={self.class_names} differ from {self.url}/{META}'s {meta['class_names']}"
+            )
         self.class_names = list(meta["class_names"])
         splits = meta.get("splits", {})
         missing = [s for s in ("train", "val") if s not in splits]
@@ -255,16 +284,22 @@ class ShardsDataModule(DataModuleBase):
         return []  # unreadable images were left out when the shards were written (classes.json counts them)
 
     def describe(self) -> dict:
-        raise DataError(f"{self.url}: mode=check reads image folders; shards were checked when written "
-                        f"(every image decoded, unreadable ones counted in {META}): run mode=check on the ImageFolder")
+        raise DataError(
+            f"{self.url}: mode=check reads image folders; shards were checked when written "
+            f"(every image decoded, unreadable ones counted in {META}): run mode=check on the ImageFolder"
+        )
 
     @property
     def info(self) -> dict:
         """What a checkpoint must remember about the data to predict without it."""
         if self.class_names is None:
             self.setup()
-        return {"class_names": list(self.class_names), "image_size": self.image_size,
-                "mean": list(self.mean), "std": list(self.std)}
+        return {
+            "class_names": list(self.class_names),
+            "image_size": self.image_size,
+            "mean": list(self.mean),
+            "std": list(self.std),
+        }
 
     def dataset(self, split: str, train: bool):
         """The ``StreamingDataset`` of one split. Built when a loader is asked for: LitData reads the DDP
@@ -272,18 +307,28 @@ class ShardsDataModule(DataModuleBase):
         ld = litdata()
         pipeline = self.train_transforms if train else self.eval_transforms
         return ld.StreamingDataset(
-            f"{self.url}/{split}", cache_dir=self.cache_dir, max_cache_size=self.max_cache_size,
-            shuffle=train and self.shuffle, drop_last=train, seed=self.seed,
+            f"{self.url}/{split}",
+            cache_dir=self.cache_dir,
+            max_cache_size=self.max_cache_size,
+            shuffle=train and self.shuffle,
+            drop_last=train,
+            seed=self.seed,
             storage_options=self.storage_options,
-            transform=DecodeSample(pipeline, self.mean, self.std, self.min_side_for(pipeline)))
+            transform=DecodeSample(pipeline, self.mean, self.std, self.min_side_for(pipeline)),
+        )
 
     def _loader(self, split: str, train: bool):
         ld = litdata()
         if self.num_workers > 0:
             limit_worker_threads()
-        return ld.StreamingDataLoader(self.dataset(split, train), batch_size=self.batch_size,
-                                      num_workers=self.num_workers, pin_memory=torch.cuda.is_available(),
-                                      persistent_workers=self.num_workers > 0, worker_init_fn=seed_worker)
+        return ld.StreamingDataLoader(
+            self.dataset(split, train),
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=self.num_workers > 0,
+            worker_init_fn=seed_worker,
+        )
 
     def train_dataloader(self):
         return self._loader("train", True)
@@ -297,8 +342,9 @@ class ShardsDataModule(DataModuleBase):
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m mbtasks shards write SRC DST``: an ImageFolder as LitData shards."""
-    parser = argparse.ArgumentParser(prog="python -m mbtasks shards",
-                                     description="ImageFolder -> LitData shards for data=shards")
+    parser = argparse.ArgumentParser(
+        prog="python -m mbtasks shards", description="ImageFolder -> LitData shards for data=shards"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     write = sub.add_parser("write", help="write SRC/{train,val,test}/<class>/<image> as shards under DST")
     write.add_argument("src")
@@ -308,8 +354,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     write.add_argument("--overwrite", action="store_true", help="replace shards already in DST")
     args = parser.parse_args(argv)
     try:
-        meta = write_shards(args.src, args.dst, chunk_bytes=args.chunk_bytes, workers=args.workers,
-                            overwrite=args.overwrite)
+        meta = write_shards(
+            args.src, args.dst, chunk_bytes=args.chunk_bytes, workers=args.workers, overwrite=args.overwrite
+        )
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -54,8 +54,15 @@ def make_shapes_classification(
         the root path. Does nothing if a complete set with the same parameters exists.
     """
     root = Path(root)
-    params = dict(kind="shapes_classification", classes=list(classes), train=train_per_class,
-                  val=val_per_class, test=test_per_class, size=image_size, seed=seed)
+    params = dict(
+        kind="shapes_classification",
+        classes=list(classes),
+        train=train_per_class,
+        val=val_per_class,
+        test=test_per_class,
+        size=image_size,
+        seed=seed,
+    )
     if is_complete(root, params):
         return root
     unknown = [c for c in classes if c not in SHAPES]
@@ -150,9 +157,20 @@ def make_shapes_detection(
     """
     root = Path(root)
     category_ids = list(category_ids) if category_ids is not None else [2 * i + 1 for i in range(len(classes))]
-    params = dict(kind="shapes_detection", classes=list(classes), category_ids=category_ids, train=train_images,
-                  val=val_images, test=test_images, size=image_size, max_objects=max_objects,
-                  object_size=list(object_size), empty=empty_fraction, cover=max_cover, seed=seed)
+    params = dict(
+        kind="shapes_detection",
+        classes=list(classes),
+        category_ids=category_ids,
+        train=train_images,
+        val=val_images,
+        test=test_images,
+        size=image_size,
+        max_objects=max_objects,
+        object_size=list(object_size),
+        empty=empty_fraction,
+        cover=max_cover,
+        seed=seed,
+    )
     if is_complete(root, params):
         return root
     unknown = [c for c in classes if c not in SHAPES]
@@ -163,26 +181,39 @@ def make_shapes_detection(
     if root.exists():
         shutil.rmtree(root)
     rng = np.random.default_rng(seed)
-    categories = [{"id": cid, "name": name, "supercategory": "shape"} for cid, name in zip(category_ids, classes, strict=True)]
+    categories = [
+        {"id": cid, "name": name, "supercategory": "shape"} for cid, name in zip(category_ids, classes, strict=True)
+    ]
 
     def scenes(n: int):
         for _ in range(n):
-            img, objects = shapes_scene(rng, classes, image_size, max_objects, tuple(object_size), empty_fraction, max_cover)
-            boxes = [(kind, round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2))
-                     for kind, (x0, y0, x1, y1) in objects]
-            yield img, [{"category_id": category_ids[kind], "bbox": [x, y, w, h], "area": round(w * h, 2), "iscrowd": 0}
-                        for kind, x, y, w, h in boxes]
+            img, objects = shapes_scene(
+                rng, classes, image_size, max_objects, tuple(object_size), empty_fraction, max_cover
+            )
+            boxes = [
+                (kind, round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2))
+                for kind, (x0, y0, x1, y1) in objects
+            ]
+            yield (
+                img,
+                [
+                    {"category_id": category_ids[kind], "bbox": [x, y, w, h], "area": round(w * h, 2), "iscrowd": 0}
+                    for kind, x, y, w, h in boxes
+                ],
+            )
 
     ann_id = 1
     for split, n in (("train", train_images), ("val", val_images), ("test", test_images)):
-        ann_id = write_coco_split(root, split, scenes(n), image_size, categories,
-                                  "mbtasks synthetic shapes detection", ann_id)
+        ann_id = write_coco_split(
+            root, split, scenes(n), image_size, categories, "mbtasks synthetic shapes detection", ann_id
+        )
     mark_complete(root, params)
     return root
 
 
-def write_coco_split(root: Path, split: str, scenes, image_size: int, categories: list[dict], description: str,
-                     first_ann_id: int = 1) -> int:
+def write_coco_split(
+    root: Path, split: str, scenes, image_size: int, categories: list[dict], description: str, first_ann_id: int = 1
+) -> int:
     """Write ``root/<split>/<n>.png`` and ``root/annotations/instances_<split>.json`` from ``scenes``
     (``(image, [annotation without id / image_id])`` pairs, drawn lazily so the RNG order is the
     caller's); returns the next free annotation id."""
@@ -196,7 +227,11 @@ def write_coco_split(root: Path, split: str, scenes, image_size: int, categories
         for obj in objects:
             annotations.append({"id": ann_id, "image_id": i + 1, **obj})
             ann_id += 1
-    coco = {"info": {"description": description}, "images": images, "annotations": annotations,
-            "categories": categories}
+    coco = {
+        "info": {"description": description},
+        "images": images,
+        "annotations": annotations,
+        "categories": categories,
+    }
     (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(coco))
     return ann_id

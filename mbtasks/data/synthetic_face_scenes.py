@@ -44,9 +44,15 @@ def _feathered_ellipse(side: int) -> Image.Image:
     return mask.filter(ImageFilter.GaussianBlur(radius=max(0.5, side * 0.03)))
 
 
-def face_scene(rng: np.random.Generator, identities: list[tuple[str, dict]], size: int, max_faces: int,
-               face_size: tuple[float, float], distractors: int, max_cover: float
-               ) -> tuple[Image.Image, list[tuple[str, tuple[float, float, float, float]]]]:
+def face_scene(
+    rng: np.random.Generator,
+    identities: list[tuple[str, dict]],
+    size: int,
+    max_faces: int,
+    face_size: tuple[float, float],
+    distractors: int,
+    max_cover: float,
+) -> tuple[Image.Image, list[tuple[str, tuple[float, float, float, float]]]]:
     """One scene: shapes, then 0..``max_faces`` faces (side log-uniform in ``face_size`` x ``size``).
 
     Returns:
@@ -118,15 +124,30 @@ def make_face_scenes(
         the root path. Does nothing if a complete set with the same parameters exists.
     """
     root = Path(root)
-    params = dict(kind="synthetic_face_scenes", train=train_images, val=val_images, test=test_images,
-                  size=image_size, max_faces=max_faces, face_size=list(face_size), train_ids=train_identities,
-                  eval_ids=eval_identities, gallery=gallery_images, gallery_size=gallery_size,
-                  distractors=distractors, cover=max_cover, seed=seed, version=1)
+    params = dict(
+        kind="synthetic_face_scenes",
+        train=train_images,
+        val=val_images,
+        test=test_images,
+        size=image_size,
+        max_faces=max_faces,
+        face_size=list(face_size),
+        train_ids=train_identities,
+        eval_ids=eval_identities,
+        gallery=gallery_images,
+        gallery_size=gallery_size,
+        distractors=distractors,
+        cover=max_cover,
+        seed=seed,
+        version=1,
+    )
     if is_complete(root, params):
         return root
     if train_identities < 1 or eval_identities < 2 or gallery_images < 1:
-        raise ValueError("data.generator: face scenes need train_identities >= 1, eval_identities >= 2 and "
-                         f"gallery_images >= 1, got {train_identities}, {eval_identities}, {gallery_images}")
+        raise ValueError(
+            "data.generator: face scenes need train_identities >= 1, eval_identities >= 2 and "
+            f"gallery_images >= 1, got {train_identities}, {eval_identities}, {gallery_images}"
+        )
     if not 0 < face_size[0] <= face_size[1] <= 1:
         raise ValueError(f"data.generator.face_size={list(face_size)}: expected 0 < min <= max <= 1")
     if root.exists():
@@ -138,15 +159,35 @@ def make_face_scenes(
     def scenes(n: int, identities):
         for _ in range(n):
             img, faces = face_scene(rng, identities, image_size, max_faces, tuple(face_size), distractors, max_cover)
-            yield img, [{"category_id": 1, "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0),
-                         "iscrowd": 0, "identity": identity} for identity, (x0, y0, x1, y1) in faces]
+            yield (
+                img,
+                [
+                    {
+                        "category_id": 1,
+                        "bbox": [x0, y0, x1 - x0, y1 - y0],
+                        "area": (x1 - x0) * (y1 - y0),
+                        "iscrowd": 0,
+                        "identity": identity,
+                    }
+                    for identity, (x0, y0, x1, y1) in faces
+                ],
+            )
 
     ann_id = 1
-    for split, n, identities in (("train", train_images, train_ids), ("val", val_images, eval_ids),
-                                 ("test", test_images, eval_ids)):
-        ann_id = write_coco_split(root, split, scenes(n, identities), image_size,
-                                  [{"id": 1, "name": "face", "supercategory": "person"}],
-                                  "mbtasks synthetic face scenes", ann_id)
+    for split, n, identities in (
+        ("train", train_images, train_ids),
+        ("val", val_images, eval_ids),
+        ("test", test_images, eval_ids),
+    ):
+        ann_id = write_coco_split(
+            root,
+            split,
+            scenes(n, identities),
+            image_size,
+            [{"id": 1, "name": "face", "supercategory": "person"}],
+            "mbtasks synthetic face scenes",
+            ann_id,
+        )
     for name, ident in eval_ids:
         folder = root / "gallery" / name
         folder.mkdir(parents=True, exist_ok=True)

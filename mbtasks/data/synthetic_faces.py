@@ -23,10 +23,13 @@ from PIL import Image, ImageDraw, ImageFilter
 from mbtasks.data.shapes import random_background
 from mbtasks.data.synthetic import is_complete, mark_complete
 
-SKIN_TONES = np.array([(255, 224, 196), (241, 194, 155), (224, 172, 128), (198, 134, 96),
-                       (160, 105, 70), (110, 72, 48)], np.float32)
-HAIR_COLOURS = np.array([(20, 15, 10), (60, 40, 25), (110, 75, 40), (190, 150, 90), (150, 60, 25),
-                         (170, 170, 170), (235, 225, 190)], np.float32)
+SKIN_TONES = np.array(
+    [(255, 224, 196), (241, 194, 155), (224, 172, 128), (198, 134, 96), (160, 105, 70), (110, 72, 48)], np.float32
+)
+HAIR_COLOURS = np.array(
+    [(20, 15, 10), (60, 40, 25), (110, 75, 40), (190, 150, 90), (150, 60, 25), (170, 170, 170), (235, 225, 190)],
+    np.float32,
+)
 IRIS_COLOURS = np.array([(70, 45, 25), (40, 90, 150), (60, 110, 60), (110, 110, 120), (20, 20, 20)], np.float32)
 
 
@@ -55,8 +58,11 @@ def sample_identity(rng: np.random.Generator) -> dict:
     """Draw the fixed traits of one identity (geometry in face units, colours in RGB)."""
     skin = _colour(rng, SKIN_TONES, 10)
     hair = _vivid(rng) if rng.random() < 0.3 else _colour(rng, HAIR_COLOURS, 12)
-    lips = (_vivid(rng) if rng.random() < 0.2
-            else tuple(int(np.clip(s * 0.75 + r, 0, 255)) for s, r in zip(skin, (45, 0, 5), strict=True)))
+    lips = (
+        _vivid(rng)
+        if rng.random() < 0.2
+        else tuple(int(np.clip(s * 0.75 + r, 0, 255)) for s, r in zip(skin, (45, 0, 5), strict=True))
+    )
     return {
         "skin": skin,
         "hair": hair,
@@ -92,8 +98,10 @@ def sample_identity(rng: np.random.Generator) -> dict:
         "mark_at": (float(rng.choice([-1, 1]) * rng.uniform(0.3, 0.6)), float(rng.uniform(-0.55, 0.35))),
         "mark_size": float(rng.uniform(0.1, 0.2)),
         "mark_colour": _vivid(rng),
-        "moles": [(float(rng.uniform(-0.6, 0.6)), float(rng.uniform(-0.3, 0.6)), float(rng.uniform(0.025, 0.05)))
-                  for _ in range(int(rng.integers(0, 3)))],
+        "moles": [
+            (float(rng.uniform(-0.6, 0.6)), float(rng.uniform(-0.3, 0.6)), float(rng.uniform(0.025, 0.05)))
+            for _ in range(int(rng.integers(0, 3)))
+        ],
         "texture_seed": int(rng.integers(2**31)),
     }
 
@@ -117,8 +125,10 @@ class _FaceFrame:
 
     def __call__(self, u: float, v: float, bump: float = 0.0) -> tuple[float, float]:
         z = math.sqrt(max(0.0, 1.0 - 0.6 * u * u - 0.4 * v * v)) + bump
-        return (self.cx + self.a * (u * self.cy_ + 0.6 * z * self.sy),
-                self.cy + self.b * (v * self.cp - 0.4 * z * self.sp))
+        return (
+            self.cx + self.a * (u * self.cy_ + 0.6 * z * self.sy),
+            self.cy + self.b * (v * self.cp - 0.4 * z * self.sp),
+        )
 
     def ellipse(self, u: float, v: float, ru: float, rv: float, bump: float = 0.0) -> tuple[float, ...]:
         x, y = self(u, v, bump)
@@ -163,8 +173,17 @@ def render_face(ident: dict, rng: np.random.Generator, size: int) -> Image.Image
     # hair on top of the head
     top, vol = ident["hairline"], ident["hair_volume"]
     if style in ("short", "long", "fringe"):
-        draw.chord((cx - a * (1.02 + vol / 2), cy - b * (1.05 + vol), cx + a * (1.02 + vol / 2),
-                    cy + b * (2 * top + 1.05 + vol)), 180, 360, fill=hair)
+        draw.chord(
+            (
+                cx - a * (1.02 + vol / 2),
+                cy - b * (1.05 + vol),
+                cx + a * (1.02 + vol / 2),
+                cy + b * (2 * top + 1.05 + vol),
+            ),
+            180,
+            360,
+            fill=hair,
+        )
         if style == "fringe":
             x0, y0 = f(-0.75, top + 0.05)
             x1, y1 = f(0.75, top + 0.3)
@@ -186,8 +205,10 @@ def render_face(ident: dict, rng: np.random.Generator, size: int) -> Image.Image
         r = b * (0.25 + vol / 2)
         draw.ellipse((x - r, y - r, x + r, y + r), fill=hair)
     if ident["beard"]:
-        pts = [f(u, v) for u, v in ((-0.85, 0.25), (-0.6, 0.85), (0.0, 1.0), (0.6, 0.85), (0.85, 0.25),
-                                     (0.4, 0.7), (-0.4, 0.7))]
+        pts = [
+            f(u, v)
+            for u, v in ((-0.85, 0.25), (-0.6, 0.85), (0.0, 1.0), (0.6, 0.85), (0.85, 0.25), (0.4, 0.7), (-0.4, 0.7))
+        ]
         draw.polygon(pts, fill=hair)
     for mu, mv, mr in ident["moles"]:
         draw.ellipse(f.ellipse(mu, mv, mr, mr * ident["face_ratio"]), fill=(60, 35, 25))
@@ -197,8 +218,13 @@ def render_face(ident: dict, rng: np.random.Generator, size: int) -> Image.Image
     elif ident["mark"] == "dot":
         draw.ellipse(f.ellipse(mu, mv, ms * 0.6, ms * 0.6 * ident["face_ratio"]), fill=mc)
     elif ident["mark"] == "star":
-        pts = [f(mu + ms * (1 if k % 2 == 0 else 0.4) * math.cos(math.pi * k / 5 - math.pi / 2),
-                 mv + ms * (1 if k % 2 == 0 else 0.4) * math.sin(math.pi * k / 5 - math.pi / 2)) for k in range(10)]
+        pts = [
+            f(
+                mu + ms * (1 if k % 2 == 0 else 0.4) * math.cos(math.pi * k / 5 - math.pi / 2),
+                mv + ms * (1 if k % 2 == 0 else 0.4) * math.sin(math.pi * k / 5 - math.pi / 2),
+            )
+            for k in range(10)
+        ]
         draw.polygon(pts, fill=mc)
     if ident["earrings"] is not None:
         for side in (-1, 1):
@@ -216,16 +242,24 @@ def render_face(ident: dict, rng: np.random.Generator, size: int) -> Image.Image
             draw.ellipse(f.ellipse(u, v, r * 0.2, r * 0.2 * ident["face_ratio"]), fill=(10, 10, 10))
         bv = v - ident["brow_gap"] - r * ident["eye_aspect"] * ident["face_ratio"]
         tilt = ident["brow_tilt"] * side
-        draw.line([f(u - side * r * 1.2, bv + tilt * r), f(u + side * r * 1.3, bv - tilt * r)],
-                  fill=hair, width=max(1, int(ident["brow_width"] * b)))
+        draw.line(
+            [f(u - side * r * 1.2, bv + tilt * r), f(u + side * r * 1.3, bv - tilt * r)],
+            fill=hair,
+            width=max(1, int(ident["brow_width"] * b)),
+        )
     if ident["glasses"] and rng.random() < 0.85:
         for side in (-1, 1):
             box = f.ellipse(side * ident["eye_sep"], ident["eye_v"], ident["eye_r"] * 1.9, ident["eye_r"] * 1.4)
             shape = draw.ellipse if ident["glasses"] == 1 else draw.rectangle
             shape(box, outline=ident["glasses_colour"], width=max(1, s // 48))
-        draw.line([f(-ident["eye_sep"] + ident["eye_r"] * 1.9, ident["eye_v"]),
-                   f(ident["eye_sep"] - ident["eye_r"] * 1.9, ident["eye_v"])],
-                  fill=ident["glasses_colour"], width=max(1, s // 64))
+        draw.line(
+            [
+                f(-ident["eye_sep"] + ident["eye_r"] * 1.9, ident["eye_v"]),
+                f(ident["eye_sep"] - ident["eye_r"] * 1.9, ident["eye_v"]),
+            ],
+            fill=ident["glasses_colour"],
+            width=max(1, s // 64),
+        )
     # nose (sticks out of the face: larger depth bump) and mouth
     nv0, nl, nw = ident["eye_v"] + 0.08, ident["nose_len"], ident["nose_width"]
     shade = tuple(int(c * 0.78) for c in ident["skin"])
@@ -233,12 +267,15 @@ def render_face(ident: dict, rng: np.random.Generator, size: int) -> Image.Image
     smile = ident["smile"] + float(rng.uniform(-0.04, 0.04))
     mv, mw, mh = ident["mouth_v"], ident["mouth_w"], ident["mouth_h"]
     upper = [f(-mw + 2 * mw * t, mv - mh - smile * (1 - (2 * t - 1) ** 2)) for t in np.linspace(0, 1, 9)]
-    lower = [f(mw - 2 * mw * t, mv + mh * (1 + rng.uniform(0, 1.5)) - smile * (1 - (2 * t - 1) ** 2))
-             for t in np.linspace(0, 1, 9)]
+    lower = [
+        f(mw - 2 * mw * t, mv + mh * (1 + rng.uniform(0, 1.5)) - smile * (1 - (2 * t - 1) ** 2))
+        for t in np.linspace(0, 1, 9)
+    ]
     draw.polygon(upper + lower, fill=ident["lips"])
     if ident["moustache"]:
-        draw.polygon([f(-mw, mv - mh - 0.02), f(0, mv - mh - 0.12), f(mw, mv - mh - 0.02), f(0, mv - mh - 0.05)],
-                     fill=hair)
+        draw.polygon(
+            [f(-mw, mv - mh - 0.02), f(0, mv - mh - 0.12), f(mw, mv - mh - 0.02), f(0, mv - mh - 0.05)], fill=hair
+        )
     # light: a linear shading across the face from a random direction
     strength, theta = float(rng.uniform(0.0, 0.5)), float(rng.uniform(0, 2 * math.pi))
     yy, xx = np.mgrid[0:s, 0:s].astype(np.float32)
@@ -300,13 +337,21 @@ def make_synthetic_faces(
         the root path. Does nothing if a complete set with the same parameters exists.
     """
     root = Path(root)
-    params = dict(kind="synthetic_faces", identities=num_identities, per_identity=images_per_identity,
-                  size=image_size, seed=seed, version=3)
+    params = dict(
+        kind="synthetic_faces",
+        identities=num_identities,
+        per_identity=images_per_identity,
+        size=image_size,
+        seed=seed,
+        version=3,
+    )
     if is_complete(root, params):
         return root
     if num_identities < 2 or images_per_identity < 2:
-        raise ValueError("data.generator: synthetic faces need >= 2 identities with >= 2 images each, got "
-                         f"num_identities={num_identities}, images_per_identity={images_per_identity}")
+        raise ValueError(
+            "data.generator: synthetic faces need >= 2 identities with >= 2 images each, got "
+            f"num_identities={num_identities}, images_per_identity={images_per_identity}"
+        )
     if root.exists():
         shutil.rmtree(root)
     for i in range(num_identities):

@@ -15,8 +15,17 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # Per-pixel colour transforms: the same result at any resolution, so they may run before a resize.
-_PER_PIXEL = (A.ColorJitter, A.RandomBrightnessContrast, A.HueSaturationValue, A.RGBShift, A.RandomGamma,
-              A.ToGray, A.ChannelShuffle, A.InvertImg, A.Normalize)
+_PER_PIXEL = (
+    A.ColorJitter,
+    A.RandomBrightnessContrast,
+    A.HueSaturationValue,
+    A.RGBShift,
+    A.RandomGamma,
+    A.ToGray,
+    A.ChannelShuffle,
+    A.InvertImg,
+    A.Normalize,
+)
 
 
 def to_tensor(image: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:

@@ -80,8 +80,12 @@ def scan_class_names(files: list[tuple[Path, Path]]) -> list[str]:
     return sorted(names)
 
 
-def load_voc(files: list[tuple[Path, Path]], class_names: Sequence[str], source: str | Path,
-             report: AnnotationReport | None = None) -> tuple[list[ImageRecord], AnnotationReport]:
+def load_voc(
+    files: list[tuple[Path, Path]],
+    class_names: Sequence[str],
+    source: str | Path,
+    report: AnnotationReport | None = None,
+) -> tuple[list[ImageRecord], AnnotationReport]:
     """Read one split, skipping (and counting) what cannot be used.
 
     Boxes are converted from VOC's 1-based inclusive pixels to ``x1y1x2y2`` with
@@ -98,18 +102,27 @@ def load_voc(files: list[tuple[Path, Path]], class_names: Sequence[str], source:
             continue
         filename = _text(root, "filename")
         if filename and not inside_folder(filename):
-            report.add("file names outside the image folder", f"{xml_path}: <filename> {filename!r} is absolute or "
-                                                              f"climbs out of {image_dir} with '..'; it is not read")
+            report.add(
+                "file names outside the image folder",
+                f"{xml_path}: <filename> {filename!r} is absolute or "
+                f"climbs out of {image_dir} with '..'; it is not read",
+            )
         path = _find_image(xml_path, image_dir, filename)
         if path is None:
-            report.add("missing image files", f"{xml_path}: image {_text(root, 'filename') or xml_path.stem} not found "
-                                              f"in {image_dir}; its objects are skipped")
+            report.add(
+                "missing image files",
+                f"{xml_path}: image {_text(root, 'filename') or xml_path.stem} not found "
+                f"in {image_dir}; its objects are skipped",
+            )
             continue
         size = root.find("size")
         width, height = as_size(_text(size, "width")), as_size(_text(size, "height"))
         if width is None or height is None:
-            report.add("image sizes that are not numbers", f"{xml_path}: <size> width={_text(size, 'width')!r}, "
-                                                           f"height={_text(size, 'height')!r}; the file's size is used")
+            report.add(
+                "image sizes that are not numbers",
+                f"{xml_path}: <size> width={_text(size, 'width')!r}, "
+                f"height={_text(size, 'height')!r}; the file's size is used",
+            )
             width = height = 0
         if width <= 0 or height <= 0:
             try:
@@ -132,8 +145,9 @@ def load_voc(files: list[tuple[Path, Path]], class_names: Sequence[str], source:
                 continue
             box, reason = check_box((x1 - 1, y1 - 1, x2, y2), width, height)
             if box is None:
-                report.add(f"boxes: {reason}", f"{where} in {width}x{height} image: "
-                                               f"bndbox {[x1, y1, x2, y2]}: {reason}")
+                report.add(
+                    f"boxes: {reason}", f"{where} in {width}x{height} image: bndbox {[x1, y1, x2, y2]}: {reason}"
+                )
                 continue
             boxes.append(box)
             labels.append(label_of[name])
@@ -181,8 +195,18 @@ class VocDataModule(DetectionDataModule):
         val_fraction: float = 0.1,
         generator: Callable | None = None,
     ) -> None:
-        super().__init__(root, image_size, batch_size, num_workers, train_transforms, eval_transforms, mean, std,
-                         val_fraction, generator)
+        super().__init__(
+            root,
+            image_size,
+            batch_size,
+            num_workers,
+            train_transforms,
+            eval_transforms,
+            mean,
+            std,
+            val_fraction,
+            generator,
+        )
         self.split_names = {"train": train_split, "val": val_split, "test": test_split}
         self.fixed_class_names = list(class_names) if class_names else None
 
@@ -199,14 +223,16 @@ class VocDataModule(DetectionDataModule):
         require_boxes(train, source, report)
         if self.split_names["val"]:
             source = self.root / self.split_names["val"]
-            val, _ = load_voc(split_files(self.root, self.split_names["val"]), self.class_names, source,
-                              self.report_for(source))
+            val, _ = load_voc(
+                split_files(self.root, self.split_names["val"]), self.class_names, source, self.report_for(source)
+            )
         else:
             train, val = split_off(train, self.val_fraction)
         if self.split_names["test"]:
             source = self.root / self.split_names["test"]
-            test, _ = load_voc(split_files(self.root, self.split_names["test"]), self.class_names, source,
-                               self.report_for(source))
+            test, _ = load_voc(
+                split_files(self.root, self.split_names["test"]), self.class_names, source, self.report_for(source)
+            )
         else:
             test = val
         return {"train": train, "val": val, "test": test}

@@ -81,8 +81,9 @@ def parse_wider(path: Path) -> list[tuple[str, int, list[list[float]]]]:
         rows = []
         for k in range(count):
             if i >= len(lines) or is_image_file(lines[i].strip()):
-                raise DataError(f"{path}:{i + 1}: {name} (line {start}) says {count} faces, but only {k} face "
-                                "lines follow")
+                raise DataError(
+                    f"{path}:{i + 1}: {name} (line {start}) says {count} faces, but only {k} face lines follow"
+                )
             try:
                 rows.append([float(v) for v in lines[i].split()])
             except ValueError:
@@ -94,8 +95,9 @@ def parse_wider(path: Path) -> list[tuple[str, int, list[list[float]]]]:
     return out
 
 
-def load_wider(ann_file: Path, image_dir: Path, ignore_height: float = 10.0,
-               report: AnnotationReport | None = None) -> tuple[list[ImageRecord], AnnotationReport]:
+def load_wider(
+    ann_file: Path, image_dir: Path, ignore_height: float = 10.0, report: AnnotationReport | None = None
+) -> tuple[list[ImageRecord], AnnotationReport]:
     """Read one split's annotation file into single-class (``face``) records.
 
     Raises:
@@ -106,8 +108,10 @@ def load_wider(ann_file: Path, image_dir: Path, ignore_height: float = 10.0,
     records = []
     for name, line, rows in entries:
         if not inside_folder(name):
-            report.add("file names outside the image folder", f"line {line}: {name!r} is absolute or climbs out "
-                                                              f"of {image_dir} with '..'; it is not read")
+            report.add(
+                "file names outside the image folder",
+                f"line {line}: {name!r} is absolute or climbs out of {image_dir} with '..'; it is not read",
+            )
             continue
         path = image_dir / name
         if not path.is_file():
@@ -127,8 +131,9 @@ def load_wider(ann_file: Path, image_dir: Path, ignore_height: float = 10.0,
             x1, y1, w, h = row[:4]
             box, reason = check_box((x1, y1, x1 + w, y1 + h), width, height)
             if box is None:
-                report.add(f"boxes: {reason}", f"{where} in {width}x{height} image: x1 y1 w h = "
-                                               f"{[x1, y1, w, h]}: {reason}")
+                report.add(
+                    f"boxes: {reason}", f"{where} in {width}x{height} image: x1 y1 w h = {[x1, y1, w, h]}: {reason}"
+                )
                 continue
             row_flags = [int(v) for v in (row[4:10] + [0.0] * 6)[:6]]
             invalid, small = row_flags[3] == 1, h <= ignore_height
@@ -142,8 +147,7 @@ def load_wider(ann_file: Path, image_dir: Path, ignore_height: float = 10.0,
         rec = ImageRecord(len(records), path, width, height)
         if boxes:
             table = np.array(flags, np.uint8).reshape(-1, len(FLAGS))
-            rec.set_boxes(boxes, np.zeros(len(boxes), np.int64), ignore,
-                          {f: table[:, j] for j, f in enumerate(FLAGS)})
+            rec.set_boxes(boxes, np.zeros(len(boxes), np.int64), ignore, {f: table[:, j] for j, f in enumerate(FLAGS)})
         records.append(rec)
     if not records:
         raise DataError(f"{ann_file}: none of its {len(entries)} images could be used ({report.summary()})")
@@ -191,10 +195,23 @@ class WiderFaceDataModule(DetectionDataModule):
         val_fraction: float = 0.1,
         generator: Callable | None = None,
     ) -> None:
-        super().__init__(root, image_size, batch_size, num_workers, train_transforms, eval_transforms, mean, std,
-                         val_fraction, generator)
-        self.split_files = {"train": (train_ann, train_images), "val": (val_ann, val_images),
-                            "test": (test_ann, test_images)}
+        super().__init__(
+            root,
+            image_size,
+            batch_size,
+            num_workers,
+            train_transforms,
+            eval_transforms,
+            mean,
+            std,
+            val_fraction,
+            generator,
+        )
+        self.split_files = {
+            "train": (train_ann, train_images),
+            "val": (val_ann, val_images),
+            "test": (test_ann, test_images),
+        }
         self.ignore_height = float(ignore_height)
         self.eval_wider = bool(eval_wider)
         self.wider_eval_dir = wider_eval_dir

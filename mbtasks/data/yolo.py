@@ -192,8 +192,11 @@ def read_data_yaml(path: Path) -> YoloSpec:
     kpt = data.get("kpt_shape")
     columns = 0
     if kpt is not None:
-        if (not isinstance(kpt, list) or len(kpt) != 2
-                or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in kpt)):
+        if (
+            not isinstance(kpt, list)
+            or len(kpt) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in kpt)
+        ):
             raise DataError(f"{path}: kpt_shape: {kpt!r}: expected [keypoints, 2 or 3]")
         columns = kpt[0] * kpt[1]
     return YoloSpec(path, root, names, ids, splits, columns)
@@ -248,8 +251,9 @@ def _as_class(text: str) -> int | None:
     return int(value) if math.isfinite(value) and value == int(value) else None
 
 
-def parse_label_lines(text: str, where: str, keypoint_columns: int,
-                      report: AnnotationReport) -> list[tuple[int, tuple[float, float, float, float]]]:
+def parse_label_lines(
+    text: str, where: str, keypoint_columns: int, report: AnnotationReport
+) -> list[tuple[int, tuple[float, float, float, float]]]:
     """``(class id, normalised x1y1x2y2)`` per usable line of one label file, duplicates removed.
 
     Out-of-range coordinates are returned as they are (the caller clips and counts them).
@@ -280,8 +284,11 @@ def parse_label_lines(text: str, where: str, keypoint_columns: int,
             box = (min(xs), min(ys), max(xs), max(ys))
             report.keep("segment polygons (their bounding box is used)", f"{at}: a polygon of {n // 2} points")
         else:
-            report.add("malformed label lines", f"{at}: {len(tokens)} values; expected 'class cx cy w h' (5) or "
-                                                "'class x1 y1 x2 y2 x3 y3 ...' (a polygon, an odd count >= 7)")
+            report.add(
+                "malformed label lines",
+                f"{at}: {len(tokens)} values; expected 'class cx cy w h' (5) or "
+                "'class x1 y1 x2 y2 x3 y3 ...' (a polygon, an odd count >= 7)",
+            )
             continue
         key = (cls, *values)
         if key in seen:
@@ -292,8 +299,9 @@ def parse_label_lines(text: str, where: str, keypoint_columns: int,
     return out
 
 
-def load_yolo(images: list[Path], class_ids: list[int], keypoint_columns: int,
-              report: AnnotationReport) -> list[ImageRecord]:
+def load_yolo(
+    images: list[Path], class_ids: list[int], keypoint_columns: int, report: AnnotationReport
+) -> list[ImageRecord]:
     """Read the label file of every image into records (boxes in pixels, ``x1y1x2y2``)."""
     label_of = {cid: i for i, cid in enumerate(class_ids)}
     records = []
@@ -321,15 +329,19 @@ def load_yolo(images: list[Path], class_ids: list[int], keypoint_columns: int,
         for cls, (x1, y1, x2, y2) in lines:
             where = f"{labels_file.name} class {cls}"
             if cls not in label_of:
-                report.add("class ids outside names", f"{labels_file}: class id {cls} is not among the names' ids "
-                                                      f"{class_ids}; the box is dropped")
+                report.add(
+                    "class ids outside names",
+                    f"{labels_file}: class id {cls} is not among the names' ids {class_ids}; the box is dropped",
+                )
                 continue
             if min(x1, y1) < -_TOLERANCE or max(x2, y2) > 1 + _TOLERANCE:
                 report.keep("boxes outside [0, 1] (clipped)", f"{where}: x1y1x2y2 {[x1, y1, x2, y2]} is clipped")
             box, reason = check_box((x1 * width, y1 * height, x2 * width, y2 * height), width, height)
             if box is None:
-                report.add(f"boxes: {reason}", f"{where} in {width}x{height} image: normalised x1y1x2y2 "
-                                               f"{[x1, y1, x2, y2]}: {reason}")
+                report.add(
+                    f"boxes: {reason}",
+                    f"{where} in {width}x{height} image: normalised x1y1x2y2 {[x1, y1, x2, y2]}: {reason}",
+                )
                 continue
             boxes.append(box)
             labels.append(label_of[cls])
@@ -361,8 +373,18 @@ class YoloDataModule(DetectionDataModule):
         val_fraction: float = 0.1,
         generator: Callable | None = None,
     ) -> None:
-        super().__init__(root, image_size, batch_size, num_workers, train_transforms, eval_transforms, mean, std,
-                         val_fraction, generator)
+        super().__init__(
+            root,
+            image_size,
+            batch_size,
+            num_workers,
+            train_transforms,
+            eval_transforms,
+            mean,
+            std,
+            val_fraction,
+            generator,
+        )
         self.spec: YoloSpec | None = None
 
     def _load(self, split: str) -> tuple[list[ImageRecord], AnnotationReport]:

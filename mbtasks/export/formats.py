@@ -48,17 +48,27 @@ def quiet_exporters(level: int = logging.WARNING) -> Iterator[None]:
             lg.setLevel(old)
 
 
-def write_onnx(module: nn.Module, example: torch.Tensor, path: Path, output_names: Sequence[str],
-               metadata: dict, opset: int = 18) -> None:
+def write_onnx(
+    module: nn.Module, example: torch.Tensor, path: Path, output_names: Sequence[str], metadata: dict, opset: int = 18
+) -> None:
     """Export ``module`` with torch.onnx's exporter (``torch.export`` based), batch dimension dynamic."""
     import onnx
 
     batch = torch.export.Dim("batch", min=1, max=4096)
     with warnings.catch_warnings(), quiet_exporters():
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, (example,), str(path), dynamo=True, input_names=[INPUT_NAME],
-                          output_names=list(output_names), dynamic_shapes={INPUT_NAME: {0: batch}},
-                          opset_version=opset, external_data=False, verbose=False)
+        torch.onnx.export(
+            module,
+            (example,),
+            str(path),
+            dynamo=True,
+            input_names=[INPUT_NAME],
+            output_names=list(output_names),
+            dynamic_shapes={INPUT_NAME: {0: batch}},
+            opset_version=opset,
+            external_data=False,
+            verbose=False,
+        )
     model = onnx.load(str(path))
     onnx.checker.check_model(model)
     save_onnx(model, path, metadata)
@@ -84,16 +94,24 @@ def write_torchscript(module: nn.Module, example: torch.Tensor, path: Path, meta
         torch.jit.save(traced, str(path), _extra_files={"mbtasks.json": json.dumps(metadata)})
 
 
-def write(fmt: str, module: nn.Module, example: torch.Tensor, path: Path, output_names: Sequence[str],
-          metadata: dict, opset: int = 18) -> None:
+def write(
+    fmt: str,
+    module: nn.Module,
+    example: torch.Tensor,
+    path: Path,
+    output_names: Sequence[str],
+    metadata: dict,
+    opset: int = 18,
+) -> None:
     if fmt == "onnx":
         write_onnx(module, example, path, output_names, metadata, opset)
     else:
         write_torchscript(module, example, path, metadata)
 
 
-def write_end_to_end(fmt: str, network_path: Path, path: Path, pre: Preprocessing, post_kind: str, post: dict,
-                     metadata: dict) -> None:
+def write_end_to_end(
+    fmt: str, network_path: Path, path: Path, pre: Preprocessing, post_kind: str, post: dict, metadata: dict
+) -> None:
     """Wrap the exported network at ``network_path`` into the end-to-end model written to ``path``:
     ONNX by :func:`~mbtasks.export.onnx_pipeline.wrap_network`, TorchScript by
     :func:`~mbtasks.export.torch_pipeline.script_end_to_end`."""
@@ -102,8 +120,11 @@ def write_end_to_end(fmt: str, network_path: Path, path: Path, pre: Preprocessin
 
         from mbtasks.export.onnx_pipeline import wrap_network
 
-        save_onnx(wrap_network(onnx.load(str(network_path)), pre, post_kind, post, str(metadata.get("task", "network"))),
-                  path, metadata)
+        save_onnx(
+            wrap_network(onnx.load(str(network_path)), pre, post_kind, post, str(metadata.get("task", "network"))),
+            path,
+            metadata,
+        )
         return
     from mbtasks.export.torch_pipeline import script_end_to_end
 
@@ -145,8 +166,10 @@ def load_e2e_runner(fmt: str, path: Path, threads: int | None = None) -> Callabl
         names = [o.name for o in session.get_outputs()]
 
         def run_onnx(pixels: np.ndarray, **thresholds) -> dict[str, np.ndarray]:
-            feed = {PIXELS: np.ascontiguousarray(pixels, dtype=np.uint8),
-                    **{k: np.asarray(v, np.float32) for k, v in thresholds.items()}}
+            feed = {
+                PIXELS: np.ascontiguousarray(pixels, dtype=np.uint8),
+                **{k: np.asarray(v, np.float32) for k, v in thresholds.items()},
+            }
             return dict(zip(names, session.run(None, feed), strict=True))
 
         return run_onnx

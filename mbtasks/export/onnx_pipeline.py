@@ -49,8 +49,9 @@ class _Graph:
     def op(self, op_type: str, *inputs: str, out: str | None = None, n_out: int = 1, **attrs):
         self.count += 1
         outs = [out] if out else [f"{self.prefix}{op_type.lower()}{self.count}_{i}" for i in range(n_out)]
-        self.nodes.append(helper.make_node(op_type, list(inputs), outs, name=f"{self.prefix}{op_type}{self.count}",
-                                           **attrs))
+        self.nodes.append(
+            helper.make_node(op_type, list(inputs), outs, name=f"{self.prefix}{op_type}{self.count}", **attrs)
+        )
         return outs[0] if n_out == 1 else outs
 
 
@@ -71,8 +72,11 @@ def preprocess_nodes(g: _Graph, pre: Preprocessing, pixels: str = PIXELS, out: s
         # in float64 with Python's round half to even (ONNX Round's rule too)
         hw = g.op("Slice", shape, g.const([2], np.int64), g.const([4], np.int64))
         hw64 = g.op("Cast", hw, to=TensorProto.DOUBLE)
-        scale = g.op("Div", g.const(float(pre.shorter_side), np.float64),
-                     g.op("ReduceMin", hw64, g.const([0], np.int64), keepdims=1))
+        scale = g.op(
+            "Div",
+            g.const(float(pre.shorter_side), np.float64),
+            g.op("ReduceMin", hw64, g.const([0], np.int64), keepdims=1),
+        )
         sizes = g.op("Max", g.op("Round", g.op("Mul", hw64, scale)), g.const(1.0, np.float64))
         sizes = g.op("Cast", sizes, to=TensorProto.INT64)
         x = g.op("Resize", x, "", "", g.op("Concat", nc, sizes, axis=0), **resize)
@@ -92,13 +96,22 @@ def classification_nodes(g: _Graph, num_classes: int, top_k: int) -> list:
     scores, labels = g.nodes[-1].output
     g.op("Identity", scores, out="scores")
     g.op("Identity", labels, out="labels")
-    return [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", num_classes]),
-            helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", k]),
-            helper.make_tensor_value_info("labels", TensorProto.INT64, ["N", k])]
+    return [
+        helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", num_classes]),
+        helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", k]),
+        helper.make_tensor_value_info("labels", TensorProto.INT64, ["N", k]),
+    ]
 
 
-def detection_nodes(g: _Graph, num_anchors: int, num_classes: int, size: int, category_ids: list[int],
-                    max_detections: int, topk_candidates: int) -> list:
+def detection_nodes(
+    g: _Graph,
+    num_anchors: int,
+    num_classes: int,
+    size: int,
+    category_ids: list[int],
+    max_detections: int,
+    topk_candidates: int,
+) -> list:
     """Network outputs ``scores (N, A, K)``, ``boxes (N, A, 4)`` (network pixels) -> final detections.
 
     Same rules as :func:`mbtasks.models.detection.postprocess.postprocess_detections`: only the best
@@ -111,22 +124,36 @@ def detection_nodes(g: _Graph, num_anchors: int, num_classes: int, size: int, ca
     cand = g.op("ScatterElements", g.op("Mul", flat, g.const(0.0, np.float32)), top_idx, top_vals, axis=1)
     cand = g.op("Transpose", g.op("Reshape", cand, g.const([0, a, k], np.int64)), perm=[0, 2, 1])  # (N, K, A)
     d = min(int(max_detections), a * k)
-    selected = g.op("NonMaxSuppression", "net/boxes", cand, g.const([d], np.int64),
-                    "iou_threshold", "score_threshold", center_point_box=0)  # (M, 3): image, class, anchor
+    selected = g.op(
+        "NonMaxSuppression",
+        "net/boxes",
+        cand,
+        g.const([d], np.int64),
+        "iou_threshold",
+        "score_threshold",
+        center_point_box=0,
+    )  # (M, 3): image, class, anchor
     # scatter the kept scores into a dense (N, K * A) map (-1 elsewhere), take the best D per image
     dense = g.op("Add", g.op("Mul", cand, g.const(0.0, np.float32)), g.const(-1.0, np.float32))
     dense = g.op("ScatterND", dense, selected, g.op("GatherND", cand, selected))
-    best, idx = g.op("TopK", g.op("Reshape", dense, g.const([0, k * a], np.int64)), g.const([d], np.int64),
-                     axis=1, n_out=2)
+    best, idx = g.op(
+        "TopK", g.op("Reshape", dense, g.const([0, k * a], np.int64)), g.const([d], np.int64), axis=1, n_out=2
+    )
     valid = g.op("Greater", best, g.const(-0.5, np.float32))
     labels = g.op("Div", idx, g.const(a, np.int64))
     anchor = g.op("Mod", idx, g.const(a, np.int64))
-    gather_idx = g.op("Expand", g.op("Unsqueeze", anchor, g.const([2], np.int64)),
-                      g.op("Concat", g.op("Shape", anchor), g.const([4], np.int64), axis=0))
+    gather_idx = g.op(
+        "Expand",
+        g.op("Unsqueeze", anchor, g.const([2], np.int64)),
+        g.op("Concat", g.op("Shape", anchor), g.const([4], np.int64), axis=0),
+    )
     boxes = g.op("GatherElements", "net/boxes", gather_idx, axis=1)
     # network pixels -> input image pixels: x * W / S, y * H / S
-    hw = g.op("Cast", g.op("Slice", g.op("Shape", PIXELS), g.const([1], np.int64), g.const([3], np.int64)),
-              to=TensorProto.FLOAT)
+    hw = g.op(
+        "Cast",
+        g.op("Slice", g.op("Shape", PIXELS), g.const([1], np.int64), g.const([3], np.int64)),
+        to=TensorProto.FLOAT,
+    )
     wh = g.op("Div", g.op("Gather", hw, g.const([1, 0], np.int64), axis=0), g.const(float(size), np.float32))
     boxes = g.op("Mul", boxes, g.op("Concat", wh, wh, axis=0))
     valid4 = g.op("Unsqueeze", valid, g.const([2], np.int64))
@@ -135,13 +162,16 @@ def detection_nodes(g: _Graph, num_anchors: int, num_classes: int, size: int, ca
     g.op("Where", valid, labels, g.const(-1, np.int64), out="labels")
     ids = g.op("Gather", g.const(list(category_ids) or list(range(k)), np.int64), labels, axis=0)
     g.op("Where", valid, ids, g.const(-1, np.int64), out="category_ids")
-    g.op("ReduceSum", g.op("Cast", valid, to=TensorProto.INT64), g.const([1], np.int64), keepdims=0,
-         out="num_detections")
-    return [helper.make_tensor_value_info("boxes", TensorProto.FLOAT, ["N", d, 4]),
-            helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", d]),
-            helper.make_tensor_value_info("labels", TensorProto.INT64, ["N", d]),
-            helper.make_tensor_value_info("category_ids", TensorProto.INT64, ["N", d]),
-            helper.make_tensor_value_info("num_detections", TensorProto.INT64, ["N"])]
+    g.op(
+        "ReduceSum", g.op("Cast", valid, to=TensorProto.INT64), g.const([1], np.int64), keepdims=0, out="num_detections"
+    )
+    return [
+        helper.make_tensor_value_info("boxes", TensorProto.FLOAT, ["N", d, 4]),
+        helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", d]),
+        helper.make_tensor_value_info("labels", TensorProto.INT64, ["N", d]),
+        helper.make_tensor_value_info("category_ids", TensorProto.INT64, ["N", d]),
+        helper.make_tensor_value_info("num_detections", TensorProto.INT64, ["N"]),
+    ]
 
 
 def _rename(graph: onnx.GraphProto, names: dict[str, str]) -> None:
@@ -153,8 +183,9 @@ def _rename(graph: onnx.GraphProto, names: dict[str, str]) -> None:
         value.name = names.get(value.name, value.name)
 
 
-def wrap_network(network: onnx.ModelProto, pre: Preprocessing, post_kind: str, post: dict,
-                 name: str = "network") -> onnx.ModelProto:
+def wrap_network(
+    network: onnx.ModelProto, pre: Preprocessing, post_kind: str, post: dict, name: str = "network"
+) -> onnx.ModelProto:
     """The end-to-end model: ``pixels`` -> preprocessing -> ``network`` -> post-processing.
 
     Args:
@@ -189,16 +220,31 @@ def wrap_network(network: onnx.ModelProto, pre: Preprocessing, post_kind: str, p
         for name, key in (("score_threshold", "score_threshold"), ("iou_threshold", "nms_iou")):
             inputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, []))
             extra_inits.append(numpy_helper.from_array(np.asarray(float(post[key]), np.float32), name))
-        outputs = detection_nodes(post_g, int(post["num_anchors"]), int(post["num_classes"]), pre.size,
-                                  list(post["category_ids"]), int(post["max_detections"]),
-                                  int(post["topk_candidates"]))
+        outputs = detection_nodes(
+            post_g,
+            int(post["num_anchors"]),
+            int(post["num_classes"]),
+            pre.size,
+            list(post["category_ids"]),
+            int(post["max_detections"]),
+            int(post["topk_candidates"]),
+        )
     else:
         outputs = list(net.graph.output)
-    graph = helper.make_graph(pre_g.nodes + list(net.graph.node) + post_g.nodes, f"mbtasks_{name}_end_to_end",
-                              inputs, outputs,
-                              initializer=pre_g.inits + list(net.graph.initializer) + post_g.inits + extra_inits,
-                              value_info=list(net.graph.value_info))
-    model = helper.make_model(graph, opset_imports=list(net.opset_import), ir_version=net.ir_version,
-                              functions=list(net.functions), producer_name="mbtasks")
+    graph = helper.make_graph(
+        pre_g.nodes + list(net.graph.node) + post_g.nodes,
+        f"mbtasks_{name}_end_to_end",
+        inputs,
+        outputs,
+        initializer=pre_g.inits + list(net.graph.initializer) + post_g.inits + extra_inits,
+        value_info=list(net.graph.value_info),
+    )
+    model = helper.make_model(
+        graph,
+        opset_imports=list(net.opset_import),
+        ir_version=net.ir_version,
+        functions=list(net.functions),
+        producer_name="mbtasks",
+    )
     onnx.checker.check_model(model, full_check=True)
     return model

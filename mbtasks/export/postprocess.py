@@ -51,9 +51,14 @@ def batched_nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, iou_t
     return nms(boxes + offsets[:, None], scores, iou_threshold)
 
 
-def detections_from_outputs(scores: np.ndarray, boxes: np.ndarray, score_threshold: float = 0.01,
-                            nms_iou: float = 0.6, max_detections: int = 100,
-                            topk_candidates: int = 1000) -> list[dict[str, np.ndarray]]:
+def detections_from_outputs(
+    scores: np.ndarray,
+    boxes: np.ndarray,
+    score_threshold: float = 0.01,
+    nms_iou: float = 0.6,
+    max_detections: int = 100,
+    topk_candidates: int = 1000,
+) -> list[dict[str, np.ndarray]]:
     """Detections per image from the exported detector's outputs.
 
     Args:
@@ -76,5 +81,7 @@ def detections_from_outputs(scores: np.ndarray, boxes: np.ndarray, score_thresho
         anchor_idx, labels = keep // num_classes, keep % num_classes
         cand_boxes, cand_scores = img_boxes[anchor_idx], flat[keep]
         kept = batched_nms(cand_boxes, cand_scores, labels, nms_iou)[:max_detections]
-        results.append({"boxes": cand_boxes[kept], "scores": cand_scores[kept], "labels": labels[kept].astype(np.int64)})
+        results.append(
+            {"boxes": cand_boxes[kept], "scores": cand_scores[kept], "labels": labels[kept].astype(np.int64)}
+        )
     return results

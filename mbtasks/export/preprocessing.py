@@ -48,18 +48,25 @@ class Preprocessing:
         return self.shorter_side is None
 
     def describe(self) -> str:
-        resize = (f"stretched to {self.size}x{self.size}" if self.stretch else
-                  f"shorter side resized to {self.shorter_side}, centre {self.size}x{self.size} crop")
-        return (f"uint8 RGB, bilinear resize in float (half-pixel centres, no antialiasing, not rounded): "
-                f"{resize}; then (pixels / 255 - mean) / std")
+        resize = (
+            f"stretched to {self.size}x{self.size}"
+            if self.stretch
+            else f"shorter side resized to {self.shorter_side}, centre {self.size}x{self.size} crop"
+        )
+        return (
+            f"uint8 RGB, bilinear resize in float (half-pixel centres, no antialiasing, not rounded): "
+            f"{resize}; then (pixels / 255 - mean) / std"
+        )
 
 
 def _check_linear(name: str, t: dict) -> None:
     interp = t.get("interpolation", INTER_LINEAR)
     if interp != INTER_LINEAR or t.get("area_for_downscale"):
-        raise ConfigError(f"export.end_to_end: data.eval_transforms {name} uses interpolation={interp} "
-                          f"(area_for_downscale={t.get('area_for_downscale')}); only bilinear (1) is rebuilt in the "
-                          "graph: export with export.end_to_end=false")
+        raise ConfigError(
+            f"export.end_to_end: data.eval_transforms {name} uses interpolation={interp} "
+            f"(area_for_downscale={t.get('area_for_downscale')}); only bilinear (1) is rebuilt in the "
+            "graph: export with export.end_to_end=false"
+        )
 
 
 def preprocessing_of(train_cfg: DictConfig, size: int, mean, std) -> Preprocessing:
@@ -84,6 +91,8 @@ def preprocessing_of(train_cfg: DictConfig, size: int, mean, std) -> Preprocessi
         max_size = transforms[0].get("max_size")
         if crop == (size, size) and isinstance(max_size, int) and max_size >= size:
             return Preprocessing(size, max_size, mean, std)
-    raise ConfigError(f"export.end_to_end: data.eval_transforms {names} (image_size {size}) cannot be rebuilt in the "
-                      "graph (supported: [Resize] to image_size, or [SmallestMaxSize, CenterCrop]); "
-                      "export with export.end_to_end=false")
+    raise ConfigError(
+        f"export.end_to_end: data.eval_transforms {names} (image_size {size}) cannot be rebuilt in the "
+        "graph (supported: [Resize] to image_size, or [SmallestMaxSize, CenterCrop]); "
+        "export with export.end_to_end=false"
+    )

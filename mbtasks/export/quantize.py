@@ -48,7 +48,8 @@ def float_tail(model) -> list[str]:
     def feeds(node) -> bool:  # the graph is topologically sorted: recursion depth is the tail's length at most
         if node.name not in feeds_weights:
             feeds_weights[node.name] = node.op_type in WEIGHTED or any(
-                feeds(c) for out in node.output for c in consumers.get(out, []))
+                feeds(c) for out in node.output for c in consumers.get(out, [])
+            )
         return feeds_weights[node.name]
 
     for node in reversed(model.graph.node):  # from the outputs back: memoised, no deep recursion
@@ -66,14 +67,17 @@ def excluded_nodes(model, exclude: Sequence[str]) -> tuple[list[str], dict[str, 
     op_types = {n.op_type for n in model.graph.node}
     for kind in exclude:
         if kind != DEPTHWISE and kind not in op_types:
-            raise ConfigError(f"export.int8_exclude: {kind!r} is not an op type of this network; expected "
-                              f"'{DEPTHWISE}' or one of {sorted(op_types)}")
+            raise ConfigError(
+                f"export.int8_exclude: {kind!r} is not an op type of this network; expected "
+                f"'{DEPTHWISE}' or one of {sorted(op_types)}"
+            )
     shapes = _weights_shapes(model)
     names = set(float_tail(model))
     counts = {"float_tail": len(names)}
     for kind in exclude:
-        chosen = [n.name for n in model.graph.node
-                  if (is_depthwise(n, shapes) if kind == DEPTHWISE else n.op_type == kind)]
+        chosen = [
+            n.name for n in model.graph.node if (is_depthwise(n, shapes) if kind == DEPTHWISE else n.op_type == kind)
+        ]
         counts[kind] = len(chosen)
         names.update(chosen)
     return [n.name for n in model.graph.node if n.name in names], counts
@@ -88,8 +92,9 @@ def name_nodes(model) -> None:
         seen.add(node.name)
 
 
-def quantize_network(src: Path, dst: Path, batches: Iterable[np.ndarray], input_name: str = "images",
-                     exclude: Sequence[str] = ()) -> dict:
+def quantize_network(
+    src: Path, dst: Path, batches: Iterable[np.ndarray], input_name: str = "images", exclude: Sequence[str] = ()
+) -> dict:
     """Write the QDQ INT8 version of the network graph ``src`` to ``dst``.
 
     Args:
@@ -133,11 +138,24 @@ def quantize_network(src: Path, dst: Path, batches: Iterable[np.ndarray], input_
             onnx.save(model, str(prep))
             nodes, counts = excluded_nodes(model, list(exclude))
             reader = Reader(batches)
-            quantize_static(str(prep), str(dst), reader, quant_format=QuantFormat.QDQ, per_channel=True,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=nodes)
+            quantize_static(
+                str(prep),
+                str(dst),
+                reader,
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=CalibrationMethod.MinMax,
+                nodes_to_exclude=nodes,
+            )
     finally:
         prep.unlink(missing_ok=True)
-    return {"format": "QDQ", "weights": "int8, per channel", "activations": "uint8, per tensor",
-            "calibration_method": "MinMax", "calibration_images": reader.count,
-            "kept_float": {"op_types": list(exclude), "nodes": counts}}
+    return {
+        "format": "QDQ",
+        "weights": "int8, per channel",
+        "activations": "uint8, per tensor",
+        "calibration_method": "MinMax",
+        "calibration_images": reader.count,
+        "kept_float": {"op_types": list(exclude), "nodes": counts},
+    }

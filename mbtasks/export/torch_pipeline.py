@@ -76,16 +76,18 @@ class ClassificationPost(nn.Module):
         super().__init__()
         self.top_k = int(top_k)
 
-    def forward(self, outputs: tuple[Tensor, Tensor], h: int, w: int, score_threshold: float | None,
-                iou_threshold: float | None) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(
+        self, outputs: tuple[Tensor, Tensor], h: int, w: int, score_threshold: float | None, iou_threshold: float | None
+    ) -> tuple[Tensor, Tensor, Tensor]:
         probs = outputs[1]
         scores, labels = probs.topk(self.top_k, dim=1)
         return probs, scores, labels
 
 
 class EmbeddingPost(nn.Module):
-    def forward(self, outputs: tuple[Tensor], h: int, w: int, score_threshold: float | None,
-                iou_threshold: float | None) -> tuple[Tensor]:
+    def forward(
+        self, outputs: tuple[Tensor], h: int, w: int, score_threshold: float | None, iou_threshold: float | None
+    ) -> tuple[Tensor]:
         return outputs
 
 
@@ -94,16 +96,24 @@ class DetectionPost(nn.Module):
     padded to ``max_detections`` rows (as :func:`mbtasks.models.detection.postprocess.postprocess_detections`
     selects them, boxes scaled to the input image)."""
 
-    def __init__(self, size: int, category_ids: list[int], score_threshold: float, nms_iou: float,
-                 max_detections: int, topk_candidates: int) -> None:
+    def __init__(
+        self,
+        size: int,
+        category_ids: list[int],
+        score_threshold: float,
+        nms_iou: float,
+        max_detections: int,
+        topk_candidates: int,
+    ) -> None:
         super().__init__()
         self.size = int(size)
         self.register_buffer("category_ids", torch.tensor(category_ids, dtype=torch.int64))
         self.score_threshold, self.nms_iou = float(score_threshold), float(nms_iou)
         self.max_detections, self.topk_candidates = int(max_detections), int(topk_candidates)
 
-    def forward(self, outputs: tuple[Tensor, Tensor], h: int, w: int, score_threshold: float | None,
-                iou_threshold: float | None) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    def forward(
+        self, outputs: tuple[Tensor, Tensor], h: int, w: int, score_threshold: float | None, iou_threshold: float | None
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         scores_all, boxes_all = outputs
         thr = self.score_threshold if score_threshold is None else score_threshold
         iou = self.nms_iou if iou_threshold is None else iou_threshold
@@ -139,8 +149,9 @@ class EndToEnd(nn.Module):
         self.pre, self.network, self.post = pre, network, post
 
     def forward(self, pixels: Tensor, score_threshold: float | None = None, iou_threshold: float | None = None):
-        return self.post(self.network(self.pre(pixels)), pixels.shape[1], pixels.shape[2], score_threshold,
-                         iou_threshold)
+        return self.post(
+            self.network(self.pre(pixels)), pixels.shape[1], pixels.shape[2], score_threshold, iou_threshold
+        )
 
 
 def script_end_to_end(network: nn.Module, pre: Preprocessing, post_kind: str, post: dict) -> torch.jit.ScriptModule:
@@ -149,8 +160,14 @@ def script_end_to_end(network: nn.Module, pre: Preprocessing, post_kind: str, po
     if post_kind == "topk":
         tail = ClassificationPost(post["top_k"])
     elif post_kind == "nms":
-        tail = DetectionPost(pre.size, post["category_ids"], post["score_threshold"], post["nms_iou"],
-                             post["max_detections"], post["topk_candidates"])
+        tail = DetectionPost(
+            pre.size,
+            post["category_ids"],
+            post["score_threshold"],
+            post["nms_iou"],
+            post["max_detections"],
+            post["topk_candidates"],
+        )
     elif post_kind == "none":
         tail = EmbeddingPost()
     else:

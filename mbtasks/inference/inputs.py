@@ -62,8 +62,10 @@ def _numeric_to_uint8(array: np.ndarray, name: str) -> np.ndarray:
     if kind == "b":
         return array.astype(np.uint8) * np.uint8(255)
     if kind not in "uif":
-        raise DataError(f"{name}: a {array.dtype} array is not an image: expected uint8 (0..255), uint16 "
-                        "(0..65535), bool, or other integers / floats in [0, 1], [0, 255] or [0, 65535]")
+        raise DataError(
+            f"{name}: a {array.dtype} array is not an image: expected uint8 (0..255), uint16 "
+            "(0..65535), bool, or other integers / floats in [0, 1], [0, 255] or [0, 65535]"
+        )
     values = array.astype(np.float64)
     if array.dtype == np.uint16:
         top = 65535.0
@@ -72,8 +74,10 @@ def _numeric_to_uint8(array: np.ndarray, name: str) -> np.ndarray:
             raise DataError(f"{name}: a {array.dtype} image holds NaN or infinite values")
         lo, hi = float(values.min()), float(values.max())
         if lo < 0 or hi > 65535:
-            raise DataError(f"{name}: a {array.dtype} image with values {lo:g}..{hi:g}: expected values in [0, 1] "
-                            "(floats), [0, 255] or [0, 65535], or a uint8 array")
+            raise DataError(
+                f"{name}: a {array.dtype} image with values {lo:g}..{hi:g}: expected values in [0, 1] "
+                "(floats), [0, 255] or [0, 65535], or a uint8 array"
+            )
         top = 1.0 if kind == "f" and hi <= 1 else 255.0 if hi <= 255 else 65535.0
     read = {1.0: "0..1", 255.0: "8-bit levels 0..255", 65535.0: "16-bit levels 0..65535"}[top]
     if (str(array.dtype), read) not in _SAID:  # the rule is documented; say once which way it read
@@ -139,13 +143,17 @@ def as_sources(inputs: Any) -> list[Source]:
         out = []
         for i, item in enumerate(inputs):
             if isinstance(item, str | Path) or (isinstance(item, np.ndarray | torch.Tensor) and item.ndim == 4):
-                out += [Source(s.name if s.path else f"image_{i}_{j}", s.path, s.pixels)
-                        for j, s in enumerate(as_sources(item))]
+                out += [
+                    Source(s.name if s.path else f"image_{i}_{j}", s.path, s.pixels)
+                    for j, s in enumerate(as_sources(item))
+                ]
             else:
                 out.append(Source(f"image_{i}", pixels=_as_rgb_array(item, f"image_{i}")))
         return out
-    raise DataError(f"cannot read {type(inputs).__name__} as images: expected paths, PIL images, "
-                    "numpy (H, W, 3) arrays or (3, H, W) tensors")
+    raise DataError(
+        f"cannot read {type(inputs).__name__} as images: expected paths, PIL images, "
+        "numpy (H, W, 3) arrays or (3, H, W) tensors"
+    )
 
 
 def eval_pipeline(train_cfg: DictConfig):
@@ -181,8 +189,9 @@ class Preprocess:
             return self.module(torch.from_numpy(image)[None])[0]
 
 
-def batches(sources: list[Source], preprocess: Preprocess, batch_size: int, skipped: dict[str, str] | None = None
-            ) -> Iterator[tuple[list[Source], list[tuple[int, int]], torch.Tensor]]:
+def batches(
+    sources: list[Source], preprocess: Preprocess, batch_size: int, skipped: dict[str, str] | None = None
+) -> Iterator[tuple[list[Source], list[tuple[int, int]], torch.Tensor]]:
     """Yield ``(sources, original (h, w) sizes, normalised batch)``.
 
     Unreadable files go to ``skipped`` (name -> reason), or raise :class:`DataError` without it.
@@ -206,8 +215,9 @@ def batches(sources: list[Source], preprocess: Preprocess, batch_size: int, skip
         yield done, sizes, torch.stack(tensors)
 
 
-def file_batches(files: list[Path], train_cfg: DictConfig, info: dict, batch_size: int, skipped: dict[str, str]
-                 ) -> Iterator[torch.Tensor]:
+def file_batches(
+    files: list[Path], train_cfg: DictConfig, info: dict, batch_size: int, skipped: dict[str, str]
+) -> Iterator[torch.Tensor]:
     """Normalised batches of image files (unreadable ones go to ``skipped``): what export verifies
     and calibrates on."""
     sources = [Source(str(p), path=p) for p in files]

@@ -57,9 +57,17 @@ class Predictor:
         checkpoint: the file it came from (messages, ``Model.export``).
     """
 
-    def __init__(self, task, train_cfg: DictConfig, device: str | torch.device | None = None, fold_bn: bool = True,
-                 channels_last: bool = False, precision: str | int = "32", batch_size: int = 32,
-                 checkpoint: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        task,
+        train_cfg: DictConfig,
+        device: str | torch.device | None = None,
+        fold_bn: bool = True,
+        channels_last: bool = False,
+        precision: str | int = "32",
+        batch_size: int = 32,
+        checkpoint: str | Path | None = None,
+    ) -> None:
         precision = str(precision)
         if precision not in PRECISIONS:
             raise ConfigError(f"predict.precision={precision!r}: expected 32 or bf16")
@@ -81,8 +89,10 @@ class Predictor:
         # only reached for names the class lacks: say which task's model this is
         if name.startswith("_") or name in ("task", "train_cfg", "checkpoint"):
             raise AttributeError(name)
-        raise AttributeError(f"{name!r}: {self.checkpoint or 'this model'} is a {self.task_name} model, which has "
-                             f"no {name}; it offers {sorted(n for n in dir(type(self)) if not n.startswith('_'))}")
+        raise AttributeError(
+            f"{name!r}: {self.checkpoint or 'this model'} is a {self.task_name} model, which has "
+            f"no {name}; it offers {sorted(n for n in dir(type(self)) if not n.startswith('_'))}"
+        )
 
     # ------------------------------------------------------------------ what the checkpoint says
     @property
@@ -99,8 +109,9 @@ class Predictor:
         return int(self.task.info.get("image_size", 224))
 
     # ------------------------------------------------------------------ batching
-    def batches(self, inputs: Any, skipped: dict[str, str] | None = None
-                ) -> Iterator[tuple[list[Source], list[tuple[int, int]], torch.Tensor]]:
+    def batches(
+        self, inputs: Any, skipped: dict[str, str] | None = None
+    ) -> Iterator[tuple[list[Source], list[tuple[int, int]], torch.Tensor]]:
         """Yield ``(sources, original (h, w) sizes, normalised batch)``.
 
         Unreadable files go to ``skipped`` (name -> reason), or raise :class:`DataError` without it.

@@ -23,8 +23,18 @@ log = logging.getLogger(__name__)
 
 # COCOeval.stats, in order.
 STAT_NAMES: tuple[str, ...] = (
-    "map", "map_50", "map_75", "map_small", "map_medium", "map_large",
-    "mar_1", "mar_10", "mar_100", "mar_small", "mar_medium", "mar_large",
+    "map",
+    "map_50",
+    "map_75",
+    "map_small",
+    "map_medium",
+    "map_large",
+    "mar_1",
+    "mar_10",
+    "mar_100",
+    "mar_small",
+    "mar_medium",
+    "mar_large",
 )
 
 
@@ -83,8 +93,15 @@ def results_to_coco(image_id: int, boxes: torch.Tensor, scores: torch.Tensor, ca
         category_ids: ``(D,)`` category ids as a list.
     """
     xywh = box_convert(boxes.float(), "xyxy", "xywh").tolist()
-    return [{"image_id": int(image_id), "category_id": int(c), "bbox": [round(v, 2) for v in b], "score": round(float(s), 5)}
-            for b, s, c in zip(xywh, scores.tolist(), category_ids, strict=True)]
+    return [
+        {
+            "image_id": int(image_id),
+            "category_id": int(c),
+            "bbox": [round(v, 2) for v in b],
+            "score": round(float(s), 5),
+        }
+        for b, s, c in zip(xywh, scores.tolist(), category_ids, strict=True)
+    ]
 
 
 def _rows(state, width: int) -> torch.Tensor:
@@ -109,8 +126,11 @@ def first_of_each_image(images: torch.Tensor, dets: torch.Tensor, gts: torch.Ten
             keep.append(k)
     if len(keep) == len(images):
         return images, dets, gts
-    return (images[keep], torch.cat([det_parts[k] for k in keep]).reshape(-1, dets.shape[1]),
-            torch.cat([gt_parts[k] for k in keep]).reshape(-1, gts.shape[1]))
+    return (
+        images[keep],
+        torch.cat([det_parts[k] for k in keep]).reshape(-1, dets.shape[1]),
+        torch.cat([gt_parts[k] for k in keep]).reshape(-1, gts.shape[1]),
+    )
 
 
 class CocoMeanAP(Metric):
@@ -148,15 +168,29 @@ class CocoMeanAP(Metric):
             h, w = t["orig_size"]
             n, g = p["boxes"].shape[0], t["gt_boxes"].shape[0]
             self.images.append(torch.tensor([[image_id, h, w, n, g]], dtype=torch.float64, device=self.device))
-            self.dets.append(torch.cat([
-                torch.full((n, 1), image_id, dtype=torch.float64, device=self.device),
-                p["boxes"].double(), p["scores"].double()[:, None], p["labels"].double()[:, None],
-            ], dim=1))
-            self.gts.append(torch.cat([
-                torch.full((g, 1), image_id, dtype=torch.float64, device=self.device),
-                t["gt_boxes"].double().to(self.device), t["gt_labels"].double().to(self.device)[:, None],
-                t["gt_iscrowd"].double().to(self.device)[:, None], t["gt_area"].double().to(self.device)[:, None],
-            ], dim=1))
+            self.dets.append(
+                torch.cat(
+                    [
+                        torch.full((n, 1), image_id, dtype=torch.float64, device=self.device),
+                        p["boxes"].double(),
+                        p["scores"].double()[:, None],
+                        p["labels"].double()[:, None],
+                    ],
+                    dim=1,
+                )
+            )
+            self.gts.append(
+                torch.cat(
+                    [
+                        torch.full((g, 1), image_id, dtype=torch.float64, device=self.device),
+                        t["gt_boxes"].double().to(self.device),
+                        t["gt_labels"].double().to(self.device)[:, None],
+                        t["gt_iscrowd"].double().to(self.device)[:, None],
+                        t["gt_area"].double().to(self.device)[:, None],
+                    ],
+                    dim=1,
+                )
+            )
 
     def compute(self) -> dict[str, float]:
         images = _rows(self.images, 5)
@@ -173,13 +207,21 @@ class CocoMeanAP(Metric):
             "images": [{"id": i, "height": int(r[1]), "width": int(r[2])} for i, r in image_rows.items()],
             "categories": [{"id": c + 1, "name": str(c)} for c in labels],
             "annotations": [
-                {"id": k + 1, "image_id": int(row[0]), "bbox": box, "category_id": int(row[5]) + 1,
-                 "iscrowd": int(row[6]), "area": float(row[7]) if row[7] > 0 else box[2] * box[3]}
+                {
+                    "id": k + 1,
+                    "image_id": int(row[0]),
+                    "bbox": box,
+                    "category_id": int(row[5]) + 1,
+                    "iscrowd": int(row[6]),
+                    "area": float(row[7]) if row[7] > 0 else box[2] * box[3],
+                }
                 for k, (row, box) in enumerate(zip(gts.tolist(), gt_xywh, strict=True))
             ],
         }
         det_xywh = box_convert(dets[:, 1:5], "xyxy", "xywh").tolist()
-        results = [{"image_id": int(row[0]), "category_id": int(row[6]) + 1, "bbox": box, "score": float(row[5])}
-                   for row, box in zip(dets.tolist(), det_xywh, strict=True)]
+        results = [
+            {"image_id": int(row[0]), "category_id": int(row[6]) + 1, "bbox": box, "score": float(row[5])}
+            for row, box in zip(dets.tolist(), det_xywh, strict=True)
+        ]
         stats, self.summary_text = evaluate_coco(dataset, results, self.curves)
         return stats

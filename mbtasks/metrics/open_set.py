@@ -82,8 +82,9 @@ def dir_key(far: float) -> str:
     return f"dir_at_far_{far:g}"
 
 
-def open_set_splits(labels: np.ndarray, gallery_size: int, enrol: int = 2, trials: int = 10,
-                    seed: int = 0) -> list[OpenSetSplit]:
+def open_set_splits(
+    labels: np.ndarray, gallery_size: int, enrol: int = 2, trials: int = 10, seed: int = 0
+) -> list[OpenSetSplit]:
     """Random identity-disjoint gallery / unknown splits of labelled images, deterministically.
 
     Args:
@@ -114,8 +115,11 @@ def open_set_splits(labels: np.ndarray, gallery_size: int, enrol: int = 2, trial
             gallery.append(images[:enrol])
             known.append(images[enrol:])
         unknown = [members[i] for i in chosen[size:].tolist()]
-        out.append(OpenSetSplit(np.sort(np.concatenate(gallery)), np.sort(np.concatenate(known)),
-                                np.sort(np.concatenate(unknown))))
+        out.append(
+            OpenSetSplit(
+                np.sort(np.concatenate(gallery)), np.sort(np.concatenate(known)), np.sort(np.concatenate(unknown))
+            )
+        )
     return out
 
 
@@ -126,8 +130,9 @@ def squared_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.maximum(d, 0.0)
 
 
-def nearest_identity(gallery: np.ndarray, gallery_labels: np.ndarray,
-                     queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def nearest_identity(
+    gallery: np.ndarray, gallery_labels: np.ndarray, queries: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Each query's nearest gallery image: ``(its identity (Q,), squared L2 distance (Q,))``."""
     gallery_labels = np.asarray(gallery_labels)
     if not len(queries):
@@ -157,8 +162,9 @@ def threshold_at_far(unknown: np.ndarray, far: float, known: np.ndarray | None =
     return float((below.max() + first_rejected) / 2) if len(below) else float(first_rejected) / 2
 
 
-def rates_at(threshold: float, known_distance: np.ndarray, known_correct: np.ndarray,
-             unknown_distance: np.ndarray) -> tuple[float, float]:
+def rates_at(
+    threshold: float, known_distance: np.ndarray, known_correct: np.ndarray, unknown_distance: np.ndarray
+) -> tuple[float, float]:
     """``(DIR, FAR)`` at ``threshold`` (NaN where there are no queries of that kind)."""
     kd, kc, ud = (np.asarray(a) for a in (known_distance, known_correct, unknown_distance))
     dir_ = float(np.mean(kc.astype(bool) & (kd <= threshold))) if len(kd) else float("nan")
@@ -166,8 +172,9 @@ def rates_at(threshold: float, known_distance: np.ndarray, known_correct: np.nda
     return dir_, far
 
 
-def dir_at_far(known_distance: np.ndarray, known_correct: np.ndarray, unknown_distance: np.ndarray,
-               far: float) -> float | None:
+def dir_at_far(
+    known_distance: np.ndarray, known_correct: np.ndarray, unknown_distance: np.ndarray, far: float
+) -> float | None:
     """The detection-and-identification rate at a false-alarm rate <= ``far``; None with fewer than
     ``1/far`` unknown queries or no known query."""
     if len(unknown_distance) < math.ceil(1 / far - 1e-9) or not len(known_distance):
@@ -182,9 +189,16 @@ def far_for_gallery(far: float, gallery_size: int, new_size: int) -> float:
     return 1.0 - (1.0 - far) ** (new_size / max(gallery_size, 1))
 
 
-def evaluate_open_set(embeddings: np.ndarray, labels: np.ndarray, target_far: float = 0.01,
-                      fars: tuple[float, ...] = (0.01, 0.1), gallery_size: int = 20, enrol: int = 2,
-                      trials: int = 10, seed: int = 0) -> OpenSetResult | None:
+def evaluate_open_set(
+    embeddings: np.ndarray,
+    labels: np.ndarray,
+    target_far: float = 0.01,
+    fars: tuple[float, ...] = (0.01, 0.1),
+    gallery_size: int = 20,
+    enrol: int = 2,
+    trials: int = 10,
+    seed: int = 0,
+) -> OpenSetResult | None:
     """The open-set protocol on labelled embeddings (see the module docstring).
 
     Args:
@@ -213,23 +227,41 @@ def evaluate_open_set(embeddings: np.ndarray, labels: np.ndarray, target_far: fl
     notes = []
     strangers = len(np.unique(labels)) - size
     if strangers < FEW_STRANGERS:
-        notes.append(f"{strangers} stranger identities per trial ({len(np.unique(labels))} identities, {size} "
-                     "enrolled): the threshold rests on few people and may let far more strangers through on new "
-                     "ones (hold out more identities)")
+        notes.append(
+            f"{strangers} stranger identities per trial ({len(np.unique(labels))} identities, {size} "
+            "enrolled): the threshold rests on few people and may let far more strangers through on new "
+            "ones (hold out more identities)"
+        )
     threshold = threshold_at_far(ud, target_far, kd)
     if len(ud) < math.ceil(1 / target_far - 1e-9):
-        notes.append(f"the 1:N threshold for FAR {target_far:g} needs >= {math.ceil(1 / target_far - 1e-9)} "
-                     f"unknown queries, there are {len(ud)}: it accepts none of them (stricter than asked)")
+        notes.append(
+            f"the 1:N threshold for FAR {target_far:g} needs >= {math.ceil(1 / target_far - 1e-9)} "
+            f"unknown queries, there are {len(ud)}: it accepts none of them (stricter than asked)"
+        )
     dir_, far = rates_at(threshold, kd, kc, ud)
     found = {}
     for f in fars:
         found[f] = dir_at_far(kd, kc, ud, f)
         if found[f] is None:
-            notes.append(f"DIR@FAR={f:g} not measured: {len(ud)} unknown and {len(kd)} known queries, needs "
-                         f">= {math.ceil(1 / f - 1e-9)} unknown and one known")
+            notes.append(
+                f"DIR@FAR={f:g} not measured: {len(ud)} unknown and {len(kd)} known queries, needs "
+                f">= {math.ceil(1 / f - 1e-9)} unknown and one known"
+            )
     if not len(kd):
         notes.append(f"no known query: every gallery identity has <= {enrol} images (all enrolled)")
-    return OpenSetResult(threshold=threshold, target_far=float(target_far), far=far, dir=dir_, dir_at_far=found,
-                         rank1=float(kc.mean()) if len(kc) else float("nan"), gallery_size=size,
-                         num_known=len(kd), num_unknown=len(ud), trials=len(splits), notes=notes,
-                         known_distance=kd, known_correct=kc, unknown_distance=ud)
+    return OpenSetResult(
+        threshold=threshold,
+        target_far=float(target_far),
+        far=far,
+        dir=dir_,
+        dir_at_far=found,
+        rank1=float(kc.mean()) if len(kc) else float("nan"),
+        gallery_size=size,
+        num_known=len(kd),
+        num_unknown=len(ud),
+        trials=len(splits),
+        notes=notes,
+        known_distance=kd,
+        known_correct=kc,
+        unknown_distance=ud,
+    )

@@ -148,12 +148,23 @@ def evaluate_verification(
     for far in fars:
         tars[far] = tar_at_far(d, y, far)
         if tars[far] is None:
-            notes.append(f"TAR@FAR={far:g} not measured: {int((~y).sum())} different-identity pairs, "
-                         f"needs >= {math.ceil(1 / far)}")
+            notes.append(
+                f"TAR@FAR={far:g} not measured: {int((~y).sum())} different-identity pairs, "
+                f"needs >= {math.ceil(1 / far)}"
+            )
     return VerificationResult(
-        accuracy=float(np.mean(fold_acc)), accuracy_std=float(np.std(fold_acc)), fold_accuracies=fold_acc,
-        fold_thresholds=fold_thr, threshold=threshold, roc_auc=auc, tar_at_far=tars, fpr=fpr, tpr=tpr,
-        num_same=int(y.sum()), num_different=int((~y).sum()), notes=notes,
+        accuracy=float(np.mean(fold_acc)),
+        accuracy_std=float(np.std(fold_acc)),
+        fold_accuracies=fold_acc,
+        fold_thresholds=fold_thr,
+        threshold=threshold,
+        roc_auc=auc,
+        tar_at_far=tars,
+        fpr=fpr,
+        tpr=tpr,
+        num_same=int(y.sum()),
+        num_different=int((~y).sum()),
+        notes=notes,
     )
 
 
@@ -179,8 +190,9 @@ def roc_figure(result: VerificationResult, title: str = "verification ROC"):
     ax.set_ylim(0, 1.01)
     ax.set_xlabel("false accept rate")
     ax.set_ylabel("true accept rate")
-    ax.set_title(f"{title}\nacc {result.accuracy:.3f} +- {result.accuracy_std:.3f}, AUC {result.roc_auc:.3f}",
-                 fontsize=9)
+    ax.set_title(
+        f"{title}\nacc {result.accuracy:.3f} +- {result.accuracy_std:.3f}, AUC {result.roc_auc:.3f}", fontsize=9
+    )
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
     return fig
@@ -237,8 +249,9 @@ class VerificationMetric(EmbeddingStore):
     test splits with it; ``export.quantize=int8`` scores an exported graph with it.
     """
 
-    def verify(self, pair_set, fars: tuple[float, ...] = (1e-3,),
-               embeddings: dict[int, torch.Tensor] | None = None) -> PairVerification | None:
+    def verify(
+        self, pair_set, fars: tuple[float, ...] = (1e-3,), embeddings: dict[int, torch.Tensor] | None = None
+    ) -> PairVerification | None:
         """``None`` when fewer than 2 pairs have both embeddings. ``embeddings``: what :meth:`compute`
         returned, when the caller needs them too (computing gathers over DDP ranks: once is enough)."""
         if embeddings is None:

@@ -96,8 +96,9 @@ def normalise_scores(scores: Sequence[np.ndarray]) -> list[np.ndarray]:
     return [(s - low) / (high - low) for s in flat]
 
 
-def match_image(boxes: np.ndarray, gt: np.ndarray, counted: np.ndarray,
-                iou_threshold: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+def match_image(
+    boxes: np.ndarray, gt: np.ndarray, counted: np.ndarray, iou_threshold: float = 0.5
+) -> tuple[np.ndarray, np.ndarray]:
     """One image's matching, predictions already in descending score order.
 
     Args:
@@ -125,8 +126,7 @@ def match_image(boxes: np.ndarray, gt: np.ndarray, counted: np.ndarray,
     return proposal, np.cumsum(first)
 
 
-def image_pr(scores: np.ndarray, proposal: np.ndarray, recalled: np.ndarray,
-             cuts: np.ndarray) -> np.ndarray:
+def image_pr(scores: np.ndarray, proposal: np.ndarray, recalled: np.ndarray, cuts: np.ndarray) -> np.ndarray:
     """``(T, 2)``: proposals and recalled faces among the predictions scoring >= each threshold.
 
     ``scores`` are normalised and descending; the official code takes the last prediction scoring
@@ -148,9 +148,14 @@ def voc_ap(recall: np.ndarray, precision: np.ndarray) -> float:
     return float(np.sum((mrec[i + 1] - mrec[i]) * mpre[i + 1]))
 
 
-def wider_ap(predictions: Sequence[tuple[np.ndarray, np.ndarray]], ground_truth: Sequence[tuple[np.ndarray, np.ndarray]],
-             counted: Sequence[np.ndarray] | None = None, iou_threshold: float = 0.5,
-             num_thresholds: int = NUM_THRESHOLDS, normalised: bool = False) -> WiderCurve:
+def wider_ap(
+    predictions: Sequence[tuple[np.ndarray, np.ndarray]],
+    ground_truth: Sequence[tuple[np.ndarray, np.ndarray]],
+    counted: Sequence[np.ndarray] | None = None,
+    iou_threshold: float = 0.5,
+    num_thresholds: int = NUM_THRESHOLDS,
+    normalised: bool = False,
+) -> WiderCurve:
     """WIDER-style AP of one setting over a set of images (see the module docstring).
 
     Args:
@@ -163,8 +168,10 @@ def wider_ap(predictions: Sequence[tuple[np.ndarray, np.ndarray]], ground_truth:
         normalised: the scores are already normalised over the whole set (skip normalising).
     """
     if len(predictions) != len(ground_truth) or (counted is not None and len(counted) != len(ground_truth)):
-        raise ValueError(f"{len(predictions)} prediction lists for {len(ground_truth)} images"
-                         + ("" if counted is None else f" and {len(counted)} face lists"))
+        raise ValueError(
+            f"{len(predictions)} prediction lists for {len(ground_truth)} images"
+            + ("" if counted is None else f" and {len(counted)} face lists")
+        )
     scores = [np.asarray(s, np.float64).reshape(-1) for _, s in predictions]
     if not normalised:
         scores = normalise_scores(scores)
@@ -216,8 +223,10 @@ def read_wider_mat(folder: str | Path) -> WiderGroundTruth:
     folder = Path(folder)
     missing = [n for n in (GT_MAT, *SETTING_MATS.values()) if not (folder / n).is_file()]
     if missing:
-        raise DataError(f"{folder}: WIDER FACE evaluation files {missing} not found (eval_tools' ground_truth/ "
-                        f"folder holds {GT_MAT} and {', '.join(SETTING_MATS.values())})")
+        raise DataError(
+            f"{folder}: WIDER FACE evaluation files {missing} not found (eval_tools' ground_truth/ "
+            f"folder holds {GT_MAT} and {', '.join(SETTING_MATS.values())})"
+        )
     try:
         from scipy.io import loadmat  # optional: only the official settings need it
     except ImportError as err:
@@ -254,9 +263,14 @@ def split_rows(images: np.ndarray, dets: np.ndarray, gts: np.ndarray) -> tuple[l
     return [int(i) for i in images[:, 0]], det_parts, gt_parts
 
 
-def wider_stats(images: np.ndarray, dets: np.ndarray, gts: np.ndarray, label: int,
-                official: WiderGroundTruth | None = None,
-                names: Mapping[int, tuple[str, str]] | None = None) -> dict[str, float]:
+def wider_stats(
+    images: np.ndarray,
+    dets: np.ndarray,
+    gts: np.ndarray,
+    label: int,
+    official: WiderGroundTruth | None = None,
+    names: Mapping[int, tuple[str, str]] | None = None,
+) -> dict[str, float]:
     """WIDER-style APs of one class from :class:`~mbtasks.metrics.coco.CocoMeanAP`'s rows.
 
     Args:
@@ -282,13 +296,18 @@ def wider_stats(images: np.ndarray, dets: np.ndarray, gts: np.ndarray, label: in
     keys = [names.get(i) for i in ids]
     listed = [k for k, key in enumerate(keys) if key in official.boxes]
     if not listed:
-        log.warning("WIDER FACE easy/medium/hard: none of the %d evaluated images is in %s; not reported",
-                    len(ids), GT_MAT)
+        log.warning(
+            "WIDER FACE easy/medium/hard: none of the %d evaluated images is in %s; not reported", len(ids), GT_MAT
+        )
         return out
     if len(listed) < len(official.boxes):
-        log.warning("WIDER FACE easy/medium/hard on %d of the %d images of %s (the others were not evaluated; "
-                    "their faces are left out, so these are not the official numbers)",
-                    len(listed), len(official.boxes), GT_MAT)
+        log.warning(
+            "WIDER FACE easy/medium/hard on %d of the %d images of %s (the others were not evaluated; "
+            "their faces are left out, so these are not the official numbers)",
+            len(listed),
+            len(official.boxes),
+            GT_MAT,
+        )
     sub_preds = [preds[k] for k in listed]
     sub_gt = [(official.boxes[keys[k]], np.zeros(len(official.boxes[keys[k]]), bool)) for k in listed]
     for setting in SETTINGS:

@@ -29,16 +29,19 @@ class GlobalDepthwiseConv(nn.Sequential):
     """
 
     def __init__(self, channels: int, feature_size: int) -> None:
-        super().__init__(nn.Conv2d(channels, channels, feature_size, groups=channels, bias=False),
-                         nn.BatchNorm2d(channels))
+        super().__init__(
+            nn.Conv2d(channels, channels, feature_size, groups=channels, bias=False), nn.BatchNorm2d(channels)
+        )
         self.feature_size = feature_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         k = self.feature_size
         if not (torch.jit.is_tracing() or torch.compiler.is_compiling()) and tuple(x.shape[-2:]) != (k, k):
-            raise ValueError(f"the GDConv embedding head was built for {k}x{k} feature maps (the training "
-                             f"data.image_size) but got {tuple(x.shape[-2:])}: embed images of the size it was "
-                             f"trained at")
+            raise ValueError(
+                f"the GDConv embedding head was built for {k}x{k} feature maps (the training "
+                f"data.image_size) but got {tuple(x.shape[-2:])}: embed images of the size it was "
+                f"trained at"
+            )
         return super().forward(x)
 
 
@@ -59,8 +62,16 @@ class EmbeddingHead(nn.Module):
         ``(N, C, H, W) -> (N, dim)``, every row of unit L2 norm.
     """
 
-    def __init__(self, in_channels: int, dim: int = 128, dropout: float = 0.0, batch_norm: bool = True,
-                 pool: str = "auto", feature_size: int | None = None, auto_pool: str = "avg") -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        dim: int = 128,
+        dropout: float = 0.0,
+        batch_norm: bool = True,
+        pool: str = "auto",
+        feature_size: int | None = None,
+        auto_pool: str = "avg",
+    ) -> None:
         super().__init__()
         if pool not in POOLS:
             raise ConfigError(f"head.pool={pool!r}: expected one of {list(POOLS)}.{suggest(pool, POOLS)}")
@@ -68,8 +79,9 @@ class EmbeddingHead(nn.Module):
         self.dim = dim
         if self.pool_kind == "gdc":
             if feature_size is None or feature_size < 1:
-                raise ConfigError(f"head.pool=gdc needs the final feature map size (the GDConv kernel), got "
-                                  f"{feature_size!r}")
+                raise ConfigError(
+                    f"head.pool=gdc needs the final feature map size (the GDConv kernel), got {feature_size!r}"
+                )
             self.pool: nn.Module = GlobalDepthwiseConv(in_channels, int(feature_size))
         else:
             self.pool = nn.AdaptiveAvgPool2d(1)
@@ -92,10 +104,15 @@ def build_embedding_head(head: Callable[..., nn.Module], backbone: Backbone, ima
     """
     stride = int(backbone.strides[-1])
     if image_size < stride:
-        raise ConfigError(f"data.image_size={image_size}: the embedding head needs images of at least the "
-                          f"backbone's total stride, {stride} pixels (MobileFaceNet: 112 in the paper)")
-    return head(in_channels=backbone.num_features, feature_size=math.ceil(image_size / stride),
-                auto_pool=getattr(backbone, "embedding_pool", "avg"))
+        raise ConfigError(
+            f"data.image_size={image_size}: the embedding head needs images of at least the "
+            f"backbone's total stride, {stride} pixels (MobileFaceNet: 112 in the paper)"
+        )
+    return head(
+        in_channels=backbone.num_features,
+        feature_size=math.ceil(image_size / stride),
+        auto_pool=getattr(backbone, "embedding_pool", "avg"),
+    )
 
 
 class EmbeddingNet(nn.Module):

@@ -51,8 +51,13 @@ def decoder(unreadable: dict[str, str]):
 def scan(cfg: DictConfig) -> dict[str, Any]:
     """The check report of ``cfg.data`` (no training, no model): the data module's own ``setup`` parses
     and validates, its ``describe()`` says what it found, the task's ``check_data`` reads that."""
-    report: dict[str, Any] = {"data": str(cfg.data.get("_target_")), "root": str(cfg.data.get("root")),
-                              "splits": {}, "errors": [], "warnings": []}
+    report: dict[str, Any] = {
+        "data": str(cfg.data.get("_target_")),
+        "root": str(cfg.data.get("root")),
+        "splits": {},
+        "errors": [],
+        "warnings": [],
+    }
     unreadable: dict[str, str] = {}
     try:
         datamodule = instantiate(cfg.data)
@@ -63,8 +68,9 @@ def scan(cfg: DictConfig) -> dict[str, Any]:
     if datamodule is not None:
         spec_for_config(cfg).check_data(datamodule.describe(), decoder(unreadable), report)
     if unreadable:
-        report["warnings"].append(f"{len(unreadable)} unreadable images are skipped in training "
-                                  f"(first: {next(iter(unreadable))})")
+        report["warnings"].append(
+            f"{len(unreadable)} unreadable images are skipped in training (first: {next(iter(unreadable))})"
+        )
     report["unreadable"] = {"count": len(unreadable), "first": dict(list(unreadable.items())[:CHECK_SHOW])}
     report["ok"] = not report["errors"]
     return report
@@ -104,6 +110,7 @@ def run(cfg: DictConfig, run_dir: Path, overrides=()) -> dict:
     print_report(report)
     log.info("check report: %s", run_dir / REPORT)
     if not report["ok"]:
-        raise DataError(f"data check failed ({len(report['errors'])} problems, see {run_dir / REPORT}): "
-                        f"{report['errors'][0]}")
+        raise DataError(
+            f"data check failed ({len(report['errors'])} problems, see {run_dir / REPORT}): {report['errors'][0]}"
+        )
     return report

@@ -30,8 +30,10 @@ REPORT = "convert.json"
 def run(cfg: DictConfig, run_dir: Path, overrides=()) -> dict:
     spec = spec_for_config(cfg)
     if not spec.boxes:
-        raise ConfigError(f"mode=convert writes detection data as COCO json; task={spec.name} has no boxes "
-                          "(use task=detection with its data=...)")
+        raise ConfigError(
+            f"mode=convert writes detection data as COCO json; task={spec.name} has no boxes "
+            "(use task=detection with its data=...)"
+        )
     datamodule = instantiate(cfg.data)
     if not isinstance(datamodule, DetectionDataModule):
         raise ConfigError(f"mode=convert: data._target_={cfg.data.get('_target_')} is not a detection data module")
@@ -42,10 +44,16 @@ def run(cfg: DictConfig, run_dir: Path, overrides=()) -> dict:
         if split == "test" and datamodule.test_split == "val":
             continue
         done = write_coco(datamodule, split, run_dir / "coco" / f"{split}.json")
-        report[split] = {"json": str(done.path), "image_root": str(done.image_root), "images": done.images,
-                         "annotations": done.annotations}
-        print(f"{split}: {done.path} ({done.images} images, {done.annotations} boxes; file names relative to "
-              f"{done.image_root})")
+        report[split] = {
+            "json": str(done.path),
+            "image_root": str(done.image_root),
+            "images": done.images,
+            "annotations": done.annotations,
+        }
+        print(
+            f"{split}: {done.path} ({done.images} images, {done.annotations} boxes; file names relative to "
+            f"{done.image_root})"
+        )
     write_json_atomic(run_dir / REPORT, report)
     log.info("convert report: %s", run_dir / REPORT)
     return report

@@ -42,8 +42,12 @@ def which_test_split(datamodule, log) -> str:
     """
     split = getattr(datamodule, "test_split", "test")
     if split != "test":
-        log.warning("NO TEST SPLIT in %s: the test/* metrics are measured on the %s split, which also picked "
-                    "best.ckpt, so they are optimistic; metrics.json says \"test/split\": \"%s\". Give the data a "
-                    "test split (data.test_ann, data.test_split or a test/ folder) for an unbiased number",
-                    getattr(datamodule, "root", "the data"), split, split)
+        log.warning(
+            "NO TEST SPLIT in %s: the test/* metrics are measured on the %s split, which also picked "
+            'best.ckpt, so they are optimistic; metrics.json says "test/split": "%s". Give the data a '
+            "test split (data.test_ann, data.test_split or a test/ folder) for an unbiased number",
+            getattr(datamodule, "root", "the data"),
+            split,
+            split,
+        )
     return split

@@ -86,8 +86,9 @@ def find_images(spec: str | None, train_cfg: DictConfig, limit: int) -> tuple[li
     return files[:limit], str(root)
 
 
-def verification_inputs(files: list[Path], source: str, spec, train_cfg: DictConfig, task,
-                        n: int) -> tuple[torch.Tensor, str]:
+def verification_inputs(
+    files: list[Path], source: str, spec, train_cfg: DictConfig, task, n: int
+) -> tuple[torch.Tensor, str]:
     """``(N, 3, S, S)`` normalised real images (random ones, with a warning, if none are found)."""
     skipped: dict[str, str] = {}
     batches = list(file_batches(files, train_cfg, task.info, n, skipped)) if files else []
@@ -95,8 +96,11 @@ def verification_inputs(files: list[Path], source: str, spec, train_cfg: DictCon
         return torch.cat(batches)[:n], f"{sum(len(b) for b in batches)} images from {source}"
     if spec:
         raise ConfigError(f"export.inputs={spec}: no readable images there")
-    log.warning("no images found under the checkpoint's data.root (%s): verifying on random inputs; "
-                "give export.inputs=FOLDER for real ones", source)
+    log.warning(
+        "no images found under the checkpoint's data.root (%s): verifying on random inputs; "
+        "give export.inputs=FOLDER for real ones",
+        source,
+    )
     size = int(task.info.get("image_size", 224))
     return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(0)), "random normal inputs"
 
@@ -129,8 +133,9 @@ def predict_reference(task, preprocess: Preprocess, image: np.ndarray):
     return spec_of(task).export.reference(task, preprocess(image)[None], image)
 
 
-def verify_end_to_end(runner, task, train_cfg: DictConfig, pictures: list[np.ndarray], atol: float,
-                      box_atol: float) -> dict:
+def verify_end_to_end(
+    runner, task, train_cfg: DictConfig, pictures: list[np.ndarray], atol: float, box_atol: float
+) -> dict:
     """The end-to-end export's answers vs ``mode=predict``'s on each picture (batch 1), and on the first
     twice (batch 2); raises :class:`ExportError` on a mismatch.
 
@@ -143,12 +148,14 @@ def verify_end_to_end(runner, task, train_cfg: DictConfig, pictures: list[np.nda
     counts: dict[str, int] = {}
     # predict runs the graph's own resize (inference.inputs.Preprocess) and the network graph matched
     # PyTorch just before: what is left is float rounding, which a trained network can amplify
-    advice = (f"mode=predict and the file share one preprocessing (float bilinear resize) and the network "
-              f"graph matched PyTorch, so this is rounding amplified by a sensitive network (on the shared "
-              f"photos the measured gap is ~1e-5, benchmarks/export_parity.py) or a bug in the in-graph "
-              f"pre/post-processing; if small, raise export.e2e_atol (now {atol:g}: probabilities, scores, "
-              f"embedding components) or export.box_atol (now {box_atol:g} network-input pixels); "
-              f"export.end_to_end=false exports the network alone")
+    advice = (
+        f"mode=predict and the file share one preprocessing (float bilinear resize) and the network "
+        f"graph matched PyTorch, so this is rounding amplified by a sensitive network (on the shared "
+        f"photos the measured gap is ~1e-5, benchmarks/export_parity.py) or a bug in the in-graph "
+        f"pre/post-processing; if small, raise export.e2e_atol (now {atol:g}: probabilities, scores, "
+        f"embedding components) or export.box_atol (now {box_atol:g} network-input pixels); "
+        f"export.end_to_end=false exports the network alone"
+    )
     for i, image in enumerate(pictures):
         ref = predict_reference(task, preprocess, image)
         batch = np.stack([image, image]) if i == 0 else image[None]
@@ -188,8 +195,10 @@ def compare(runner, module: torch.nn.Module, images: torch.Tensor, names, atol: 
         got = runner(batch.numpy())
         for name, ref, ref64, out in zip(names, expected, exact, got, strict=True):
             if ref.shape != out.shape:
-                raise ExportError(f"export verification: output {name!r} has shape {out.shape}, PyTorch {ref.shape}"
-                                  f" (batch {len(batch)})")
+                raise ExportError(
+                    f"export verification: output {name!r} has shape {out.shape}, PyTorch {ref.shape}"
+                    f" (batch {len(batch)})"
+                )
             if not ref.size:
                 continue
             diff = float(np.abs(ref - out).max())
@@ -201,7 +210,8 @@ def compare(runner, module: torch.nn.Module, images: torch.Tensor, names, atol: 
                 raise ExportError(
                     f"export verification failed: output {name!r} differs from PyTorch by {diff:.3g} "
                     f"(tolerance {limit:.3g} = export.atol + export.rtol x max|output| + 2 x PyTorch's own "
-                    f"float32 error {noise:.3g}) at batch {len(batch)}")
+                    f"float32 error {noise:.3g}) at batch {len(batch)}"
+                )
     return {"max_abs_diff": diffs, "pytorch_fp32_error": own}
 
 
@@ -224,9 +234,14 @@ def metadata(task, train_cfg: DictConfig, graph, fmt: str, source_checkpoint) ->
         "mean": list(info["mean"]),
         "std": list(info["std"]),
         "class_names": list(info.get("class_names") or []),
-        "input": {"name": INPUT_NAME, "shape": ["N", 3, size, size], "dtype": "float32", "layout": "NCHW, RGB",
-                  "preprocessing": "the eval transforms (resize to image_size), then (pixels / 255 - mean) / std",
-                  "eval_transforms": transforms},
+        "input": {
+            "name": INPUT_NAME,
+            "shape": ["N", 3, size, size],
+            "dtype": "float32",
+            "layout": "NCHW, RGB",
+            "preprocessing": "the eval transforms (resize to image_size), then (pixels / 255 - mean) / std",
+            "eval_transforms": transforms,
+        },
         **graph.details,
         "output_names": list(graph.output_names),
         "backbone": describe_config(train_cfg.backbone),
@@ -241,28 +256,37 @@ def check_output(out: Path) -> Path:
     ``metrics.json``, ``epochs.jsonl``, ``.hydra/``, judged by name for the file and its ``.json``),
     or any other existing file that is not an mbtasks export. Returns the metadata path."""
     if out.suffix.lower() == ".json":
-        raise ConfigError(f"export.output={out}: the export file cannot end in .json (its metadata goes to <name>.json)")
+        raise ConfigError(
+            f"export.output={out}: the export file cannot end in .json (its metadata goes to <name>.json)"
+        )
     if out.is_dir():
-        raise ConfigError(f"export.output={out} is a folder: give the file to write, e.g. {out / 'model.onnx'} "
-                          "(nothing was written)")
+        raise ConfigError(
+            f"export.output={out} is a folder: give the file to write, e.g. {out / 'model.onnx'} (nothing was written)"
+        )
     folder = next((p for p in out.parents if p.exists()), None)
     if folder is not None and not folder.is_dir():
         raise ConfigError(f"export.output={out}: {folder} is a file, not a folder (nothing was written)")
     for path in (out, out.with_suffix(".json")):
         what = run_record(path)
         if what:
-            raise ConfigError(f"export.output={out}: {path} would be {what}; an export never takes the name of a "
-                              "run's checkpoint, config or metrics: choose another export.output (nothing was written)")
+            raise ConfigError(
+                f"export.output={out}: {path} would be {what}; an export never takes the name of a "
+                "run's checkpoint, config or metrics: choose another export.output (nothing was written)"
+            )
     if out.exists() and not is_export(out):
-        raise ConfigError(f"export.output={out} exists and is not an mbtasks export; an export only replaces an "
-                          "earlier export: remove it or choose another export.output (nothing was written)")
+        raise ConfigError(
+            f"export.output={out} exists and is not an mbtasks export; an export only replaces an "
+            "earlier export: remove it or choose another export.output (nothing was written)"
+        )
     return check_sidecar(out)
 
 
 def check_sidecar(out: Path) -> Path:
     """The metadata path beside ``out``; refuses to overwrite a file that is not an earlier export's."""
     if out.suffix.lower() == ".json":
-        raise ConfigError(f"export.output={out}: the export file cannot end in .json (its metadata goes to <name>.json)")
+        raise ConfigError(
+            f"export.output={out}: the export file cannot end in .json (its metadata goes to <name>.json)"
+        )
     sidecar = out.with_suffix(".json")
     if sidecar.exists():
         try:
@@ -271,22 +295,35 @@ def check_sidecar(out: Path) -> Path:
         except (OSError, ValueError):
             ours = False
         if not ours:
-            raise ConfigError(f"export.output={out}: {sidecar} exists and is not an mbtasks export's metadata; "
-                              "choose another export.output (nothing was written)")
+            raise ConfigError(
+                f"export.output={out}: {sidecar} exists and is not an mbtasks export's metadata; "
+                "choose another export.output (nothing was written)"
+            )
     return sidecar
 
 
 def _fail(what: str, i: int, image: np.ndarray, detail: str, advice: str = ""):
-    raise ExportError(f"end-to-end export verification failed on image {i} ({image.shape[1]}x{image.shape[0]}): "
-                      f"{what} {detail}" + (f". Likely cause: {advice}" if advice else ""))
+    raise ExportError(
+        f"end-to-end export verification failed on image {i} ({image.shape[1]}x{image.shape[0]}): "
+        f"{what} {detail}" + (f". Likely cause: {advice}" if advice else "")
+    )
 
 
 def end_to_end_details(task, pre, post: dict) -> dict:
     """Metadata of an end-to-end export: its input, and the task's outputs and settings."""
     details = spec_of(task).export.e2e_details(post)
-    return {"end_to_end": True, **details, "output_names": list(details["outputs"]),
-            "input": {"name": PIXELS, "shape": ["N", "H", "W", 3], "dtype": "uint8", "layout": "NHWC, RGB",
-                      "preprocessing": pre.describe() + " (inside the graph)"}}
+    return {
+        "end_to_end": True,
+        **details,
+        "output_names": list(details["outputs"]),
+        "input": {
+            "name": PIXELS,
+            "shape": ["N", "H", "W", 3],
+            "dtype": "uint8",
+            "layout": "NHWC, RGB",
+            "preprocessing": pre.describe() + " (inside the graph)",
+        },
+    }
 
 
 def onnx_load(path: Path):
@@ -300,9 +337,11 @@ def int8_datamodule(train_cfg: DictConfig):
     try:
         return val_datamodule(train_cfg)
     except Exception as err:  # noqa: BLE001 - any failure to rebuild the data is the user's to fix
-        raise ConfigError(f"export.quantize=int8 calibrates on the checkpoint's training split and measures the "
-                          f"metric on its validation split (data.root={OmegaConf.select(train_cfg, 'data.root')}), "
-                          f"which could not be loaded: {err}") from err
+        raise ConfigError(
+            f"export.quantize=int8 calibrates on the checkpoint's training split and measures the "
+            f"metric on its validation split (data.root={OmegaConf.select(train_cfg, 'data.root')}), "
+            f"which could not be loaded: {err}"
+        ) from err
 
 
 def calibration_candidates(spec: str | None, datamodule) -> tuple[list[tuple[Path, tuple]], dict]:
@@ -319,17 +358,20 @@ def calibration_candidates(spec: str | None, datamodule) -> tuple[list[tuple[Pat
         items = split_images(datamodule, "train")
         where = {"source": "training split", "root": str(getattr(datamodule, "root", "?"))}
         if not items:
-            raise ConfigError(f"export.quantize=int8 calibrates on the training split of data.root={where['root']}, "
-                              "which has none: give export.calibration=FOLDER (images that are not in the "
-                              "validation split)")
+            raise ConfigError(
+                f"export.quantize=int8 calibrates on the training split of data.root={where['root']}, "
+                "which has none: give export.calibration=FOLDER (images that are not in the "
+                "validation split)"
+            )
     scored = {os.path.abspath(p) for p, _ in split_images(datamodule, "val")}
     kept = [(p, labels) for p, labels in items if os.path.abspath(p) not in scored]
     where["validation_images_left_out"] = len(items) - len(kept)
     return kept, where
 
 
-def quantize_int8(task, train_cfg: DictConfig, datamodule, src: Path, dst: Path, spec: str | None, limit: int,
-                  exclude: list[str]) -> dict:
+def quantize_int8(
+    task, train_cfg: DictConfig, datamodule, src: Path, dst: Path, spec: str | None, limit: int, exclude: list[str]
+) -> dict:
     """Quantize the network graph ``src`` to ``dst``, calibrated on up to ``limit`` readable images of
     the training split (or ``export.calibration``), one class after the other (:func:`spread`).
     Unreadable files are replaced by the next candidates, counted, logged and recorded."""
@@ -342,30 +384,55 @@ def quantize_int8(task, train_cfg: DictConfig, datamodule, src: Path, dst: Path,
     skipped: dict[str, str] = {}
     used = taken = 0
     while used < limit and taken < len(order):
-        chunk = order[taken: taken + limit - used]
+        chunk = order[taken : taken + limit - used]
         taken += len(chunk)
         for b in file_batches(chunk, train_cfg, task.info, 32, skipped):
             batches.append(b.numpy())
             used += len(b)
     if skipped:
-        log.warning("export.quantize=int8: %d unreadable calibration image(s) under %s skipped (first: %s: %s)",
-                    len(skipped), key, *next(iter(skipped.items())))
+        log.warning(
+            "export.quantize=int8: %d unreadable calibration image(s) under %s skipped (first: %s: %s)",
+            len(skipped),
+            key,
+            *next(iter(skipped.items())),
+        )
     if not batches:
-        left = f", {where['validation_images_left_out']} left out as validation images" \
-            if where["validation_images_left_out"] else ""
-        raise ConfigError(f"export.quantize=int8: no readable images under {key} to calibrate on ({len(items)} "
-                          f"candidates, {len(skipped)} unreadable{left}); give export.calibration=FOLDER")
+        left = (
+            f", {where['validation_images_left_out']} left out as validation images"
+            if where["validation_images_left_out"]
+            else ""
+        )
+        raise ConfigError(
+            f"export.quantize=int8: no readable images under {key} to calibrate on ({len(items)} "
+            f"candidates, {len(skipped)} unreadable{left}); give export.calibration=FOLDER"
+        )
     chosen = [p for p in order[:taken] if str(p) not in skipped]
     covered, classes = class_count(items, chosen)
-    calibration = {**where, "candidates": len(items), "images": used, "classes": classes, "classes_sampled": covered,
-                   "unreadable": len(skipped), "unreadable_files": dict(list(skipped.items())[:10])}
+    calibration = {
+        **where,
+        "candidates": len(items),
+        "images": used,
+        "classes": classes,
+        "classes_sampled": covered,
+        "unreadable": len(skipped),
+        "unreadable_files": dict(list(skipped.items())[:10]),
+    }
     log.info("export.quantize=int8: calibrating on %d images of %s (%d of %d classes)", used, key, covered, classes)
     record = quantize_network(src, dst, batches, INPUT_NAME, exclude)
     return {"type": "int8", **record, "calibration_source": where["root"], "calibration": calibration}
 
 
-def verify_int8(task, train_cfg: DictConfig, datamodule, fp32_path: Path, int8_path: Path, images: np.ndarray,
-                max_drop: dict, batch: int, threads: int) -> dict:
+def verify_int8(
+    task,
+    train_cfg: DictConfig,
+    datamodule,
+    fp32_path: Path,
+    int8_path: Path,
+    images: np.ndarray,
+    max_drop: dict,
+    batch: int,
+    threads: int,
+) -> dict:
     """The task metric of the fp32 and int8 network graphs on the checkpoint's validation split, and
     their throughput (``batch`` images, ``threads`` onnxruntime threads); raises :class:`ExportError`
     when the int8 metric drops more than the tolerance."""
@@ -373,24 +440,41 @@ def verify_int8(task, train_cfg: DictConfig, datamodule, fp32_path: Path, int8_p
     name, key = spec.metric, spec.max_drop_key
     tolerance = float(max_drop.get(name, spec.max_drop))
     fp32, int8 = (load_runner("onnx", p, threads) for p in (fp32_path, int8_path))
-    metric = {k: spec.evaluate(task, datamodule, runner, val_batches(datamodule))
-              for k, runner in (("fp32", fp32), ("int8", int8))}
+    metric = {
+        k: spec.evaluate(task, datamodule, runner, val_batches(datamodule))
+        for k, runner in (("fp32", fp32), ("int8", int8))
+    }
     speed = throughput({"fp32": fp32, "int8": int8}, images, batch)
-    record = {"metric": name, "split": "val", **metric, "drop": metric["fp32"] - metric["int8"],
-              "max_drop": tolerance, "speed": {"batch": batch, "threads": threads, "unit": "images/s",
-                                               **speed, "int8_vs_fp32": speed["int8"] / speed["fp32"]}}
+    record = {
+        "metric": name,
+        "split": "val",
+        **metric,
+        "drop": metric["fp32"] - metric["int8"],
+        "max_drop": tolerance,
+        "speed": {
+            "batch": batch,
+            "threads": threads,
+            "unit": "images/s",
+            **speed,
+            "int8_vs_fp32": speed["int8"] / speed["fp32"],
+        },
+    }
     if not record["drop"] <= tolerance:
-        raise ExportError(f"export.quantize=int8 refused: the {name} drop {record['drop']:.4g} exceeds "
-                          f"export.{key}={tolerance:g} ({int8_summary(record)}); nothing was written: keep layers "
-                          "in float with export.int8_exclude, or calibrate on more images (export.calibration_images)")
+        raise ExportError(
+            f"export.quantize=int8 refused: the {name} drop {record['drop']:.4g} exceeds "
+            f"export.{key}={tolerance:g} ({int8_summary(record)}); nothing was written: keep layers "
+            "in float with export.int8_exclude, or calibrate on more images (export.calibration_images)"
+        )
     return record
 
 
 def int8_summary(r: dict) -> str:
     s = r["speed"]
-    return (f"val {r['metric']} fp32 {r['fp32']:.4g} -> int8 {r['int8']:.4g} (drop {r['drop']:.4g}); "
-            f"{s['fp32']:.0f} -> {s['int8']:.0f} images/s ({s['int8_vs_fp32']:.2f}x, batch {s['batch']}, "
-            f"{s['threads']} threads)")
+    return (
+        f"val {r['metric']} fp32 {r['fp32']:.4g} -> int8 {r['int8']:.4g} (drop {r['drop']:.4g}); "
+        f"{s['fp32']:.0f} -> {s['int8']:.0f} images/s ({s['int8_vs_fp32']:.2f}x, batch {s['batch']}, "
+        f"{s['threads']} threads)"
+    )
 
 
 def smoke_end_to_end(runner, task, pictures: list[np.ndarray]) -> dict:
@@ -403,14 +487,33 @@ def smoke_end_to_end(runner, task, pictures: list[np.ndarray]) -> dict:
     return {"images": len(pictures), "sizes": sorted({f"{p.shape[1]}x{p.shape[0]}" for p in pictures})}
 
 
-def export_task(task, train_cfg: DictConfig, out: str | Path, fmt: str = "onnx", *, end_to_end: bool = True,
-                inputs: str | None = None, num_inputs: int = 4, opset: int = 18, atol: float = 1e-4,
-                rtol: float = 1e-4, e2e_atol: float = 5e-3, box_atol: float = 1.0, top_k: int = 5,
-                score_threshold: float | None = None, nms_iou: float | None = None,
-                max_detections: int | None = None, source_checkpoint: str | None = None,
-                quantize: str | None = None, calibration: str | None = None, calibration_images: int = 256,
-                int8_exclude=None, max_drop: dict | None = None, speed_batch: int = 32,
-                speed_threads: int = 2) -> dict:
+def export_task(
+    task,
+    train_cfg: DictConfig,
+    out: str | Path,
+    fmt: str = "onnx",
+    *,
+    end_to_end: bool = True,
+    inputs: str | None = None,
+    num_inputs: int = 4,
+    opset: int = 18,
+    atol: float = 1e-4,
+    rtol: float = 1e-4,
+    e2e_atol: float = 5e-3,
+    box_atol: float = 1.0,
+    top_k: int = 5,
+    score_threshold: float | None = None,
+    nms_iou: float | None = None,
+    max_detections: int | None = None,
+    source_checkpoint: str | None = None,
+    quantize: str | None = None,
+    calibration: str | None = None,
+    calibration_images: int = 256,
+    int8_exclude=None,
+    max_drop: dict | None = None,
+    speed_batch: int = 32,
+    speed_threads: int = 2,
+) -> dict:
     """Export a loaded task to ``out`` (+ ``out.with_suffix('.json')``), verified before it is kept.
 
     ``export_task(task, train_cfg, out, fmt="onnx", *, end_to_end=True, inputs=None, num_inputs=4,
@@ -457,8 +560,7 @@ def export_task(task, train_cfg: DictConfig, out: str | Path, fmt: str = "onnx",
         raise ConfigError(f"export.quantize={quantize!r}: expected null or 'int8'")
     quantize = None if quantize == "none" else quantize
     if quantize and fmt != "onnx":
-        raise ConfigError(f"export.quantize={quantize}: needs export.format=onnx (onnxruntime quantization), "
-                          f"not {fmt}")
+        raise ConfigError(f"export.quantize={quantize}: needs export.format=onnx (onnxruntime quantization), not {fmt}")
     out = Path(out)
     sidecar = check_output(out)
     for path in (out, sidecar):  # what an export killed mid-way left behind
@@ -468,10 +570,14 @@ def export_task(task, train_cfg: DictConfig, out: str | Path, fmt: str = "onnx",
     task = copy.deepcopy(task).cpu().float().eval()
     spec = spec_of(task).export
     graph = spec.graph(task)
-    pre = preprocessing_of(train_cfg, int(task.info.get("image_size", 224)), task.info["mean"], task.info["std"]) \
-        if end_to_end else None
-    post = spec.post_settings(task, graph, top_k=top_k, score_threshold=score_threshold, nms_iou=nms_iou,
-                              max_detections=max_detections)
+    pre = (
+        preprocessing_of(train_cfg, int(task.info.get("image_size", 224)), task.info["mean"], task.info["std"])
+        if end_to_end
+        else None
+    )
+    post = spec.post_settings(
+        task, graph, top_k=top_k, score_threshold=score_threshold, nms_iou=nms_iou, max_detections=max_detections
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     files, source = find_images(inputs, train_cfg, max(2, int(num_inputs)))
     images, source = verification_inputs(files, source, inputs, train_cfg, task, max(2, int(num_inputs)))
@@ -481,17 +587,44 @@ def export_task(task, train_cfg: DictConfig, out: str | Path, fmt: str = "onnx",
     separate = end_to_end or quantize
     try:
         write(fmt, graph.module, images[:2], tmp_net if separate else tmp, graph.output_names, meta, int(opset))
-        diffs = compare(load_runner(fmt, tmp_net if separate else tmp), graph.module, images, graph.output_names,
-                        float(atol), float(rtol))
-        meta["verification"] = {"inputs": source, "batch_sizes": [len(images), 1], **diffs, "atol": float(atol),
-                                "rtol": float(rtol), "runtime": "onnxruntime" if fmt == "onnx" else "torch.jit"}
+        diffs = compare(
+            load_runner(fmt, tmp_net if separate else tmp),
+            graph.module,
+            images,
+            graph.output_names,
+            float(atol),
+            float(rtol),
+        )
+        meta["verification"] = {
+            "inputs": source,
+            "batch_sizes": [len(images), 1],
+            **diffs,
+            "atol": float(atol),
+            "rtol": float(rtol),
+            "runtime": "onnxruntime" if fmt == "onnx" else "torch.jit",
+        }
         if quantize:
-            meta["quantization"] = quantize_int8(task, train_cfg, datamodule, tmp_net, tmp_q, calibration,
-                                                 int(calibration_images),
-                                                 list(spec.int8_keep_float if int8_exclude is None else int8_exclude))
-            meta["verification"]["int8"] = verify_int8(task, train_cfg, datamodule, tmp_net, tmp_q,
-                                                       images.numpy(), max_drop or {}, int(speed_batch),
-                                                       int(speed_threads))
+            meta["quantization"] = quantize_int8(
+                task,
+                train_cfg,
+                datamodule,
+                tmp_net,
+                tmp_q,
+                calibration,
+                int(calibration_images),
+                list(spec.int8_keep_float if int8_exclude is None else int8_exclude),
+            )
+            meta["verification"]["int8"] = verify_int8(
+                task,
+                train_cfg,
+                datamodule,
+                tmp_net,
+                tmp_q,
+                images.numpy(),
+                max_drop or {},
+                int(speed_batch),
+                int(speed_threads),
+            )
             os.replace(tmp_q, tmp_net)
             if not end_to_end:
                 save_onnx(onnx_load(tmp_net), tmp, meta)
@@ -499,18 +632,26 @@ def export_task(task, train_cfg: DictConfig, out: str | Path, fmt: str = "onnx",
             meta.update(end_to_end_details(task, pre, post))
             write_end_to_end(fmt, tmp_net, tmp, pre, spec.post_kind, post, meta)
             record = smoke_end_to_end(load_e2e_runner(fmt, tmp), task, e2e_pictures(files, pre.size))
-            meta["verification"]["end_to_end"] = {"vs": "runs on real images (answers checked through the int8 "
-                                                  "metric, not against mode=predict)", **record}
+            meta["verification"]["end_to_end"] = {
+                "vs": "runs on real images (answers checked through the int8 metric, not against mode=predict)",
+                **record,
+            }
             set_metadata(fmt, tmp, meta)
         elif end_to_end:
             meta.update(end_to_end_details(task, pre, post))
             write_end_to_end(fmt, tmp_net, tmp, pre, spec.post_kind, post, meta)
             pictures = e2e_pictures(files, pre.size)
-            record = verify_end_to_end(load_e2e_runner(fmt, tmp), task, train_cfg, pictures, float(e2e_atol),
-                                       float(box_atol))
-            meta["verification"]["end_to_end"] = {"vs": "mode=predict", "images": len(pictures),
-                                                  "sizes": sorted({f"{p.shape[1]}x{p.shape[0]}" for p in pictures}),
-                                                  "e2e_atol": float(e2e_atol), "box_atol": float(box_atol), **record}
+            record = verify_end_to_end(
+                load_e2e_runner(fmt, tmp), task, train_cfg, pictures, float(e2e_atol), float(box_atol)
+            )
+            meta["verification"]["end_to_end"] = {
+                "vs": "mode=predict",
+                "images": len(pictures),
+                "sizes": sorted({f"{p.shape[1]}x{p.shape[0]}" for p in pictures}),
+                "e2e_atol": float(e2e_atol),
+                "box_atol": float(box_atol),
+                **record,
+            }
             set_metadata(fmt, tmp, meta)
         with atomic_path(sidecar) as tmp_json:  # renamed after the model: a failed rename leaves no orphan
             tmp_json.write_text(json.dumps(meta, indent=2, sort_keys=True))
@@ -523,13 +664,18 @@ def export_task(task, train_cfg: DictConfig, out: str | Path, fmt: str = "onnx",
     e2e = meta["verification"].get("end_to_end")
     if e2e and "max_abs_diff" in e2e:
         summary += "; end to end vs mode=predict on {} images ({}): {}".format(
-            e2e["images"], ", ".join(e2e["sizes"]), ", ".join(f"{k} {v:.2e}" for k, v in e2e["max_abs_diff"].items()))
+            e2e["images"], ", ".join(e2e["sizes"]), ", ".join(f"{k} {v:.2e}" for k, v in e2e["max_abs_diff"].items())
+        )
     if quantize:
         summary += "; " + int8_summary(meta["verification"]["int8"])
     print(f"export: {out} verified with {meta['verification']['runtime']} on {source}: max abs diff {summary}")
     log.info("wrote %s and %s", out, sidecar)
-    return {"path": str(out), "metadata": str(sidecar), **meta["verification"],
-            **({"quantization": meta["quantization"]} if "quantization" in meta else {})}
+    return {
+        "path": str(out),
+        "metadata": str(sidecar),
+        **meta["verification"],
+        **({"quantization": meta["quantization"]} if "quantization" in meta else {}),
+    }
 
 
 def number(e: DictConfig, key: str, default: float) -> float:
@@ -543,8 +689,10 @@ def max_drop_of(e: DictConfig, key: str, default: float) -> float:
     """``export.int8_max_drop_*``: a drop of the metric, a fraction like every metric (0.01 = 1 point)."""
     value = number(e, key, default)
     if value > 1:
-        raise ConfigError(f"export.{key}={value:g}: the tolerated drop is a fraction of the metric, like every "
-                          f"metric mbtasks reports (0.01 = 1 point of top-1); expected <= 1")
+        raise ConfigError(
+            f"export.{key}={value:g}: the tolerated drop is a fraction of the metric, like every "
+            f"metric mbtasks reports (0.01 = 1 point of top-1); expected <= 1"
+        )
     return value
 
 
@@ -561,13 +709,29 @@ def run(cfg: DictConfig, run_dir: Path, overrides=()) -> dict:
     spec = spec_of(task).export
     e = cfg.export
     out = Path(e.output) if e.get("output") else run_dir / f"{task.name}{FORMATS[fmt]}"
-    return export_task(task, train_cfg, out, fmt, end_to_end=bool(e.get("end_to_end", True)), inputs=e.get("inputs"),
-                       num_inputs=int(e.num_inputs), opset=int(e.opset), atol=float(e.atol), rtol=float(e.rtol),
-                       e2e_atol=float(e.get("e2e_atol", 5e-3)), box_atol=float(e.get("box_atol", 1.0)),
-                       top_k=int(e.get("top_k") or cfg.predict.top_k), score_threshold=e.get("score_threshold"),
-                       nms_iou=e.get("nms_iou"), max_detections=e.get("max_detections"),
-                       source_checkpoint=str(cfg.ckpt_path), quantize=e.get("quantize"),
-                       calibration=e.get("calibration"), calibration_images=int(e.get("calibration_images", 256)),
-                       int8_exclude=None if e.get("int8_exclude") is None else list(e.int8_exclude),
-                       max_drop={spec.metric: max_drop_of(e, spec.max_drop_key, spec.max_drop)},
-                       speed_batch=int(e.get("speed_batch", 32)), speed_threads=int(e.get("speed_threads", 2)))
+    return export_task(
+        task,
+        train_cfg,
+        out,
+        fmt,
+        end_to_end=bool(e.get("end_to_end", True)),
+        inputs=e.get("inputs"),
+        num_inputs=int(e.num_inputs),
+        opset=int(e.opset),
+        atol=float(e.atol),
+        rtol=float(e.rtol),
+        e2e_atol=float(e.get("e2e_atol", 5e-3)),
+        box_atol=float(e.get("box_atol", 1.0)),
+        top_k=int(e.get("top_k") or cfg.predict.top_k),
+        score_threshold=e.get("score_threshold"),
+        nms_iou=e.get("nms_iou"),
+        max_detections=e.get("max_detections"),
+        source_checkpoint=str(cfg.ckpt_path),
+        quantize=e.get("quantize"),
+        calibration=e.get("calibration"),
+        calibration_images=int(e.get("calibration_images", 256)),
+        int8_exclude=None if e.get("int8_exclude") is None else list(e.int8_exclude),
+        max_drop={spec.metric: max_drop_of(e, spec.max_drop_key, spec.max_drop)},
+        speed_batch=int(e.get("speed_batch", 32)),
+        speed_threads=int(e.get("speed_threads", 2)),
+    )

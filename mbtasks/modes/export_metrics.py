@@ -40,8 +40,12 @@ def split_images(datamodule, split: str) -> list[tuple[Path, tuple]]:
     found = datamodule.describe()
     if "splits" in found:  # ImageFolder, COCO, VOC
         items = found["splits"].get(split) or []
-        return [(Path(r.path), tuple(sorted({int(c) for c in r.labels}))) if hasattr(r, "path")
-                else (Path(r[0]), (int(r[1]),)) for r in items]
+        return [
+            (Path(r.path), tuple(sorted({int(c) for c in r.labels})))
+            if hasattr(r, "path")
+            else (Path(r[0]), (int(r[1]),))
+            for r in items
+        ]
     if split == "train":  # identities
         return [(Path(p), (int(label),)) for p, label in found.get("train", [])]
     images = (found.get("eval", {}).get(split) or ([], 0))[0]

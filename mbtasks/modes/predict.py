@@ -20,10 +20,13 @@ log = logging.getLogger(__name__)
 
 def predictor_for(path, cfg: DictConfig) -> Predictor:
     """A checkpoint with the ``predict.*`` fast-path options (fold_bn, channels_last, precision, batch_size)."""
-    return load_predictor(path, fold_bn=bool(cfg.predict.get("fold_bn", True)),
-                          channels_last=bool(cfg.predict.get("channels_last", False)),
-                          precision=cfg.predict.get("precision", 32),
-                          batch_size=int(cfg.predict.get("batch_size", 32)))
+    return load_predictor(
+        path,
+        fold_bn=bool(cfg.predict.get("fold_bn", True)),
+        channels_last=bool(cfg.predict.get("channels_last", False)),
+        precision=cfg.predict.get("precision", 32),
+        batch_size=int(cfg.predict.get("batch_size", 32)),
+    )
 
 
 def run(cfg: DictConfig, run_dir: Path, overrides=()) -> dict:
@@ -32,9 +35,14 @@ def run(cfg: DictConfig, run_dir: Path, overrides=()) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.predict.get("detector"):
         # predict.* holds the chain's defaults; Pipeline(...) reads the same keys (pipeline_defaults)
-        pipeline = Pipeline(predictor_for(cfg.predict.detector, cfg), model, float(cfg.predict.crop_margin),
-                            bool(cfg.predict.crop_square), float(cfg.predict.score_threshold),
-                            list(cfg.predict.detector_classes or []) or None,
-                            identify_threshold=cfg.predict.get("identify_threshold"))
+        pipeline = Pipeline(
+            predictor_for(cfg.predict.detector, cfg),
+            model,
+            float(cfg.predict.crop_margin),
+            bool(cfg.predict.crop_square),
+            float(cfg.predict.score_threshold),
+            list(cfg.predict.detector_classes or []) or None,
+            identify_threshold=cfg.predict.get("identify_threshold"),
+        )
         return write_predictions(pipeline, cfg, files, run_dir)
     return model.write(cfg, files, run_dir)

@@ -53,14 +53,26 @@ def run(cfg: DictConfig, run_dir: Path, overrides=()) -> dict:
         "device": str(device),
     }
     table = Table(title="mbtasks profile")
-    columns = ("task", "backbone", "width", "image_size", "params", "params_bn_folded", "mult_adds", "latency_ms",
-               "batch_size", "threads")
+    columns = (
+        "task",
+        "backbone",
+        "width",
+        "image_size",
+        "params",
+        "params_bn_folded",
+        "mult_adds",
+        "latency_ms",
+        "batch_size",
+        "threads",
+    )
     for key in columns:
         table.add_column(key)
-    table.add_row(*(
-        f"{result[k] / 1e6:.2f}M" if k in ("params", "params_bn_folded", "mult_adds") else str(result[k])
-        for k in columns
-    ))
+    table.add_row(
+        *(
+            f"{result[k] / 1e6:.2f}M" if k in ("params", "params_bn_folded", "mult_adds") else str(result[k])
+            for k in columns
+        )
+    )
     Console(width=160).print(table)
     write_json_atomic(run_dir / "profile.json", result)
     return result

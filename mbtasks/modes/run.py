@@ -23,16 +23,25 @@ from mbtasks.tasks import check_checkpoint_task
 log = logging.getLogger("mbtasks")
 
 # mode -> run(cfg, run_dir, overrides) (config.MODES lists the same names for validation)
-RUNNERS = {"train": train.run, "test": test.run, "predict": predict.run, "profile": profile.run,
-           "export": export.run, "check": check.run, "convert": convert.run}
+RUNNERS = {
+    "train": train.run,
+    "test": test.run,
+    "predict": predict.run,
+    "profile": profile.run,
+    "export": export.run,
+    "check": check.run,
+    "convert": convert.run,
+}
 
 
 def records_in(run_dir: Path) -> list[str]:
-    """What ``run_dir`` holds besides Hydra's own files (``.hydra/``, ``*.log``) and the run lock: another run's records."""
+    """What ``run_dir`` holds besides Hydra's own files (``.hydra/``, ``*.log``) and the run lock: another
+    run's records."""
     if not run_dir.is_dir():
         return []
-    return sorted(p.name for p in run_dir.iterdir()
-                  if p.name != ".hydra" and p.suffix != ".log" and not p.name.startswith(LOCK))
+    return sorted(
+        p.name for p in run_dir.iterdir() if p.name != ".hydra" and p.suffix != ".log" and not p.name.startswith(LOCK)
+    )
 
 
 # run dir handed out by claim_run_dir -> the lock it holds (released by dispatch when the mode ends)
@@ -82,10 +91,14 @@ def claim_run_dir(cfg: DictConfig, run_dir: Path) -> Path:
     if mode == "train":
         lock.release()
         if (run_dir / LAST).exists() or (run_dir / "metrics.json").exists():
-            raise ConfigError(f"{run_dir} already holds a training run's outputs; continue it with resume={run_dir} "
-                              "or give a new hydra.run.dir")
-        raise ConfigError(f"{run_dir} already holds other files ({', '.join(used[:5])}); a new training run needs "
-                          "an empty dir: give a new hydra.run.dir")
+            raise ConfigError(
+                f"{run_dir} already holds a training run's outputs; continue it with resume={run_dir} "
+                "or give a new hydra.run.dir"
+            )
+        raise ConfigError(
+            f"{run_dir} already holds other files ({', '.join(used[:5])}); a new training run needs "
+            "an empty dir: give a new hydra.run.dir"
+        )
     for n in itertools.count(1):
         sub = run_dir / (mode if n == 1 else f"{mode}-{n}")
         try:
@@ -96,8 +109,9 @@ def claim_run_dir(cfg: DictConfig, run_dir: Path) -> Path:
     _CLAIMS[sub] = lock_run_dir(sub, mode)
     if lock is not None:
         lock.release()
-    log.warning("%s already holds another run's outputs (%s): mode=%s writes into %s", run_dir,
-                ", ".join(used[:5]), mode, sub)
+    log.warning(
+        "%s already holds another run's outputs (%s): mode=%s writes into %s", run_dir, ", ".join(used[:5]), mode, sub
+    )
     print(f"note: {run_dir} holds another run's outputs; this mode={mode} run writes into {sub}", file=sys.stderr)
     return sub
 
@@ -129,8 +143,10 @@ def _dispatch(cfg: DictConfig, run_dir: Path, overrides) -> dict:
         prepare(cfg, overrides)
     if published.parse_name(cfg.get("ckpt_path")) is not None:
         if cfg.get("mode") == "train":
-            raise ConfigError(f"ckpt_path={cfg.ckpt_path} is a published classifier: to train from its weights give "
-                              f"backbone.pretrained=imagenet with the same backbone and width")
+            raise ConfigError(
+                f"ckpt_path={cfg.ckpt_path} is a published classifier: to train from its weights give "
+                f"backbone.pretrained=imagenet with the same backbone and width"
+            )
         cfg.ckpt_path = str(named_checkpoint(cfg.ckpt_path))
     validate(cfg)
     check_checkpoint_task(cfg, any(o.split("=", 1)[0].lstrip("+") == "task" for o in overrides))

@@ -80,8 +80,10 @@ class RunDirInUse(ConfigError):
         self.run_dir, self.holder = run_dir, holder
         who = ", ".join(f"{k} {holder[k]}" for k in ("pid", "host", "started") if holder.get(k))
         command = f": {holder['command']}" if holder.get("command") else ""
-        super().__init__(f"{run_dir} is in use by another run ({who or 'details unknown'}{command}); give "
-                         f"another hydra.run.dir, or wait until that run has ended{hint}")
+        super().__init__(
+            f"{run_dir} is in use by another run ({who or 'details unknown'}{command}); give "
+            f"another hydra.run.dir, or wait until that run has ended{hint}"
+        )
 
 
 class RunDirLock:
@@ -111,8 +113,13 @@ def _same_file(path: Path, fd: int) -> bool:
 
 
 def _holder(mode: str) -> dict:
-    return {"pid": os.getpid(), "host": socket.gethostname(), "mode": mode,
-            "started": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(sys.argv)}
+    return {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "mode": mode,
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "command": " ".join(sys.argv),
+    }
 
 
 def _read_holder(path: Path) -> dict:
@@ -153,8 +160,10 @@ def lock_run_dir(run_dir: Path, mode: str = "") -> RunDirLock:
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise ConfigError(f"cannot use {run_dir} as the run dir: {err.strerror or err} ({err.filename}); "
-                          "give a folder that can be created and written") from err
+        raise ConfigError(
+            f"cannot use {run_dir} as the run dir: {err.strerror or err} ({err.filename}); "
+            "give a folder that can be created and written"
+        ) from err
     path = run_dir / LOCK
     if fcntl is None:
         return _lock_by_marker(run_dir, path, mode)
@@ -162,8 +171,9 @@ def lock_run_dir(run_dir: Path, mode: str = "") -> RunDirLock:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as err:
-            raise ConfigError(f"cannot write in the run dir {run_dir}: {err.strerror or err}; give a writable "
-                              "hydra.run.dir") from err
+            raise ConfigError(
+                f"cannot write in the run dir {run_dir}: {err.strerror or err}; give a writable hydra.run.dir"
+            ) from err
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

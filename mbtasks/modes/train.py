@@ -75,13 +75,23 @@ def run(cfg: DictConfig, run_dir: Path, overrides=()) -> dict:
     rescaled = datamodule.rescaled()
     if rescaled:
         metrics["data/rescaled_annotations"] = len(rescaled)
-        log.warning("%d images differ in size from their annotations; their boxes were rescaled (first: %s: %s)",
-                    len(rescaled), *next(iter(rescaled.items())))
+        log.warning(
+            "%d images differ in size from their annotations; their boxes were rescaled (first: %s: %s)",
+            len(rescaled),
+            *next(iter(rescaled.items())),
+        )
     flat = write_metrics(run_dir, metrics)
     if trainer.logger and trainer.is_global_zero:
-        trainer.logger.log_hyperparams(flat_hparams(cfg), {k: v for k, v in flat.items()
-                                                           if k.startswith("test/") and isinstance(v, float)})
-    log.info("metrics: %s", {k: round(v, 4) if isinstance(v, float) else v for k, v in flat.items()
-                             if v is not None and k.startswith("test/")})
+        trainer.logger.log_hyperparams(
+            flat_hparams(cfg), {k: v for k, v in flat.items() if k.startswith("test/") and isinstance(v, float)}
+        )
+    log.info(
+        "metrics: %s",
+        {
+            k: round(v, 4) if isinstance(v, float) else v
+            for k, v in flat.items()
+            if v is not None and k.startswith("test/")
+        },
+    )
     log.info("run dir: %s", run_dir)
     return flat

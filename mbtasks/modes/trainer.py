@@ -16,7 +16,9 @@ from mbtasks.io import remove_stale_temporaries
 from mbtasks.tasks.base import BaseTask
 
 
-def build_trainer(cfg: DictConfig, run_dir: Path, task: BaseTask, log: bool = True) -> tuple[L.Trainer, ModelCheckpoint]:
+def build_trainer(
+    cfg: DictConfig, run_dir: Path, task: BaseTask, log: bool = True
+) -> tuple[L.Trainer, ModelCheckpoint]:
     """A Trainer writing TensorBoard logs, ``epochs.jsonl`` and ``checkpoints/{best,last}.ckpt`` under ``run_dir``.
 
     Checkpoints are written atomically (:class:`~mbtasks.checkpoint.AtomicCheckpointIO`), carry
@@ -35,10 +37,16 @@ def build_trainer(cfg: DictConfig, run_dir: Path, task: BaseTask, log: bool = Tr
         auto_insert_metric_name=False,
     )
     # Lightning >= 2.5 copies last.ckpt only when the best one improves; resuming needs the latest.
-    latest = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", monitor=None, save_top_k=1,
-                             enable_version_counter=False)
-    callbacks = [checkpoint, latest, RngState(), EpochLog(run_dir / EPOCH_LOG),
-                 ConfigInCheckpoint(OmegaConf.to_container(cfg, resolve=True))]
+    latest = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints", filename="last", monitor=None, save_top_k=1, enable_version_counter=False
+    )
+    callbacks = [
+        checkpoint,
+        latest,
+        RngState(),
+        EpochLog(run_dir / EPOCH_LOG),
+        ConfigInCheckpoint(OmegaConf.to_container(cfg, resolve=True)),
+    ]
     progress = bool(cfg.trainer.get("enable_progress_bar", True))
     for callback_cfg in (cfg.get("callbacks") or {}).values():
         if callback_cfg is None:
@@ -50,6 +58,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, task: BaseTask, log: bool = Tr
     # after the config's callbacks: it reads the stop train.time (TimeBudget) decides at the same batch
     callbacks.append(ValidationSchedule())
     logger = instantiate(cfg.logger, save_dir=str(run_dir)) if (log and cfg.get("logger")) else False
-    trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks, default_root_dir=str(run_dir),
-                          plugins=[AtomicCheckpointIO()])
+    trainer = instantiate(
+        cfg.trainer, logger=logger, callbacks=callbacks, default_root_dir=str(run_dir), plugins=[AtomicCheckpointIO()]
+    )
     return trainer, checkpoint

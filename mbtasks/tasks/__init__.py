@@ -15,5 +15,12 @@ from mbtasks.tasks.loading import (
     task_class,
 )
 
-__all__ = ["build_task", "check_checkpoint_task", "load_predictor", "load_task", "spec_for_config", "spec_of",
-           "task_class"]
+__all__ = [
+    "build_task",
+    "check_checkpoint_task",
+    "load_predictor",
+    "load_task",
+    "spec_for_config",
+    "spec_of",
+    "task_class",
+]

@@ -44,8 +44,14 @@ class BaseTask(L.LightningModule):
     monitor: ClassVar[str] = "val/loss"
     monitor_mode: ClassVar[str] = "min"
 
-    def __init__(self, info: Mapping, optimizer: Callable | None = None, scheduler: Callable | None = None,
-                 finetune: FineTune | None = None, no_decay: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        info: Mapping,
+        optimizer: Callable | None = None,
+        scheduler: Callable | None = None,
+        finetune: FineTune | None = None,
+        no_decay: Sequence[str] = (),
+    ) -> None:
         super().__init__()
         # Hydra's instantiate turns dict arguments into DictConfig; checkpoints need plain types.
         self.info = OmegaConf.to_container(info, resolve=True) if isinstance(info, DictConfig) else dict(info)
@@ -94,8 +100,9 @@ class BaseTask(L.LightningModule):
         in_backbone = {id(p) for p in self.backbone.parameters()}
         head = [p for p in self.parameters() if p.requires_grad and id(p) not in in_backbone]
         groups = [{"params": head, "name": "head"}] if head else []
-        groups.append({"params": list(self.backbone.parameters()), "name": "backbone",
-                       "lr_mult": self.finetune.lr_mult})
+        groups.append(
+            {"params": list(self.backbone.parameters()), "name": "backbone", "lr_mult": self.finetune.lr_mult}
+        )
         return groups
 
     def configure_optimizers(self):
@@ -147,7 +154,8 @@ class BaseTask(L.LightningModule):
         shown = ", ".join(f"{k}={v:.4g}" for k, v in values.items())
         raise NonFiniteLossError(
             f"training loss is not finite at global step {self.global_step} (epoch {self.current_epoch}): {shown}. "
-            "Lower optimizer.lr, set trainer.gradient_clip_val, or check the data of this step")
+            "Lower optimizer.lr, set trainer.gradient_clip_val, or check the data of this step"
+        )
 
     # ---------------------------------------------------------------- run-dir plots (callbacks.plots)
     def plot_batch(self, batch, n: int) -> torch.Tensor | None:

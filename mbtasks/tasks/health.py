@@ -62,10 +62,11 @@ class TrainingFacts:
     def likely_cause(self) -> str:
         """The likely cause of a useless model, with the keys to change, most likely first."""
         lr = f"optimizer.lr={self.lr:g}" if self.lr is not None else "optimizer.lr"
-        short = (f"too few training steps ({self.steps}): raise train.time (or trainer.max_epochs without a "
-                 "time budget)")
-        high = (f"a learning rate too high for pretrained weights: lower {lr} (e.g. 10x) or finetune.lr_mult "
-                "(the backbone's share)")
+        short = f"too few training steps ({self.steps}): raise train.time (or trainer.max_epochs without a time budget)"
+        high = (
+            f"a learning rate too high for pretrained weights: lower {lr} (e.g. 10x) or finetune.lr_mult "
+            "(the backbone's share)"
+        )
         if self.steps < FEW_STEPS:
             causes = [short, high] if self.pretrained else [short]
         elif self.pretrained:
@@ -83,8 +84,9 @@ def facts_of(task) -> TrainingFacts:
         steps = int(task.global_step)
     except RuntimeError:  # no trainer attached
         steps = 0
-    return TrainingFacts(steps=steps, pretrained=bool(report is not None and report.loaded),
-                         lr=float(lr) if lr is not None else None)
+    return TrainingFacts(
+        steps=steps, pretrained=bool(report is not None and report.loaded), lr=float(lr) if lr is not None else None
+    )
 
 
 def to_checkpoint(checkpoint: dict, warnings: Sequence[HealthWarning]) -> None:

@@ -65,11 +65,12 @@ def build_task(cfg: DictConfig, info: dict, training: bool = True) -> BaseTask:
     task_class(cfg)  # a clear error for a target that is not a task, before anything is built
     optional = {}
     if training:
-        optional = {"optimizer": instantiate(cfg.optimizer) if cfg.get("optimizer") else None,
-                    "scheduler": instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
-                    "finetune": instantiate(cfg.finetune) if cfg.get("finetune") else None}
-    return instantiate(cfg.task, backbone=instantiate(cfg.backbone), head=instantiate(cfg.head), info=info,
-                       **optional)
+        optional = {
+            "optimizer": instantiate(cfg.optimizer) if cfg.get("optimizer") else None,
+            "scheduler": instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+            "finetune": instantiate(cfg.finetune) if cfg.get("finetune") else None,
+        }
+    return instantiate(cfg.task, backbone=instantiate(cfg.backbone), head=instantiate(cfg.head), info=info, **optional)
 
 
 def load_task(path: str | Path, key: str = "ckpt_path") -> tuple[BaseTask, DictConfig]:
@@ -125,8 +126,10 @@ def check_inference_options(device: Any, batch_size: Any) -> None:
         parsed = None
     ok = parsed is not None and (str(parsed) in valid or (parsed.type == "cpu" and parsed.index in (None, 0)))
     if not ok:
-        raise ConfigError(f"device={device!r}: not a device of this machine; expected one of {valid} "
-                          f"(or None: CUDA when available, else cpu)")
+        raise ConfigError(
+            f"device={device!r}: not a device of this machine; expected one of {valid} "
+            f"(or None: CUDA when available, else cpu)"
+        )
 
 
 def check_checkpoint_task(cfg: DictConfig, task_given: bool) -> None:
@@ -145,5 +148,7 @@ def check_checkpoint_task(cfg: DictConfig, task_given: bool) -> None:
     stored = checkpoint.task_name(checkpoint.read(path, key))
     wanted = spec_for_config(cfg).name
     if stored != wanted:
-        raise ConfigError(f"{key}={path} is a {stored} checkpoint, but task={wanted} was given: use task={stored} "
-                          f"(or leave task= out for mode=test/predict/export), or give a {wanted} checkpoint")
+        raise ConfigError(
+            f"{key}={path} is a {stored} checkpoint, but task={wanted} was given: use task={stored} "
+            f"(or leave task= out for mode=test/predict/export), or give a {wanted} checkpoint"
+        )

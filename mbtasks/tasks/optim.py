@@ -14,8 +14,9 @@ def check_no_decay(kinds) -> tuple[str, ...]:
     kinds = tuple(kinds or ())
     unknown = [k for k in kinds if k not in NO_DECAY_KINDS]
     if unknown:
-        raise ConfigError(f"task.no_decay={list(kinds)}: unknown kinds {unknown}; expected some of "
-                          f"{list(NO_DECAY_KINDS)}")
+        raise ConfigError(
+            f"task.no_decay={list(kinds)}: unknown kinds {unknown}; expected some of {list(NO_DECAY_KINDS)}"
+        )
     return kinds
 
 
@@ -40,8 +41,9 @@ def split_no_decay(model: nn.Module, groups: list[dict], kinds: tuple[str, ...] 
     kinds = check_no_decay(kinds)
     if not kinds:
         return groups
-    exempt = {id(p) for m in model.modules() for n, p in m.named_parameters(recurse=False)
-              if no_decay_kind(m, n) in kinds}
+    exempt = {
+        id(p) for m in model.modules() for n, p in m.named_parameters(recurse=False) if no_decay_kind(m, n) in kinds
+    }
     out = []
     for group in groups:
         params = list(group["params"])
@@ -51,6 +53,5 @@ def split_no_decay(model: nn.Module, groups: list[dict], kinds: tuple[str, ...] 
         if decay:
             out.append({**rest, "params": decay})
         if plain:
-            out.append({**rest, "params": plain, "weight_decay": 0.0,
-                        "name": f"{rest.get('name', 'params')}_no_decay"})
+            out.append({**rest, "params": plain, "weight_decay": 0.0, "name": f"{rest.get('name', 'params')}_no_decay"})
     return out

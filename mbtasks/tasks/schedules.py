@@ -43,7 +43,7 @@ def cosine_phase(plans: Plans, warmup: int) -> tuple[int, list[tuple[int, float]
             break
     knots = [(end, 0.0)]
     total = int(plans[first][1])
-    for start, next_total in plans[first + 1:]:
+    for start, next_total in plans[first + 1 :]:
         s0, q0 = knots[-1]
         knots.append((int(start), q0 + (1 - q0) * min(1.0, (start - s0) / max(1, total - s0))))
         total = int(next_total)
@@ -52,8 +52,13 @@ def cosine_phase(plans: Plans, warmup: int) -> tuple[int, list[tuple[int, float]
 
 
 def cosine_with_warmup(
-    optimizer: Optimizer, total_steps: int, steps_per_epoch: int, warmup_epochs: float = 1.0, min_lr_ratio: float = 0.01,
-    last_epoch: int = -1, plans: Plans = (),
+    optimizer: Optimizer,
+    total_steps: int,
+    steps_per_epoch: int,
+    warmup_epochs: float = 1.0,
+    min_lr_ratio: float = 0.01,
+    last_epoch: int = -1,
+    plans: Plans = (),
 ) -> LambdaLR:
     """Linear warm-up from ~0 over ``warmup_epochs``, then cosine decay to ``min_lr_ratio * lr``.
 
@@ -85,8 +90,13 @@ def cosine_with_warmup(
 
 
 def step_decay(
-    optimizer: Optimizer, total_steps: int, steps_per_epoch: int, decay_epochs: float = 2.0, gamma: float = 0.94,
-    last_epoch: int = -1, plans: Plans = (),
+    optimizer: Optimizer,
+    total_steps: int,
+    steps_per_epoch: int,
+    decay_epochs: float = 2.0,
+    gamma: float = 0.94,
+    last_epoch: int = -1,
+    plans: Plans = (),
 ) -> LambdaLR:
     """The MobileNet paper's "learning rate decay": multiply by ``gamma`` every ``decay_epochs``
     (the run's length, hence ``plans``, does not change it)."""
@@ -94,6 +104,7 @@ def step_decay(
     return LambdaLR(optimizer, lambda step: gamma ** (step // period), last_epoch=last_epoch)
 
 
-def constant(optimizer: Optimizer, total_steps: int, steps_per_epoch: int, last_epoch: int = -1,
-             plans: Plans = ()) -> LambdaLR:
+def constant(
+    optimizer: Optimizer, total_steps: int, steps_per_epoch: int, last_epoch: int = -1, plans: Plans = ()
+) -> LambdaLR:
     return LambdaLR(optimizer, lambda step: 1.0, last_epoch=last_epoch)

@@ -63,8 +63,9 @@ class TaskExport:
         """``mode=predict``'s answer for one image (``x``: its preprocessed ``(1, 3, S, S)`` batch)."""
         return task.predict_step(x)[0].numpy()
 
-    def compare(self, task, ref: Any, got: dict[str, np.ndarray], atol: float, box_atol: float,
-                fail: Callable[[str, str], None]) -> dict[str, float]:
+    def compare(
+        self, task, ref: Any, got: dict[str, np.ndarray], atol: float, box_atol: float, fail: Callable[[str, str], None]
+    ) -> dict[str, float]:
         """The end-to-end file's answers for one image against ``ref``; ``fail(what, detail)`` raises.
 
         Returns: the largest difference per output.
@@ -83,8 +84,12 @@ class TaskExport:
 def default_profile_info(cfg: DictConfig) -> dict:
     """Data info for counting the network as the papers do (``profile.num_classes`` classes)."""
     n = int(cfg.profile.num_classes)
-    return {"class_names": [f"class_{i}" for i in range(n)], "image_size": int(cfg.data.image_size),
-            "mean": list(cfg.data.mean), "std": list(cfg.data.std)}
+    return {
+        "class_names": [f"class_{i}" for i in range(n)],
+        "image_size": int(cfg.data.image_size),
+        "mean": list(cfg.data.mean),
+        "std": list(cfg.data.std),
+    }
 
 
 @dataclass(frozen=True)

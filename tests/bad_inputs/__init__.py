@@ -41,8 +41,9 @@ def coco(root: Path, annotations: list[dict] | None = None, drop: str | None = N
         (root / "img" / f"{i}.png").write_bytes(png_bytes(64))
     data = {
         "images": [{"id": i + 1, "file_name": f"{i}.png", "width": 64, "height": 64} for i in range(images)],
-        "annotations": annotations if annotations is not None else [
-            {"id": 1, "image_id": 1, "category_id": 1, "bbox": [8, 8, 20, 20], "area": 400, "iscrowd": 0}],
+        "annotations": annotations
+        if annotations is not None
+        else [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [8, 8, 20, 20], "area": 400, "iscrowd": 0}],
         "categories": [{"id": 1, "name": "thing"}, {"id": 2, "name": "other"}],
     }
     if drop:
@@ -52,8 +53,14 @@ def coco(root: Path, annotations: list[dict] | None = None, drop: str | None = N
 
 
 def box(ann_id: int, bbox, category_id: int = 1, image_id: int = 1) -> dict:
-    return {"id": ann_id, "image_id": image_id, "category_id": category_id, "bbox": bbox,
-            "area": max(0.0, bbox[2] * bbox[3]), "iscrowd": 0}
+    return {
+        "id": ann_id,
+        "image_id": image_id,
+        "category_id": category_id,
+        "bbox": bbox,
+        "area": max(0.0, bbox[2] * bbox[3]),
+        "iscrowd": 0,
+    }
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
@@ -69,8 +76,9 @@ def png_claiming(width: int, height: int, extra_chunks: bytes = b"") -> bytes:
     import zlib
 
     header = _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-    return (b"\x89PNG\r\n\x1a\n" + header + extra_chunks + _chunk(b"IDAT", zlib.compress(b"\0" * 16))
-            + _chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n" + header + extra_chunks + _chunk(b"IDAT", zlib.compress(b"\0" * 16)) + _chunk(b"IEND", b"")
+    )
 
 
 def png_text_bomb(inflated: int = 8 * 1024 * 1024) -> bytes:
@@ -100,7 +108,8 @@ def voc_pair(folder: Path, stem: str = "a", width="64", height="64", filename: s
     (folder / f"{stem}.xml").write_text(
         f"<annotation><filename>{filename or stem + '.png'}</filename><size><width>{width}</width>"
         f"<height>{height}</height></size><object><name>thing</name><bndbox><xmin>9</xmin><ymin>9</ymin>"
-        "<xmax>30</xmax><ymax>30</ymax></bndbox></object></annotation>")
+        "<xmax>30</xmax><ymax>30</ymax></bndbox></object></annotation>"
+    )
     return folder
 
 
@@ -108,10 +117,17 @@ def fake_checkpoint(path: Path, task: str = "classification") -> Path:
     """A minimal mbtasks checkpoint of ``task`` (enough for the task check, not to rebuild the model)."""
     import torch
 
-    target = {"classification": "mbtasks.tasks.classification.ClassificationTask",
-              "detection": "mbtasks.tasks.detection.DetectionTask",
-              "embedding": "mbtasks.tasks.embedding.EmbeddingTask"}[task]
+    target = {
+        "classification": "mbtasks.tasks.classification.ClassificationTask",
+        "detection": "mbtasks.tasks.detection.DetectionTask",
+        "embedding": "mbtasks.tasks.embedding.EmbeddingTask",
+    }[task]
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"mbtasks": {"format": 2, "task": task, "config": {"task": {"_target_": target}}, "info": {}},
-                "state_dict": {}}, path)
+    torch.save(
+        {
+            "mbtasks": {"format": 2, "task": task, "config": {"task": {"_target_": target}}, "info": {}},
+            "state_dict": {},
+        },
+        path,
+    )
     return path

@@ -76,24 +76,52 @@ class Published:
 
 TORCHVISION_URL = "https://download.pytorch.org/models/"
 TABLE: tuple[Published, ...] = (
-    Published("mobilenet_v1_0.25", "MobileNetV1", 0.25,
-              originals=("mobilenet_v1_0.25_128_quant.tflite", "mobilenet_v1_0.25_128.tflite"), paper_top1=50.6),
-    Published("mobilenet_v1_0.5", "MobileNetV1", 0.5,
-              originals=("mobilenet_v1_0.5_160_quant.tflite", "mobilenet_v1_0.5_160.tflite"), paper_top1=63.7),
-    Published("mobilenet_v1_0.75", "MobileNetV1", 0.75,
-              originals=("mobilenet_v1_0.75_192_quant.tflite", "mobilenet_v1_0.75_192.tflite"), paper_top1=68.4),
-    Published("mobilenet_v1_1.0", "MobileNetV1", 1.0, timm="mobilenetv1_100",
-              originals=("mobilenet_v1_1.0_224_frozen.pb", "mobilenet_v1_1.0_224_quant.tflite"), paper_top1=70.6),
+    Published(
+        "mobilenet_v1_0.25",
+        "MobileNetV1",
+        0.25,
+        originals=("mobilenet_v1_0.25_128_quant.tflite", "mobilenet_v1_0.25_128.tflite"),
+        paper_top1=50.6,
+    ),
+    Published(
+        "mobilenet_v1_0.5",
+        "MobileNetV1",
+        0.5,
+        originals=("mobilenet_v1_0.5_160_quant.tflite", "mobilenet_v1_0.5_160.tflite"),
+        paper_top1=63.7,
+    ),
+    Published(
+        "mobilenet_v1_0.75",
+        "MobileNetV1",
+        0.75,
+        originals=("mobilenet_v1_0.75_192_quant.tflite", "mobilenet_v1_0.75_192.tflite"),
+        paper_top1=68.4,
+    ),
+    Published(
+        "mobilenet_v1_1.0",
+        "MobileNetV1",
+        1.0,
+        timm="mobilenetv1_100",
+        originals=("mobilenet_v1_1.0_224_frozen.pb", "mobilenet_v1_1.0_224_quant.tflite"),
+        paper_top1=70.6,
+    ),
     Published("mobilenet_v1_1.25", "MobileNetV1", 1.25, timm="mobilenetv1_125"),
     Published("mobilenet_v2_0.5", "MobileNetV2", 0.5, timm="mobilenetv2_050"),
-    Published("mobilenet_v2_1.0", "MobileNetV2", 1.0, torchvision="mobilenet_v2-b0353104.pth",
-              timm="mobilenetv2_100", paper_top1=72.0),
+    Published(
+        "mobilenet_v2_1.0",
+        "MobileNetV2",
+        1.0,
+        torchvision="mobilenet_v2-b0353104.pth",
+        timm="mobilenetv2_100",
+        paper_top1=72.0,
+    ),
     Published("mobilenet_v2_1.4", "MobileNetV2", 1.4, timm="mobilenetv2_140", paper_top1=74.7),
 )
 
 
 def cache_dir() -> Path:
-    """Our cache of converted weights: ``$MBTASKS_WEIGHTS_DIR``, else ``${XDG_CACHE_HOME:-~/.cache}/mbtasks/weights``."""
+    """Our cache of converted weights: ``$MBTASKS_WEIGHTS_DIR``, else
+    ``${XDG_CACHE_HOME:-~/.cache}/mbtasks/weights``."""
     if os.environ.get("MBTASKS_WEIGHTS_DIR"):
         return Path(os.environ["MBTASKS_WEIGHTS_DIR"]).expanduser()
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
@@ -111,9 +139,11 @@ def entry_for(arch: str, width: float, key: str = "backbone.pretrained=imagenet"
             return entry
     widths = ", ".join(f"{e.width:g}" for e in TABLE if e.arch == arch)
     known = widths or ", ".join(sorted({e.arch for e in TABLE}))
-    raise ConfigError(f"{key}: no published ImageNet weights for {arch}(width={float(width):g}); "
-                      + (f"{arch} has them at widths {widths}" if widths else f"published architectures: {known}")
-                      + " (or train from scratch: backbone.pretrained=null)")
+    raise ConfigError(
+        f"{key}: no published ImageNet weights for {arch}(width={float(width):g}); "
+        + (f"{arch} has them at widths {widths}" if widths else f"published architectures: {known}")
+        + " (or train from scratch: backbone.pretrained=null)"
+    )
 
 
 def parse_name(spec: str) -> Published | None:
@@ -192,12 +222,16 @@ def how_to_get(entry: Published) -> str:
     if entry.torchvision:
         ways.append(f"place torchvision's {entry.torchvision} in {torchvision_file(entry).parent}/")
     if entry.originals:
-        ways.append(f"convert Google's {' or '.join(entry.originals)} (any TF-slim frozen graph or TFLite file of "
-                    f"this width) with "
-                    f"`python -m mbtasks weights convert FILE` (writes {cached_file(entry)})")
+        ways.append(
+            f"convert Google's {' or '.join(entry.originals)} (any TF-slim frozen graph or TFLite file of "
+            f"this width) with "
+            f"`python -m mbtasks weights convert FILE` (writes {cached_file(entry)})"
+        )
     if entry.timm:
-        ways.append(f"run timm.create_model('{entry.timm}', pretrained=True) once where there is internet "
-                    "(fills the Hugging Face cache)")
+        ways.append(
+            f"run timm.create_model('{entry.timm}', pretrained=True) once where there is internet "
+            "(fills the Hugging Face cache)"
+        )
     return "; or ".join(ways)
 
 
@@ -208,7 +242,8 @@ def locate(entry: Published, online: bool | None = None) -> Found:
         return found
     if online is None:
         online = (entry.torchvision is not None and hub_reachable(TORCHVISION_HOST)) or (
-            entry.timm is not None and hub_reachable(HUB_HOST))
+            entry.timm is not None and hub_reachable(HUB_HOST)
+        )
     if online:
         if entry.torchvision is not None:
             torch.hub.load_state_dict_from_url(TORCHVISION_URL + entry.torchvision, progress=True)
@@ -254,8 +289,17 @@ def read(found: Found, backbone: nn.Module) -> Converted:
         converted = convert_by_position(state, ClassifierLayout(backbone))
     except ValueError as err:
         raise ConfigError(f"{path}: not {found.origin}'s {entry.name} ImageNet weights ({err})") from err
-    return Converted(converted, entry.arch, entry.width, size, act="relu6", padding="symmetric", mean=mean,
-                     std=std, source=f"{found.origin} {path.name}")
+    return Converted(
+        converted,
+        entry.arch,
+        entry.width,
+        size,
+        act="relu6",
+        padding="symmetric",
+        mean=mean,
+        std=std,
+        source=f"{found.origin} {path.name}",
+    )
 
 
 def describe(found: Found) -> dict:
@@ -263,16 +307,34 @@ def describe(found: Found) -> dict:
     ``image_size``, ``bn_folded`` (read from the file only for converted weights)."""
     if found.origin == "converted":
         meta = read_converted(found.path)
-        return {"act": meta.act, "padding": meta.padding, "mean": tuple(meta.mean), "std": tuple(meta.std),
-                "image_size": meta.image_size, "bn_folded": meta.bn_folded}
+        return {
+            "act": meta.act,
+            "padding": meta.padding,
+            "mean": tuple(meta.mean),
+            "std": tuple(meta.std),
+            "image_size": meta.image_size,
+            "bn_folded": meta.bn_folded,
+        }
     if found.origin == "torchvision":
-        return {"act": "relu6", "padding": "symmetric", "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "image_size": 224,
-                "bn_folded": False}
+        return {
+            "act": "relu6",
+            "padding": "symmetric",
+            "mean": IMAGENET_MEAN,
+            "std": IMAGENET_STD,
+            "image_size": 224,
+            "bn_folded": False,
+        }
     from timm.models import get_pretrained_cfg
 
     cfg = get_pretrained_cfg(found.entry.timm)
-    return {"act": "relu6", "padding": "symmetric", "mean": tuple(cfg.mean), "std": tuple(cfg.std),
-            "image_size": int(cfg.input_size[-1]), "bn_folded": False}
+    return {
+        "act": "relu6",
+        "padding": "symmetric",
+        "mean": tuple(cfg.mean),
+        "std": tuple(cfg.std),
+        "image_size": int(cfg.input_size[-1]),
+        "bn_folded": False,
+    }
 
 
 def write_converted(converted: Converted, path: Path) -> Path:
@@ -287,8 +349,10 @@ def read_converted(path: Path) -> Converted:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - torch raises many kinds for a damaged file
-        raise ConfigError(f"{path}: cannot read converted weights ({err}); convert again with "
-                          "`python -m mbtasks weights convert FILE`") from err
+        raise ConfigError(
+            f"{path}: cannot read converted weights ({err}); convert again with "
+            "`python -m mbtasks weights convert FILE`"
+        ) from err
     if not isinstance(obj, dict) or FORMAT_KEY not in obj:
         raise ConfigError(f"{path}: not a converted-weights file of mbtasks")
     meta = dict(obj["meta"])
@@ -298,4 +362,4 @@ def read_converted(path: Path) -> Converted:
 
 def backbone_part(converted: Converted) -> dict[str, torch.Tensor]:
     """The ``backbone.*`` tensors of ``converted``, named as ``backbone.state_dict()``."""
-    return {k[len("backbone."):]: v for k, v in converted.state_dict.items() if k.startswith("backbone.")}
+    return {k[len("backbone.") :]: v for k, v in converted.state_dict.items() if k.startswith("backbone.")}

@@ -112,9 +112,15 @@ def assemble_classifier(
         if len(convs) != len(prefixes):
             raise ValueError(f"{source}: {len(convs)} conv layers, {arch} has {len(prefixes)}")
         for prefix, conv in zip(prefixes, convs, strict=True):
-            values.update({f"{prefix}.0.weight": conv.weight, f"{prefix}.1.weight": conv.gamma,
-                           f"{prefix}.1.bias": conv.beta, f"{prefix}.1.running_mean": conv.mean,
-                           f"{prefix}.1.running_var": conv.var})
+            values.update(
+                {
+                    f"{prefix}.0.weight": conv.weight,
+                    f"{prefix}.1.weight": conv.gamma,
+                    f"{prefix}.1.bias": conv.beta,
+                    f"{prefix}.1.running_mean": conv.mean,
+                    f"{prefix}.1.running_var": conv.var,
+                }
+            )
         out: OrderedDict[str, torch.Tensor] = OrderedDict()
         for key, ref in model.state_dict().items():
             if key.endswith("num_batches_tracked"):
@@ -163,8 +169,10 @@ class GraphConsts:
         if node is None:
             raise ValueError(f"{self.path}: node {name!r} missing; not a TF-slim MobileNet frozen graph")
         if node.op != "Const":
-            raise ValueError(f"{self.path}: node {name!r} is a {node.op}, not a Const; freeze the graph "
-                             "(variables to constants) first")
+            raise ValueError(
+                f"{self.path}: node {name!r} is a {node.op}, not a Const; freeze the graph "
+                "(variables to constants) first"
+            )
         return make_ndarray(node.attr["value"].tensor)
 
     def get(self, name: str, default: np.ndarray) -> np.ndarray:
@@ -269,8 +277,15 @@ def convert_tf_graph(path: str | Path) -> Converted:
 
     state, width = assemble_classifier(arch, int(stem.shape[-1]), layers, fc_weight, fc_bias, str(path))
     return Converted(
-        state_dict=state, arch=arch, width=width, image_size=input_size(graph), act="relu6",
-        padding="tf_same", mean=TF_MEAN, std=TF_STD, bn_folded=False, source=str(path),
-        notes=[f"TF-slim {scope} frozen graph; BatchNorm epsilon folded into running_var; "
-               "background logit dropped"],
+        state_dict=state,
+        arch=arch,
+        width=width,
+        image_size=input_size(graph),
+        act="relu6",
+        padding="tf_same",
+        mean=TF_MEAN,
+        std=TF_STD,
+        bn_folded=False,
+        source=str(path),
+        notes=[f"TF-slim {scope} frozen graph; BatchNorm epsilon folded into running_var; background logit dropped"],
     )

@@ -132,27 +132,42 @@ def convert_tflite(path: str | Path) -> Converted:
     """
     import tflite
 
-
     g = TFLiteGraph(path)
     seq = [name for name, _ in g.ops]
     convs = [(name, op) for name, op in g.ops if name in ("CONV_2D", "DEPTHWISE_CONV_2D")]
-    unexpected = sorted(set(seq) - {"CONV_2D", "DEPTHWISE_CONV_2D", "AVERAGE_POOL_2D", "FULLY_CONNECTED",
-                                    "RESHAPE", "SOFTMAX", "SQUEEZE", "QUANTIZE", "DEQUANTIZE"})
+    unexpected = sorted(
+        set(seq)
+        - {
+            "CONV_2D",
+            "DEPTHWISE_CONV_2D",
+            "AVERAGE_POOL_2D",
+            "FULLY_CONNECTED",
+            "RESHAPE",
+            "SOFTMAX",
+            "SQUEEZE",
+            "QUANTIZE",
+            "DEQUANTIZE",
+        }
+    )
     if unexpected:
-        raise ValueError(f"{path}: operators {unexpected} are not in MobileNet V1 (only V1 TFLite files "
-                         "convert; a V2 has ADD)")
+        raise ValueError(
+            f"{path}: operators {unexpected} are not in MobileNet V1 (only V1 TFLite files convert; a V2 has ADD)"
+        )
     expected = ["CONV_2D"] + ["DEPTHWISE_CONV_2D", "CONV_2D"] * 13
     got = [name for name, _ in convs[:V1_CONVS]]
     if got != expected or "AVERAGE_POOL_2D" not in seq:
         where = next((i for i, (a, b) in enumerate(zip(got, expected, strict=False)) if a != b), len(got))
         missing = "AVERAGE_POOL_2D" if got == expected else f"{expected[where]} (conv {where})"
-        raise ValueError(f"{path}: operator {missing} missing; not a MobileNet V1 TFLite file "
-                         f"(operators: {', '.join(seq[:8])}{'...' if len(seq) > 8 else ''})")
+        raise ValueError(
+            f"{path}: operator {missing} missing; not a MobileNet V1 TFLite file "
+            f"(operators: {', '.join(seq[:8])}{'...' if len(seq) > 8 else ''})"
+        )
     pool = seq.index("AVERAGE_POOL_2D")
-    logits = [(name, op) for name, op in g.ops[pool + 1:] if name in ("CONV_2D", "FULLY_CONNECTED")]
+    logits = [(name, op) for name, op in g.ops[pool + 1 :] if name in ("CONV_2D", "FULLY_CONNECTED")]
     if not logits:
-        raise ValueError(f"{path}: operator CONV_2D (logits after AVERAGE_POOL_2D) missing; not a MobileNet "
-                         "V1 TFLite file")
+        raise ValueError(
+            f"{path}: operator CONV_2D (logits after AVERAGE_POOL_2D) missing; not a MobileNet V1 TFLite file"
+        )
 
     strides = [2] + [s for _, stride in V1_ARCH for s in (stride, 1)]
     layers, acts = [], set()
@@ -165,8 +180,9 @@ def convert_tflite(path: str | Path) -> Converted:
         if opts.Padding() != tflite.Padding.SAME:
             raise ValueError(f"{path}: a {name} has VALID padding; MobileNet V1 files use SAME")
         if (opts.StrideH(), opts.StrideW()) != (stride, stride):
-            raise ValueError(f"{path}: conv {len(layers)} ({name}) has stride {opts.StrideH()}, MobileNet V1's "
-                             f"has {stride}")
+            raise ValueError(
+                f"{path}: conv {len(layers)} ({name}) has stride {opts.StrideH()}, MobileNet V1's has {stride}"
+            )
         acts.add(opts.FusedActivationFunction())
         # OHWI -> OIHW; depthwise [1, kH, kW, C] -> [C, 1, kH, kW] (multiplier 1)
         w = w.transpose(3, 0, 1, 2) if name == "DEPTHWISE_CONV_2D" else w.transpose(0, 3, 1, 2)
@@ -174,8 +190,9 @@ def convert_tflite(path: str | Path) -> Converted:
         # BN folded in the file: ours is the identity, (x - 0) / sqrt((1 - eps) + eps) * 1 + bias
         layers.append(ConvBN(w, ones, b, np.zeros_like(b), ones - TORCH_BN_EPS))
     if len(acts) != 1 or next(iter(acts)) not in ACTS:
-        raise ValueError(f"{path}: fused activations {sorted(acts)} (TFLite codes); expected one of RELU "
-                         "or RELU6 throughout")
+        raise ValueError(
+            f"{path}: fused activations {sorted(acts)} (TFLite codes); expected one of RELU or RELU6 throughout"
+        )
     act = ACTS[acts.pop()]
 
     _, op = logits[0]
@@ -185,11 +202,22 @@ def convert_tflite(path: str | Path) -> Converted:
     if w.shape[0] != 1001:
         raise ValueError(f"{path}: {w.shape[0]} logits, expected ImageNet's 1001 (0 = background)")
     stem_channels = layers[0].weight.shape[0]
-    state, width = assemble_classifier("MobileNetV1", stem_channels, lambda prefixes: layers,
-                                       w[1:], b[1:], str(path), act=act)
+    state, width = assemble_classifier(
+        "MobileNetV1", stem_channels, lambda prefixes: layers, w[1:], b[1:], str(path), act=act
+    )
     return Converted(
-        state_dict=state, arch="MobileNetV1", width=width, image_size=g.input_size(), act=act,
-        padding="tf_same", mean=TF_MEAN, std=TF_STD, bn_folded=True, source=str(path),
-        notes=["TFLite MobileNet V1: weights dequantised, BatchNorm folded (each BN is the identity "
-               "plus the conv's bias), background logit dropped"],
+        state_dict=state,
+        arch="MobileNetV1",
+        width=width,
+        image_size=g.input_size(),
+        act=act,
+        padding="tf_same",
+        mean=TF_MEAN,
+        std=TF_STD,
+        bn_folded=True,
+        source=str(path),
+        notes=[
+            "TFLite MobileNet V1: weights dequantised, BatchNorm folded (each BN is the identity "
+            "plus the conv's bias), background logit dropped"
+        ],
     )

@@ -86,7 +86,9 @@ class DefaultBoxes(nn.Module):
             raise RuntimeError("DefaultBoxes.build(num_maps) must be called before use")
         return self.generator
 
-    def forward(self, image_size: tuple[int, int], grid_sizes: Sequence[tuple[int, int]], device: torch.device | None = None) -> torch.Tensor:
+    def forward(
+        self, image_size: tuple[int, int], grid_sizes: Sequence[tuple[int, int]], device: torch.device | None = None
+    ) -> torch.Tensor:
         """Default boxes for one image size.
 
         Args:

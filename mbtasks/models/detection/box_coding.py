@@ -47,12 +47,15 @@ class BoxCoder:
         g = box_convert(boxes, "xyxy", "cxcywh")
         a = box_convert(anchors, "xyxy", "cxcywh")
         eps = torch.finfo(g.dtype).eps
-        return torch.stack((
-            wx * (g[..., 0] - a[..., 0]) / a[..., 2],
-            wy * (g[..., 1] - a[..., 1]) / a[..., 3],
-            ww * torch.log(g[..., 2].clamp(min=eps) / a[..., 2]),
-            wh * torch.log(g[..., 3].clamp(min=eps) / a[..., 3]),
-        ), dim=-1)
+        return torch.stack(
+            (
+                wx * (g[..., 0] - a[..., 0]) / a[..., 2],
+                wy * (g[..., 1] - a[..., 1]) / a[..., 3],
+                ww * torch.log(g[..., 2].clamp(min=eps) / a[..., 2]),
+                wh * torch.log(g[..., 3].clamp(min=eps) / a[..., 3]),
+            ),
+            dim=-1,
+        )
 
     def decode(self, deltas: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
         """Inverse of :meth:`encode`.

@@ -17,7 +17,9 @@ from mbtasks.models.detection.box_coding import BoxCoder
 from mbtasks.models.detection.matching import BACKGROUND, match_default_boxes
 
 
-def hard_negative_mask(cls_loss: torch.Tensor, positive: torch.Tensor, neg_pos_ratio: float, min_negatives: int = 0) -> torch.Tensor:
+def hard_negative_mask(
+    cls_loss: torch.Tensor, positive: torch.Tensor, neg_pos_ratio: float, min_negatives: int = 0
+) -> torch.Tensor:
     """The negatives kept for the classification loss: the highest-loss ones, per image.
 
     Args:
@@ -50,8 +52,14 @@ class SSDLoss(nn.Module):
         box_loss_weight: the paper's alpha (1).
     """
 
-    def __init__(self, box_coder: BoxCoder, iou_threshold: float = 0.5, neg_pos_ratio: float = 3.0,
-                 min_negatives: int = 0, box_loss_weight: float = 1.0) -> None:
+    def __init__(
+        self,
+        box_coder: BoxCoder,
+        iou_threshold: float = 0.5,
+        neg_pos_ratio: float = 3.0,
+        min_negatives: int = 0,
+        box_loss_weight: float = 1.0,
+    ) -> None:
         super().__init__()
         self.box_coder = box_coder
         self.iou_threshold = iou_threshold
@@ -60,7 +68,9 @@ class SSDLoss(nn.Module):
         self.box_loss_weight = box_loss_weight
 
     @torch.no_grad()
-    def targets(self, anchors: torch.Tensor, targets: list[dict[str, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    def targets(
+        self, anchors: torch.Tensor, targets: list[dict[str, torch.Tensor]]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-default-box class and regression targets.
 
         Args:
@@ -87,8 +97,13 @@ class SSDLoss(nn.Module):
             offsets.append(reg)
         return torch.stack(classes), torch.stack(offsets)
 
-    def forward(self, cls_logits: torch.Tensor, bbox_regression: torch.Tensor, anchors: torch.Tensor,
-                targets: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    def forward(
+        self,
+        cls_logits: torch.Tensor,
+        bbox_regression: torch.Tensor,
+        anchors: torch.Tensor,
+        targets: list[dict[str, torch.Tensor]],
+    ) -> dict[str, torch.Tensor]:
         """The loss of one batch.
 
         Args:

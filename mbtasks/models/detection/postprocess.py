@@ -15,8 +15,13 @@ from mbtasks.models.detection.box_coding import BoxCoder
 TOPK_CANDIDATES = 1000
 
 
-def decode(cls_logits: torch.Tensor, bbox_regression: torch.Tensor, anchors: torch.Tensor, box_coder: BoxCoder,
-           image_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+def decode(
+    cls_logits: torch.Tensor,
+    bbox_regression: torch.Tensor,
+    anchors: torch.Tensor,
+    box_coder: BoxCoder,
+    image_size: tuple[int, int],
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Class probabilities ``(N, A, K)`` (softmax, background column dropped) and boxes ``(N, A, 4)``
     x1y1x2y2 in input pixels, decoded from the default boxes and clipped to the image.
 
@@ -72,8 +77,9 @@ def postprocess_detections(
     return results
 
 
-def to_original(detections: list[dict[str, torch.Tensor]], input_size: tuple[int, int],
-                orig_sizes: Sequence[tuple[int, int]]) -> list[dict[str, torch.Tensor]]:
+def to_original(
+    detections: list[dict[str, torch.Tensor]], input_size: tuple[int, int], orig_sizes: Sequence[tuple[int, int]]
+) -> list[dict[str, torch.Tensor]]:
     """Rescale boxes from network input pixels to each image's original pixels.
 
     Args:

@@ -46,9 +46,16 @@ class SSDDetector(nn.Module):
             :func:`~mbtasks.models.detection.postprocess.postprocess_detections`.
     """
 
-    def __init__(self, backbone: Backbone, head: SSDHead, box_coder: BoxCoder | None = None,
-                 score_threshold: float = 0.01, nms_iou: float = 0.6, max_detections: int = 100,
-                 topk_candidates: int = TOPK_CANDIDATES) -> None:
+    def __init__(
+        self,
+        backbone: Backbone,
+        head: SSDHead,
+        box_coder: BoxCoder | None = None,
+        score_threshold: float = 0.01,
+        nms_iou: float = 0.6,
+        max_detections: int = 100,
+        topk_candidates: int = TOPK_CANDIDATES,
+    ) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = head
@@ -72,8 +79,16 @@ class SSDDetector(nn.Module):
     def postprocess(self, output: SSDOutput, image_size: tuple[int, int]) -> list[dict[str, torch.Tensor]]:
         """Detections per image in input pixels (``boxes`` x1y1x2y2, ``scores``, ``labels`` in [0, K))."""
         return postprocess_detections(
-            output.cls_logits, output.bbox_regression, output.anchors, self.box_coder, image_size,
-            self.score_threshold, self.nms_iou, self.max_detections, self.topk_candidates)
+            output.cls_logits,
+            output.bbox_regression,
+            output.anchors,
+            self.box_coder,
+            image_size,
+            self.score_threshold,
+            self.nms_iou,
+            self.max_detections,
+            self.topk_candidates,
+        )
 
     @torch.no_grad()
     def detect(self, images: torch.Tensor) -> list[dict[str, torch.Tensor]]:

@@ -34,8 +34,10 @@ class ExtraBlock(nn.Sequential):
         mid = max(8, out_channels // 2)
         layers: list[nn.Module] = [ConvBNAct(in_channels, mid, 1, act_layer=act_layer)]
         if depthwise:
-            layers += [ConvBNAct(mid, mid, 3, 2, groups=mid, act_layer=act_layer),
-                       ConvBNAct(mid, out_channels, 1, act_layer=act_layer)]
+            layers += [
+                ConvBNAct(mid, mid, 3, 2, groups=mid, act_layer=act_layer),
+                ConvBNAct(mid, out_channels, 1, act_layer=act_layer),
+            ]
         else:
             layers.append(ConvBNAct(mid, out_channels, 3, 2, act_layer=act_layer))
         super().__init__(*layers)
@@ -48,8 +50,10 @@ def predictor(in_channels: int, out_channels: int, depthwise: bool, kernel_size:
     SSD: one ``kernel_size`` conv. SSDLite: 3x3 depthwise + BN + act, then a 1x1 conv.
     """
     if depthwise:
-        return nn.Sequential(ConvBNAct(in_channels, in_channels, 3, groups=in_channels, act_layer=act_layer),
-                             nn.Conv2d(in_channels, out_channels, 1))
+        return nn.Sequential(
+            ConvBNAct(in_channels, in_channels, 3, groups=in_channels, act_layer=act_layer),
+            nn.Conv2d(in_channels, out_channels, 1),
+        )
     return nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2)
 
 
@@ -100,9 +104,13 @@ class SSDHead(nn.Module):
         self.anchors = (anchors if anchors is not None else DefaultBoxes()).build(len(channels))
         boxes_per_cell = self.anchors.num_anchors_per_location()
         self.cls_heads = nn.ModuleList(
-            predictor(c, b * num_classes, depthwise, kernel_size, act_layer) for c, b in zip(channels, boxes_per_cell, strict=True))
+            predictor(c, b * num_classes, depthwise, kernel_size, act_layer)
+            for c, b in zip(channels, boxes_per_cell, strict=True)
+        )
         self.box_heads = nn.ModuleList(
-            predictor(c, b * 4, depthwise, kernel_size, act_layer) for c, b in zip(channels, boxes_per_cell, strict=True))
+            predictor(c, b * 4, depthwise, kernel_size, act_layer)
+            for c, b in zip(channels, boxes_per_cell, strict=True)
+        )
         for m in [*self.cls_heads.modules(), *self.box_heads.modules()]:
             if isinstance(m, nn.Conv2d) and m.bias is not None:
                 nn.init.xavier_uniform_(m.weight)

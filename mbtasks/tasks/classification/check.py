@@ -15,8 +15,11 @@ def ignored_files(folders: list[Path]) -> list[str]:
     out = []
     for folder in folders:
         if folder.is_dir():
-            out.extend(str(p) for p in sorted(folder.iterdir()) if p.is_file() and not is_image_file(p)
-                       and not p.name.startswith("."))
+            out.extend(
+                str(p)
+                for p in sorted(folder.iterdir())
+                if p.is_file() and not is_image_file(p) and not p.name.startswith(".")
+            )
     return out
 
 
@@ -27,8 +30,11 @@ def check_data(description: dict, decode: Callable, report: dict) -> None:
     for split, samples in description["splits"].items():
         readable = decode([p for p, _ in samples])
         hist = Counter(names[label] for p, label in samples if str(p) in readable)
-        report["splits"][split] = {"images": len(samples), "readable": len(readable),
-                                   "classes": {n: hist.get(n, 0) for n in names}}
+        report["splits"][split] = {
+            "images": len(samples),
+            "readable": len(readable),
+            "classes": {n: hist.get(n, 0) for n in names},
+        }
         folders.update(Path(p).parent for p, _ in samples)
         if split == "train":
             empty = [n for n in names if hist.get(n, 0) == 0]

@@ -32,8 +32,11 @@ class ClassificationExport(TaskExport):
 
     def graph(self, task) -> ExportGraph:
         graph = ClassifierGraph(task.model).eval()
-        return ExportGraph(graph, graph.output_names, {
-            "outputs": {"logits": "(N, K) class logits", "probs": "(N, K) softmax probabilities"}})
+        return ExportGraph(
+            graph,
+            graph.output_names,
+            {"outputs": {"logits": "(N, K) class logits", "probs": "(N, K) softmax probabilities"}},
+        )
 
     def post_settings(self, task, graph, top_k: int = 5, **overrides) -> dict:
         if int(top_k) < 1:
@@ -41,10 +44,14 @@ class ClassificationExport(TaskExport):
         return {"top_k": min(int(top_k), len(task.class_names))}
 
     def e2e_details(self, post: dict) -> dict:
-        return {"outputs": {"probs": "(N, K) softmax probabilities",
-                            "scores": f"(N, {post['top_k']}) top-k probabilities, decreasing",
-                            "labels": "(N, k) int64 indices into class_names"},
-                "top_k": post["top_k"]}
+        return {
+            "outputs": {
+                "probs": "(N, K) softmax probabilities",
+                "scores": f"(N, {post['top_k']}) top-k probabilities, decreasing",
+                "labels": "(N, k) int64 indices into class_names",
+            },
+            "top_k": post["top_k"],
+        }
 
     def compare(self, task, ref, got, atol, box_atol, fail) -> dict[str, float]:
         d = float(np.abs(got["probs"] - ref).max())
@@ -53,8 +60,10 @@ class ClassificationExport(TaskExport):
         best = np.sort(ref)[::-1][: len(got["scores"])]
         # the same labels, up to ties within the tolerance
         if not (np.abs(got["scores"] - best).max() <= atol and np.abs(ref[got["labels"]] - best).max() <= atol):
-            fail("top-k labels differ from mode=predict's:", f"{got['labels'].tolist()} vs "
-                 f"{np.argsort(-ref, kind='stable')[: len(best)].tolist()}")
+            fail(
+                "top-k labels differ from mode=predict's:",
+                f"{got['labels'].tolist()} vs {np.argsort(-ref, kind='stable')[: len(best)].tolist()}",
+            )
         return {"probs": d}
 
     def evaluate(self, task, datamodule, runner, batches) -> float:

@@ -34,15 +34,22 @@ def check(confusion: np.ndarray, class_names: Sequence[str], facts: TrainingFact
     cause = facts.likely_cause()
     warnings = []
     if correct <= int(true[majority]):
-        warnings.append(HealthWarning(
-            "below_majority_class",
-            f"validation accuracy {correct / n:.3f} ({correct} of {n}) is at or below the majority-class rate "
-            f"{true[majority] / n:.3f}, what always answering '{class_names[majority]}' scores; {cause}"))
+        warnings.append(
+            HealthWarning(
+                "below_majority_class",
+                f"validation accuracy {correct / n:.3f} ({correct} of {n}) is at or below the majority-class rate "
+                f"{true[majority] / n:.3f}, what always answering '{class_names[majority]}' scores; {cause}",
+            )
+        )
     top = int(predicted.argmax())
     share, true_share = predicted[top] / n, true[top] / n
     if share >= ONE_CLASS_SHARE and true_share < ONE_CLASS_SHARE:
-        warnings.append(HealthWarning(
-            "one_class",
-            f"predicts '{class_names[top]}' for {share:.0%} of the validation images ({int(predicted[top])} of {n}), "
-            f"which are {true_share:.0%} '{class_names[top]}'; {cause}"))
+        warnings.append(
+            HealthWarning(
+                "one_class",
+                f"predicts '{class_names[top]}' for {share:.0%} of the validation images "
+                f"({int(predicted[top])} of {n}), "
+                f"which are {true_share:.0%} '{class_names[top]}'; {cause}",
+            )
+        )
     return warnings

@@ -6,5 +6,10 @@ from mbtasks.tasks.classification.export import ClassificationExport
 from mbtasks.tasks.classification.predictor import ClassificationPredictor
 from mbtasks.tasks.spec import TaskSpec
 
-SPEC = TaskSpec(name="classification", head=ClassifierHead, predictor=ClassificationPredictor,
-                export=ClassificationExport(), check_data=check_data)
+SPEC = TaskSpec(
+    name="classification",
+    head=ClassifierHead,
+    predictor=ClassificationPredictor,
+    export=ClassificationExport(),
+    check_data=check_data,
+)

@@ -101,8 +101,7 @@ class ClassificationTask(BaseTask):
         # compute() gathers over ranks under DDP, so every rank calls it; the health checks need it too.
         confmat = self.val_confmat.compute() if not self.trainer.sanity_checking else None
         if confmat is not None:
-            self.set_health(classification_health.check(confmat.cpu().numpy(), self.class_names,
-                                                        health.facts_of(self)))
+            self.set_health(classification_health.check(confmat.cpu().numpy(), self.class_names, health.facts_of(self)))
         if tb is not None and confmat is not None:
             fig, _ = self.val_confmat.plot(val=confmat, labels=self.class_names)
             tb.add_figure("val/confusion_matrix", fig, self.global_step)
@@ -149,8 +148,11 @@ class ClassificationTask(BaseTask):
         for ax, img, y, p in zip(axes.flat, images, labels, preds, strict=False):
             ax.imshow(img.permute(1, 2, 0).clamp(0, 1).numpy())
             ok = int(y) == int(p)
-            ax.set_title(f"{self.class_names[int(p)]}\n(true: {self.class_names[int(y)]})", fontsize=7,
-                         color="green" if ok else "red")
+            ax.set_title(
+                f"{self.class_names[int(p)]}\n(true: {self.class_names[int(y)]})",
+                fontsize=7,
+                color="green" if ok else "red",
+            )
         fig.suptitle(f"validation, step {self.global_step}: predicted (true), green when right", fontsize=8)
         fig.tight_layout()
         return fig
@@ -194,5 +196,8 @@ class GridSample:
     def take(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(images (N, 3, H, W), true labels (N,), predicted labels (N,))``, by true class."""
         order = sorted(range(len(self)), key=lambda i: self.labels[i])
-        return (torch.stack([self.images[i] for i in order]), torch.tensor([self.labels[i] for i in order]),
-                torch.tensor([self.preds[i] for i in order]))
+        return (
+            torch.stack([self.images[i] for i in order]),
+            torch.tensor([self.labels[i] for i in order]),
+            torch.tensor([self.preds[i] for i in order]),
+        )

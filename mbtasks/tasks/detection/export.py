@@ -50,41 +50,64 @@ class DetectionExport(TaskExport):
         det = task.model
         size = int(task.info.get("image_size", 224))
         graph = DetectorGraph(det, (size, size)).eval()
-        return ExportGraph(graph, graph.output_names, {
-            "outputs": {"scores": "(N, A, K) class probabilities (softmax, background column dropped)",
-                        "boxes": "(N, A, 4) x1y1x2y2 input pixels, decoded and clipped"},
-            "num_anchors": int(graph.anchors.shape[0]),
-            "postprocess": "mbtasks.export.postprocess.detections_from_outputs (per-class NMS, numpy)",
-            "thresholds": {"score_threshold": float(det.score_threshold), "nms_iou": float(det.nms_iou),
-                           "max_detections": int(det.max_detections), "topk_candidates": int(det.topk_candidates)},
-            "category_ids": list(task.info.get("category_ids") or []),
-        })
+        return ExportGraph(
+            graph,
+            graph.output_names,
+            {
+                "outputs": {
+                    "scores": "(N, A, K) class probabilities (softmax, background column dropped)",
+                    "boxes": "(N, A, 4) x1y1x2y2 input pixels, decoded and clipped",
+                },
+                "num_anchors": int(graph.anchors.shape[0]),
+                "postprocess": "mbtasks.export.postprocess.detections_from_outputs (per-class NMS, numpy)",
+                "thresholds": {
+                    "score_threshold": float(det.score_threshold),
+                    "nms_iou": float(det.nms_iou),
+                    "max_detections": int(det.max_detections),
+                    "topk_candidates": int(det.topk_candidates),
+                },
+                "category_ids": list(task.info.get("category_ids") or []),
+            },
+        )
 
-    def post_settings(self, task, graph, score_threshold=None, nms_iou=None, max_detections=None,
-                      **overrides) -> dict:
+    def post_settings(self, task, graph, score_threshold=None, nms_iou=None, max_detections=None, **overrides) -> dict:
         """The overrides go into ``task.model`` too, so the ``mode=predict`` reference uses the same ones."""
         det = task.model
-        for key, value in (("score_threshold", score_threshold), ("nms_iou", nms_iou),
-                           ("max_detections", max_detections)):
+        for key, value in (
+            ("score_threshold", score_threshold),
+            ("nms_iou", nms_iou),
+            ("max_detections", max_detections),
+        ):
             if value is not None:
                 setattr(det, key, type(getattr(det, key))(value))
         if not 0 <= det.score_threshold < 1 or not 0 < det.nms_iou <= 1 or det.max_detections < 1:
-            raise ConfigError(f"export: score_threshold={det.score_threshold} (expected [0, 1)), nms_iou={det.nms_iou} "
-                              f"(expected (0, 1]), max_detections={det.max_detections} (expected >= 1)")
-        return {"num_anchors": graph.details["num_anchors"], "num_classes": len(task.class_names),
-                "category_ids": list(task.category_ids), "score_threshold": float(det.score_threshold),
-                "nms_iou": float(det.nms_iou), "max_detections": int(det.max_detections),
-                "topk_candidates": int(det.topk_candidates)}
+            raise ConfigError(
+                f"export: score_threshold={det.score_threshold} (expected [0, 1)), nms_iou={det.nms_iou} "
+                f"(expected (0, 1]), max_detections={det.max_detections} (expected >= 1)"
+            )
+        return {
+            "num_anchors": graph.details["num_anchors"],
+            "num_classes": len(task.class_names),
+            "category_ids": list(task.category_ids),
+            "score_threshold": float(det.score_threshold),
+            "nms_iou": float(det.nms_iou),
+            "max_detections": int(det.max_detections),
+            "topk_candidates": int(det.topk_candidates),
+        }
 
     def e2e_details(self, post: dict) -> dict:
         d = post["max_detections"]
-        return {"outputs": {"boxes": f"(N, {d}, 4) x1y1x2y2 in the input image's pixels",
-                            "scores": f"(N, {d}) decreasing",
-                            "labels": f"(N, {d}) int64 index into class_names, -1 = padding",
-                            "category_ids": f"(N, {d}) int64 original (COCO) category ids, -1 = padding",
-                            "num_detections": "(N,) int64 valid rows per image"},
-                "thresholds": {k: post[k] for k in ("score_threshold", "nms_iou", "max_detections", "topk_candidates")},
-                "optional_inputs": {"score_threshold": "float32 scalar", "iou_threshold": "float32 scalar"}}
+        return {
+            "outputs": {
+                "boxes": f"(N, {d}, 4) x1y1x2y2 in the input image's pixels",
+                "scores": f"(N, {d}) decreasing",
+                "labels": f"(N, {d}) int64 index into class_names, -1 = padding",
+                "category_ids": f"(N, {d}) int64 original (COCO) category ids, -1 = padding",
+                "num_detections": "(N,) int64 valid rows per image",
+            },
+            "thresholds": {k: post[k] for k in ("score_threshold", "nms_iou", "max_detections", "topk_candidates")},
+            "optional_inputs": {"score_threshold": "float32 scalar", "iou_threshold": "float32 scalar"},
+        }
 
     def reference(self, task, x: torch.Tensor, image: np.ndarray) -> dict:
         out = task.predict_step(x)
@@ -121,14 +144,19 @@ class DetectionExport(TaskExport):
                 box_diff, score_diff = max(box_diff, float(err[j])), max(score_diff, float(abs(gs[j] - score)))
             elif score > max(cut_ref, cut_got) + atol:
                 near = err[gl == label].min() if (gl == label).any() else float("nan")
-                fail("misses mode=predict's detection", f"label {int(label)} score {score:.4f} box "
-                     f"{np.round(box, 2).tolist()} (nearest export box of that label {near:.3g} network-input "
-                     f"pixels off; export.box_atol={box_atol} network-input pixels, export.e2e_atol={atol})")
+                fail(
+                    "misses mode=predict's detection",
+                    f"label {int(label)} score {score:.4f} box "
+                    f"{np.round(box, 2).tolist()} (nearest export box of that label {near:.3g} network-input "
+                    f"pixels off; export.box_atol={box_atol} network-input pixels, export.e2e_atol={atol})",
+                )
         extra = gs[~used]
         if extra.size and extra.max() > max(cut_ref, cut_got) + atol:
             j = int(np.flatnonzero(~used)[np.argmax(extra)])
-            fail("has a detection mode=predict does not:", f"label {int(gl[j])} score {gs[j]:.4f} box "
-                 f"{np.round(gb[j], 2).tolist()}")
+            fail(
+                "has a detection mode=predict does not:",
+                f"label {int(gl[j])} score {gs[j]:.4f} box {np.round(gb[j], 2).tolist()}",
+            )
         return {"boxes": box_diff, "scores": score_diff}
 
     def counted(self, ref) -> dict[str, int]:
@@ -140,8 +168,14 @@ class DetectionExport(TaskExport):
         metric = CocoMeanAP()
         for images, targets in batches:
             scores, boxes = runner(images.numpy())
-            dets = detections_from_outputs(scores, boxes, float(det.score_threshold), float(det.nms_iou),
-                                           int(det.max_detections), int(det.topk_candidates))
+            dets = detections_from_outputs(
+                scores,
+                boxes,
+                float(det.score_threshold),
+                float(det.nms_iou),
+                int(det.max_detections),
+                int(det.topk_candidates),
+            )
             dets = [{k: torch.from_numpy(v) for k, v in d.items()} for d in dets]
             metric.update(to_original(dets, tuple(images.shape[-2:]), [t["orig_size"] for t in targets]), targets)
         return float(metric.compute()["map_50"])

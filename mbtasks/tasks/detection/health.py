@@ -34,8 +34,9 @@ def _normalised(boxes: np.ndarray, ids: np.ndarray, images: np.ndarray) -> np.nd
     return boxes / np.concatenate([w, h, w, h], axis=1)
 
 
-def check(images: np.ndarray, dets: np.ndarray, gts: np.ndarray, map_50: float,
-          facts: TrainingFacts) -> list[HealthWarning]:
+def check(
+    images: np.ndarray, dets: np.ndarray, gts: np.ndarray, map_50: float, facts: TrainingFacts
+) -> list[HealthWarning]:
     """Warnings from a validation epoch's rows (:class:`~mbtasks.metrics.coco.CocoMeanAP`'s layout).
 
     Args:
@@ -53,10 +54,13 @@ def check(images: np.ndarray, dets: np.ndarray, gts: np.ndarray, map_50: float,
     warnings = []
     if not (dets[:, 5] >= SHOWN_SCORE).any():
         best = f"its best score is {dets[:, 5].max():.3f}" if len(dets) else "it outputs no box at all"
-        warnings.append(HealthWarning(
-            "no_detections",
-            f"outputs nothing: no detection on the {n} validation images scores >= {SHOWN_SCORE:g} (what "
-            f"mode=predict draws by default; {best}); {cause}"))
+        warnings.append(
+            HealthWarning(
+                "no_detections",
+                f"outputs nothing: no detection on the {n} validation images scores >= {SHOWN_SCORE:g} (what "
+                f"mode=predict draws by default; {best}); {cause}",
+            )
+        )
     if len(dets):
         order = np.lexsort((dets[:, 5], dets[:, 0]))  # by image, best score last
         ids = dets[order, 0]
@@ -67,12 +71,18 @@ def check(images: np.ndarray, dets: np.ndarray, gts: np.ndarray, map_50: float,
         truth_spread = float((truth.max(0) - truth.min(0)).max())
         if len(top) >= MIN_IMAGES and spread < SAME_BOX <= truth_spread / 2:
             box = ", ".join(f"{v:.2f}" for v in np.median(top, axis=0))
-            warnings.append(HealthWarning(
-                "same_box",
-                f"puts its best box at the same place on all {len(top)} validation images with detections "
-                f"(x1y1x2y2 {box} of the image size, within {spread:.1%}) while the objects move; {cause}"))
+            warnings.append(
+                HealthWarning(
+                    "same_box",
+                    f"puts its best box at the same place on all {len(top)} validation images with detections "
+                    f"(x1y1x2y2 {box} of the image size, within {spread:.1%}) while the objects move; {cause}",
+                )
+            )
     if math.isfinite(map_50) and 0 <= map_50 < NO_MAP:
-        warnings.append(HealthWarning(
-            "no_objects_found",
-            f"finds almost none of the validation objects: mAP@0.5 {map_50:.3f} on {n} images; {cause}"))
+        warnings.append(
+            HealthWarning(
+                "no_objects_found",
+                f"finds almost none of the validation objects: mAP@0.5 {map_50:.3f} on {n} images; {cause}",
+            )
+        )
     return warnings

@@ -47,8 +47,14 @@ class DetectionPredictor(Predictor):
             detections = to_original(self.forward(batch), tuple(batch.shape[-2:]), sizes)
             for source, det in zip(sources, detections, strict=True):
                 labels = det["labels"].cpu().numpy().astype(np.int64)
-                yield Detections(source.name, det["boxes"].float().cpu().numpy(), det["scores"].float().cpu().numpy(),
-                                 labels, [names[i] for i in labels], source.pixels)
+                yield Detections(
+                    source.name,
+                    det["boxes"].float().cpu().numpy(),
+                    det["scores"].float().cpu().numpy(),
+                    labels,
+                    [names[i] for i in labels],
+                    source.pixels,
+                )
 
     def write(self, cfg: DictConfig, files: list[Path], run_dir: Path) -> dict:
         """Write ``run_dir/predictions.json`` and ``run_dir/drawn/<image>``.
@@ -71,10 +77,16 @@ class DetectionPredictor(Predictor):
         for det in self.detect(files, skipped):
             index += 1
             path = Path(det.source)
-            entries = results_to_coco(image_id_for(path, index), torch.from_numpy(det.boxes).reshape(-1, 4),
-                                      torch.from_numpy(det.scores), [category_ids[label] for label in det.labels])
-            results += [{**entry, "file_name": str(path), "category_name": name}
-                        for entry, name in zip(entries, det.names, strict=True)]
+            entries = results_to_coco(
+                image_id_for(path, index),
+                torch.from_numpy(det.boxes).reshape(-1, 4),
+                torch.from_numpy(det.scores),
+                [category_ids[label] for label in det.labels],
+            )
+            results += [
+                {**entry, "file_name": str(path), "category_name": name}
+                for entry, name in zip(entries, det.names, strict=True)
+            ]
             try:
                 det.save(drawn_dir / unique_name(used_names, path.name, index), draw_threshold)
             except (ImageReadError, OSError) as err:
@@ -82,6 +94,11 @@ class DetectionPredictor(Predictor):
         write_json_atomic(run_dir / "predictions.json", results)
         for path, reason in skipped.items():
             log.warning("skipped %s: %s", path, reason)
-        log.info("wrote %d detections for %d images to %s (drawn images in %s)", len(results), index,
-                 run_dir / "predictions.json", drawn_dir)
+        log.info(
+            "wrote %d detections for %d images to %s (drawn images in %s)",
+            len(results),
+            index,
+            run_dir / "predictions.json",
+            drawn_dir,
+        )
         return {"detections": results, "skipped": skipped, "images": index}

@@ -16,5 +16,12 @@ def profile_info(cfg: DictConfig) -> dict:
 
 
 # Any input side >= 32 works (stride-2 convs round up): SSD300 is the paper's size.
-SPEC = TaskSpec(name="detection", head=SSDHead, predictor=DetectionPredictor, export=DetectionExport(),
-                check_data=check_data, boxes=True, profile_info=profile_info)
+SPEC = TaskSpec(
+    name="detection",
+    head=SSDHead,
+    predictor=DetectionPredictor,
+    export=DetectionExport(),
+    check_data=check_data,
+    boxes=True,
+    profile_info=profile_info,
+)

@@ -78,10 +78,12 @@ class DetectionTask(BaseTask):
             raise ValueError("detection needs at least one class; the data has none")
         self.category_ids = [int(i) for i in info.get("category_ids") or range(1, len(self.class_names) + 1)]
         box_coder = BoxCoder(box_weights)
-        head_module = head(in_channels=list(backbone.out_channels), num_classes=len(self.class_names) + 1,
-                           width=float(backbone.width))
-        self.model = SSDDetector(backbone, head_module, box_coder, score_threshold, nms_iou, max_detections,
-                                 topk_candidates)
+        head_module = head(
+            in_channels=list(backbone.out_channels), num_classes=len(self.class_names) + 1, width=float(backbone.width)
+        )
+        self.model = SSDDetector(
+            backbone, head_module, box_coder, score_threshold, nms_iou, max_detections, topk_candidates
+        )
         self.criterion = SSDLoss(box_coder, iou_threshold, neg_pos_ratio, min_negatives)
         self.val_map = CocoMeanAP()
         self.test_map = CocoMeanAP()
@@ -101,8 +103,7 @@ class DetectionTask(BaseTask):
     def _eval_step(self, batch, stage: str, metric: CocoMeanAP) -> list[dict[str, torch.Tensor]]:
         images, targets = batch
         out, losses = self.model_step(batch)
-        self.log(f"{stage}/loss", losses["loss"], prog_bar=stage == "val", batch_size=images.shape[0],
-                 sync_dist=True)
+        self.log(f"{stage}/loss", losses["loss"], prog_bar=stage == "val", batch_size=images.shape[0], sync_dist=True)
         size = tuple(images.shape[-2:])
         detections = self.model.postprocess(out, size)
         metric.update(to_original(detections, size, [t["orig_size"] for t in targets]), targets)
@@ -113,8 +114,11 @@ class DetectionTask(BaseTask):
         if batch_idx == 0 and self.log_images:
             n = self.log_images
             images, targets = batch
-            self._sample = (images[:n].detach().cpu(), [t["boxes"] for t in targets[:n]],
-                            [{k: v.detach().cpu() for k, v in d.items()} for d in detections[:n]])
+            self._sample = (
+                images[:n].detach().cpu(),
+                [t["boxes"] for t in targets[:n]],
+                [{k: v.detach().cpu() for k, v in d.items()} for d in detections[:n]],
+            )
 
     def test_step(self, batch, batch_idx: int) -> None:
         self._eval_step(batch, "test", self.test_map)
@@ -146,8 +150,11 @@ class DetectionTask(BaseTask):
         if label is None:
             if not self._wider_warned:
                 self._wider_warned = True
-                log.warning("data.eval_wider: WIDER-style AP is for one class, and none of %s is named 'face'; "
-                            "not computed (set data.eval_wider=false to silence this)", names)
+                log.warning(
+                    "data.eval_wider: WIDER-style AP is for one class, and none of %s is named 'face'; "
+                    "not computed (set data.eval_wider=false to silence this)",
+                    names,
+                )
             return {}
         official = getattr(data, "wider_ground_truth", None)
         keys = data.wider_keys("val" if stage == "val" else data.test_split) if official is not None else None
@@ -175,9 +182,14 @@ class DetectionTask(BaseTask):
         detections = self.predict_step(images[:n])
         scale = max(1, 256 // int(images.shape[-1]))
         big = torch.nn.functional.interpolate(images[:n].detach().float().cpu(), scale_factor=scale, mode="nearest")
-        return self.draw(big, [t["boxes"].cpu() * scale for t in targets[:n]],
-                         [{k: (v.detach().cpu() * scale if k == "boxes" else v.detach().cpu()) for k, v in d.items()}
-                          for d in detections])
+        return self.draw(
+            big,
+            [t["boxes"].cpu() * scale for t in targets[:n]],
+            [
+                {k: (v.detach().cpu() * scale if k == "boxes" else v.detach().cpu()) for k, v in d.items()}
+                for d in detections
+            ],
+        )
 
     def test_figures(self) -> dict:
         """``pr_curve.png``: pycocotools' precision arrays of the test split, per class and overall."""
@@ -186,14 +198,18 @@ class DetectionTask(BaseTask):
             return {}
         return {"pr_curve.png": pr_figure(curves["precision"], curves["category_ids"], list(self.class_names))}
 
-    def draw(self, images: torch.Tensor, gt_boxes: list[torch.Tensor], detections: list[dict],
-             score_threshold: float = 0.3) -> torch.Tensor:
+    def draw(
+        self, images: torch.Tensor, gt_boxes: list[torch.Tensor], detections: list[dict], score_threshold: float = 0.3
+    ) -> torch.Tensor:
         """Images ``(N, 3, H, W)`` uint8 with ground truth (green) and detections (red, labelled)."""
         pixels = (denormalize(images.float(), self.info["mean"], self.info["std"]) * 255).to(torch.uint8)
         drawn = []
         for img, gt, det in zip(pixels, gt_boxes, detections, strict=True):
             img = draw_bounding_boxes(img, gt.cpu(), colors="lime", width=1)
             keep = det["scores"] >= score_threshold
-            names = [f"{self.class_names[int(c)]} {s:.2f}" for c, s in zip(det["labels"][keep], det["scores"][keep], strict=True)]
+            names = [
+                f"{self.class_names[int(c)]} {s:.2f}"
+                for c, s in zip(det["labels"][keep], det["scores"][keep], strict=True)
+            ]
             drawn.append(draw_bounding_boxes(img, det["boxes"][keep], labels=names, colors="red", width=1))
         return torch.stack(drawn)

@@ -12,9 +12,12 @@ def check_data(description: dict, decode: Callable, report: dict) -> None:
     """``description``: a faces data module's ``describe()`` (``identities``, ``train``, ``eval``)."""
     identities = description["identities"]
     few = sorted(n for n, images in identities.items() if len(images) < 2)
-    report["identities"] = {"total": len(identities), "with_one_image": len(few), "first_with_one_image": few[:CHECK_SHOW],
-                            **{f"{k}_identities": v for k, v in description["stats"].items()
-                               if k in ("train", "val", "test")}}
+    report["identities"] = {
+        "total": len(identities),
+        "with_one_image": len(few),
+        "first_with_one_image": few[:CHECK_SHOW],
+        **{f"{k}_identities": v for k, v in description["stats"].items() if k in ("train", "val", "test")},
+    }
     if few:
         report["warnings"].append(f"{len(few)} identities have a single image (negatives only; first: {few[0]})")
     samples = description["train"]

@@ -38,15 +38,18 @@ class Teacher(nn.Module):
         ``(N, 3, H, W) -> (N, dim)`` unit-length embeddings.
     """
 
-    def __init__(self, net: nn.Module, dim: int, mean, std, image_size: int | None, student_mean, student_std,
-                 name: str = "") -> None:
+    def __init__(
+        self, net: nn.Module, dim: int, mean, std, image_size: int | None, student_mean, student_std, name: str = ""
+    ) -> None:
         super().__init__()
         self.net = net
         self.dim = int(dim)
         self.image_size = image_size
         self.name = name
         scale = torch.tensor(student_std, dtype=torch.float32) / torch.tensor(std, dtype=torch.float32)
-        shift = (torch.tensor(student_mean, dtype=torch.float32) - torch.tensor(mean, dtype=torch.float32)) / torch.tensor(std, dtype=torch.float32)
+        shift = (
+            torch.tensor(student_mean, dtype=torch.float32) - torch.tensor(mean, dtype=torch.float32)
+        ) / torch.tensor(std, dtype=torch.float32)
         # x_teacher = x_student * scale + shift  (per channel)
         self.register_buffer("scale", scale.view(1, 3, 1, 1), persistent=False)
         self.register_buffer("shift", shift.view(1, 3, 1, 1), persistent=False)
@@ -81,15 +84,29 @@ def load_teacher(spec: str, student_mean, student_std, pretrained: bool = False)
     if path.is_file():
         task, _ = load_task(path)
         if task.name != "embedding":
-            raise ConfigError(f"task.teacher={spec}: a {task.name!r} checkpoint; a teacher must be an embedding checkpoint")
+            raise ConfigError(
+                f"task.teacher={spec}: a {task.name!r} checkpoint; a teacher must be an embedding checkpoint"
+            )
         info = task.info
-        return Teacher(task.model, task.model.dim, info["mean"], info["std"], int(info["image_size"]),
-                       student_mean, student_std, name=str(path))
+        return Teacher(
+            task.model,
+            task.model.dim,
+            info["mean"],
+            info["std"],
+            int(info["image_size"]),
+            student_mean,
+            student_std,
+            name=str(path),
+        )
     import timm
 
     models = timm.list_models()
     if spec not in models:
-        what = "checkpoint file not found" if path.suffix == ".ckpt" or "/" in spec else "not a file, nor a timm model name"
+        what = (
+            "checkpoint file not found"
+            if path.suffix == ".ckpt" or "/" in spec
+            else "not a file, nor a timm model name"
+        )
         raise ConfigError(f"task.teacher={spec!r}: {what}.{suggest(spec, models)}")
     if not pretrained:
         log.warning("task.teacher=%s with task.teacher_pretrained=false: the teacher has random weights", spec)
@@ -97,8 +114,16 @@ def load_teacher(spec: str, student_mean, student_std, pretrained: bool = False)
     with torch.no_grad():  # the pooled size (some models add a head conv after num_features)
         dim = net(torch.zeros(1, 3, 64, 64)).flatten(1).shape[1]
     cfg = net.pretrained_cfg
-    return Teacher(net, dim, cfg.get("mean", (0.485, 0.456, 0.406)), cfg.get("std", (0.229, 0.224, 0.225)),
-                   None, student_mean, student_std, name=spec)
+    return Teacher(
+        net,
+        dim,
+        cfg.get("mean", (0.485, 0.456, 0.406)),
+        cfg.get("std", (0.229, 0.224, 0.225)),
+        None,
+        student_mean,
+        student_std,
+        name=spec,
+    )
 
 
 @dataclass
@@ -126,16 +151,18 @@ class Distiller(nn.Module):
         ``student (N, student_dim)``, ``images (N, 3, H, W)`` -> scalar in [0, 4].
     """
 
-    def __init__(self, spec: str, student_dim: int, teacher_dim: int | None, mean, std,
-                 pretrained: bool = False) -> None:
+    def __init__(
+        self, spec: str, student_dim: int, teacher_dim: int | None, mean, std, pretrained: bool = False
+    ) -> None:
         super().__init__()
         self.spec, self.mean, self.std, self.pretrained = spec, tuple(mean), tuple(std), bool(pretrained)
         self.ref = TeacherRef()
         if teacher_dim is None:
             teacher_dim = self.teacher.dim
         self.teacher_dim = int(teacher_dim)
-        self.projection = (nn.Identity() if student_dim == self.teacher_dim
-                           else nn.Linear(student_dim, self.teacher_dim, bias=False))
+        self.projection = (
+            nn.Identity() if student_dim == self.teacher_dim else nn.Linear(student_dim, self.teacher_dim, bias=False)
+        )
 
     @property
     def teacher(self) -> Teacher:

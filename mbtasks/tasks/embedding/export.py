@@ -39,11 +39,17 @@ class EmbeddingExport(TaskExport):
     def graph(self, task) -> ExportGraph:
         flip = bool(task.flip_tta)
         graph = EmbeddingGraph(task.model, flip).eval()
-        return ExportGraph(graph, graph.output_names, {
-            "outputs": {"embeddings": "(N, D) L2-normalised embeddings"}, "flip_tta": flip,
-            "thresholds": thresholds(task),
-            "distance": "squared L2: same identity when distance <= thresholds.verification; a gallery "
-                        "search answers unknown beyond thresholds.identification (1:N)"})
+        return ExportGraph(
+            graph,
+            graph.output_names,
+            {
+                "outputs": {"embeddings": "(N, D) L2-normalised embeddings"},
+                "flip_tta": flip,
+                "thresholds": thresholds(task),
+                "distance": "squared L2: same identity when distance <= thresholds.verification; a gallery "
+                "search answers unknown beyond thresholds.identification (1:N)",
+            },
+        )
 
     def e2e_details(self, post: dict) -> dict:
         return {"outputs": {"embeddings": "(N, D) L2-normalised embeddings"}}
@@ -61,8 +67,10 @@ class EmbeddingExport(TaskExport):
             store.update(index, torch.from_numpy(runner(images.numpy())[0]), ok)
         verified = store.verify(datamodule.pair_set("val"), tuple(task.fars))
         if verified is None:
-            raise ConfigError("export.quantize=int8: fewer than 2 validation pairs with readable images to measure "
-                              "verification accuracy on")
+            raise ConfigError(
+                "export.quantize=int8: fewer than 2 validation pairs with readable images to measure "
+                "verification accuracy on"
+            )
         return float(verified.result.accuracy)
 
 

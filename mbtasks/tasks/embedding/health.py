@@ -22,8 +22,9 @@ COLLAPSED = 0.01
 OVERLAP_AUC = 0.6
 
 
-def check(distances: np.ndarray, same: np.ndarray, threshold: float, roc_auc: float,
-          facts: TrainingFacts) -> list[HealthWarning]:
+def check(
+    distances: np.ndarray, same: np.ndarray, threshold: float, roc_auc: float, facts: TrainingFacts
+) -> list[HealthWarning]:
     """Warnings from the validation pairs.
 
     Args:
@@ -41,20 +42,30 @@ def check(distances: np.ndarray, same: np.ndarray, threshold: float, roc_auc: fl
     warnings = []
     median = float(np.median(d))
     if median < COLLAPSED:
-        kinds = ", ".join(f"{name} {float(np.median(d[m])):.3g}" for name, m in (("same", y), ("different", ~y))
-                          if m.any())
-        warnings.append(HealthWarning(
-            "collapsed_embeddings",
-            f"the embeddings have collapsed: the median squared-L2 distance of the {len(d)} validation pairs is "
-            f"{median:.3g} on the 0-4 scale (median by kind: {kinds}); {cause}"))
+        kinds = ", ".join(
+            f"{name} {float(np.median(d[m])):.3g}" for name, m in (("same", y), ("different", ~y)) if m.any()
+        )
+        warnings.append(
+            HealthWarning(
+                "collapsed_embeddings",
+                f"the embeddings have collapsed: the median squared-L2 distance of the {len(d)} validation pairs is "
+                f"{median:.3g} on the 0-4 scale (median by kind: {kinds}); {cause}",
+            )
+        )
     if threshold < COLLAPSED:
-        warnings.append(HealthWarning(
-            "tiny_threshold",
-            f"the verification threshold {threshold:.3g} is tiny on the 0-4 squared-L2 scale: it accepts only "
-            f"near-identical pairs; {cause}"))
+        warnings.append(
+            HealthWarning(
+                "tiny_threshold",
+                f"the verification threshold {threshold:.3g} is tiny on the 0-4 squared-L2 scale: it accepts only "
+                f"near-identical pairs; {cause}",
+            )
+        )
     if math.isfinite(roc_auc) and roc_auc < OVERLAP_AUC:
-        warnings.append(HealthWarning(
-            "overlapping_distances",
-            f"same- and different-identity distances overlap: validation ROC AUC {roc_auc:.3f} (0.5 is chance); "
-            f"{cause}"))
+        warnings.append(
+            HealthWarning(
+                "overlapping_distances",
+                f"same- and different-identity distances overlap: validation ROC AUC {roc_auc:.3f} (0.5 is chance); "
+                f"{cause}",
+            )
+        )
     return warnings

@@ -40,7 +40,9 @@ def check_choices(loss: str, miner: str, distance: str) -> None:
     if miner not in MINERS:
         raise ConfigError(f"task.miner={miner!r}: expected one of {list(MINERS)}.{suggest(miner, MINERS)}")
     if distance not in DISTANCES:
-        raise ConfigError(f"task.distance={distance!r}: expected one of {list(DISTANCES)}.{suggest(distance, DISTANCES)}")
+        raise ConfigError(
+            f"task.distance={distance!r}: expected one of {list(DISTANCES)}.{suggest(distance, DISTANCES)}"
+        )
 
 
 def _margin_ok(loss: str, margin) -> bool:
@@ -58,16 +60,26 @@ def check_margin(loss: str, margin, scale) -> None:
     _, what, valid = MARGIN_LOSSES[loss]
     if not _margin_ok(loss, margin):
         raise ConfigError(f"task.{loss}_margin={margin!r}: {loss}'s margin is {what}; expected {valid}")
-    if (isinstance(scale, bool) or not isinstance(scale, int | float) or not math.isfinite(scale)
-            or scale <= 0):
-        raise ConfigError(f"task.{loss}_scale={scale!r}: expected a number > 0, the logit scale s on unit "
-                          f"embeddings (e.g. 64)")
+    if isinstance(scale, bool) or not isinstance(scale, int | float) or not math.isfinite(scale) or scale <= 0:
+        raise ConfigError(
+            f"task.{loss}_scale={scale!r}: expected a number > 0, the logit scale s on unit embeddings (e.g. 64)"
+        )
 
 
-def metric_loss(loss: str, dim: int, margin: float, distance: str, miner: str, num_identities: int,
-                arcface_margin: float, arcface_scale: float, cosface_margin: float = 0.35,
-                cosface_scale: float = 64.0, sphereface_margin: int = 4,
-                sphereface_scale: float = 64.0) -> tuple[nn.Module | None, nn.Module | None]:
+def metric_loss(
+    loss: str,
+    dim: int,
+    margin: float,
+    distance: str,
+    miner: str,
+    num_identities: int,
+    arcface_margin: float,
+    arcface_scale: float,
+    cosface_margin: float = 0.35,
+    cosface_scale: float = 64.0,
+    sphereface_margin: int = 4,
+    sphereface_scale: float = 64.0,
+) -> tuple[nn.Module | None, nn.Module | None]:
     """``(loss, miner)``: triplet (FaceNet) with its miner, a margin softmax (no miner), or ``(None, None)``.
 
     Args:
@@ -82,16 +94,23 @@ def metric_loss(loss: str, dim: int, margin: float, distance: str, miner: str, n
     """
     if loss == "triplet":
         dist = LpDistance(normalize_embeddings=True, p=2, power=DISTANCES[distance])
-        mine = (miners.BatchHardMiner(distance=dist) if miner == "batch_hard"
-                else miners.TripletMarginMiner(margin=margin, type_of_triplets=miner, distance=dist))
+        mine = (
+            miners.BatchHardMiner(distance=dist)
+            if miner == "batch_hard"
+            else miners.TripletMarginMiner(margin=margin, type_of_triplets=miner, distance=dist)
+        )
         return losses.TripletMarginLoss(margin=margin, distance=dist), mine
     if loss in MARGIN_LOSSES:
-        m, s = {"arcface": (arcface_margin, arcface_scale), "cosface": (cosface_margin, cosface_scale),
-                "sphereface": (sphereface_margin, sphereface_scale)}[loss]
+        m, s = {
+            "arcface": (arcface_margin, arcface_scale),
+            "cosface": (cosface_margin, cosface_scale),
+            "sphereface": (sphereface_margin, sphereface_scale),
+        }[loss]
         check_margin(loss, m, s)
         if num_identities < 2:
-            raise ConfigError(f"task.loss={loss} needs the number of training identities in the data info, "
-                              f"got {num_identities}")
+            raise ConfigError(
+                f"task.loss={loss} needs the number of training identities in the data info, got {num_identities}"
+            )
         cls = MARGIN_LOSSES[loss][0]
         return cls(num_classes=num_identities, embedding_size=dim, margin=m, scale=s), None
     return None, None

@@ -71,10 +71,13 @@ class EmbeddingPredictor(Predictor):
             return float(self.task.open_set_threshold)
         if not getattr(self, "_fallback_warned", False):
             self._fallback_warned = True
-            log.warning("%s has no 1:N (open-set) threshold (written before it existed): gallery searches use the "
-                        "1:1 verification threshold %.3g, which lets more strangers through as the gallery grows; "
-                        "retrain (or fine-tune) to store one, or set predict.identify_threshold",
-                        self.checkpoint or "this embedder", self.threshold)
+            log.warning(
+                "%s has no 1:N (open-set) threshold (written before it existed): gallery searches use the "
+                "1:1 verification threshold %.3g, which lets more strangers through as the gallery grows; "
+                "retrain (or fine-tune) to store one, or set predict.identify_threshold",
+                self.checkpoint or "this embedder",
+                self.threshold,
+            )
         return self.threshold
 
     @property
@@ -134,15 +137,23 @@ class EmbeddingPredictor(Predictor):
         """Warn when the gallery is much larger than the one the 1:N threshold was chosen at."""
         size, chosen = len(set(gallery.identities)), self.open_set_gallery_size
         if self.threshold_source == "open_set" and chosen and size > 2 * chosen:
-            log.warning("the gallery holds %d identities; %s's 1:N threshold %.3g was chosen for %d (false-alarm rate "
-                        "%g): strangers are compared with every identity, so expect a false-alarm rate of about %.2g "
-                        "(retrain with task.open_set_gallery_size=%d, given as many validation identities, or set a "
-                        "lower predict.identify_threshold)", size, self.checkpoint or "the embedder",
-                        self.identify_threshold, chosen, self.open_set_far,
-                        far_for_gallery(self.open_set_far, chosen, size), size)
+            log.warning(
+                "the gallery holds %d identities; %s's 1:N threshold %.3g was chosen for %d (false-alarm rate "
+                "%g): strangers are compared with every identity, so expect a false-alarm rate of about %.2g "
+                "(retrain with task.open_set_gallery_size=%d, given as many validation identities, or set a "
+                "lower predict.identify_threshold)",
+                size,
+                self.checkpoint or "the embedder",
+                self.identify_threshold,
+                chosen,
+                self.open_set_far,
+                far_for_gallery(self.open_set_far, chosen, size),
+                size,
+            )
 
-    def nearest(self, vectors: np.ndarray, gallery: Gallery, names: list[str],
-                threshold: float | None = None) -> list[Identity]:
+    def nearest(
+        self, vectors: np.ndarray, gallery: Gallery, names: list[str], threshold: float | None = None
+    ) -> list[Identity]:
         """Each row's nearest gallery image; ``"unknown"`` when farther than ``threshold`` (default: the
         1:N :attr:`identify_threshold`)."""
         threshold = self.identify_threshold if threshold is None else float(threshold)
@@ -155,8 +166,13 @@ class EmbeddingPredictor(Predictor):
             out.append(Identity(name, who if d <= threshold else "unknown", who, d, d <= threshold, gallery.files[j]))
         return out
 
-    def identify(self, images: Any, gallery: str | Path | dict[str, Any] | Gallery,
-                 skipped: dict[str, str] | None = None, threshold: float | None = None) -> list[Identity]:
+    def identify(
+        self,
+        images: Any,
+        gallery: str | Path | dict[str, Any] | Gallery,
+        skipped: dict[str, str] | None = None,
+        threshold: float | None = None,
+    ) -> list[Identity]:
         """The nearest gallery identity of each image (``"unknown"`` above the 1:N threshold).
 
         Args:
@@ -169,8 +185,9 @@ class EmbeddingPredictor(Predictor):
         done, vectors = self.embed(images, skipped)
         return self.nearest(vectors, gallery, [s.name for s in done], threshold)
 
-    def cluster(self, images: Any, threshold: float | None = None,
-                skipped: dict[str, str] | None = None) -> dict[str, list[str]]:
+    def cluster(
+        self, images: Any, threshold: float | None = None, skipped: dict[str, str] | None = None
+    ) -> dict[str, list[str]]:
         """Group images into identities without a gallery (:func:`cluster_embeddings`).
 
         Args:
@@ -206,8 +223,9 @@ def cluster_embeddings(vectors: np.ndarray, threshold: float) -> np.ndarray:
     if len(vectors) < 2:
         return np.zeros(len(vectors), np.int64)
     dist = np.maximum((vectors**2).sum(1)[:, None] + (vectors**2).sum(1)[None, :] - 2 * vectors @ vectors.T, 0)
-    found = AgglomerativeClustering(n_clusters=None, metric="precomputed", linkage="average",
-                                    distance_threshold=max(float(threshold), 1e-12)).fit_predict(dist)
+    found = AgglomerativeClustering(
+        n_clusters=None, metric="precomputed", linkage="average", distance_threshold=max(float(threshold), 1e-12)
+    ).fit_predict(dist)
     sizes = np.bincount(found)
     order = sorted(range(len(sizes)), key=lambda c: (-sizes[c], int(np.flatnonzero(found == c)[0])))
     rank = np.empty(len(sizes), np.int64)
@@ -269,8 +287,10 @@ def read_pair_list(path: str | Path) -> list[tuple[Path, Path]]:
             continue
         fields = split_pair_line(line, path.parent)
         if len(fields) != 2:
-            raise DataError(f"{path}:{lineno}: expected two image paths, got {len(fields)} fields: {line!r} "
-                            "(separate paths that hold spaces with a tab, or quote them)")
+            raise DataError(
+                f"{path}:{lineno}: expected two image paths, got {len(fields)} fields: {line!r} "
+                "(separate paths that hold spaces with a tab, or quote them)"
+            )
         resolved = []
         for field in fields:
             candidate = _resolve(field, path.parent)
@@ -294,8 +314,13 @@ def write_predictions(model: EmbeddingPredictor, cfg: DictConfig, files: list[Pa
     embedded, emb = embed_files(model, files, skipped) if files else ([], None)
     if files:
         np.save(run_dir / "embeddings.npy", emb)
-        index = {"files": [str(p) for p in embedded], "dim": int(emb.shape[1]), "threshold": threshold,
-                 "distance": "squared_l2", "skipped": skipped}
+        index = {
+            "files": [str(p) for p in embedded],
+            "dim": int(emb.shape[1]),
+            "threshold": threshold,
+            "distance": "squared_l2",
+            "skipped": skipped,
+        }
         write_json_atomic(run_dir / "embeddings.json", index)
         out["embeddings"] = index
         log.info("wrote %d embeddings to %s", len(embedded), run_dir / "embeddings.npy")
@@ -304,8 +329,13 @@ def write_predictions(model: EmbeddingPredictor, cfg: DictConfig, files: list[Pa
         write_json_atomic(run_dir / "pairs.json", out["pairs"])
         log.info("wrote %d pair decisions to %s", len(out["pairs"]["pairs"]), run_dir / "pairs.json")
     if gallery_dir:
-        out["gallery"] = _predict_gallery(model, gallery_dir, embedded, emb, identify_threshold(
-            model, OmegaConf.select(cfg, "predict.identify_threshold", default=None)))
+        out["gallery"] = _predict_gallery(
+            model,
+            gallery_dir,
+            embedded,
+            emb,
+            identify_threshold(model, OmegaConf.select(cfg, "predict.identify_threshold", default=None)),
+        )
         write_json_atomic(run_dir / "gallery.json", out["gallery"])
         log.info("wrote nearest identities of %d queries to %s", len(embedded), run_dir / "gallery.json")
     for path, reason in skipped.items():
@@ -326,8 +356,9 @@ def _predict_pairs(model: EmbeddingPredictor, pairs_file, threshold: float) -> d
             results.append({"a": str(a), "b": str(b), "distance": round(d, 6), "same": d <= threshold})
         else:
             bad = a if a not in row else b
-            results.append({"a": str(a), "b": str(b), "distance": None, "same": None,
-                            "error": skipped.get(str(bad), "unreadable")})
+            results.append(
+                {"a": str(a), "b": str(b), "distance": None, "same": None, "error": skipped.get(str(bad), "unreadable")}
+            )
     return {"threshold": threshold, "pairs": results, "skipped": skipped}
 
 
@@ -337,8 +368,10 @@ def identify_threshold(model: EmbeddingPredictor, given: Any = None) -> float:
     if given is None:
         return model.identify_threshold
     if isinstance(given, bool) or not isinstance(given, int | float) or not 0 <= float(given) <= 4:
-        raise ConfigError(f"predict.identify_threshold={given!r}: expected a squared-L2 distance in [0, 4] "
-                          "(null: the checkpoint's 1:N threshold)")
+        raise ConfigError(
+            f"predict.identify_threshold={given!r}: expected a squared-L2 distance in [0, 4] "
+            "(null: the checkpoint's 1:N threshold)"
+        )
     return float(given)
 
 
@@ -352,12 +385,18 @@ def threshold_info(model: EmbeddingPredictor, threshold: float) -> dict:
     return info
 
 
-def _predict_gallery(model: EmbeddingPredictor, gallery_dir, queries: list[Path], query_emb: np.ndarray,
-                     threshold: float) -> dict:
+def _predict_gallery(
+    model: EmbeddingPredictor, gallery_dir, queries: list[Path], query_emb: np.ndarray, threshold: float
+) -> dict:
     skipped: dict[str, str] = {}
     gallery = model.gallery(gallery_dir, skipped)
     found = model.nearest(query_emb, gallery, [str(q) for q in queries], threshold) if len(queries) else []
     results = [r.to_dict() for r in found]
-    return {**threshold_info(model, threshold), "gallery": str(gallery_dir),
-            "gallery_identities": len(set(gallery.identities)), "gallery_images": len(gallery), "queries": results,
-            "skipped": skipped}
+    return {
+        **threshold_info(model, threshold),
+        "gallery": str(gallery_dir),
+        "gallery_identities": len(set(gallery.identities)),
+        "gallery_images": len(gallery),
+        "queries": results,
+        "skipped": skipped,
+    }

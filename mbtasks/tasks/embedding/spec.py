@@ -11,9 +11,19 @@ from mbtasks.tasks.spec import TaskSpec
 
 def profile_info(cfg: DictConfig) -> dict:
     """Data info for counting the network (``profile.num_classes`` identities for ArcFace)."""
-    return {"image_size": int(cfg.data.image_size), "mean": list(cfg.data.mean), "std": list(cfg.data.std),
-            "num_train_identities": int(cfg.profile.num_classes)}
+    return {
+        "image_size": int(cfg.data.image_size),
+        "mean": list(cfg.data.mean),
+        "std": list(cfg.data.std),
+        "num_train_identities": int(cfg.profile.num_classes),
+    }
 
 
-SPEC = TaskSpec(name="embedding", head=EmbeddingHead, predictor=EmbeddingPredictor, export=EmbeddingExport(),
-                check_data=check_data, profile_info=profile_info)
+SPEC = TaskSpec(
+    name="embedding",
+    head=EmbeddingHead,
+    predictor=EmbeddingPredictor,
+    export=EmbeddingExport(),
+    check_data=check_data,
+    profile_info=profile_info,
+)

@@ -120,20 +120,36 @@ class EmbeddingTask(BaseTask):
             raise ConfigError("task.loss=none trains by distillation alone and needs task.teacher=CKPT_OR_TIMM_NAME")
         self.model = EmbeddingNet(backbone, build_embedding_head(head, backbone, int(self.info.get("image_size", 224))))
         self.loss_name, self.margin, self.miner_name = loss, float(margin), miner
-        self.metric_loss, self.miner = metric_loss(loss, self.model.dim, float(margin), distance, miner,
-                                                   int(self.info.get("num_train_identities", 0)), arcface_margin,
-                                                   arcface_scale, cosface_margin, cosface_scale, sphereface_margin,
-                                                   sphereface_scale)
+        self.metric_loss, self.miner = metric_loss(
+            loss,
+            self.model.dim,
+            float(margin),
+            distance,
+            miner,
+            int(self.info.get("num_train_identities", 0)),
+            arcface_margin,
+            arcface_scale,
+            cosface_margin,
+            cosface_scale,
+            sphereface_margin,
+            sphereface_scale,
+        )
         self.distill_weight = float(distill_weight)
-        self.distill = (Distiller(teacher, self.model.dim, teacher_dim, self.info["mean"], self.info["std"],
-                                  teacher_pretrained) if teacher else None)
+        self.distill = (
+            Distiller(teacher, self.model.dim, teacher_dim, self.info["mean"], self.info["std"], teacher_pretrained)
+            if teacher
+            else None
+        )
         self.flip_tta = flip_tta
         self.fars = tuple(float(f) for f in fars)
         for key, value in (("open_set_far", open_set_far), *(("open_set_fars", f) for f in open_set_fars)):
             if not 0 < float(value) < 1:
                 raise ConfigError(f"task.{key}={value}: expected a false-alarm rate in (0, 1), e.g. 0.01")
-        for key, value in (("open_set_gallery_size", open_set_gallery_size), ("open_set_enrol", open_set_enrol),
-                           ("open_set_trials", open_set_trials)):
+        for key, value in (
+            ("open_set_gallery_size", open_set_gallery_size),
+            ("open_set_enrol", open_set_enrol),
+            ("open_set_trials", open_set_trials),
+        ):
             if int(value) < 1:
                 raise ConfigError(f"task.{key}={value}: expected a whole number >= 1")
         self.open_set_far, self.open_set_fars = float(open_set_far), tuple(float(f) for f in open_set_fars)
@@ -162,8 +178,10 @@ class EmbeddingTask(BaseTask):
     def _pair_set(self, split: str):
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is None or not hasattr(datamodule, "pair_set"):
-            raise RuntimeError("the embedding task evaluates on verification pairs: pass a FacesDataModule "
-                               "(mbtasks.data.faces) as the trainer's datamodule")
+            raise RuntimeError(
+                "the embedding task evaluates on verification pairs: pass a FacesDataModule "
+                "(mbtasks.data.faces) as the trainer's datamodule"
+            )
         return datamodule.pair_set(split)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
@@ -197,8 +215,11 @@ class EmbeddingTask(BaseTask):
                 mined = self.miner(emb, labels)
                 terms["metric_loss"] = self.metric_loss(emb, labels, mined)
                 self.log("train/mined_triplets", float(len(mined[0])), batch_size=n)
-                self.log("train/active_triplets", active_fraction(self.metric_loss, emb.detach(), labels, self.margin),
-                         batch_size=n)
+                self.log(
+                    "train/active_triplets",
+                    active_fraction(self.metric_loss, emb.detach(), labels, self.margin),
+                    batch_size=n,
+                )
             else:
                 terms["metric_loss"] = self.metric_loss(emb, labels)
         if self.distill is not None:
@@ -236,8 +257,12 @@ class EmbeddingTask(BaseTask):
             log.warning("%s: fewer than 2 pairs with embeddings, verification skipped", split)
             return None
         if verified.dropped:
-            log.warning("%s: %d of %d pairs dropped (images unreadable or not evaluated)", split, verified.dropped,
-                        len(pair_set.pairs))
+            log.warning(
+                "%s: %d of %d pairs dropped (images unreadable or not evaluated)",
+                split,
+                verified.dropped,
+                len(pair_set.pairs),
+            )
         for note in verified.result.notes + pair_set.notes:
             if f"{split}: {note}" not in self._noted:  # once per run, not every epoch
                 self._noted.add(f"{split}: {note}")
@@ -250,9 +275,15 @@ class EmbeddingTask(BaseTask):
         if not self._eval_embeddings:
             return None
         idx = sorted(self._eval_embeddings)
-        result = evaluate_open_set(torch.stack([self._eval_embeddings[i] for i in idx]).numpy(),
-                                   np.asarray(pair_set.labels)[idx], self.open_set_far, self.open_set_fars,
-                                   self.open_set_gallery_size, self.open_set_enrol, self.open_set_trials)
+        result = evaluate_open_set(
+            torch.stack([self._eval_embeddings[i] for i in idx]).numpy(),
+            np.asarray(pair_set.labels)[idx],
+            self.open_set_far,
+            self.open_set_fars,
+            self.open_set_gallery_size,
+            self.open_set_enrol,
+            self.open_set_trials,
+        )
         if result is None:
             return None
         for note in result.notes:
@@ -306,8 +337,9 @@ class EmbeddingTask(BaseTask):
             result, distances, same = evaluated
             self.threshold.fill_(result.threshold)
             self._log_result("val", result, result.threshold)
-            self.set_health(embedding_health.check(distances, same, result.threshold, result.roc_auc,
-                                                   health.facts_of(self)))
+            self.set_health(
+                embedding_health.check(distances, same, result.threshold, result.roc_auc, health.facts_of(self))
+            )
 
     def on_test_epoch_start(self) -> None:
         self._eval_start("test")
