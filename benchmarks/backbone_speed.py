@@ -28,7 +28,7 @@ from torch import nn
 
 from mbtasks.backbones.mobilenet_v1 import MobileNetV1
 from mbtasks.backbones.mobilenet_v2 import MobileNetV2
-from mbtasks.fusion import fold_batchnorm
+from mbtasks.bn_folding import fold_batchnorm
 from mbtasks.models.classifier import Classifier, ClassifierHead
 
 SIZE = 224

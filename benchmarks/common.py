@@ -26,7 +26,7 @@ import torch  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from mbtasks.io import write_text_atomic  # noqa: E402
+from mbtasks.atomic_files import write_text_atomic  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"

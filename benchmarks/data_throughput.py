@@ -35,7 +35,7 @@ import torch
 from common import parser, print_table, setup, time_rounds, write_results
 from hydra.utils import instantiate
 
-from mbtasks.data.io import read_rgb_sized
+from mbtasks.data.image_files import read_rgb_sized
 from mbtasks.data.transforms import decode_side
 from mbtasks.tasks import build_task
 

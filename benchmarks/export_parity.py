@@ -79,7 +79,7 @@ def preprocessing_rows(sets: dict[str, list[Path]]) -> list[dict]:
     """Resize differences in uint8 levels: ours vs ONNX, ours vs cv2 (albumentations)."""
     import albumentations as A
 
-    from mbtasks.data.io import read_rgb
+    from mbtasks.data.image_files import read_rgb
     from mbtasks.export.preprocessing import Preprocessing
     from mbtasks.export.torch_pipeline import Preprocess
 
@@ -192,7 +192,7 @@ def bug_rows(sets: dict[str, list[Path]]) -> list[dict]:
     """What preprocessing bugs (and the old cv2 resize) do to a trained classifier's probabilities."""
     import torch.nn.functional as F
 
-    from mbtasks.data.io import read_rgb
+    from mbtasks.data.image_files import read_rgb
     from mbtasks.data.transforms import apply, to_tensor
     from mbtasks.inference.inputs import Preprocess, eval_pipeline
 
@@ -244,7 +244,7 @@ def bug_rows(sets: dict[str, list[Path]]) -> list[dict]:
 
 def decode_rows(sets: dict[str, list[Path]]) -> list[dict]:
     """Reduced (PIL draft, as the data modules did) vs full-size decoding, through predict's preprocessing."""
-    from mbtasks.data.io import read_rgb, read_rgb_sized
+    from mbtasks.data.image_files import read_rgb, read_rgb_sized
     from mbtasks.data.transforms import decode_side
     from mbtasks.inference.inputs import Preprocess, eval_pipeline
 

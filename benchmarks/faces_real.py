@@ -43,7 +43,7 @@ sys.path.insert(0, str(REPO))
 
 from mbtasks.config import CONFIG_DIR  # noqa: E402
 from mbtasks.data.faces import FacesDataModule  # noqa: E402
-from mbtasks.data.io import read_rgb  # noqa: E402
+from mbtasks.data.image_files import read_rgb  # noqa: E402
 from mbtasks.metrics.open_set import evaluate_open_set  # noqa: E402
 from mbtasks.metrics.verification import evaluate_verification, pair_distances  # noqa: E402
 from mbtasks.modes.run import dispatch  # noqa: E402

@@ -182,7 +182,7 @@ def run_ours(name: str, photos: list[Path], class_names: list[str]):
 
 def crops_like_ours(model, photos: list[Path]) -> np.ndarray:
     """The photos through the loaded checkpoint's eval transform, as (N, S, S, 3) uint8 RGB."""
-    from mbtasks.data.io import read_rgb
+    from mbtasks.data.image_files import read_rgb
     from mbtasks.data.transforms import apply
 
     return np.stack([apply(model.preprocess.pipeline, read_rgb(p))["image"] for p in photos])

@@ -25,8 +25,8 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from mbtasks.atomic_files import save_torch_atomic
 from mbtasks.errors import ConfigError
-from mbtasks.io import save_torch_atomic
 
 KEY = "mbtasks"
 FORMAT = 2
@@ -197,6 +197,11 @@ LEGACY_TARGETS = {
     "mbtasks.heads.embedding.EmbeddingHead": "mbtasks.models.embedding.EmbeddingHead",
     "mbtasks.heads.ssd.SSDHead": "mbtasks.models.detection.ssd_head.SSDHead",
     "mbtasks.heads.anchors.DefaultBoxes": "mbtasks.models.detection.anchors.DefaultBoxes",
+    # the synthetic generators moved into mbtasks.data.synthetic (any format)
+    "mbtasks.data.synthetic.make_shapes_classification": "mbtasks.data.synthetic.shapes.make_shapes_classification",
+    "mbtasks.data.synthetic.make_shapes_detection": "mbtasks.data.synthetic.shapes.make_shapes_detection",
+    "mbtasks.data.synthetic_faces.make_synthetic_faces": "mbtasks.data.synthetic.faces.make_synthetic_faces",
+    "mbtasks.data.synthetic_face_scenes.make_face_scenes": "mbtasks.data.synthetic.face_scenes.make_face_scenes",
 }
 # Callbacks whose job moved into the task (fine-tuning, the non-finite-loss guard).
 LEGACY_CALLBACKS = ("mbtasks.callbacks.BackboneFreeze", "mbtasks.callbacks.FiniteLoss")
@@ -255,7 +260,7 @@ class ConfigInCheckpoint(Callback):
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning's torch checkpoint IO writing local paths through :func:`mbtasks.io.save_torch_atomic`.
+    """Lightning's torch checkpoint IO writing local paths through :func:`mbtasks.atomic_files.save_torch_atomic`.
 
     Lightning's own ``TorchCheckpointIO`` writes straight to the final name, so a kill mid-save
     leaves a truncated ``last.ckpt`` that cannot resume. Remote URLs (``s3://``...) keep Lightning's

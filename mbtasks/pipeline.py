@@ -27,11 +27,11 @@ from omegaconf import OmegaConf
 from PIL import Image
 from torchvision.ops import box_iou
 
+from mbtasks.atomic_files import unique_name, write_json_atomic
 from mbtasks.config import CONFIG_DIR
-from mbtasks.data.io import read_rgb
+from mbtasks.data.image_files import read_rgb
 from mbtasks.errors import ConfigError, DataError
 from mbtasks.inference import Predictor
-from mbtasks.io import unique_name, write_json_atomic
 from mbtasks.results import Detections, Face, PhotoIdentities
 from mbtasks.tasks import load_predictor
 from mbtasks.tasks.embedding.predictor import Gallery, cluster_embeddings, threshold_info

@@ -21,11 +21,11 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mbtasks import checkpoint
+from mbtasks.atomic_files import save_torch_atomic
 from mbtasks.backbones.pretrained import is_active, is_imagenet
 from mbtasks.backbones.weights import published
 from mbtasks.config import compose
 from mbtasks.errors import ConfigError
-from mbtasks.io import save_torch_atomic
 from mbtasks.tasks import build_task
 
 log = logging.getLogger("mbtasks")

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from torchvision.utils import draw_bounding_boxes
 
-from mbtasks.data.io import read_rgb
+from mbtasks.data.image_files import read_rgb
 
 # Box colours by class index (cycled).
 PALETTE = [

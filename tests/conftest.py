@@ -76,7 +76,7 @@ def run_mode(overrides: list[str], run_dir: Path, fast: bool = True) -> dict:
 @pytest.fixture
 def tiny_shapes(tmp_path_factory) -> Path:
     """A tiny synthetic shapes ImageFolder (3 classes, 32 px)."""
-    from mbtasks.data.synthetic import make_shapes_classification
+    from mbtasks.data.synthetic.shapes import make_shapes_classification
 
     root = tmp_path_factory.mktemp("shapes")
     return make_shapes_classification(
@@ -96,7 +96,7 @@ TINY_CLASSES = ["circle", "square", "triangle"]
 def train_tiny(tmp_path_factory, *extra: str) -> tuple[Path, Path, dict]:
     """A 1-epoch classification run (V1 width 0.25) on 32-px shapes, 4 / 2 / 2 images a class:
     ``(data root, run dir, metrics)``. ``extra``: more overrides (bf16, NHWC...)."""
-    from mbtasks.data.synthetic import make_shapes_classification
+    from mbtasks.data.synthetic.shapes import make_shapes_classification
 
     root = make_shapes_classification(
         tmp_path_factory.mktemp("shapes"),

@@ -19,7 +19,7 @@ QUIET = ["trainer.enable_progress_bar=false", "data.num_workers=0", "trainer.log
 
 @pytest.fixture(scope="module")
 def classifier(tmp_path_factory):
-    from mbtasks.data.synthetic import make_shapes_classification
+    from mbtasks.data.synthetic.shapes import make_shapes_classification
 
     root = make_shapes_classification(
         tmp_path_factory.mktemp("shapes"),
@@ -147,7 +147,7 @@ def test_detection_results_are_in_original_pixels_and_draw(tmp_path):
 
 
 def test_embedding_verify_and_identify(tmp_path):
-    from mbtasks.data.synthetic_faces import make_synthetic_faces
+    from mbtasks.data.synthetic.faces import make_synthetic_faces
 
     gen = {"num_identities": 10, "images_per_identity": 4, "image_size": 32, "seed": 0}
     root = make_synthetic_faces(tmp_path / "data" / "synthetic_faces", **gen)

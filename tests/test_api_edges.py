@@ -248,7 +248,7 @@ def test_non_finite_pretrained_state_dict_is_named_not_blamed_on_the_lr(tmp_path
 
 
 def test_json_we_write_never_holds_nan(tmp_path):
-    from mbtasks.io import write_json_atomic
+    from mbtasks.atomic_files import write_json_atomic
 
     write_json_atomic(
         tmp_path / "m.json",

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mbtasks.data.io import ImageReadError
+from mbtasks.data.image_files import ImageReadError
 from mbtasks.errors import ConfigError, DataError, UserError
 from tests.bad_inputs import (
     box,
@@ -224,7 +224,7 @@ def foreign_pickle(tmp: Path) -> None:
 
 
 def _read(tmp: Path, name: str, content: bytes):
-    from mbtasks.data.io import read_rgb
+    from mbtasks.data.image_files import read_rgb
 
     (tmp / name).write_bytes(content)
     return read_rgb(tmp / name)
@@ -348,7 +348,7 @@ def coco_size_mismatch(tmp: Path) -> dict:
 
 
 def check_reports_size_mismatch(tmp: Path) -> dict:
-    from mbtasks.data.synthetic import make_shapes_detection
+    from mbtasks.data.synthetic.shapes import make_shapes_detection
     from mbtasks.modes.check import scan
 
     root = make_shapes_detection(
@@ -1073,7 +1073,7 @@ def test_unreadable_files_are_counted_in_metrics_not_silently_dropped(tiny_shape
 
 def test_size_mismatches_are_counted_in_training_metrics(tmp_path):
     """An image whose annotated size is wrong is trained on with rescaled boxes, and counted (issue 12)."""
-    from mbtasks.data.synthetic import make_shapes_detection
+    from mbtasks.data.synthetic.shapes import make_shapes_detection
     from tests.conftest import run_mode
 
     root = make_shapes_detection(

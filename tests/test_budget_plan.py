@@ -176,7 +176,7 @@ def test_budget_with_sparse_validation_ends_on_the_last_step(tiny_shapes, tmp_pa
 
 def test_short_budget_plans_early_and_every_step_gets_the_final_plans_lr(tmp_path_factory, tmp_path, caplog):
     # 24 steps an epoch, a budget of ~16 of them: the plan must come after a few steps, not at the epoch's end
-    from mbtasks.data.synthetic import make_shapes_classification
+    from mbtasks.data.synthetic.shapes import make_shapes_classification
 
     root = make_shapes_classification(
         tmp_path_factory.mktemp("shapes"),

@@ -54,7 +54,7 @@ def test_check_fails_on_a_missing_dataset_with_the_loaders_message(tmp_path):
 
 
 def test_check_detection_reports_backgrounds_and_dropped_boxes(tmp_path):
-    from mbtasks.data.synthetic import make_shapes_detection
+    from mbtasks.data.synthetic.shapes import make_shapes_detection
 
     root = make_shapes_detection(
         tmp_path / "det",
@@ -105,7 +105,7 @@ def test_check_detection_reports_backgrounds_and_dropped_boxes(tmp_path):
 
 
 def test_check_faces_reports_single_image_identities(tmp_path):
-    from mbtasks.data.synthetic_faces import make_synthetic_faces
+    from mbtasks.data.synthetic.faces import make_synthetic_faces
 
     root = make_synthetic_faces(tmp_path / "faces", num_identities=10, images_per_identity=3, image_size=32, seed=5)
     lonely = root / "zz_lonely"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from mbtasks.atomic_files import remove_stale_temporaries, save_torch_atomic, write_json_atomic
 from mbtasks.checkpoint import AtomicCheckpointIO
 from mbtasks.errors import NonFiniteLossError
-from mbtasks.io import remove_stale_temporaries, save_torch_atomic, write_json_atomic
 from tests.conftest import compose_cfg, run_mode
 
 

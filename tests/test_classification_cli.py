@@ -27,7 +27,7 @@ def tiny(root) -> list[str]:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    from mbtasks.data.synthetic import make_shapes_classification
+    from mbtasks.data.synthetic.shapes import make_shapes_classification
 
     root = make_shapes_classification(
         tmp_path_factory.mktemp("shapes"),
@@ -161,7 +161,7 @@ def test_profile_writes_integers(tmp_path):
 def test_imagenet_recipes_run_two_steps(tmp_path):
     import numpy as np
 
-    from mbtasks.data.synthetic import shapes_image
+    from mbtasks.data.synthetic.shapes import shapes_image
 
     rng = np.random.default_rng(0)
     for split in ("train", "val"):

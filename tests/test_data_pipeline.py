@@ -71,7 +71,7 @@ def _write_oriented(path, orientation: int, box=(10, 5, 30, 45), size=(80, 60)) 
 @pytest.mark.parametrize("orientation", range(1, 9))
 def test_boxes_move_with_exif_orientation_like_the_image(tmp_path, orientation):
     from mbtasks.data.detection import orient_boxes
-    from mbtasks.data.io import read_rgb
+    from mbtasks.data.image_files import read_rgb
 
     _write_oriented(tmp_path / "a.png", orientation)
     ys, xs = np.nonzero(read_rgb(tmp_path / "a.png")[..., 0] > 127)

@@ -22,7 +22,7 @@ def test_ddp_config():
 
 @pytest.mark.slow
 def test_classification_ddp_matches_single_process_test(tmp_path):
-    from mbtasks.data.synthetic import make_shapes_classification
+    from mbtasks.data.synthetic.shapes import make_shapes_classification
 
     # 12 test images: two ranks get 6 each, no padding duplicates by the distributed sampler
     root = make_shapes_classification(
@@ -111,7 +111,7 @@ def test_coco_map_over_gathered_ranks_equals_one_process():
 
 @pytest.mark.slow
 def test_detection_ddp_matches_single_process_test(tmp_path):
-    from mbtasks.data.synthetic import make_shapes_detection
+    from mbtasks.data.synthetic.shapes import make_shapes_detection
 
     # 96 px, batch 4: at 64 px / batch 2 the last extra layers' BatchNorm statistics (1x1 maps, two
     # values per channel) after a few steps make the eval-mode loss overflow to NaN
@@ -202,7 +202,7 @@ def test_pk_sampler_splits_batches_by_rank():
 
 @pytest.mark.slow
 def test_embedding_ddp_matches_single_process_test(tmp_path):
-    from mbtasks.data.synthetic_faces import make_synthetic_faces
+    from mbtasks.data.synthetic.faces import make_synthetic_faces
 
     data_dir = tmp_path / "data"
     make_synthetic_faces(data_dir / "synthetic_faces", num_identities=14, images_per_identity=4, image_size=32, seed=0)

@@ -10,7 +10,7 @@ import pytest
 from hydra.errors import InstantiationException
 from PIL import Image
 
-from mbtasks.data.synthetic import make_shapes_detection
+from mbtasks.data.synthetic.shapes import make_shapes_detection
 from mbtasks.errors import ConfigError
 from tests.conftest import compose_cfg, run_mode
 

@@ -13,7 +13,7 @@ from PIL import Image
 
 from mbtasks.data.faces import scan_identities
 from mbtasks.data.pairs import generate_pairs, write_lfw_pairs
-from mbtasks.data.synthetic_faces import make_synthetic_faces
+from mbtasks.data.synthetic.faces import make_synthetic_faces
 from mbtasks.errors import ConfigError, DataError
 from tests.conftest import run_mode
 

@@ -18,7 +18,7 @@ from mbtasks.data.faces import (
 )
 from mbtasks.data.pairs import generate_pairs, read_lfw_pairs, write_lfw_pairs
 from mbtasks.data.samplers import PKBatchSampler
-from mbtasks.data.synthetic_faces import make_synthetic_faces
+from mbtasks.data.synthetic.faces import make_synthetic_faces
 from mbtasks.errors import DataError
 
 

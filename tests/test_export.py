@@ -220,7 +220,7 @@ def data_root(ckpt):
 
 
 def pixels(path):
-    from mbtasks.data.io import read_rgb
+    from mbtasks.data.image_files import read_rgb
 
     return read_rgb(path)[None]
 

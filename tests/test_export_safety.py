@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 import mbtasks.modes.export as export
+from mbtasks.atomic_files import remove_stale_siblings, run_record
 from mbtasks.errors import ConfigError
 from mbtasks.export.formats import quiet_exporters
-from mbtasks.io import remove_stale_siblings, run_record
 from mbtasks.modes.export import export_task
 from mbtasks.modes.export_metrics import folder_images, spread
 from mbtasks.tasks import load_task

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 import mbtasks
-from mbtasks.data.synthetic_face_scenes import make_face_scenes
+from mbtasks.data.synthetic.face_scenes import make_face_scenes
 from mbtasks.errors import ConfigError
 from mbtasks.pipeline import crop_boxes, evaluate_on_coco
 from mbtasks.results import Face, PhotoIdentities

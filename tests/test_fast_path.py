@@ -61,7 +61,7 @@ def test_fast_predict_matches_fp32(trained_fast, tmp_path):
 
 def test_fold_batchnorm_keeps_outputs():
     from mbtasks.backbones.mobilenet_v2 import MobileNetV2
-    from mbtasks.fusion import fold_batchnorm
+    from mbtasks.bn_folding import fold_batchnorm
 
     torch.manual_seed(0)
     net = MobileNetV2(0.25, out_indices=(3, 4), expansion_taps=True)

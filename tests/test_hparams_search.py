@@ -114,7 +114,7 @@ def test_missing_plugin_says_what_to_install():
 def test_two_trial_search_through_the_cli(tmp_path):
     """A real 2-trial search: each trial's value is its best validation top-1, trials skip the test,
     and best_overrides.txt composes to the best trial's config."""
-    from mbtasks.data.synthetic import make_shapes_classification
+    from mbtasks.data.synthetic.shapes import make_shapes_classification
 
     root = make_shapes_classification(
         tmp_path / "shapes",

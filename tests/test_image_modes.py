@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mbtasks.data.io import ImageReadError, to_rgb_array
+from mbtasks.data.image_files import ImageReadError, to_rgb_array
 
 # One pixel per mode family and the RGB it must give.
 EXPECTED = {

@@ -13,14 +13,15 @@ PKG = Path(__file__).resolve().parent.parent / "mbtasks"
 # 2 Lightning plumbing and the inference base, 3 tasks, 4 modes and the app around them, 5 entry points.
 LAYERS = {
     "mbtasks.errors": 0,
-    "mbtasks.io": 0,
+    "mbtasks.atomic_files": 0,
+    "mbtasks.settings": 0,
     "mbtasks.checkpoint": 0,
     "mbtasks.backbones": 1,
     "mbtasks.models": 1,
     "mbtasks.metrics": 1,
     "mbtasks.data": 1,
     "mbtasks.export": 1,
-    "mbtasks.fusion": 1,
+    "mbtasks.bn_folding": 1,
     "mbtasks.profiling": 1,
     "mbtasks.results": 1,
     "mbtasks.callbacks": 2,

@@ -102,7 +102,7 @@ def test_cli_trains_a_margin_loss_with_its_settings(tmp_path):
     """task.loss=sphereface through the real CLI, 2 steps; then arcface at its defaults. The task clips
     the margin losses' gradient norm at 5 by itself (at its SGD rate of 0.2, a scale-64 margin loss
     otherwise overflows to NaN within two steps)."""
-    from mbtasks.data.synthetic_faces import make_synthetic_faces
+    from mbtasks.data.synthetic.faces import make_synthetic_faces
     from mbtasks.tasks import load_task
     from tests.conftest import run_mode
 

@@ -123,7 +123,7 @@ def test_backbone_contract_all_levels(width):
 
 def test_cli_trains_two_steps_and_the_checkpoint_rebuilds(tmp_path):
     """backbone=mobilefacenet through the real CLI on tiny synthetic faces (32 px: a 2x2 GDConv)."""
-    from mbtasks.data.synthetic_faces import make_synthetic_faces
+    from mbtasks.data.synthetic.faces import make_synthetic_faces
 
     gen = {"num_identities": 12, "images_per_identity": 4, "image_size": 32, "seed": 0}
     make_synthetic_faces(tmp_path / "data" / "synthetic_faces", **gen)

@@ -94,7 +94,7 @@ def test_detector_outputting_nothing_or_the_same_box_is_named():
 def useless_run(tmp_path_factory):
     """A 1-epoch classifier on a one-sided validation split (6 circles, 1 square, 1 triangle; majority rate
     0.75): a few steps cannot beat it. Records the TensorBoard prediction grid's inputs and the test plots."""
-    from mbtasks.data.synthetic import make_shapes_classification
+    from mbtasks.data.synthetic.shapes import make_shapes_classification
     from mbtasks.tasks.classification.task import ClassificationTask
 
     root = make_shapes_classification(

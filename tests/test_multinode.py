@@ -25,7 +25,7 @@ def test_ddp_config_has_num_nodes():
 
 @pytest.mark.slow  # flaky: a start-up race between the two local 'nodes' (see README)
 def test_two_nodes_one_device_each(tmp_path):
-    from mbtasks.data.synthetic import make_shapes_classification
+    from mbtasks.data.synthetic.shapes import make_shapes_classification
 
     root = make_shapes_classification(
         tmp_path / "shapes",

@@ -12,7 +12,7 @@ from PIL import Image
 
 from mbtasks.data.box_transforms import RandomIoUCrop
 from mbtasks.data.detection import DetectionDataset, ImageRecord
-from mbtasks.data.io import read_rgb, read_rgb_sized
+from mbtasks.data.image_files import read_rgb, read_rgb_sized
 from mbtasks.data.transforms import decode_side
 from tests.conftest import compose_cfg
 

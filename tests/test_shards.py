@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> tuple[Path, Path]:
     """``(image folder, shards)``: 3 classes x 8 / 3 / 3 images of 32 px, plus one unreadable train file."""
-    from mbtasks.data.synthetic import make_shapes_classification
+    from mbtasks.data.synthetic.shapes import make_shapes_classification
 
     root = make_shapes_classification(
         tmp_path_factory.mktemp("shapes"),

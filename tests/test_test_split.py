@@ -40,7 +40,7 @@ def test_imagefolder_with_test_folder_says_test(tiny_shapes, tmp_path, caplog):
 
 def test_detection_without_test_annotations_says_test_is_val(tmp_path):
     from mbtasks.data.coco import CocoDataModule
-    from mbtasks.data.synthetic import make_shapes_detection
+    from mbtasks.data.synthetic.shapes import make_shapes_detection
 
     root = make_shapes_detection(
         tmp_path / "det",

@@ -196,7 +196,7 @@ def test_a_wrong_labels_folder_stops_training_with_the_count(tmp_path):
 
 def shapes_as_yolo(tmp_path: Path) -> Path:
     """The synthetic shape scenes (COCO json) written out as YOLO files (copies)."""
-    from mbtasks.data.synthetic import make_shapes_detection
+    from mbtasks.data.synthetic.shapes import make_shapes_detection
 
     src = make_shapes_detection(
         tmp_path / "coco",

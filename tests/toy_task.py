@@ -11,8 +11,8 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from mbtasks.atomic_files import write_json_atomic
 from mbtasks.inference import Predictor
-from mbtasks.io import write_json_atomic
 from mbtasks.tasks.base import BaseTask
 from mbtasks.tasks.spec import ExportGraph, TaskExport, TaskSpec
 

@@ -96,7 +96,7 @@ class DataModuleBase(L.LightningDataModule):
         return decode_side(pipeline) if self.reduced_decode else 0
 
     def splits(self) -> list[Dataset]:
-        """The datasets ``setup`` made (each carries a :class:`~mbtasks.data.io.SkipCounter` as ``skips``)."""
+        """The datasets ``setup`` made (each carries a :class:`~mbtasks.data.image_files.SkipCounter` as ``skips``)."""
         raise NotImplementedError
 
     def skipped(self) -> dict[str, str]:

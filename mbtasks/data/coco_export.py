@@ -26,9 +26,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
+from mbtasks.atomic_files import write_text_atomic
 from mbtasks.data.detection import DetectionDataModule, ImageRecord
 from mbtasks.errors import DataError
-from mbtasks.io import write_text_atomic
 
 log = logging.getLogger(__name__)
 

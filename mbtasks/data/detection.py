@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import Dataset
 
 from mbtasks.data.base import SplitDataModule
-from mbtasks.data.io import ImageReadError, SkipCounter, open_image, read_rgb_sized
+from mbtasks.data.image_files import ImageReadError, SkipCounter, open_image, read_rgb_sized
 from mbtasks.data.transforms import IMAGENET_MEAN, IMAGENET_STD, apply, to_tensor
 from mbtasks.errors import ConfigError, DataError
 

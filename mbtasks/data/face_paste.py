@@ -48,8 +48,8 @@ from mbtasks.data.detection import (
     split_off,
 )
 from mbtasks.data.dlib_xml import load_imglab
-from mbtasks.data.io import ImageReadError, is_image_file, read_rgb
-from mbtasks.data.synthetic import overlaps_too_much
+from mbtasks.data.image_files import ImageReadError, is_image_file, read_rgb
+from mbtasks.data.synthetic.shapes import overlaps_too_much
 from mbtasks.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from mbtasks.errors import ConfigError, DataError
 

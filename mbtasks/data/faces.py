@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from mbtasks.data.base import DataModuleBase, limit_worker_threads, seed_worker
-from mbtasks.data.io import ImageReadError, SkipCounter, list_images, read_rgb
+from mbtasks.data.image_files import ImageReadError, SkipCounter, list_images, read_rgb
 from mbtasks.data.pairs import PairSet, generate_pairs, read_lfw_pairs
 from mbtasks.data.samplers import PKBatchSampler
 from mbtasks.data.transforms import IMAGENET_MEAN, IMAGENET_STD, apply, to_tensor

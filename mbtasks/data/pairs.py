@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mbtasks.data.io import IMAGE_EXTENSIONS, inside_folder, is_image_file
+from mbtasks.data.image_files import IMAGE_EXTENSIONS, inside_folder, is_image_file
 from mbtasks.errors import DataError
 
 log = logging.getLogger(__name__)

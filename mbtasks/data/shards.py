@@ -8,7 +8,7 @@ Layout written by :func:`write_shards` (``python -m mbtasks shards write SRC DST
     DST/{train,val,test}/chunk-*.bin the samples: {"image": the file's encoded bytes, "label", "index", "name"}
 
 The image files' own JPEG / PNG bytes are stored, not decoded arrays: shards stay the size of the
-folder, and training decodes them with the same reader (:mod:`mbtasks.data.io`) and transforms as
+folder, and training decodes them with the same reader (:mod:`mbtasks.data.image_files`) and transforms as
 ``data=imagefolder``. Every image is decoded once while writing; unreadable ones are left out and
 counted in ``classes.json``.
 
@@ -34,12 +34,12 @@ from typing import Any
 
 import torch
 
+from mbtasks.atomic_files import write_json_atomic
 from mbtasks.data.base import DataModuleBase, limit_worker_threads, seed_worker
+from mbtasks.data.image_files import ImageReadError, read_rgb, read_rgb_sized
 from mbtasks.data.imagefolder import scan_image_folder
-from mbtasks.data.io import ImageReadError, read_rgb, read_rgb_sized
 from mbtasks.data.transforms import IMAGENET_MEAN, IMAGENET_STD, apply, to_tensor
 from mbtasks.errors import ConfigError, DataError, UserError
-from mbtasks.io import write_json_atomic
 
 log = logging.getLogger(__name__)
 

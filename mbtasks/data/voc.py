@@ -27,7 +27,7 @@ from mbtasks.data.detection import (
     require_boxes,
     split_off,
 )
-from mbtasks.data.io import IMAGE_EXTENSIONS, ImageReadError, inside_folder
+from mbtasks.data.image_files import IMAGE_EXTENSIONS, ImageReadError, inside_folder
 from mbtasks.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from mbtasks.errors import DataError
 

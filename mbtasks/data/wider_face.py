@@ -37,7 +37,7 @@ from mbtasks.data.detection import (
     require_boxes,
     split_off,
 )
-from mbtasks.data.io import ImageReadError, inside_folder, is_image_file
+from mbtasks.data.image_files import ImageReadError, inside_folder, is_image_file
 from mbtasks.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from mbtasks.errors import DataError
 from mbtasks.metrics.wider import WiderGroundTruth, read_wider_mat

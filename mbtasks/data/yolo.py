@@ -57,7 +57,7 @@ from mbtasks.data.detection import (
     split_off,
     turning_orientation,
 )
-from mbtasks.data.io import ImageReadError, is_image_file
+from mbtasks.data.image_files import ImageReadError, is_image_file
 from mbtasks.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from mbtasks.errors import DataError
 

@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from PIL import Image, ImageOps
 
-from mbtasks.data.io import ImageReadError, is_image_file, read_rgb, to_rgb_array
+from mbtasks.data.image_files import ImageReadError, is_image_file, read_rgb, to_rgb_array
 from mbtasks.data.transforms import apply, to_tensor
 from mbtasks.errors import ConfigError, DataError
 from mbtasks.export.preprocessing import preprocessing_of
@@ -54,7 +54,7 @@ class Source:
 
 def _numeric_to_uint8(array: np.ndarray, name: str) -> np.ndarray:
     """A non-uint8 ``(H, W, C)`` array as uint8, by the file reader's rules
-    (:func:`mbtasks.data.io._value_range_to_uint8`): ``bool`` is 0 / 255, ``uint16`` is 16-bit
+    (:func:`mbtasks.data.image_files._value_range_to_uint8`): ``bool`` is 0 / 255, ``uint16`` is 16-bit
     (0..65535); other integer and float arrays carry no range, so it is read from the values: floats all
     within [0, 1] are 0..1, values within [0, 255] are 8-bit levels, within [0, 65535] 16-bit; negative,
     larger or non-finite values, and other dtypes, are refused by name."""
@@ -92,7 +92,7 @@ _SAID: set[tuple[str, str]] = set()
 def _as_rgb_array(image: Any, name: str) -> np.ndarray:
     """A PIL image, ``(H, W[, C])`` array or ``(C, H, W)`` tensor as ``(H, W, 3)`` uint8 RGB.
 
-    PIL images go through the file reader's conversion (:func:`mbtasks.data.io.to_rgb_array`:
+    PIL images go through the file reader's conversion (:func:`mbtasks.data.image_files.to_rgb_array`:
     EXIF orientation, every mode to 8-bit RGB by its value range, unknown modes refused); arrays
     and tensors of other dtypes than uint8 by :func:`_numeric_to_uint8`. Grey images are repeated,
     alpha is dropped. An image with no pixels is refused by name.

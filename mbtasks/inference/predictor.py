@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
+from mbtasks.bn_folding import fold_batchnorm
 from mbtasks.errors import ConfigError
-from mbtasks.fusion import fold_batchnorm
 from mbtasks.inference.inputs import Preprocess, Source, as_sources, batches
 
 log = logging.getLogger(__name__)

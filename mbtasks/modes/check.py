@@ -14,9 +14,9 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from mbtasks.data.io import ImageReadError, read_rgb
+from mbtasks.atomic_files import write_json_atomic
+from mbtasks.data.image_files import ImageReadError, read_rgb
 from mbtasks.errors import DataError
-from mbtasks.io import write_json_atomic
 from mbtasks.modes.rundir import write_config
 from mbtasks.tasks import spec_for_config
 from mbtasks.tasks.spec import CHECK_SHOW

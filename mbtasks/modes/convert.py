@@ -15,10 +15,10 @@ from pathlib import Path
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from mbtasks.atomic_files import write_json_atomic
 from mbtasks.data.coco_export import write_coco
 from mbtasks.data.detection import DetectionDataModule
 from mbtasks.errors import ConfigError
-from mbtasks.io import write_json_atomic
 from mbtasks.modes.rundir import write_config
 from mbtasks.tasks import spec_for_config
 

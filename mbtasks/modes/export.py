@@ -31,8 +31,9 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from mbtasks.atomic_files import atomic_path, remove_stale_siblings, run_record, temporary_sibling
 from mbtasks.backbones.pretrained import describe_config
-from mbtasks.data.io import ImageReadError, is_image_file, read_rgb
+from mbtasks.data.image_files import ImageReadError, is_image_file, read_rgb
 from mbtasks.errors import ConfigError, ExportError
 from mbtasks.export.formats import (
     FORMATS,
@@ -49,7 +50,6 @@ from mbtasks.export.formats import (
 from mbtasks.export.preprocessing import preprocessing_of
 from mbtasks.export.quantize import quantize_network
 from mbtasks.inference.inputs import Preprocess, file_batches
-from mbtasks.io import atomic_path, remove_stale_siblings, run_record, temporary_sibling
 from mbtasks.modes.evaldata import eval_data_config
 from mbtasks.modes.export_metrics import (
     class_count,
@@ -252,7 +252,7 @@ def metadata(task, train_cfg: DictConfig, graph, fmt: str, source_checkpoint) ->
 
 def check_output(out: Path) -> Path:
     """Refuse, before any work, an ``export.output`` that would overwrite what is not an earlier
-    export: a folder, a run's record (:func:`mbtasks.io.run_record`: checkpoints, ``config.yaml``,
+    export: a folder, a run's record (:func:`mbtasks.atomic_files.run_record`: checkpoints, ``config.yaml``,
     ``metrics.json``, ``epochs.jsonl``, ``.hydra/``, judged by name for the file and its ``.json``),
     or any other existing file that is not an mbtasks export. Returns the metadata path."""
     if out.suffix.lower() == ".json":

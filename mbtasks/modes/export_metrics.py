@@ -17,7 +17,7 @@ import numpy as np
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from mbtasks.data.io import is_image_file
+from mbtasks.data.image_files import is_image_file
 
 Runner = Callable[[np.ndarray], list[np.ndarray]]
 

@@ -12,8 +12,8 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
-from mbtasks.fusion import fold_batchnorm
-from mbtasks.io import write_json_atomic
+from mbtasks.atomic_files import write_json_atomic
+from mbtasks.bn_folding import fold_batchnorm
 from mbtasks.profiling import count_mult_adds, count_params, measure_latency_ms
 from mbtasks.tasks import build_task, spec_for_config
 

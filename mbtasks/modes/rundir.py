@@ -16,8 +16,8 @@ from pathlib import Path
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from mbtasks.atomic_files import write_json_atomic, write_text_atomic
 from mbtasks.errors import ConfigError
-from mbtasks.io import write_json_atomic, write_text_atomic
 
 try:
     import fcntl

@@ -9,10 +9,10 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
+from mbtasks.atomic_files import remove_stale_temporaries
 from mbtasks.callbacks import EpochLog, RngState, ValidationSchedule
 from mbtasks.callbacks.epoch_log import EPOCH_LOG
 from mbtasks.checkpoint import AtomicCheckpointIO, ConfigInCheckpoint
-from mbtasks.io import remove_stale_temporaries
 from mbtasks.tasks.base import BaseTask
 
 

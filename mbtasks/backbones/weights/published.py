@@ -29,9 +29,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from mbtasks.atomic_files import save_torch_atomic
 from mbtasks.backbones.weights import IMAGENET_MEAN, IMAGENET_STD, Converted, convert_by_position
 from mbtasks.errors import ConfigError
-from mbtasks.io import save_torch_atomic
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-from mbtasks.data.io import is_image_file
+from mbtasks.data.image_files import is_image_file
 from mbtasks.tasks.spec import CHECK_SHOW
 
 

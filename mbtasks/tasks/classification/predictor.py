@@ -9,8 +9,8 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from mbtasks.atomic_files import write_json_atomic
 from mbtasks.inference import Predictor
-from mbtasks.io import write_json_atomic
 from mbtasks.results import Classification, TopK
 
 log = logging.getLogger(__name__)

@@ -12,9 +12,9 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from mbtasks.data.io import ImageReadError
+from mbtasks.atomic_files import unique_name, write_json_atomic
+from mbtasks.data.image_files import ImageReadError
 from mbtasks.inference import Predictor
-from mbtasks.io import unique_name, write_json_atomic
 from mbtasks.metrics.coco import results_to_coco
 from mbtasks.models.detection.postprocess import to_original
 from mbtasks.results import Detections

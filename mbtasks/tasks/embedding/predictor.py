@@ -29,10 +29,10 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from sklearn.cluster import AgglomerativeClustering
 
+from mbtasks.atomic_files import write_json_atomic
 from mbtasks.data.faces import scan_identities
 from mbtasks.errors import ConfigError, DataError
 from mbtasks.inference import Predictor, as_sources
-from mbtasks.io import write_json_atomic
 from mbtasks.metrics.open_set import far_for_gallery
 from mbtasks.results import Embedding, Identity, Verification
 

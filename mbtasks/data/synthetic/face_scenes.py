@@ -1,6 +1,6 @@
 """Synthetic face scenes for the detect-then-embed pipeline, written as a real COCO-json set.
 
-Each scene pastes 0-``max_faces`` faces of procedural identities (:mod:`mbtasks.data.synthetic_faces`)
+Each scene pastes 0-``max_faces`` faces of procedural identities (:mod:`mbtasks.data.synthetic.faces`)
 at different sizes into a background with distractor shapes. A face is the identity's rendered
 portrait (the framing the embedder is trained on) blended in through a feathered ellipse; its
 box is the portrait's square, so a detection cropped with no margin frames a face as the
@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from mbtasks.data.shapes import SHAPES, contrasting_color, draw_shape, random_background
-from mbtasks.data.synthetic import is_complete, mark_complete, overlaps_too_much, write_coco_split
-from mbtasks.data.synthetic_faces import render_face, sample_identity
+from mbtasks.data.synthetic.drawing import SHAPES, contrasting_color, draw_shape, random_background
+from mbtasks.data.synthetic.faces import render_face, sample_identity
+from mbtasks.data.synthetic.shapes import is_complete, mark_complete, overlaps_too_much, write_coco_split
 
 # identity seeds: [seed, IDENTITY_STREAM, i] (synthetic_faces uses [seed, i])
 IDENTITY_STREAM = 7919

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from mbtasks.data.shapes import SHAPES, contrasting_color, draw_shape, maybe_blur, random_background
+from mbtasks.data.synthetic.drawing import SHAPES, contrasting_color, draw_shape, maybe_blur, random_background
 
 MARKER = ".complete"
 

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from mbtasks.data.shapes import random_background
-from mbtasks.data.synthetic import is_complete, mark_complete
+from mbtasks.data.synthetic.drawing import random_background
+from mbtasks.data.synthetic.shapes import is_complete, mark_complete
 
 SKIN_TONES = np.array(
     [(255, 224, 196), (241, 194, 155), (224, 172, 128), (198, 134, 96), (160, 105, 70), (110, 72, 48)], np.float32
