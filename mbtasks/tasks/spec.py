@@ -108,6 +108,9 @@ class TaskSpec:
         input_multiple: ``data.image_size`` must be a multiple of this.
         boxes: the task's data pipelines carry boxes (``bbox_params`` transforms are allowed).
         profile_info: data info for ``mode=profile`` (no data set is read).
+        predict_options: the task's own ``predict.*`` keys (a :class:`~mbtasks.settings.Settings` class;
+            their defaults: ``conf/task/predict/<name>.yaml``); None: it has none.
+        export_options: the same for ``export.*`` (``conf/task/export/<name>.yaml``).
     """
 
     name: str
@@ -118,3 +121,5 @@ class TaskSpec:
     input_multiple: int = 1
     boxes: bool = False
     profile_info: Callable[[DictConfig], dict] = field(default=default_profile_info)
+    predict_options: type | None = None
+    export_options: type | None = None
