@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -27,7 +27,6 @@ from mbtasks.data.detection import (
     split_off,
 )
 from mbtasks.data.image_files import ImageReadError, inside_folder
-from mbtasks.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from mbtasks.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -251,28 +250,9 @@ class CocoDataModule(DetectionDataModule):
         val_images: str | None = "val2017",
         test_ann: str | None = None,
         test_images: str | None = None,
-        image_size: int = 300,
-        batch_size: int = 32,
-        num_workers: int = 2,
-        train_transforms: Callable | None = None,
-        eval_transforms: Callable | None = None,
-        mean: tuple[float, ...] = IMAGENET_MEAN,
-        std: tuple[float, ...] = IMAGENET_STD,
-        val_fraction: float = 0.1,
-        generator: Callable | None = None,
+        **common: Any,
     ) -> None:
-        super().__init__(
-            root,
-            image_size,
-            batch_size,
-            num_workers,
-            train_transforms,
-            eval_transforms,
-            mean,
-            std,
-            val_fraction,
-            generator,
-        )
+        super().__init__(root, **common)
         self.split_files = {
             "train": (train_ann, train_images),
             "val": (val_ann, val_images),

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import logging
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -28,7 +29,6 @@ from mbtasks.data.detection import (
     split_off,
 )
 from mbtasks.data.image_files import IMAGE_EXTENSIONS, ImageReadError, inside_folder
-from mbtasks.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from mbtasks.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -185,28 +185,9 @@ class VocDataModule(DetectionDataModule):
         val_split: str | None = "val",
         test_split: str | None = "test",
         class_names: Sequence[str] | None = None,
-        image_size: int = 300,
-        batch_size: int = 32,
-        num_workers: int = 2,
-        train_transforms: Callable | None = None,
-        eval_transforms: Callable | None = None,
-        mean: tuple[float, ...] = IMAGENET_MEAN,
-        std: tuple[float, ...] = IMAGENET_STD,
-        val_fraction: float = 0.1,
-        generator: Callable | None = None,
+        **common: Any,
     ) -> None:
-        super().__init__(
-            root,
-            image_size,
-            batch_size,
-            num_workers,
-            train_transforms,
-            eval_transforms,
-            mean,
-            std,
-            val_fraction,
-            generator,
-        )
+        super().__init__(root, **common)
         self.split_names = {"train": train_split, "val": val_split, "test": test_split}
         self.fixed_class_names = list(class_names) if class_names else None
 

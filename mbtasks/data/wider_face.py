@@ -23,8 +23,8 @@ tests on val.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -38,7 +38,6 @@ from mbtasks.data.detection import (
     split_off,
 )
 from mbtasks.data.image_files import ImageReadError, inside_folder, is_image_file
-from mbtasks.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from mbtasks.errors import DataError
 from mbtasks.metrics.wider import WiderGroundTruth, read_wider_mat
 
@@ -185,28 +184,9 @@ class WiderFaceDataModule(DetectionDataModule):
         ignore_height: float = 10.0,
         eval_wider: bool = True,
         wider_eval_dir: str | None = None,
-        image_size: int = 300,
-        batch_size: int = 32,
-        num_workers: int = 2,
-        train_transforms: Callable | None = None,
-        eval_transforms: Callable | None = None,
-        mean: tuple[float, ...] = IMAGENET_MEAN,
-        std: tuple[float, ...] = IMAGENET_STD,
-        val_fraction: float = 0.1,
-        generator: Callable | None = None,
+        **common: Any,
     ) -> None:
-        super().__init__(
-            root,
-            image_size,
-            batch_size,
-            num_workers,
-            train_transforms,
-            eval_transforms,
-            mean,
-            std,
-            val_fraction,
-            generator,
-        )
+        super().__init__(root, **common)
         self.split_files = {
             "train": (train_ann, train_images),
             "val": (val_ann, val_images),

@@ -39,9 +39,9 @@ import logging
 import math
 import os
 import shutil
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import yaml
@@ -58,7 +58,6 @@ from mbtasks.data.detection import (
     turning_orientation,
 )
 from mbtasks.data.image_files import ImageReadError, is_image_file
-from mbtasks.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from mbtasks.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -363,28 +362,9 @@ class YoloDataModule(DetectionDataModule):
     def __init__(
         self,
         root: str,
-        image_size: int = 300,
-        batch_size: int = 32,
-        num_workers: int = 2,
-        train_transforms: Callable | None = None,
-        eval_transforms: Callable | None = None,
-        mean: tuple[float, ...] = IMAGENET_MEAN,
-        std: tuple[float, ...] = IMAGENET_STD,
-        val_fraction: float = 0.1,
-        generator: Callable | None = None,
+        **common: Any,
     ) -> None:
-        super().__init__(
-            root,
-            image_size,
-            batch_size,
-            num_workers,
-            train_transforms,
-            eval_transforms,
-            mean,
-            std,
-            val_fraction,
-            generator,
-        )
+        super().__init__(root, **common)
         self.spec: YoloSpec | None = None
 
     def _load(self, split: str) -> tuple[list[ImageRecord], AnnotationReport]:
