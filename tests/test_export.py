@@ -406,14 +406,14 @@ def emb_ckpt(tmp_path_factory):
 def readme_deploy_examples() -> list[str]:
     from pathlib import Path
 
-    text = (Path(__file__).parents[1] / "README.md").read_text()
+    text = (Path(__file__).parents[1] / "docs" / "deploy.md").read_text()
     section = text.split("\n## Deploy\n", 1)[1].split("\n## ", 1)[0]
     return [block.split("\n", 1)[1] for block in section.split("```")[1::2] if block.startswith("python\n")]
 
 
 @pytest.mark.slow
 def test_readme_deploy_examples_run_as_written(cls_ckpt, det_ckpt, emb_ckpt, tmp_path):
-    """The README's Deploy examples, run in a clean interpreter beside the three exports: they print
+    """The Deploy examples (docs/deploy.md), run in a clean interpreter beside the three exports: they print
     the export's answers and import neither mbtasks nor torch."""
     from PIL import Image
 
