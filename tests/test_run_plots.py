@@ -86,7 +86,8 @@ def test_plots_can_be_turned_off(tiny_shapes, tmp_path):
 def test_confusion_figure_any_class_count(tmp_path, n):
     import numpy as np
 
-    from mbtasks.callbacks.plots import confusion_figure, save_figure
+    from mbtasks.callbacks.plots import save_figure
+    from mbtasks.tasks.classification.figures import confusion_matrix
 
     matrix = np.random.default_rng(0).integers(0, 9, (n, n))
-    assert_png(save_figure(confusion_figure(matrix, [f"c{i}" for i in range(n)]), tmp_path / "cm.png"))
+    assert_png(save_figure(confusion_matrix(matrix, [f"c{i}" for i in range(n)]), tmp_path / "cm.png"))
