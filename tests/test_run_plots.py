@@ -80,6 +80,12 @@ def test_plots_can_be_turned_off(tiny_shapes, tmp_path):
         tmp_path,
     )
     assert (tmp_path / "metrics.json").is_file() and not list(tmp_path.glob("*.png"))
+    # the run-dir files are off, the task's TensorBoard figures are not
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert "val/confusion_matrix" in events.Tags()["images"]
 
 
 @pytest.mark.parametrize("n", [3, 40])
