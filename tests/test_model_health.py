@@ -12,8 +12,10 @@ import pytest
 import torch
 
 from mbtasks.callbacks import plots
+from mbtasks.tasks.classification import figures as classification_figures
 from mbtasks.tasks.classification import health as classification_health
 from mbtasks.tasks.detection import health as detection_health
+from mbtasks.tasks.embedding import figures as embedding_figures
 from mbtasks.tasks.embedding import health as embedding_health
 from mbtasks.tasks.health import TrainingFacts
 from tests.conftest import TINY_CLASSES, run_mode
@@ -95,7 +97,6 @@ def useless_run(tmp_path_factory):
     """A 1-epoch classifier on a one-sided validation split (6 circles, 1 square, 1 triangle; majority rate
     0.75): a few steps cannot beat it. Records the TensorBoard prediction grid's inputs and the test plots."""
     from mbtasks.data.synthetic.shapes import make_shapes_classification
-    from mbtasks.tasks.classification.task import ClassificationTask
 
     root = make_shapes_classification(
         tmp_path_factory.mktemp("shapes"),
@@ -110,11 +111,11 @@ def useless_run(tmp_path_factory):
         for path in sorted((root / "val" / cls).iterdir())[1:]:
             path.unlink()
     grids, figures = [], {}
-    grid, save = ClassificationTask._prediction_grid, plots.save_figure
+    grid, save = classification_figures.prediction_grid, plots.save_figure
 
-    def record_grid(self, images, labels, preds):
+    def record_grid(images, labels, preds, **kwargs):
         grids.append((labels.tolist(), preds.tolist()))
-        return grid(self, images, labels, preds)
+        return grid(images, labels, preds, **kwargs)
 
     def record_figure(fig, path):
         figures[Path(path).name] = (
@@ -125,7 +126,7 @@ def useless_run(tmp_path_factory):
 
     run_dir = tmp_path_factory.mktemp("useless")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(ClassificationTask, "_prediction_grid", record_grid)
+        mp.setattr(classification_figures, "prediction_grid", record_grid)
         mp.setattr(plots, "save_figure", record_figure)
         metrics = run_mode(
             [
@@ -179,7 +180,7 @@ def test_prediction_grid_shows_every_class_with_true_labels(useless_run):
 def test_confusion_matrix_names_its_split(useless_run):
     title, _ = useless_run["figures"]["confusion_matrix.png"]
     assert title.startswith("test split, 6 images")
-    figure = plots.confusion_figure(np.eye(3, dtype=int), TINY_CLASSES, split="val")
+    figure = classification_figures.confusion_matrix(np.eye(3, dtype=int), TINY_CLASSES, split="val")
     assert "val split" in figure._suptitle.get_text() and "no test split" in figure._suptitle.get_text()
 
 
@@ -256,7 +257,10 @@ def test_a_tiny_threshold_is_printed_with_its_digits():
     same = np.arange(40) % 2 == 0
     distances = np.where(same, rng.uniform(0, 1e-4, 40), rng.uniform(1e-4, 4e-4, 40))
     result = evaluate_verification(distances, same, fars=(1e-3, 1e-4))
-    roc, hist = plots.verification_figures(result, distances, same, 0.00017)
+    roc, hist = (
+        embedding_figures.roc_at_threshold(result, distances, same, 0.00017),
+        embedding_figures.distance_histogram(distances, same, 0.00017),
+    )
     labels = [t.get_text() for fig in (roc, hist) for t in fig.axes[0].get_legend().get_texts()]
     assert any("threshold 0.00017" in t for t in labels) and not any(
         "0.000:" in t or t.endswith("0.000") for t in labels

@@ -80,13 +80,20 @@ def test_plots_can_be_turned_off(tiny_shapes, tmp_path):
         tmp_path,
     )
     assert (tmp_path / "metrics.json").is_file() and not list(tmp_path.glob("*.png"))
+    # the run-dir files are off, the task's TensorBoard figures are not
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert "val/confusion_matrix" in events.Tags()["images"]
 
 
 @pytest.mark.parametrize("n", [3, 40])
 def test_confusion_figure_any_class_count(tmp_path, n):
     import numpy as np
 
-    from mbtasks.callbacks.plots import confusion_figure, save_figure
+    from mbtasks.callbacks.plots import save_figure
+    from mbtasks.tasks.classification.figures import confusion_matrix
 
     matrix = np.random.default_rng(0).integers(0, 9, (n, n))
-    assert_png(save_figure(confusion_figure(matrix, [f"c{i}" for i in range(n)]), tmp_path / "cm.png"))
+    assert_png(save_figure(confusion_matrix(matrix, [f"c{i}" for i in range(n)]), tmp_path / "cm.png"))

@@ -46,3 +46,17 @@ def test_a_toy_task_runs_every_mode(tiny_shapes, tmp_path):
     model = mbtasks.load(ckpt, device="cpu")
     assert isinstance(model, mbtasks.Model) and model.task_name == "toy"
     assert model.predict(np.zeros((40, 50, 3), np.uint8))[0][1] in {"circle", "square", "triangle"}
+
+
+def test_a_toy_task_draws_its_own_figure(tiny_shapes, tmp_path):
+    """The toy's figure (a pure function in tests/toy_task.py) reaches TensorBoard and the run dir through the
+    one run-plots callback, with no edit under mbtasks/."""
+    from PIL import Image
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_mode(toy(tiny_shapes, "trainer.max_epochs=1"), tmp_path)
+    with Image.open(tmp_path / "class_accuracy.png") as png:
+        assert png.format == "PNG" and min(png.size) >= 200
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert "val/class_accuracy" in events.Tags()["images"]

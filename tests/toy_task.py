@@ -8,12 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from matplotlib.figure import Figure
 from omegaconf import DictConfig
 from torch import nn
 
 from mbtasks.atomic_files import write_json_atomic
 from mbtasks.inference import Predictor
-from mbtasks.tasks.base import BaseTask
+from mbtasks.tasks.base import BaseTask, TaskFigure
 from mbtasks.tasks.spec import ExportGraph, TaskExport, TaskSpec
 
 
@@ -33,6 +34,17 @@ class ToyNet(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(images))
+
+
+def class_accuracy_figure(accuracy: np.ndarray, names: Sequence[str]) -> Figure:
+    """The toy's own figure, a pure function: validation accuracy per class as bars."""
+    fig = Figure(figsize=(4, 3))
+    ax = fig.subplots()
+    ax.bar(range(len(names)), accuracy, tick_label=list(names))
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("validation accuracy")
+    fig.tight_layout()
+    return fig
 
 
 class ToyPredictor(Predictor):
@@ -96,8 +108,23 @@ class ToyTask(BaseTask):
         images, labels = batch
         return {"loss": nn.functional.cross_entropy(self.model(images), labels)}
 
+    def on_validation_epoch_start(self) -> None:
+        self.val_hits = torch.zeros(2, len(self.class_names))  # right, seen; per true class
+
     def validation_step(self, batch, batch_idx: int) -> None:
-        self.log("val/loss", self.loss_terms(batch)["loss"], batch_size=len(batch[1]))
+        images, labels = batch
+        logits = self.model(images)
+        self.log("val/loss", nn.functional.cross_entropy(logits, labels), batch_size=len(labels))
+        right = (logits.argmax(1) == labels).float().cpu()
+        self.val_hits[0].index_add_(0, labels.cpu(), right)
+        self.val_hits[1].index_add_(0, labels.cpu(), torch.ones_like(right))
+
+    def figures(self, stage: str, sample: tuple | None = None) -> list[TaskFigure]:
+        if stage != "val":
+            return []
+        accuracy = (self.val_hits[0] / self.val_hits[1].clamp(min=1)).numpy()
+        data = {"accuracy": accuracy, "names": self.class_names}
+        return [TaskFigure(class_accuracy_figure, data, tag="val/class_accuracy", file="class_accuracy.png")]
 
     def test_step(self, batch, batch_idx: int) -> None:
         images, labels = batch

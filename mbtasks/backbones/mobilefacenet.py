@@ -12,10 +12,9 @@ With that head it counts 0.99M parameters and 221M mult-adds at 112x112, as the 
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
-from mbtasks.backbones.base import LEVEL_STRIDES, Backbone, resolve_out_indices
+from mbtasks.backbones.base import Backbone
 from mbtasks.backbones.blocks import (
     ACTIVATIONS,
     ConvBNAct,
@@ -78,33 +77,12 @@ class MobileFaceNet(Backbone):
         self.stem = ConvBNAct(3, stem, 3, 2, act_layer=act_layer, padding=padding)
         # Table 1's second row: a depthwise 3x3 alone (no pointwise conv after it)
         blocks: list[nn.Module] = [ConvBNAct(stem, stem, 3, 1, stem, act_layer, padding)]
-        level_channels, level_end = {0: stem}, {0: 0}
-        in_ch, stride = stem, 2
+        in_ch = stem
         for t, c, n, s in MFN_ARCH:
             out_ch = round_channels(c, width)
             for i in range(n):
-                block_stride = s if i == 0 else 1
-                blocks.append(InvertedResidual(in_ch, out_ch, block_stride, t, act_layer, padding))
-                stride *= block_stride
-                level = LEVEL_STRIDES.index(stride)
-                level_channels[level], level_end[level] = out_ch, len(blocks) - 1
+                blocks.append(InvertedResidual(in_ch, out_ch, s if i == 0 else 1, t, act_layer, padding))
                 in_ch = out_ch
-        last = len(level_channels) - 1
-        head = round_channels(MFN_HEAD, width)
-        blocks.append(ConvBNAct(in_ch, head, 1, act_layer=act_layer, padding=padding))
-        level_channels[last], level_end[last] = head, len(blocks) - 1
+        blocks.append(ConvBNAct(in_ch, round_channels(MFN_HEAD, width), 1, act_layer=act_layer, padding=padding))
         self.blocks = nn.Sequential(*blocks)
-        self.out_indices = resolve_out_indices(out_indices, last + 1)
-        taps = {level_end[lvl]: lvl for lvl in self.out_indices}
-        self.finish(self.out_indices, [level_channels[lvl] for lvl in self.out_indices], taps, pretrained)
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        x = self.stem(x)
-        feats = []
-        for i, block in enumerate(self.blocks):
-            x = block(x)
-            if i in self._taps:
-                feats.append(x)
-            if i == self._last_block:
-                break
-        return feats
+        self.finish(out_indices, pretrained)

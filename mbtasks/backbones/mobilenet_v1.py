@@ -9,10 +9,9 @@ input size (``data.image_size``), not a property of the network.
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
-from mbtasks.backbones.base import LEVEL_STRIDES, Backbone, resolve_out_indices
+from mbtasks.backbones.base import Backbone
 from mbtasks.backbones.blocks import (
     ConvBNAct,
     DepthwiseSeparableConv,
@@ -70,31 +69,10 @@ class MobileNetV1(Backbone):
         self.width = width
         stem = round_channels(V1_STEM, width)
         self.stem = ConvBNAct(3, stem, 3, 2, act_layer=act_layer, padding=padding)
-        blocks, level_channels, level_end = [], {}, {}
-        in_ch, stride = stem, 2
-        for i, (ch, s) in enumerate(V1_ARCH):
+        blocks, in_ch = [], stem
+        for ch, s in V1_ARCH:
             out_ch = round_channels(ch, width)
             blocks.append(DepthwiseSeparableConv(in_ch, out_ch, s, act_layer, padding))
-            stride *= s
-            level = LEVEL_STRIDES.index(stride)
-            level_channels[level], level_end[level] = out_ch, i
             in_ch = out_ch
         self.blocks = nn.Sequential(*blocks)
-        self.out_indices = resolve_out_indices(out_indices, len(LEVEL_STRIDES))
-        self.finish(
-            self.out_indices,
-            [level_channels[lvl] for lvl in self.out_indices],
-            {level_end[lvl]: lvl for lvl in self.out_indices},
-            pretrained,
-        )
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        x = self.stem(x)
-        feats = []
-        for i, block in enumerate(self.blocks):
-            x = block(x)
-            if i in self._taps:
-                feats.append(x)
-            if i == self._last_block:
-                break
-        return feats
+        self.finish(out_indices, pretrained)

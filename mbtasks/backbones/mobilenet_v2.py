@@ -8,10 +8,9 @@ width < 1 as in the paper.
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
-from mbtasks.backbones.base import LEVEL_STRIDES, Backbone, resolve_out_indices
+from mbtasks.backbones.base import Backbone
 from mbtasks.backbones.blocks import (
     ConvBNAct,
     InvertedResidual,
@@ -69,51 +68,14 @@ class MobileNetV2(Backbone):
         stem = round_channels(V2_STEM, width)
         self.stem = ConvBNAct(3, stem, 3, 2, act_layer=act_layer, padding=padding)
         blocks: list[nn.Module] = []
-        level_channels, level_end = {}, {}
-        in_ch, stride = stem, 2
+        in_ch = stem
         for t, c, n, s in V2_ARCH:
             out_ch = round_channels(c, width)
             for i in range(n):
-                block_stride = s if i == 0 else 1
-                blocks.append(InvertedResidual(in_ch, out_ch, block_stride, t, act_layer, padding))
-                stride *= block_stride
-                level = LEVEL_STRIDES.index(stride)
-                level_channels[level], level_end[level] = out_ch, len(blocks) - 1
+                blocks.append(InvertedResidual(in_ch, out_ch, s if i == 0 else 1, t, act_layer, padding))
                 in_ch = out_ch
-        head = round_channels(V2_HEAD, max(1.0, width))
+        head = round_channels(V2_HEAD, max(1.0, width))  # the 1x1 conv ends level 4 (stride 32)
         blocks.append(ConvBNAct(in_ch, head, 1, act_layer=act_layer, padding=padding))
-        level_channels[4], level_end[4] = head, len(blocks) - 1
         self.blocks = nn.Sequential(*blocks)
-        self.out_indices = resolve_out_indices(out_indices, len(LEVEL_STRIDES))
         self.expansion_taps = expansion_taps
-        # tap = (block index, read expansion of that block?)
-        taps: dict[int, tuple[int, bool]] = {}
-        channels = []
-        for lvl in self.out_indices:
-            nxt = level_end[lvl] + 1
-            if expansion_taps and lvl < 4 and isinstance(blocks[nxt], InvertedResidual):
-                taps[nxt] = (lvl, True)
-                channels.append(blocks[nxt].hidden_channels)
-            else:
-                taps[level_end[lvl]] = (lvl, False)
-                channels.append(level_channels[lvl])
-        self.finish(self.out_indices, channels, taps, pretrained)
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        x = self.stem(x)
-        feats = []
-        for i, block in enumerate(self.blocks):
-            tap = self._taps.get(i)
-            if tap is not None and tap[1]:
-                expanded = block.forward_expand(x)
-                feats.append(expanded)
-                if i == self._last_block:
-                    break
-                x = block.forward_rest(x, expanded)
-                continue
-            x = block(x)
-            if tap is not None:
-                feats.append(x)
-            if i == self._last_block:
-                break
-        return feats
+        self.finish(out_indices, pretrained, expansion_taps)

@@ -175,29 +175,6 @@ def far_key(far: float) -> str:
     return f"tar_at_far_{mantissa}e{int(exponent)}"
 
 
-def roc_figure(result: VerificationResult, title: str = "verification ROC"):
-    """A matplotlib figure of the ROC (log-scaled false accept rate)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(4.5, 4))
-    if len(result.fpr):
-        ax.plot(np.clip(result.fpr, 1e-5, 1), result.tpr, lw=1.5)
-    ax.set_xscale("log")
-    ax.set_xlim(1e-4 if result.num_different >= 10_000 else 1e-3, 1)
-    ax.set_ylim(0, 1.01)
-    ax.set_xlabel("false accept rate")
-    ax.set_ylabel("true accept rate")
-    ax.set_title(
-        f"{title}\nacc {result.accuracy:.3f} +- {result.accuracy_std:.3f}, AUC {result.roc_auc:.3f}", fontsize=9
-    )
-    ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
-    return fig
-
-
 class EmbeddingStore(Metric):
     """The evaluation embeddings of one epoch, by dataset index.
 

@@ -10,7 +10,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
 from mbtasks.atomic_files import remove_stale_temporaries
-from mbtasks.callbacks import EpochLog, RngState, ValidationSchedule
+from mbtasks.callbacks import EpochLog, RngState, RunPlots, ValidationSchedule
 from mbtasks.callbacks.epoch_log import EPOCH_LOG
 from mbtasks.checkpoint import AtomicCheckpointIO, ConfigInCheckpoint
 from mbtasks.tasks.base import BaseTask
@@ -55,6 +55,10 @@ def build_trainer(
         if isinstance(callback, ProgressBar) and not progress:
             continue
         callbacks.append(callback)
+    if not any(isinstance(c, RunPlots) for c in callbacks):
+        callbacks.append(
+            RunPlots(enabled=False)
+        )  # callbacks.plots=null: no run-dir plots, the task's TensorBoard figures
     # after the config's callbacks: it reads the stop train.time (TimeBudget) decides at the same batch
     callbacks.append(ValidationSchedule())
     logger = instantiate(cfg.logger, save_dir=str(run_dir)) if (log and cfg.get("logger")) else False

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import lightning as L
@@ -18,6 +19,24 @@ from mbtasks.tasks import health
 from mbtasks.tasks.finetune import FineTune
 from mbtasks.tasks.optim import check_no_decay, split_no_decay
 from mbtasks.tasks.spec import TaskSpec
+
+
+@dataclass(frozen=True)
+class TaskFigure:
+    """One figure a task asks for (:meth:`BaseTask.figures`).
+
+    Attributes:
+        draw: a pure drawing function (``tasks/<name>/figures.py``): ``draw(**data)`` returns a matplotlib
+            ``Figure``, or uint8 images ``(N, 3, H, W)`` for TensorBoard only.
+        data: its keyword arguments: arrays, names, numbers (no task, no trainer).
+        tag: TensorBoard image tag (``val/confusion_matrix``), or None.
+        file: PNG file name in the run dir (``confusion_matrix.png``), or None.
+    """
+
+    draw: Callable[..., Any]
+    data: Mapping[str, Any] = field(default_factory=dict)
+    tag: str | None = None
+    file: str | None = None
 
 
 def _value(v: Any) -> float:
@@ -157,14 +176,19 @@ class BaseTask(L.LightningModule):
             "Lower optimizer.lr, set trainer.gradient_clip_val, or check the data of this step"
         )
 
-    # ---------------------------------------------------------------- run-dir plots (callbacks.plots)
-    def plot_batch(self, batch, n: int) -> torch.Tensor | None:
-        """``(n, 3, H, W)`` uint8 images of ``batch`` drawn with the task's predictions, or ``None``."""
-        return None
+    # ---------------------------------------------------------------- figures (callbacks.plots)
+    def figures(self, stage: str, sample: tuple | None = None) -> list[TaskFigure]:
+        """What to draw after ``stage``'s epoch (``val`` or ``test``), from the data this task gathered.
 
-    def test_figures(self) -> dict[str, Any]:
-        """Matplotlib figures of the last test, by file name (``confusion_matrix.png``...)."""
-        return {}
+        The run-plots callback calls it on rank 0 after each validation (it logs the tags then, and writes the
+        files of the last validation after fitting) and after testing, in eval mode without gradients.
+
+        Args:
+            stage: ``val`` or ``test``.
+            sample: the first images of the stage's first batch (``callbacks.plots.images`` of them, the
+                batch's parts cut alike), for figures of predictions; ``None`` when the run writes no files.
+        """
+        return []
 
     # ---------------------------------------------------------------- checkpoints
     def task_args(self) -> dict[str, Any]:

@@ -4,24 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-import matplotlib
+import torch
+from torch import nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-from torchmetrics import MetricCollection  # noqa: E402
-from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix  # noqa: E402
-
-from mbtasks.backbones.base import Backbone  # noqa: E402
-from mbtasks.callbacks.plots import confusion_figure  # noqa: E402
-from mbtasks.data.transforms import denormalize  # noqa: E402
-from mbtasks.models.classifier import Classifier  # noqa: E402
-from mbtasks.tasks import health  # noqa: E402
-from mbtasks.tasks.base import BaseTask  # noqa: E402
-from mbtasks.tasks.classification import health as classification_health  # noqa: E402
-from mbtasks.tasks.classification.spec import SPEC  # noqa: E402
-from mbtasks.tasks.finetune import FineTune  # noqa: E402
+from mbtasks.backbones.base import Backbone
+from mbtasks.data.transforms import denormalize
+from mbtasks.models.classifier import Classifier
+from mbtasks.tasks import health
+from mbtasks.tasks.base import BaseTask, TaskFigure
+from mbtasks.tasks.classification import figures
+from mbtasks.tasks.classification import health as classification_health
+from mbtasks.tasks.classification.spec import SPEC
+from mbtasks.tasks.finetune import FineTune
 
 
 class ClassificationTask(BaseTask):
@@ -97,17 +93,11 @@ class ClassificationTask(BaseTask):
             self._sample.add(batch[0], labels, logits.argmax(1))
 
     def on_validation_epoch_end(self) -> None:
-        tb = self.tensorboard
         # compute() gathers over ranks under DDP, so every rank calls it; the health checks need it too.
-        confmat = self.val_confmat.compute() if not self.trainer.sanity_checking else None
-        if confmat is not None:
-            self.set_health(classification_health.check(confmat.cpu().numpy(), self.class_names, health.facts_of(self)))
-        if tb is not None and confmat is not None:
-            fig, _ = self.val_confmat.plot(val=confmat, labels=self.class_names)
-            tb.add_figure("val/confusion_matrix", fig, self.global_step)
-            plt.close(fig)
-            if len(self._sample):
-                tb.add_figure("val/predictions", self._prediction_grid(*self._sample.take()), self.global_step)
+        self.val_matrix = self.val_confmat.compute().cpu().numpy() if not self.trainer.sanity_checking else None
+        if self.val_matrix is not None:
+            self.set_health(classification_health.check(self.val_matrix, self.class_names, health.facts_of(self)))
+        self.val_grid = self._sample.take() if len(self._sample) else None
         self.val_confmat.reset()
         self._sample.clear()
 
@@ -127,35 +117,30 @@ class ClassificationTask(BaseTask):
         # the data module tests on its validation split when it has no test split: the figure says which
         self.test_split = str(getattr(getattr(self.trainer, "datamodule", None), "test_split", "test"))
 
-    def test_figures(self) -> dict:
-        """``confusion_matrix.png``: the tested split's counts, and normalised per true class."""
-        matrix = getattr(self, "test_matrix", None)
-        if matrix is None:
-            return {}
-        return {"confusion_matrix.png": confusion_figure(matrix, self.class_names, split=self.test_split)}
+    def figures(self, stage: str, sample: tuple | None = None) -> list[TaskFigure]:
+        """``val``: the confusion matrix and the prediction grid (TensorBoard); ``test``: ``confusion_matrix.png``,
+        the tested split's counts, and normalised per true class."""
+        names = self.class_names
+        if stage == "test":
+            matrix = getattr(self, "test_matrix", None)
+            if matrix is None:
+                return []
+            data = {"matrix": matrix, "names": names, "split": self.test_split}
+            return [TaskFigure(figures.confusion_matrix, data, file="confusion_matrix.png")]
+        out = []
+        if getattr(self, "val_matrix", None) is not None:
+            data = {"matrix": self.val_matrix, "names": names}
+            out.append(TaskFigure(figures.confusion_counts, data, tag="val/confusion_matrix"))
+        if getattr(self, "val_grid", None) is not None:
+            images, labels, preds = self.val_grid
+            images = denormalize(images.float(), self.info["mean"], self.info["std"])
+            data = {"images": images, "labels": labels, "preds": preds, "names": names, "step": self.global_step}
+            out.append(TaskFigure(figures.prediction_grid, data, tag="val/predictions"))
+        return out
 
     def predict_step(self, batch, batch_idx: int = 0) -> torch.Tensor:
         images = batch[0] if isinstance(batch, list | tuple) else batch
         return self(images).softmax(dim=1)
-
-    def _prediction_grid(self, images: torch.Tensor, labels: torch.Tensor, preds: torch.Tensor):
-        images = denormalize(images.float(), self.info["mean"], self.info["std"])
-        cols = min(8, len(images))
-        rows = (len(images) + cols - 1) // cols
-        fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.8 * rows), squeeze=False)
-        for ax in axes.flat:
-            ax.axis("off")
-        for ax, img, y, p in zip(axes.flat, images, labels, preds, strict=False):
-            ax.imshow(img.permute(1, 2, 0).clamp(0, 1).numpy())
-            ok = int(y) == int(p)
-            ax.set_title(
-                f"{self.class_names[int(p)]}\n(true: {self.class_names[int(y)]})",
-                fontsize=7,
-                color="green" if ok else "red",
-            )
-        fig.suptitle(f"validation, step {self.global_step}: predicted (true), green when right", fontsize=8)
-        fig.tight_layout()
-        return fig
 
 
 class GridSample:

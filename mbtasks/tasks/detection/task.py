@@ -12,10 +12,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
-from torchvision.utils import draw_bounding_boxes
 
 from mbtasks.backbones.base import Backbone
-from mbtasks.callbacks.plots import pr_figure
 from mbtasks.data.transforms import denormalize
 from mbtasks.metrics.coco import STAT_NAMES, CocoMeanAP, defined
 from mbtasks.metrics.wider import wider_stats
@@ -24,7 +22,8 @@ from mbtasks.models.detection.loss import SSDLoss
 from mbtasks.models.detection.postprocess import TOPK_CANDIDATES, to_original
 from mbtasks.models.detection.ssd import SSDDetector
 from mbtasks.tasks import health
-from mbtasks.tasks.base import BaseTask
+from mbtasks.tasks.base import BaseTask, TaskFigure
+from mbtasks.tasks.detection import figures
 from mbtasks.tasks.detection import health as detection_health
 from mbtasks.tasks.detection.spec import SPEC
 from mbtasks.tasks.finetune import FineTune
@@ -162,10 +161,7 @@ class DetectionTask(BaseTask):
 
     def on_validation_epoch_end(self) -> None:
         self._log_map("val", self.val_map)
-        tb = self.tensorboard
-        if tb is not None and self._sample is not None and not self.trainer.sanity_checking:
-            tb.add_images("val/detections", self.draw(*self._sample), self.global_step)
-        self._sample = None
+        self.val_sample, self._sample = (None if self.trainer.sanity_checking else self._sample), None
 
     def on_test_epoch_end(self) -> None:
         self._log_map("test", self.test_map)
@@ -175,41 +171,30 @@ class DetectionTask(BaseTask):
         images = batch[0] if isinstance(batch, list | tuple) else batch
         return self.model.detect(images)
 
-    def plot_batch(self, batch, n: int) -> torch.Tensor:
-        """The first ``n`` images with true (green) and predicted (red) boxes, drawn at >= 256 px so
-        that labels stay readable on small inputs."""
-        images, targets = batch
-        detections = self.predict_step(images[:n])
-        scale = max(1, 256 // int(images.shape[-1]))
-        big = torch.nn.functional.interpolate(images[:n].detach().float().cpu(), scale_factor=scale, mode="nearest")
-        return self.draw(
-            big,
-            [t["boxes"].cpu() * scale for t in targets[:n]],
-            [
-                {k: (v.detach().cpu() * scale if k == "boxes" else v.detach().cpu()) for k, v in d.items()}
-                for d in detections
-            ],
-        )
+    def figures(self, stage: str, sample: tuple | None = None) -> list[TaskFigure]:
+        """``val``: the first validation images with their boxes (TensorBoard) and ``val_predictions.png``;
+        ``test``: ``pr_curve.png`` (pycocotools' precision arrays, per class and overall) and
+        ``test_predictions.png``. The PNGs draw ``sample`` with the predictions of the model as it is now."""
+        out = []
+        if stage == "val" and getattr(self, "val_sample", None) is not None:
+            images, boxes, detections = self.val_sample
+            out.append(TaskFigure(figures.draw_boxes, self._drawn(images, boxes, detections), tag="val/detections"))
+        if stage == "test" and "precision" in (curves := self.test_map.curves or {}):
+            data = {"precision": curves["precision"], "category_ids": curves["category_ids"], "names": self.class_names}
+            out.append(TaskFigure(figures.pr_curve, data, file="pr_curve.png"))
+        if sample is not None:
+            images, targets = sample
+            detections = [{k: v.cpu() for k, v in d.items()} for d in self.predict_step(images)]
+            data = self._drawn(images, [t["boxes"] for t in targets], detections)
+            out.append(TaskFigure(figures.prediction_grid, data, file=f"{stage}_predictions.png"))
+        return out
 
-    def test_figures(self) -> dict:
-        """``pr_curve.png``: pycocotools' precision arrays of the test split, per class and overall."""
-        curves = self.test_map.curves or {}
-        if "precision" not in curves:
-            return {}
-        return {"pr_curve.png": pr_figure(curves["precision"], curves["category_ids"], list(self.class_names))}
-
-    def draw(
-        self, images: torch.Tensor, gt_boxes: list[torch.Tensor], detections: list[dict], score_threshold: float = 0.3
-    ) -> torch.Tensor:
-        """Images ``(N, 3, H, W)`` uint8 with ground truth (green) and detections (red, labelled)."""
-        pixels = (denormalize(images.float(), self.info["mean"], self.info["std"]) * 255).to(torch.uint8)
-        drawn = []
-        for img, gt, det in zip(pixels, gt_boxes, detections, strict=True):
-            img = draw_bounding_boxes(img, gt.cpu(), colors="lime", width=1)
-            keep = det["scores"] >= score_threshold
-            names = [
-                f"{self.class_names[int(c)]} {s:.2f}"
-                for c, s in zip(det["labels"][keep], det["scores"][keep], strict=True)
-            ]
-            drawn.append(draw_bounding_boxes(img, det["boxes"][keep], labels=names, colors="red", width=1))
-        return torch.stack(drawn)
+    def _drawn(self, images: torch.Tensor, boxes: list[torch.Tensor], detections: list[dict]) -> dict:
+        """The arguments of the box drawings: pixels in [0, 1], boxes and detections on the CPU, class names."""
+        pixels = denormalize(images.detach().float().cpu(), self.info["mean"], self.info["std"])
+        return {
+            "images": pixels,
+            "true_boxes": [b.cpu() for b in boxes],
+            "detections": detections,
+            "names": self.class_names,
+        }

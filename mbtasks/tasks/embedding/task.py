@@ -16,14 +16,14 @@ import torch
 from torch import nn
 
 from mbtasks.backbones.base import Backbone
-from mbtasks.callbacks.plots import verification_figures
 from mbtasks.data.transforms import denormalize
 from mbtasks.errors import ConfigError
 from mbtasks.metrics.open_set import OpenSetResult, dir_key, evaluate_open_set, rates_at
-from mbtasks.metrics.verification import VerificationMetric, VerificationResult, far_key, roc_figure
+from mbtasks.metrics.verification import VerificationMetric, VerificationResult, far_key
 from mbtasks.models.embedding import EmbeddingNet, build_embedding_head
 from mbtasks.tasks import health
-from mbtasks.tasks.base import BaseTask
+from mbtasks.tasks.base import BaseTask, TaskFigure
+from mbtasks.tasks.embedding import figures
 from mbtasks.tasks.embedding import health as embedding_health
 from mbtasks.tasks.embedding.distill import Distiller
 from mbtasks.tasks.embedding.losses import (
@@ -169,6 +169,7 @@ class EmbeddingTask(BaseTask):
         self._thumbnails: dict[int, torch.Tensor] = {}
         self._projector_indices: set[int] = set()
         self._noted: set[str] = set()
+        self.evaluated: dict[str, VerificationResult] = {}  # the last evaluation's, per split, for the figures
 
     @torch.no_grad()
     def embed(self, images: torch.Tensor) -> torch.Tensor:
@@ -232,6 +233,7 @@ class EmbeddingTask(BaseTask):
         self.eval_store.reset()
         self._eval_embeddings, self._thumbnails = {}, {}
         self._projector_indices = set()
+        self.evaluated.pop(split, None)
         if split == "test" and self.projector_identities > 0:
             pair_set = self._pair_set(split)
             by_identity: dict[int, list[int]] = {}
@@ -307,15 +309,10 @@ class EmbeddingTask(BaseTask):
             metrics[far_key(far)] = float("nan") if tar is None else tar
         for key, value in metrics.items():
             self.log(f"{split}/{key}", float(value), prog_bar=key == "verification_acc")
+        self.evaluated[split] = result
         tb = self.tensorboard
-        if tb is not None:
-            import matplotlib.pyplot as plt
-
-            fig = roc_figure(result, f"{split} ROC (step {self.global_step})")
-            tb.add_figure(f"{split}/roc", fig, self.global_step)
-            plt.close(fig)
-            if result.notes:
-                tb.add_text(f"{split}/notes", "\n\n".join(result.notes), self.global_step)
+        if tb is not None and result.notes:
+            tb.add_text(f"{split}/notes", "\n\n".join(result.notes), self.global_step)
 
     def on_validation_epoch_start(self) -> None:
         self._eval_start("val")
@@ -382,13 +379,23 @@ class EmbeddingTask(BaseTask):
             tag=f"{split}/embeddings",
         )
 
-    def test_figures(self) -> dict:
-        """``roc.png`` (the stored threshold and TAR@FAR marked) and ``distances.png`` of the test pairs."""
-        if getattr(self, "test_pairs", None) is None:
-            return {}
-        result, distances, same = self.test_pairs
-        roc, hist = verification_figures(result, np.asarray(distances), np.asarray(same), float(self.threshold))
-        return {"roc.png": roc, "distances.png": hist}
+    def figures(self, stage: str, sample: tuple | None = None) -> list[TaskFigure]:
+        """The protocol's ROC of the split (TensorBoard ``val/roc``, ``test/roc``); after testing also ``roc.png``
+        (the stored threshold and TAR@FAR marked) and ``distances.png`` of the test pairs."""
+        result = self.evaluated.get(stage)
+        if result is None:
+            return []
+        out = [
+            TaskFigure(
+                figures.roc, {"result": result, "title": f"{stage} ROC (step {self.global_step})"}, tag=f"{stage}/roc"
+            )
+        ]
+        if stage == "test" and getattr(self, "test_pairs", None) is not None:
+            result, distances, same = self.test_pairs
+            data = {"distances": np.asarray(distances), "same": np.asarray(same), "threshold": float(self.threshold)}
+            out.append(TaskFigure(figures.roc_at_threshold, {"result": result, **data}, file="roc.png"))
+            out.append(TaskFigure(figures.distance_histogram, data, file="distances.png"))
+        return out
 
     # ---------------------------------------------------------------- predict
     def predict_step(self, batch, batch_idx: int = 0) -> torch.Tensor:
