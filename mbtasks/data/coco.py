@@ -20,13 +20,12 @@ from mbtasks.data.detection import (
     DetectionDataModule,
     ImageRecord,
     as_number,
-    as_size,
     check_box,
-    image_size_of,
+    declared_size,
     require_boxes,
     split_off,
 )
-from mbtasks.data.image_files import ImageReadError, inside_folder
+from mbtasks.data.image_files import inside_folder
 from mbtasks.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -149,20 +148,11 @@ def load_coco(
                 "missing image files", f"image id {image_id}: file {path} not found; its annotations are skipped"
             )
             continue
-        width, height = as_size(entry.get("width")), as_size(entry.get("height"))
-        if width is None or height is None:
-            report.add(
-                "image sizes that are not numbers",
-                f"image id {image_id} ({name}): width={entry.get('width')!r}, "
-                f"height={entry.get('height')!r}; the file's size is used",
-            )
-            width = height = 0
-        if width <= 0 or height <= 0:
-            try:
-                width, height = image_size_of(path)
-            except ImageReadError as err:
-                report.add("unreadable images", f"image id {image_id}: {err}")
-                continue
+        where = f"image id {image_id}"
+        size = declared_size(entry.get("width"), entry.get("height"), path, report, f"{where} ({name}):", f"{where}: ")
+        if size is None:
+            continue
+        width, height = size
         images[image_id] = ImageRecord(image_id, path, width, height)
     per_image: dict[int, list[tuple]] = {i: [] for i in images}
     for ann in data["annotations"]:

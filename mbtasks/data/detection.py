@@ -86,6 +86,26 @@ def image_size_of(path: Path) -> tuple[int, int]:
         return int(w), int(h)
 
 
+def declared_size(
+    width: object, height: object, path: Path, report: AnnotationReport, where: str, unreadable: str = ""
+) -> tuple[int, int] | None:
+    """The image size an annotation declares, else the file's own (header only): a size that is not a
+    number is counted under ``where`` and replaced; None (counted, with ``unreadable`` before the
+    reason) when the file cannot be read either."""
+    w, h = as_size(width), as_size(height)
+    if w is None or h is None:
+        report.add(
+            "image sizes that are not numbers", f"{where} width={width!r}, height={height!r}; the file's size is used"
+        )
+    if w and h and w > 0 and h > 0:
+        return w, h
+    try:
+        return image_size_of(path)
+    except ImageReadError as err:
+        report.add("unreadable images", f"{unreadable}{err}")
+        return None
+
+
 def exif_orientation(path: Path) -> int:
     """The EXIF orientation of an image file (1: none; 2-8 as ``read_rgb`` applies them), header only."""
     try:

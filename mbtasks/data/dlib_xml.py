@@ -31,13 +31,12 @@ from mbtasks.data.detection import (
     DetectionDataModule,
     ImageRecord,
     as_number,
-    as_size,
     check_box,
-    image_size_of,
+    declared_size,
     require_boxes,
     split_off,
 )
-from mbtasks.data.image_files import ImageReadError, inside_folder
+from mbtasks.data.image_files import inside_folder
 from mbtasks.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -107,18 +106,10 @@ def load_imglab(
                 f"{path.name}: image file {name!r} not found next to the xml; its boxes are skipped",
             )
             continue
-        width, height = as_size(entry.get("width")), as_size(entry.get("height"))
-        if not width or not height:
-            if width is None or height is None:
-                report.add(
-                    "image sizes that are not numbers",
-                    f"{name}: width={entry.get('width')!r}, height={entry.get('height')!r}; the file's size is used",
-                )
-            try:
-                width, height = image_size_of(image)
-            except ImageReadError as err:
-                report.add("unreadable images", str(err))
-                continue
+        size = declared_size(entry.get("width"), entry.get("height"), image, report, f"{name}:")
+        if size is None:
+            continue
+        width, height = size
         boxes, labels, ignore, flags = [], [], [], {k: [] for k in KEPT_FLAGS}
         for k, box in enumerate(entry.findall("box")):
             cls = _label(box) or default_label

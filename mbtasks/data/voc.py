@@ -22,13 +22,12 @@ from mbtasks.data.detection import (
     AnnotationReport,
     DetectionDataModule,
     ImageRecord,
-    as_size,
     check_box,
-    image_size_of,
+    declared_size,
     require_boxes,
     split_off,
 )
-from mbtasks.data.image_files import IMAGE_EXTENSIONS, ImageReadError, inside_folder
+from mbtasks.data.image_files import IMAGE_EXTENSIONS, inside_folder
 from mbtasks.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -116,20 +115,10 @@ def load_voc(
             )
             continue
         size = root.find("size")
-        width, height = as_size(_text(size, "width")), as_size(_text(size, "height"))
-        if width is None or height is None:
-            report.add(
-                "image sizes that are not numbers",
-                f"{xml_path}: <size> width={_text(size, 'width')!r}, "
-                f"height={_text(size, 'height')!r}; the file's size is used",
-            )
-            width = height = 0
-        if width <= 0 or height <= 0:
-            try:
-                width, height = image_size_of(path)
-            except ImageReadError as err:
-                report.add("unreadable images", str(err))
-                continue
+        found = declared_size(_text(size, "width"), _text(size, "height"), path, report, f"{xml_path}: <size>")
+        if found is None:
+            continue
+        width, height = found
         boxes, labels, difficult = [], [], []
         for k, obj in enumerate(root.iter("object")):
             name = _text(obj, "name")
