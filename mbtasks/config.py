@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import ClassVar
 
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
@@ -13,12 +15,12 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import get_class
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from mbtasks.data.base import LoaderSettings
 from mbtasks.errors import ConfigError, suggest
 from mbtasks.resume import run_dir_for
+from mbtasks.settings import Settings, setting
 from mbtasks.tasks import spec_for_config
-from mbtasks.tasks.optim import check_no_decay
-
-MODES = ("train", "test", "predict", "profile", "export", "check", "convert")
+from mbtasks.tasks.optim import OptimizerSettings, check_no_decay
 
 _PACKAGED_CONF = Path(__file__).parent / "conf"
 CONFIG_DIR = str(_PACKAGED_CONF if _PACKAGED_CONF.is_dir() else Path(__file__).parent.parent / "conf")
@@ -51,26 +53,25 @@ def register_resolvers() -> None:
 register_resolvers()
 
 
-# Numeric keys checked at start-up when the config has them: (integer?, lower bound, lower bound
-# included?, upper bound or None, an example). The width bound keeps a typo (width=100) from
-# building a network that exhausts memory; the seed range is numpy's.
-NUMERIC_KEYS = {
-    "seed": (True, 0, True, 2**32 - 1, "42"),
-    "backbone.width": (False, 0, False, 4.0, "1.0, 0.75, 0.5, 0.25"),
-    "data.batch_size": (True, 1, True, None, "32"),
-    "data.num_workers": (True, 0, True, None, "0 or 2"),
-    "data.val_fraction": (False, 0, False, 1.0, "0.1"),
-    "optimizer.lr": (False, 0, False, None, "0.01"),
-    "predict.batch_size": (True, 1, True, None, "32"),
-    "predict.top_k": (True, 1, True, None, "5"),
-    "export.num_inputs": (True, 1, True, None, "4"),
-    "export.calibration_images": (True, 1, True, None, "256"),
-    "export.speed_batch": (True, 1, True, None, "32"),
-    "export.speed_threads": (True, 1, True, None, "2"),
-    "profile.batch_size": (True, 1, True, None, "1"),
-    "profile.warmup": (True, 0, True, None, "3"),
-    "profile.repeats": (True, 1, True, None, "20"),
-}
+@dataclass(frozen=True, kw_only=True)
+class RunSettings(Settings):
+    """The root keys every mode reads: ``seed`` (numpy's range)."""
+
+    seed: int | None = setting(integer=True, low=0, high=2**32 - 1, optional=True, example="42")
+
+
+@dataclass(frozen=True, kw_only=True)
+class BackboneWidth(Settings):
+    """``backbone.width``, the width multiplier every backbone constructor takes (timm's: none). The bound
+    keeps a typo (width=100) from building a network that exhausts memory."""
+
+    section: ClassVar[str] = "backbone"
+    width: float | None = setting(low=0, low_in=False, high=4.0, optional=True, example="1.0, 0.75, 0.5, 0.25")
+
+
+# The keys validate() checks for every mode, each class declared beside what takes them (the modes'
+# own blocks are checked by their mode: train.*, profile.*, predict.*, export.*).
+START_UP_CHECKS = (RunSettings, BackboneWidth, LoaderSettings, OptimizerSettings)
 
 
 def _is_number(value, integer: bool) -> bool:
@@ -81,21 +82,11 @@ def _is_number(value, integer: bool) -> bool:
     return isinstance(value, int | float) and math.isfinite(value)
 
 
-def check_number(cfg: DictConfig, key: str) -> None:
-    """Raise :class:`ConfigError` when ``key`` (present and not null) is outside :data:`NUMERIC_KEYS`' range."""
-    integer, low, low_in, high, example = NUMERIC_KEYS[key]
-    value = OmegaConf.select(cfg, key, default=None)
-    if value is None:
-        return
-    if (
-        not _is_number(value, integer)
-        or (value < low if low_in else value <= low)
-        or (high is not None and value > high)
-    ):
-        bounds = f"{'>=' if low_in else '>'} {low}" + (f" and <= {high}" if high is not None else "")
-        raise ConfigError(
-            f"{key}={value!r}: expected {'an integer' if integer else 'a number'} {bounds} (e.g. {example})"
-        )
+def check_declared(cfg: DictConfig, cls: type[Settings]) -> None:
+    """Raise :class:`ConfigError` when a key ``cls`` declares is out of its range in ``cfg`` (absent or
+    null: not checked)."""
+    prefix = f"{cls.section}." if cls.section else ""
+    cls(**{f.name: OmegaConf.select(cfg, prefix + f.name, default=None) for f in fields(cls)})
 
 
 def check_normalisation(cfg: DictConfig) -> None:
@@ -153,7 +144,11 @@ def check_head_fits_task(cfg: DictConfig, spec) -> None:
 
 
 def validate(cfg: DictConfig) -> None:
-    """Check the keys every mode relies on; raise :class:`ConfigError` naming key and valid values."""
+    """Check the keys every mode relies on; raise :class:`ConfigError` naming key and valid values.
+
+    ``mode`` names a runner (:func:`mbtasks.modes.run.runner` checks it); each mode checks its own block
+    (``train.*``, ``profile.*``...) as it starts.
+    """
     missing = sorted(OmegaConf.missing_keys(cfg))
     if cfg.get("mode") in ("profile", "predict", "export"):  # these read no data set (predict/export: the checkpoint's)
         missing = [k for k in missing if not k.startswith("data.")]
@@ -163,10 +158,8 @@ def validate(cfg: DictConfig) -> None:
             + (f" (also unset: {missing[1:]})" if len(missing) > 1 else "")
         )
     mode = cfg.get("mode")
-    if mode not in MODES:
-        raise ConfigError(f"mode={mode!r}: expected one of {list(MODES)}.{suggest(mode, MODES)}")
-    for key in NUMERIC_KEYS:
-        check_number(cfg, key)
+    for checks in START_UP_CHECKS:
+        check_declared(cfg, checks)
     check_normalisation(cfg)
     check_epochs(cfg)
     spec = spec_for_config(cfg)
@@ -206,11 +199,6 @@ def validate(cfg: DictConfig) -> None:
     check_no_decay(OmegaConf.select(cfg, "task.no_decay"))
     if mode in ("test", "predict", "export") and not cfg.get("ckpt_path"):
         raise ConfigError(f"mode={mode} needs ckpt_path=PATH (a checkpoint written by mode=train)")
-    if mode == "predict" and not any(OmegaConf.select(cfg, f"predict.{k}") for k in ("input", "pairs", "gallery")):
-        raise ConfigError(
-            "mode=predict needs predict.input=PATH (an image file or a folder of images)"
-            " (embedding checkpoints: or predict.pairs=FILE)"
-        )
 
 
 def _compose_groups(overrides: list[str], config_dir: str) -> DictConfig | None:

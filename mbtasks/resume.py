@@ -12,12 +12,11 @@ from mbtasks import checkpoint
 from mbtasks.checkpoint import upgrade_config
 from mbtasks.errors import ConfigError
 from mbtasks.modes.rundir import read_metrics
+from mbtasks.modes.train import STEPS_KEY, train_settings
 
 log = logging.getLogger("mbtasks")
 
 LAST = Path("checkpoints") / "last.ckpt"
-# metrics.json key: the global step training ended at (mode=train writes it with the final metrics)
-STEPS_KEY = "train/steps"
 # Keys of the new command line that say *how* to resume rather than change the run.
 _RESUME_KEYS = ("resume", "ckpt_path", "mode")
 
@@ -74,6 +73,8 @@ def resume_config(cfg: DictConfig, run_dir: Path, overrides=()) -> tuple[DictCon
             )
         log.warning("%s has no config.yaml (the run's record): resuming with the config stored in %s", run_dir, last)
         base = OmegaConf.create(stored)
+    # train keys added since the run was written (train.val_share, train.test_after) take today's defaults
+    base.train = OmegaConf.merge(cfg.train, base.get("train") or {})
     for item in overrides:
         key = item.partition("=")[0].lstrip("+~")
         if key in _RESUME_KEYS or key.startswith("hydra."):
@@ -118,7 +119,7 @@ def finished_run(cfg: DictConfig, run_dir: Path, overrides=()) -> str | None:
     if isinstance(recorded, int | float) and step > recorded:
         return None
     given = {item.partition("=")[0].lstrip("+~") for item in overrides}
-    budget = OmegaConf.select(cfg, "train.time", default=None)
+    budget = train_settings(cfg).time
     max_epochs = OmegaConf.select(cfg, "trainer.max_epochs", default=None)
     what = f"{run_dir} is a finished run ({epochs} epoch{'s' * (epochs != 1)}, {step} steps, then tested: metrics.json)"
     more = f"resume={run_dir} trainer.max_epochs=N" + (" train.time=null" if budget else "") + f" (N > {epochs})"

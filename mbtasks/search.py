@@ -32,6 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 from mbtasks.backbones.pretrained import is_active
 from mbtasks.callbacks.epoch_log import EPOCH_LOG, read_epoch_log
 from mbtasks.errors import ConfigError
+from mbtasks.modes.train import train_settings
 from mbtasks.pretraining import resolve_auto
 
 log = logging.getLogger(__name__)
@@ -119,7 +120,7 @@ def rerun_overrides(trial_overrides: list[str], trial_config: dict | None) -> li
     ``train.test_after=false`` left out), with the trials' ``train.time`` budget kept (the chosen
     settings were found for it)."""
     out = [o for o in trial_overrides if o.split("=", 1)[0].lstrip("+~") not in ("hparams_search", "train.test_after")]
-    budget = ((trial_config or {}).get("train") or {}).get("time")
+    budget = train_settings(trial_config).time if trial_config else None
     if budget is not None and not any(o.split("=", 1)[0].lstrip("+~") == "train.time" for o in out):
         out.append(f"train.time={budget}")
     return out

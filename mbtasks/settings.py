@@ -36,11 +36,13 @@ def setting(
     low: float | None = None,
     low_in: bool = True,
     high: float | None = None,
+    high_in: bool = True,
     choices: Sequence[Any] | None = None,
     optional: bool = False,
     example: str = "",
 ) -> Any:
-    """A declared key: a number (``integer`` or not) within ``low``/``high``, or one of ``choices``
+    """A declared key: a number (``integer`` or not) within ``low``/``high`` (each included unless
+    ``low_in`` / ``high_in`` is false), or one of ``choices``
     (``number=False, choices=None``: any value, unchecked). ``optional``: null is allowed. No default:
     defaults live in the config file."""
     if choices is not None:
@@ -52,6 +54,7 @@ def setting(
             "low": low,
             "low_in": low_in,
             "high": high,
+            "high_in": high_in,
             "choices": None if choices is None else tuple(choices),
             "optional": optional,
             "example": example,
@@ -82,12 +85,14 @@ def check_value(key: str, value: Any, meta: Mapping[str, Any]) -> None:
         return
     integer, low, low_in, high = meta["integer"], meta["low"], meta["low_in"], meta["high"]
     below = low is not None and (value < low if low_in else value <= low) if _is_number(value, integer) else True
-    if not _is_number(value, integer) or below or (high is not None and value > high):
+    high_in = meta.get("high_in", True)
+    above = high is not None and (value > high if high_in else value >= high) if _is_number(value, integer) else True
+    if not _is_number(value, integer) or below or above:
         bounds = " and ".join(
             b
             for b in (
                 f"{'>=' if low_in else '>'} {low}" if low is not None else "",
-                f"<= {high}" if high is not None else "",
+                f"{'<=' if high_in else '<'} {high}" if high is not None else "",
             )
             if b
         )

@@ -26,7 +26,7 @@ from tests.bad_inputs import (
     tiff_bytes,
     voc_pair,
 )
-from tests.conftest import compose_cfg
+from tests.conftest import compose_cfg, run_mode
 
 
 @dataclass
@@ -190,6 +190,15 @@ def validate_with(overrides: list[str]) -> Callable[[Path], None]:
         from mbtasks.config import validate
 
         validate(compose_cfg(overrides))
+
+    return run
+
+
+def dispatch_with(overrides: list[str]) -> Callable[[Path], None]:
+    """The command line run as the CLI runs it (the mode name is checked by its dispatch)."""
+
+    def run(tmp: Path) -> None:
+        run_mode(overrides, tmp / "run")
 
     return run
 
@@ -565,8 +574,6 @@ def export_output(name: str) -> Callable[[Path], None]:
 
 
 def train_time_zero(tmp: Path) -> None:
-    from tests.conftest import run_mode
-
     run_mode([f"data.root={tmp / 'missing'}", "data.generator=null", "train.time=0"], tmp / "run")
 
 
@@ -641,7 +648,7 @@ CASES = [
         ConfigError,
         r"data.image_size=20: expected an integer >= 32",
     ),
-    Case("unknown mode", validate_with(["mode=tarin"]), ConfigError, r"mode='tarin'.*Did you mean 'train'"),
+    Case("unknown mode", dispatch_with(["mode=tarin"]), ConfigError, r"mode='tarin'.*Did you mean 'train'"),
     Case("mode=test without ckpt_path", validate_with(["mode=test"]), ConfigError, r"needs ckpt_path"),
     Case(
         "checkpoint of another width as backbone.pretrained",

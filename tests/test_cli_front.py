@@ -14,7 +14,8 @@ from hydra.errors import HydraException
 
 import mbtasks
 from mbtasks.cli import command_line_error, os_error_behind, run_dir_error
-from mbtasks.config import CONFIG_DIR, MODES
+from mbtasks.config import CONFIG_DIR
+from mbtasks.modes.run import RUNNERS
 from tests.conftest import compose_cfg
 
 REPO = Path(__file__).resolve().parent.parent
@@ -47,7 +48,7 @@ def test_help_teaches_modes_tasks_keys_and_where_the_config_is_without_loading_t
     text = proc.stdout
     assert text.rstrip().endswith("loaded: []")  # printed before torch, Hydra or Lightning load
     assert text.startswith(f"mbtasks {mbtasks.__version__}: one MobileNet backbone")
-    for mode in MODES:
+    for mode in RUNNERS:
         assert f"\n  {mode} " in text
     for task in sorted(p.stem for p in Path(CONFIG_DIR, "task").glob("*.yaml")):
         assert f"\n  {task} " in text

@@ -12,9 +12,9 @@ from omegaconf import OmegaConf
 
 from mbtasks.config import CONFIG_DIR, misspelled_keys
 from mbtasks.errors import ConfigError
-from mbtasks.modes.run import RUNNERS, dispatch
+from mbtasks.modes.run import RUNNERS, dispatch, runner
 from mbtasks.tasks.finetune import FineTune
-from tests.conftest import compose_cfg
+from tests.conftest import compose_cfg, save_checkpoint
 
 CONF = Path(CONFIG_DIR)
 
@@ -51,10 +51,14 @@ def test_finetune_group_is_its_constructor():
         FineTune(freeze=True, unfreeze_at_epoch=-1)
 
 
-def test_every_mode_has_a_runner():
-    from mbtasks.config import MODES
+def test_modes_are_listed_once():
+    """The modes dispatch runs are the ones it accepts: config.py keeps no second list (issue 27)."""
+    import mbtasks.config
 
-    assert set(RUNNERS) == set(MODES)
+    assert not hasattr(mbtasks.config, "MODES")
+    assert {m: runner(m) for m in RUNNERS} == RUNNERS
+    with pytest.raises(ConfigError, match=r"mode='profil': expected one of \['train', .*Did you mean 'profile'"):
+        runner("profil")
 
 
 def test_no_decay_groups_exempt_depthwise_norm_and_bias():
@@ -148,10 +152,16 @@ def test_config_errors_name_key_and_values(override, message, tmp_path):
 
 
 def test_test_and_predict_need_a_checkpoint(tmp_path):
+    from mbtasks.tasks import build_task
+
     with pytest.raises(ConfigError, match="ckpt_path"):
         dispatch(compose_cfg(["mode=test"]), tmp_path)
+    # predict.input is the predict mode's own key (PredictSettings): checked by the mode, once its checkpoint is read
+    cfg = compose_cfg(["backbone.width=0.25", "data.image_size=32"])
+    info = {"class_names": ["a", "b"], "image_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3}
+    ckpt = save_checkpoint(build_task(cfg, info, training=False), cfg, tmp_path / "ok.ckpt")
     with pytest.raises(ConfigError, match="predict.input"):
-        dispatch(compose_cfg(["mode=predict", "ckpt_path=x.ckpt"]), tmp_path)
+        dispatch(compose_cfg(["mode=predict", f"ckpt_path={ckpt}"]), tmp_path / "predict")
 
 
 def test_misspelled_key_gets_a_suggestion():

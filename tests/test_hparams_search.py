@@ -91,13 +91,24 @@ def test_rerun_overrides_keep_the_budget_drop_the_search():
         "hparams_search=classification_optuna",
         "data.root=/d",
     ]
-    assert search.rerun_overrides(trial, {"train": {"time": "2m"}}) == [
+
+    def written(budget: str) -> dict:  # the train block of a trial's config.yaml
+        return {
+            "train": {
+                "_target_": "mbtasks.modes.train.TrainSettings",
+                "time": budget,
+                "val_share": 0.1,
+                "test_after": False,
+            }
+        }
+
+    assert search.rerun_overrides(trial, written("2m")) == [
         "optimizer.lr=0.01",
         "augment=light",
         "data.root=/d",
         "train.time=2m",
     ]
-    assert search.rerun_overrides(trial + ["train.time=5m"], {"train": {"time": "5m"}})[-1] == "train.time=5m"
+    assert search.rerun_overrides(trial + ["train.time=5m"], written("5m"))[-1] == "train.time=5m"
 
 
 def test_missing_plugin_says_what_to_install():

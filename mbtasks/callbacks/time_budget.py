@@ -7,7 +7,7 @@ budget, validation included, sets ``max_epochs`` to match and re-sizes the LR sc
 horizon, so the cosine ends when the time does. It re-plans after every validation and every
 ``replan_every`` steps as the measured times settle.
 
-- Validation costs at most ``val_share`` of the budget (default 10%): it runs every ``k`` epochs,
+- Validation costs at most ``val_share`` of the budget (``train.val_share``): it runs every ``k`` epochs,
   ``k`` set from the measured step and validation times (never below ``trainer.check_val_every_n_epoch``),
   and always on the final epoch (:class:`~mbtasks.callbacks.ValidationSchedule`), so ``last.ckpt``
   holds the last step's weights and ``best.ckpt`` gets them whenever they are best.
@@ -27,12 +27,14 @@ import logging
 import math
 import re
 import time
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import lightning as L
 
 from mbtasks.callbacks.validation_schedule import ValidationSchedule
 from mbtasks.errors import ConfigError
+from mbtasks.settings import Settings, setting
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,35 @@ def parse_duration(text: str | int | float) -> float:
     if seconds <= 0:
         raise ConfigError(f"train.time={text!r}: the budget must be longer than 0 s (null: no budget)")
     return seconds
+
+
+@dataclass(frozen=True, kw_only=True)
+class BudgetSettings(Settings):
+    """``train.time`` and ``train.val_share``, the keys of the ``train:`` block this callback takes
+    (:class:`~mbtasks.modes.train.TrainSettings` adds the mode's own)."""
+
+    section: ClassVar[str] = "train"
+    # a duration (parse_duration); null: no budget
+    time: str | None = setting(number=False, optional=True)
+    # 1 would leave the whole budget to validation
+    val_share: float | None = setting(
+        low=0,
+        low_in=False,
+        high=1,
+        high_in=False,
+        optional=True,
+        example="0.1, or null: validate every trainer.check_val_every_n_epoch epochs",
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.time is not None:  # 0 too: refused, not "no budget"
+            parse_duration(self.time)
+
+    @property
+    def seconds(self) -> float | None:
+        """The budget in seconds (None: no budget)."""
+        return None if self.time is None else parse_duration(self.time)
 
 
 def format_seconds(seconds: float) -> str:
@@ -157,17 +188,14 @@ class TimeBudget(L.Callback):
     def __init__(
         self,
         time: str | None = None,
+        # the default of run configs written before train.val_share was a key (the config names it now)
         val_share: float | None = 0.1,
         skip_steps: int = 2,
         measure_steps: int = 3,
         replan_every: int = 20,
     ) -> None:
-        self.budget = parse_duration(time) if time is not None else None
-        if val_share is not None and not 0 < float(val_share) < 1:
-            raise ConfigError(
-                f"train.val_share={val_share!r}: expected a fraction of the budget in (0, 1), "
-                "e.g. 0.1, or null (validate every trainer.check_val_every_n_epoch epochs)"
-            )
+        settings = BudgetSettings(time=time, val_share=val_share)
+        self.budget = settings.seconds
         self.val_share = None if val_share is None else float(val_share)
         self.skip_steps, self.measure_steps, self.replan_every = int(skip_steps), int(measure_steps), int(replan_every)
         # kept in checkpoints

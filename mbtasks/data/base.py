@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import cv2
 import lightning as L
@@ -12,6 +14,19 @@ from lightning.fabric.utilities.seed import pl_worker_init_function
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from mbtasks.data.transforms import IMAGENET_MEAN, IMAGENET_STD, decode_side
+from mbtasks.settings import Settings, setting
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoaderSettings(Settings):
+    """The ``data.*`` numbers the data modules take, checked at start-up (``mbtasks.config.validate``)
+    before any data is read or written; a module without the key (null) is not checked."""
+
+    section: ClassVar[str] = "data"
+    batch_size: int | None = setting(integer=True, low=1, optional=True, example="32")
+    num_workers: int | None = setting(integer=True, low=0, optional=True, example="0 or 2")
+    # share of the training images held out when there is no val split
+    val_fraction: float | None = setting(low=0, low_in=False, high=1.0, optional=True, example="0.1")
 
 
 def seed_worker(worker_id: int) -> None:

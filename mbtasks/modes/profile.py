@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import copy
 import logging
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -15,9 +17,23 @@ from torch import nn
 from mbtasks.atomic_files import write_json_atomic
 from mbtasks.bn_folding import fold_batchnorm
 from mbtasks.profiling import count_mult_adds, count_params, measure_latency_ms
+from mbtasks.settings import Settings, build, setting
 from mbtasks.tasks import build_task, spec_for_config
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProfileSettings(Settings):
+    """The ``profile:`` block: the counted network's classes, and how latency is measured."""
+
+    section: ClassVar[str] = "profile"
+    num_classes: int = setting(integer=True, low=1, example="1000")
+    batch_size: int = setting(integer=True, low=1, example="1")
+    warmup: int = setting(integer=True, low=0, example="3")
+    repeats: int = setting(integer=True, low=1, example="20")
+    # torch threads (null: torch's default)
+    threads: int | None = setting(integer=True, low=1, optional=True, example="2")
 
 
 def profile_network(cfg: DictConfig) -> nn.Module:
@@ -26,8 +42,9 @@ def profile_network(cfg: DictConfig) -> nn.Module:
 
 
 def run(cfg: DictConfig, run_dir: Path, overrides=()) -> dict:
-    if cfg.profile.threads:
-        torch.set_num_threads(int(cfg.profile.threads))
+    settings = build(cfg.profile, ProfileSettings)
+    if settings.threads is not None:
+        torch.set_num_threads(settings.threads)
     size = int(cfg.data.image_size)
     model = profile_network(cfg)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -36,19 +53,19 @@ def run(cfg: DictConfig, run_dir: Path, overrides=()) -> dict:
     folded = copy.deepcopy(model).eval()
     fold_batchnorm(folded)
     macs = count_mult_adds(model, torch.zeros(1, 3, size, size))
-    example = torch.randn(int(cfg.profile.batch_size), 3, size, size, device=device)
-    latency = measure_latency_ms(model.to(device), example, int(cfg.profile.warmup), int(cfg.profile.repeats))
+    example = torch.randn(settings.batch_size, 3, size, size, device=device)
+    latency = measure_latency_ms(model.to(device), example, settings.warmup, settings.repeats)
     result = {
         "task": spec_for_config(cfg).name,
         "backbone": OmegaConf.select(cfg, "backbone._target_").rsplit(".", 1)[-1],
         "width": OmegaConf.select(cfg, "backbone.width"),
         "image_size": size,
-        "num_classes": int(cfg.profile.num_classes),
+        "num_classes": settings.num_classes,
         "params": int(params),
         "params_bn_folded": int(count_params(folded)),
         "mult_adds": int(macs),
         "latency_ms": round(latency, 3),
-        "batch_size": int(cfg.profile.batch_size),
+        "batch_size": settings.batch_size,
         "threads": torch.get_num_threads(),
         "device": str(device),
     }

@@ -7,13 +7,14 @@ import itertools
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from omegaconf import DictConfig
 
 from mbtasks.backbones.weights import published
 from mbtasks.config import validate
-from mbtasks.errors import ConfigError
+from mbtasks.errors import ConfigError, suggest
 from mbtasks.modes import check, convert, export, predict, profile, test, train
 from mbtasks.modes.rundir import LOCK, RunDirInUse, RunDirLock, lock_run_dir, read_metrics
 from mbtasks.pretraining import named_checkpoint, prepare
@@ -22,7 +23,7 @@ from mbtasks.tasks import check_checkpoint_task
 
 log = logging.getLogger("mbtasks")
 
-# mode -> run(cfg, run_dir, overrides) (config.MODES lists the same names for validation)
+# mode -> run(cfg, run_dir, overrides): the modes there are
 RUNNERS = {
     "train": train.run,
     "test": test.run,
@@ -32,6 +33,13 @@ RUNNERS = {
     "check": check.run,
     "convert": convert.run,
 }
+
+
+def runner(mode) -> Callable[..., dict]:
+    """The run function of ``mode``; :class:`ConfigError` naming the modes for any other value."""
+    if not isinstance(mode, str) or mode not in RUNNERS:
+        raise ConfigError(f"mode={mode!r}: expected one of {list(RUNNERS)}.{suggest(mode, RUNNERS)}")
+    return RUNNERS[mode]
 
 
 def records_in(run_dir: Path) -> list[str]:
@@ -132,6 +140,7 @@ def dispatch(cfg: DictConfig, run_dir: Path, overrides=()) -> dict:
 
 
 def _dispatch(cfg: DictConfig, run_dir: Path, overrides) -> dict:
+    runner(cfg.get("mode"))  # an unknown mode fails before anything is prepared
     cfg, run_dir = resume_config(cfg, run_dir, overrides)
     if wants_resume(cfg):
         note = finished_run(cfg, run_dir, overrides)
@@ -150,4 +159,4 @@ def _dispatch(cfg: DictConfig, run_dir: Path, overrides) -> dict:
         cfg.ckpt_path = str(named_checkpoint(cfg.ckpt_path))
     validate(cfg)
     check_checkpoint_task(cfg, any(o.split("=", 1)[0].lstrip("+") == "task" for o in overrides))
-    return RUNNERS[cfg.mode](cfg, run_dir, overrides)
+    return runner(cfg.mode)(cfg, run_dir, overrides)

@@ -3,22 +3,41 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from mbtasks.callbacks.time_budget import parse_duration
+from mbtasks.callbacks.time_budget import BudgetSettings
 from mbtasks.errors import NonFiniteLossError
 from mbtasks.modes.evaldata import which_test_split
 from mbtasks.modes.rundir import write_config, write_metrics
 from mbtasks.modes.trainer import build_trainer
 from mbtasks.profiling import summary_line
-from mbtasks.resume import STEPS_KEY
+from mbtasks.settings import build, setting
 from mbtasks.tasks import build_task, health
 
 log = logging.getLogger(__name__)
+
+# metrics.json key: the global step training ended at (mode=train writes it with the final metrics)
+STEPS_KEY = "train/steps"
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainSettings(BudgetSettings):
+    """The ``train:`` block: the time budget (``time``, ``val_share``) and ``test_after``."""
+
+    section: ClassVar[str] = "train"
+    # false: no final test (hparams_search trials are scored on validation)
+    test_after: bool = setting(choices=(True, False))
+
+
+def train_settings(cfg: DictConfig) -> TrainSettings:
+    """``cfg.train`` as :class:`TrainSettings` (its ``_target_``; run configs written before have none)."""
+    return build(cfg.get("train"), TrainSettings)
 
 
 def flat_hparams(cfg: DictConfig) -> dict:
@@ -37,8 +56,7 @@ def flat_hparams(cfg: DictConfig) -> dict:
 
 
 def run(cfg: DictConfig, run_dir: Path, overrides=()) -> dict:
-    if OmegaConf.select(cfg, "train.time") is not None:  # 0 too: refused, not "no budget"
-        parse_duration(cfg.train.time)  # a bad budget fails before any data is read
+    settings = train_settings(cfg)  # a bad budget fails before any data is read
     L.seed_everything(int(cfg.seed), workers=True)
     write_config(run_dir, cfg)
     datamodule = instantiate(cfg.data)
@@ -62,8 +80,7 @@ def run(cfg: DictConfig, run_dir: Path, overrides=()) -> dict:
     if checkpoint.best_model_score is not None:
         metrics[f"{task.monitor}_best"] = checkpoint.best_model_score
     best = checkpoint.best_model_path or checkpoint.last_model_path or None
-    # train.test_after=false (set by hparams_search: trials are scored on validation): no final test
-    if OmegaConf.select(cfg, "train.test_after", default=True):
+    if settings.test_after:
         trainer.test(task, datamodule=datamodule, ckpt_path=best, weights_only=True)
         metrics.update({k: v for k, v in trainer.callback_metrics.items() if k.startswith("test/")})
         metrics["test/split"] = test_split

@@ -1,12 +1,25 @@
-"""Which parameters train without weight decay (``task.no_decay``)."""
+"""Which parameters train without weight decay (``task.no_decay``), and the optimizer keys checked at start-up."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
 
 from torch import nn
 
 from mbtasks.errors import ConfigError
+from mbtasks.settings import Settings, setting
 
 NO_DECAY_KINDS = ("norm", "bias", "depthwise")
+
+
+@dataclass(frozen=True, kw_only=True)
+class OptimizerSettings(Settings):
+    """The ``optimizer.*`` keys checked at start-up (``mbtasks.config.validate``); the optimizer itself is
+    the config's ``_partial_`` torch class, completed in ``configure_optimizers``."""
+
+    section: ClassVar[str] = "optimizer"
+    lr: float | None = setting(low=0, low_in=False, optional=True, example="0.01")
 
 
 def check_no_decay(kinds) -> tuple[str, ...]:
