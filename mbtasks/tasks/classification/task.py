@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -17,7 +18,6 @@ from mbtasks.tasks.base import BaseTask, TaskFigure
 from mbtasks.tasks.classification import figures
 from mbtasks.tasks.classification import health as classification_health
 from mbtasks.tasks.classification.spec import SPEC
-from mbtasks.tasks.finetune import FineTune
 
 
 class ClassificationTask(BaseTask):
@@ -31,6 +31,7 @@ class ClassificationTask(BaseTask):
         top_k: the k of the top-k accuracy, logged as ``acc_top{k}``; left out when the data has
             no more than k classes (it would be 1.0 whatever the model does).
         log_images: images shown in the TensorBoard prediction grid (0 disables).
+        training: ``optimizer``, ``scheduler``, ``finetune``, ``no_decay`` (see :class:`BaseTask`).
     """
 
     spec = SPEC
@@ -42,15 +43,12 @@ class ClassificationTask(BaseTask):
         backbone: Backbone,
         head: Callable[..., nn.Module],
         info: dict,
-        optimizer: Callable | None = None,
-        scheduler: Callable | None = None,
-        finetune: FineTune | None = None,
-        no_decay: Sequence[str] = (),
         label_smoothing: float = 0.1,
         top_k: int = 5,
         log_images: int = 16,
+        **training: Any,
     ) -> None:
-        super().__init__(info, optimizer, scheduler, finetune, no_decay)
+        super().__init__(info, **training)
         self.class_names = list(info["class_names"])
         k = len(self.class_names)
         if k < 2:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -26,7 +27,6 @@ from mbtasks.tasks.base import BaseTask, TaskFigure
 from mbtasks.tasks.detection import figures
 from mbtasks.tasks.detection import health as detection_health
 from mbtasks.tasks.detection.spec import SPEC
-from mbtasks.tasks.finetune import FineTune
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,7 @@ class DetectionTask(BaseTask):
         box_weights: box-coding weights (10, 10, 5, 5).
         score_threshold / nms_iou / max_detections / topk_candidates: post-processing.
         log_images: validation images drawn with boxes into TensorBoard (0 disables).
+        training: ``optimizer``, ``scheduler``, ``finetune``, ``no_decay`` (see :class:`BaseTask`).
     """
 
     spec = SPEC
@@ -57,10 +58,6 @@ class DetectionTask(BaseTask):
         backbone: Backbone,
         head: Callable[..., nn.Module],
         info: dict,
-        optimizer: Callable | None = None,
-        scheduler: Callable | None = None,
-        finetune: FineTune | None = None,
-        no_decay: Sequence[str] = (),
         iou_threshold: float = 0.5,
         neg_pos_ratio: float = 3.0,
         min_negatives: int = 0,
@@ -70,8 +67,9 @@ class DetectionTask(BaseTask):
         max_detections: int = 100,
         topk_candidates: int = TOPK_CANDIDATES,
         log_images: int = 8,
+        **training: Any,
     ) -> None:
-        super().__init__(info, optimizer, scheduler, finetune, no_decay)
+        super().__init__(info, **training)
         self.class_names = list(info["class_names"])
         if not self.class_names:
             raise ValueError("detection needs at least one class; the data has none")

@@ -9,7 +9,8 @@ instead of triplets, and distillation from a teacher's embeddings (MobileNet V1 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,7 +34,6 @@ from mbtasks.tasks.embedding.losses import (
     metric_loss,
 )
 from mbtasks.tasks.embedding.spec import SPEC
-from mbtasks.tasks.finetune import FineTune
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,7 @@ class EmbeddingTask(BaseTask):
         open_set_trials: random gallery / unknown splits pooled.
         projector_identities / projector_images: the TensorBoard embedding projector shows
             this many test identities with up to this many images each (0 disables).
+        training: ``optimizer``, ``scheduler``, ``finetune``, ``no_decay`` (see :class:`BaseTask`).
     """
 
     spec = SPEC
@@ -86,10 +87,6 @@ class EmbeddingTask(BaseTask):
         backbone: Backbone,
         head: Callable[..., nn.Module],
         info: dict,
-        optimizer: Callable | None = None,
-        scheduler: Callable | None = None,
-        finetune: FineTune | None = None,
-        no_decay: Sequence[str] = (),
         loss: str = "triplet",
         margin: float = 0.2,
         distance: str = "squared_l2",
@@ -113,8 +110,9 @@ class EmbeddingTask(BaseTask):
         open_set_trials: int = 10,
         projector_identities: int = 10,
         projector_images: int = 8,
+        **training: Any,
     ) -> None:
-        super().__init__(info, optimizer, scheduler, finetune, no_decay)
+        super().__init__(info, **training)
         check_choices(loss, miner, distance)
         if loss == "none" and not teacher:
             raise ConfigError("task.loss=none trains by distillation alone and needs task.teacher=CKPT_OR_TIMM_NAME")
