@@ -12,8 +12,9 @@ from PIL import Image
 import mbtasks
 from mbtasks.data.synthetic.face_scenes import make_face_scenes
 from mbtasks.errors import ConfigError
-from mbtasks.pipeline import crop_boxes, evaluate_on_coco
-from mbtasks.results import Face, PhotoIdentities
+from mbtasks.tasks.embedding.identify import crop_boxes
+from mbtasks.tasks.embedding.identify_eval import evaluate_on_coco
+from mbtasks.tasks.embedding.results import Face, PhotoIdentities
 from tests.conftest import run_mode
 from tests.test_embedding_cli import tiny_overrides as tiny_embedding
 
