@@ -125,12 +125,15 @@ def test_pipeline_refuses_wrong_checkpoints_and_missing_gallery(chain, tmp_path)
     with pytest.raises(ConfigError, match="expected a detection checkpoint"):
         mbtasks.Pipeline(chain["embedder"], chain["embedder"])
     with pytest.raises(ConfigError, match="predict.detector needs an embedding checkpoint"):
+        mbtasks.Pipeline(chain["detector"], chain["detector"])
+    # predict.detector is embedding's own key: with a detection checkpoint it is not a key at all
+    with pytest.raises(ConfigError, match=r"unknown key \['predict.detector'\]"):
         run_mode(
             [
                 "task=detection",
                 "mode=predict",
                 f"ckpt_path={chain['detector']}",
-                f"predict.detector={chain['detector']}",
+                f"+predict.detector={chain['detector']}",
                 f"predict.input={scenes / 'test'}",
             ],
             tmp_path / "a",

@@ -42,6 +42,8 @@ class PredictSettings(Settings):
     section: ClassVar[str] = "predict"
 
     input: Any = setting(number=False, optional=True)
+    # shared by detection (drawn boxes) and embedding's detect-then-embed chain
+    score_threshold: float = setting(example="0.3")
     batch_size: int = setting(integer=True, low=1, example="32")
     fold_bn: bool = setting(choices=(True, False))
     channels_last: bool = setting(choices=(True, False))
@@ -72,6 +74,13 @@ def check_argument(name: str, value: Any, key: str | None = None) -> None:
     the ``predict.<name>`` key, so both have one range; ``key`` names it in the message (default ``name``)."""
     meta = {f.name: f.metadata for f in dataclasses.fields(PredictSettings)}[name]
     check_value(key or name, str(value) if name == "precision" else value, meta)
+
+
+def predict_defaults() -> dict[str, Any]:
+    """The ``predict:`` block of ``conf/config.yaml`` (its defaults, without ``_target_``)."""
+    block = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "config.yaml").predict, resolve=True)
+    block.pop("_target_", None)  # type: ignore[union-attr]
+    return block  # type: ignore[return-value]
 
 
 def task_predict_defaults(task: str) -> dict[str, Any]:

@@ -1,32 +1,20 @@
-"""Detection's side of ``mode=predict``: its ``predict.*`` keys, ``predictions.json`` (COCO results) and
-the images with their boxes drawn (``drawn/``)."""
+"""Detection's side of ``mode=predict``: ``predictions.json`` (COCO results) and the images with their
+boxes drawn (``drawn/``, those scoring >= the shared ``predict.score_threshold``)."""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
 
 import torch
 
 from mbtasks.atomic_files import unique_name, write_json_atomic
 from mbtasks.data.image_files import ImageReadError
-from mbtasks.inference.settings import PredictOptions, PredictSettings
+from mbtasks.inference.settings import PredictSettings
 from mbtasks.metrics.coco import results_to_coco
-from mbtasks.settings import setting
 from mbtasks.tasks.detection.predictor import DetectionPredictor
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, kw_only=True)
-class DetectionPredictOptions(PredictOptions):
-    """``conf/task/predict/detection.yaml``."""
-
-    section: ClassVar[str] = "predict"
-    # boxes scoring below it are left out of the drawn images (all go to the JSON)
-    score_threshold: float = setting(example="0.3")
 
 
 def image_id_for(path: Path, index: int) -> int:
@@ -47,7 +35,7 @@ def write_predictions(model: DetectionPredictor, files: list[Path], settings: Pr
     images show those above ``predict.score_threshold``.
     """
     category_ids = model.task.category_ids
-    draw_threshold = float(settings.options.score_threshold)
+    draw_threshold = float(settings.score_threshold)
     drawn_dir = run_dir / "drawn"
     drawn_dir.mkdir(parents=True, exist_ok=True)
     results, skipped, used_names = [], {}, set()

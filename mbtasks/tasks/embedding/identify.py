@@ -28,6 +28,7 @@ from PIL import Image
 from mbtasks.data.image_files import read_rgb
 from mbtasks.errors import ConfigError
 from mbtasks.inference import Predictor
+from mbtasks.inference.settings import check_argument, predict_defaults
 from mbtasks.tasks.embedding.predict_options import EmbeddingPredictOptions, default_options
 from mbtasks.tasks.embedding.predictor import Gallery, cluster_embeddings
 from mbtasks.tasks.embedding.results import Face, PhotoIdentities
@@ -35,21 +36,26 @@ from mbtasks.tasks.loading import load_predictor
 
 log = logging.getLogger(__name__)
 
-# Pipeline argument -> the predict.* key that holds its default (conf/config.yaml)
+# Pipeline argument -> embedding's predict.* key that holds its default (conf/task/predict/embedding.yaml)
 PIPELINE_KEYS = {
     "margin": "crop_margin",
     "square": "crop_square",
-    "score_threshold": "score_threshold",
     "classes": "detector_classes",
     "identify_threshold": "identify_threshold",
 }
 
 
 def pipeline_defaults() -> dict[str, Any]:
-    """The chain's defaults, embedding's ``predict.*`` keys (``conf/task/predict/embedding.yaml``): the one
+    """The chain's defaults: embedding's ``predict.*`` keys and the shared ``predict.score_threshold``, the one
     place both ``mode=predict predict.detector=...`` and :class:`Pipeline` take them from."""
     defaults = default_options()
-    return {arg: getattr(defaults, key) for arg, key in PIPELINE_KEYS.items()}
+    return {
+        "margin": defaults.crop_margin,
+        "square": defaults.crop_square,
+        "score_threshold": predict_defaults()["score_threshold"],
+        "classes": defaults.detector_classes,
+        "identify_threshold": defaults.identify_threshold,
+    }
 
 
 def as_predictor(model: str | Path | Predictor, device: str | None) -> Predictor:
@@ -113,20 +119,15 @@ class Pipeline:
         device: str | None = None,
         identify_threshold: float | None = None,
     ) -> None:
-        given = {
-            "margin": margin,
-            "square": square,
-            "score_threshold": score_threshold,
-            "classes": classes,
-            "identify_threshold": identify_threshold,
-        }
+        given = {"margin": margin, "square": square, "classes": classes, "identify_threshold": identify_threshold}
         # the keys' own checks (crop_margin >= 0, identify_threshold in [0, 4]) for the arguments too
         options: EmbeddingPredictOptions = dataclasses.replace(
             default_options(), **{PIPELINE_KEYS[k]: v for k, v in given.items() if v is not None}
         )
-        margin, square, score_threshold, classes, identify_threshold = (
-            getattr(options, PIPELINE_KEYS[k]) for k in given
-        )
+        margin, square, classes, identify_threshold = (getattr(options, PIPELINE_KEYS[k]) for k in given)
+        if score_threshold is None:
+            score_threshold = predict_defaults()["score_threshold"]
+        check_argument("score_threshold", score_threshold, "predict.score_threshold")
         self.detector = as_predictor(detector, device)
         self.embedder = as_predictor(embedder, device)
         if self.embedder.task_name != "embedding":

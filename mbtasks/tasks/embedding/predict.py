@@ -132,7 +132,7 @@ def write_identities(model: EmbeddingPredictor, files: list[Path], settings: Pre
         model,
         options.crop_margin,
         options.crop_square,
-        options.score_threshold,
+        settings.score_threshold,
         list(options.detector_classes or []) or None,
         identify_threshold=options.identify_threshold,
     )

@@ -1,6 +1,7 @@
 """Embedding's own ``predict.*`` keys (``conf/task/predict/embedding.yaml``): what ``mode=predict`` writes
 and the detect-then-embed chain's settings, which :class:`~mbtasks.tasks.embedding.identify.Pipeline`
-takes its defaults from too (so the CLI and the Python API give the same answer)."""
+takes its defaults from too (so the CLI and the Python API give the same answer). The chain's score
+threshold is the shared ``predict.score_threshold`` (:class:`~mbtasks.inference.settings.PredictSettings`)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,6 @@ class EmbeddingPredictOptions(PredictOptions):
     detector: a detection checkpoint: photos are detected, cropped, embedded, named (``identities.json``).
     detector_classes: detector classes to identify (None: all).
     crop_margin / crop_square: the crop around a detection (a fraction of the box side; the longer side).
-    score_threshold: detections scoring below it are not identified.
     identify_threshold: squared L2 beyond which a query is ``"unknown"`` (None: the checkpoint's 1:N one).
     """
 
@@ -30,7 +30,6 @@ class EmbeddingPredictOptions(PredictOptions):
     detector_classes: Any = setting(number=False, optional=True)
     crop_margin: float = setting(low=0, example="0.2, a fraction of the box side")
     crop_square: bool = setting(choices=(True, False))
-    score_threshold: float = setting(example="0.3")
     identify_threshold: float | None = setting(
         low=0, high=4, optional=True, example="1.0, a squared-L2 distance; null: the checkpoint's 1:N threshold"
     )
