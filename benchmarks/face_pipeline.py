@@ -24,7 +24,8 @@ from pathlib import Path
 import common  # noqa: F401 - first: sets OMP_WAIT_POLICY before torch loads
 from common import print_table, write_results
 
-from mbtasks.pipeline import Pipeline, evaluate_on_coco
+from mbtasks.tasks.embedding.identify import Pipeline
+from mbtasks.tasks.embedding.identify_eval import evaluate_on_coco
 
 
 def main() -> None:
@@ -33,7 +34,7 @@ def main() -> None:
     p.add_argument("--embedder", required=True, type=Path)
     p.add_argument("--root", type=Path, default=Path("data/synthetic_face_scenes"))
     p.add_argument("--split", default="test")
-    # default: predict.crop_margin / predict.score_threshold, as the CLI (mbtasks.pipeline.pipeline_defaults)
+    # default: predict.crop_margin / predict.score_threshold, as the CLI (identify.pipeline_defaults)
     p.add_argument("--margin", type=float, default=None)
     p.add_argument("--score-threshold", type=float, default=None)
     p.add_argument("--out", type=Path, default=None)

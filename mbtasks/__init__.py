@@ -13,7 +13,7 @@ Python API (the CLI runs the same code)::
 
 ``load(path)`` -> :class:`~mbtasks.api.Model` (``predict``, ``verify``, ``identify``, ``export``,
 ``profile``); ``train`` / ``test`` -> :class:`~mbtasks.api.RunResult` (``metrics``, ``run_dir``,
-``best_checkpoint``); :class:`~mbtasks.pipeline.Pipeline`: detect, crop, embed, name.
+``best_checkpoint``); :class:`~mbtasks.tasks.embedding.identify.Pipeline`: detect, crop, embed, name.
 """
 
 import os
@@ -34,7 +34,7 @@ _API = {
     "test": "mbtasks.api",
     "Model": "mbtasks.api",
     "RunResult": "mbtasks.api",
-    "Pipeline": "mbtasks.pipeline",
+    "Pipeline": "mbtasks.tasks.embedding.identify",
     "Gallery": "mbtasks.tasks.embedding.predictor",
 }
 # Modules the README's Python API names after `import mbtasks` (`mbtasks.api.run`,
@@ -49,7 +49,7 @@ def __getattr__(name: str):
     if name in _API or name in _MODULES:
         import importlib
 
-        if name in ("errors", "results"):  # plain classes: nothing runs through them
+        if name in ("errors", "results"):  # plain classes (results: each task's, re-exported): nothing runs
             return importlib.import_module(f"mbtasks.{name}")
         # API runs log as the CLI does (mbtasks' INFO lines) unless the program configured logging.
         importlib.import_module("mbtasks.api").log_like_the_cli()

@@ -2,8 +2,8 @@
 
 The CLI and this module share one code path: :func:`train` / :func:`test` compose the same Hydra
 config as ``python -m mbtasks`` and run the same mode functions (:mod:`mbtasks.modes.run`);
-``mode=predict`` runs the task's predictor that :func:`load` returns (a
-:class:`~mbtasks.inference.Predictor` subclass); :meth:`Model.export` runs ``mode=export``.
+``mode=predict`` runs the task's predictor that :func:`load` returns (a :class:`Model` holding
+the task's :class:`~mbtasks.inference.Predictor`); :meth:`Model.export` runs ``mode=export``.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import torch
@@ -26,7 +27,7 @@ from mbtasks.inference import Predictor
 from mbtasks.modes.run import claim_run_dir, dispatch
 from mbtasks.pretraining import named_checkpoint
 from mbtasks.profiling import count_mult_adds, count_params, measure_latency_ms
-from mbtasks.tasks import load_task, spec_for_config
+from mbtasks.tasks import load_predictor, spec_for_config
 from mbtasks.tasks.loading import check_inference_options
 
 log = logging.getLogger("mbtasks")
@@ -130,9 +131,43 @@ def test(ckpt_path: str | Path, overrides: Sequence[str] = (), run_dir: str | Pa
 test.__test__ = False  # not a pytest test when imported into a test module
 
 
-class Model(Predictor):
+class Model:
     """A loaded checkpoint: its task's predictor (:meth:`predict`; embedding: ``verify`` / ``identify``...)
-    plus :meth:`export` and :meth:`profile`. Made by :func:`load`."""
+    plus :meth:`export` and :meth:`profile`. Made by :func:`load`.
+
+    Every attribute of the task's predictor (``predictor``, a :class:`~mbtasks.inference.Predictor`) is
+    the model's: read, set (``model.batch_size = 8``) and listed by ``dir``.
+    """
+
+    def __init__(self, predictor: Predictor) -> None:
+        object.__setattr__(self, "predictor", predictor)
+
+    def __getattr__(self, name: str) -> Any:
+        # only reached for names Model lacks
+        if name == "predictor":  # not set yet (copy / unpickling): no recursion through __getattr__
+            raise AttributeError(name)
+        try:
+            return getattr(self.predictor, name)
+        except AttributeError:
+            if name.startswith("_"):
+                raise
+            offers = sorted(n for n in dir(self) if not n.startswith("_"))
+            raise AttributeError(
+                f"{name!r}: {self.checkpoint or 'this model'} is a {self.task_name} model, which has "
+                f"no {name}; it offers {offers}"
+            ) from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self.predictor, name, value)
+
+    def __delattr__(self, name: str) -> None:
+        delattr(self.predictor, name)
+
+    def __dir__(self) -> list[str]:
+        return sorted({*super().__dir__(), *dir(self.predictor)})
+
+    def __repr__(self) -> str:
+        return f"mbtasks.Model({self.task_name}, {self.checkpoint})"
 
     def export(self, fmt: str = "onnx", path: str | Path | None = None, overrides: Sequence[str] = ()) -> dict:
         """Export the checkpoint with ``mode=export`` (verified against PyTorch before it is kept).
@@ -206,17 +241,15 @@ def load(
     """
     log_like_the_cli()
     check_inference_options(device, batch_size)
-    path = checkpoint_file(path)
-    task, train_cfg = load_task(path)
-    return model_class(type(task).spec.predictor)(
-        task,
-        train_cfg,
-        device=device,
-        fold_bn=fold_bn,
-        channels_last=channels_last,
-        precision=precision,
-        batch_size=batch_size,
-        checkpoint=path,
+    return Model(
+        load_predictor(
+            checkpoint_file(path),
+            device=device,
+            fold_bn=fold_bn,
+            channels_last=channels_last,
+            precision=precision,
+            batch_size=batch_size,
+        )
     )
 
 
@@ -266,18 +299,3 @@ def download(url: str) -> Path:
         ) from err
     log.info("downloaded %s to %s", url, target)
     return target
-
-
-_MODEL_CLASSES: dict[type, type] = {}
-
-
-def model_class(predictor: type[Predictor]) -> type:
-    """:class:`Model` joined with a task's predictor class (so ``isinstance(m, mbtasks.Model)`` holds
-    for every task and the task's own methods, ``verify`` / ``identify``..., are there)."""
-    if predictor not in _MODEL_CLASSES:
-        _MODEL_CLASSES[predictor] = type(
-            f"{predictor.__name__.removesuffix('Predictor')}Model",
-            (Model, predictor),
-            {"__doc__": Model.__doc__, "__module__": __name__},
-        )
-    return _MODEL_CLASSES[predictor]

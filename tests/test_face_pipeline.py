@@ -12,8 +12,9 @@ from PIL import Image
 import mbtasks
 from mbtasks.data.synthetic.face_scenes import make_face_scenes
 from mbtasks.errors import ConfigError
-from mbtasks.pipeline import crop_boxes, evaluate_on_coco
-from mbtasks.results import Face, PhotoIdentities
+from mbtasks.tasks.embedding.identify import crop_boxes
+from mbtasks.tasks.embedding.identify_eval import evaluate_on_coco
+from mbtasks.tasks.embedding.results import Face, PhotoIdentities
 from tests.conftest import run_mode
 from tests.test_embedding_cli import tiny_overrides as tiny_embedding
 
@@ -124,12 +125,15 @@ def test_pipeline_refuses_wrong_checkpoints_and_missing_gallery(chain, tmp_path)
     with pytest.raises(ConfigError, match="expected a detection checkpoint"):
         mbtasks.Pipeline(chain["embedder"], chain["embedder"])
     with pytest.raises(ConfigError, match="predict.detector needs an embedding checkpoint"):
+        mbtasks.Pipeline(chain["detector"], chain["detector"])
+    # predict.detector is embedding's own key: with a detection checkpoint it is not a key at all
+    with pytest.raises(ConfigError, match=r"unknown key \['predict.detector'\]"):
         run_mode(
             [
                 "task=detection",
                 "mode=predict",
                 f"ckpt_path={chain['detector']}",
-                f"predict.detector={chain['detector']}",
+                f"+predict.detector={chain['detector']}",
                 f"predict.input={scenes / 'test'}",
             ],
             tmp_path / "a",

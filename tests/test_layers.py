@@ -23,7 +23,6 @@ LAYERS = {
     "mbtasks.export": 1,
     "mbtasks.bn_folding": 1,
     "mbtasks.profiling": 1,
-    "mbtasks.results": 1,
     "mbtasks.callbacks": 2,
     "mbtasks.inference": 2,
     "mbtasks.tasks": 3,
@@ -31,6 +30,8 @@ LAYERS = {
     "mbtasks.config": 4,
     "mbtasks.resume": 4,
     "mbtasks.pipeline": 4,
+    # the README's names for the tasks' result types and face identification (re-exports)
+    "mbtasks.results": 4,
     "mbtasks.pretraining": 4,
     "mbtasks.search": 4,
     "mbtasks.api": 5,

@@ -262,7 +262,7 @@ def test_cli_and_pipeline_give_the_same_answer_with_their_defaults(tmp_path):
     pipeline = Pipeline(det, emb, device="cpu")
     found = [p.to_dict() for p in pipeline.identify(sorted(photos.iterdir()), gallery)]
     assert found == written["photos"] and sum(len(p["faces"]) for p in found)
-    cfg = compose_cfg([])
+    cfg = compose_cfg(["task=embedding"])  # the chain's keys are embedding's own
     assert pipeline.score_threshold == written["score_threshold"] == cfg.predict.score_threshold
     assert pipeline.margin == written["crop_margin"] == cfg.predict.crop_margin
     assert pipeline.identify_threshold == written["threshold"] == pytest.approx(0.5)

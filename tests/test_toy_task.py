@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 import mbtasks
 from tests.conftest import is_fraction_of, run_mode
@@ -60,3 +61,25 @@ def test_a_toy_task_draws_its_own_figure(tiny_shapes, tmp_path):
     events = EventAccumulator(str(tmp_path / "tensorboard"))
     events.Reload()
     assert "val/class_accuracy" in events.Tags()["images"]
+
+
+def test_a_toy_task_has_its_own_predict_option(tiny_shapes, tmp_path):
+    """``predict.toy_min_score`` is declared, defaulted and written by tests/toy_task.py and
+    tests/conf/task/predict/toy.yaml alone: it changes what mode=predict writes, and its range is checked."""
+    from mbtasks.errors import ConfigError
+    from mbtasks.tasks import build_task
+    from tests.conftest import compose_cfg, save_checkpoint
+
+    cfg = compose_cfg(toy(tiny_shapes))
+    info = {"class_names": ["circle", "square", "triangle"], "image_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3}
+    ckpt = save_checkpoint(build_task(cfg, info, training=False), cfg, tmp_path / "toy.ckpt")
+    images = tiny_shapes / "test"
+    base = toy(tiny_shapes, "mode=predict", f"ckpt_path={ckpt}", f"predict.input={images}")
+    scores = [score for _, _, score in mbtasks.load(ckpt, device="cpu").predict(images)]
+    assert max(scores) < 0.9  # three classes, untrained: no image is that sure
+    everything = run_mode(base, tmp_path / "all")  # toy_min_score: 0.0 in its config file
+    assert len(everything["labels"]) == len(scores) == len(list(images.rglob("*.png")))
+    none = run_mode([*base, "predict.toy_min_score=0.9"], tmp_path / "none")
+    assert none == {"labels": {}} and json.loads((tmp_path / "none" / "toy.json").read_text()) == none
+    with pytest.raises(ConfigError, match=r"predict\.toy_min_score=2: expected a number >= 0 and <= 1"):
+        run_mode([*base, "predict.toy_min_score=2"], tmp_path / "bad")

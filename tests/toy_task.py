@@ -1,19 +1,23 @@
-"""A fourth task, written only here and in ``tests/conf/task/toy.yaml``: proof that adding a task needs
-no edit under ``mbtasks/`` (README "Architecture"). It classifies with a max-pooled 1x1-conv head."""
+"""A fourth task, written only here and in ``tests/conf/task/`` (``toy.yaml``, ``predict/toy.yaml``): proof
+that adding a task needs no edit under ``mbtasks/`` (README "Architecture"). It classifies with a
+max-pooled 1x1-conv head; ``mode=predict`` writes ``toy.json``, with its own key ``predict.toy_min_score``."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
 from matplotlib.figure import Figure
-from omegaconf import DictConfig
 from torch import nn
 
 from mbtasks.atomic_files import write_json_atomic
 from mbtasks.inference import Predictor
+from mbtasks.inference.settings import PredictOptions, PredictSettings
+from mbtasks.settings import setting
 from mbtasks.tasks.base import BaseTask, TaskFigure
 from mbtasks.tasks.spec import ExportGraph, TaskExport, TaskSpec
 
@@ -48,18 +52,29 @@ def class_accuracy_figure(accuracy: np.ndarray, names: Sequence[str]) -> Figure:
 
 
 class ToyPredictor(Predictor):
-    def predict(self, inputs, skipped: dict[str, str] | None = None) -> list[tuple[str, str]]:
+    def predict(self, inputs, skipped: dict[str, str] | None = None) -> list[tuple[str, str, float]]:
+        """``(source, label, score)`` per readable image."""
         out = []
         for sources, _, batch in self.batches(inputs, skipped):
-            out += [
-                (s.name, self.class_names[int(i)]) for s, i in zip(sources, self.forward(batch).argmax(1), strict=True)
-            ]
+            scores, best = self.forward(batch).max(1)
+            out += [(s.name, self.class_names[int(i)], float(p)) for s, i, p in zip(sources, best, scores, strict=True)]
         return out
 
-    def write(self, cfg: DictConfig, files: list[Path], run_dir: Path) -> dict:
-        out = {"labels": dict(self.predict(files, skipped={}))}
-        write_json_atomic(run_dir / "toy.json", out)
-        return out
+
+@dataclass(frozen=True, kw_only=True)
+class ToyPredictOptions(PredictOptions):
+    """``tests/conf/task/predict/toy.yaml``."""
+
+    section: ClassVar[str] = "predict"
+    # images whose best score is below it are left out of toy.json
+    toy_min_score: float = setting(low=0, high=1, example="0.5")
+
+
+def write_predictions(model: ToyPredictor, files: list[Path], settings: PredictSettings, run_dir: Path) -> dict:
+    found = model.predict(files, skipped={})
+    out = {"labels": {name: label for name, label, score in found if score >= settings.options.toy_min_score}}
+    write_json_atomic(run_dir / "toy.json", out)
+    return out
 
 
 class ToyExport(TaskExport):
@@ -91,7 +106,15 @@ def check_data(description: dict, decode, report: dict) -> None:
         report["splits"][split] = {"images": len(samples), "readable": len(decode([p for p, _ in samples]))}
 
 
-SPEC = TaskSpec(name="toy", head=ToyHead, predictor=ToyPredictor, export=ToyExport(), check_data=check_data)
+SPEC = TaskSpec(
+    name="toy",
+    head=ToyHead,
+    predictor=ToyPredictor,
+    predict_options=ToyPredictOptions,
+    write_predictions=write_predictions,
+    export=ToyExport(),
+    check_data=check_data,
+)
 
 
 class ToyTask(BaseTask):

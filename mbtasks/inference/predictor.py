@@ -1,10 +1,11 @@
 """A trained checkpoint as a Python object: images in, typed results out.
 
 :class:`Predictor` is the base of every task's predictor (``mbtasks/tasks/<name>/predictor.py``):
-what ``mode=predict`` runs and what :func:`mbtasks.load` returns (as :class:`mbtasks.Model`, which
-adds ``export`` and ``profile``). It takes image files, folders, PIL images, numpy ``(H, W, 3)``
+what ``mode=predict`` runs and what :func:`mbtasks.load` returns (wrapped in :class:`mbtasks.Model`,
+which adds ``export`` and ``profile``). It takes image files, folders, PIL images, numpy ``(H, W, 3)``
 arrays or tensors, one or many, preprocesses them with the checkpoint's own eval transforms, and
-runs the task's ``predict_step`` on the fast path chosen once at construction.
+runs the task's ``predict_step`` on the fast path chosen once at construction. It writes no files:
+``mode=predict`` writes its results through the task (``TaskSpec.write_predictions``).
 """
 
 from __future__ import annotations
@@ -18,12 +19,10 @@ import torch
 from omegaconf import DictConfig
 
 from mbtasks.bn_folding import fold_batchnorm
-from mbtasks.errors import ConfigError
 from mbtasks.inference.inputs import Preprocess, Source, as_sources, batches
+from mbtasks.inference.settings import check_argument
 
 log = logging.getLogger(__name__)
-
-PRECISIONS = ("32", "32-true", "bf16", "bf16-mixed")
 
 
 def _to_float(output):
@@ -69,8 +68,7 @@ class Predictor:
         checkpoint: str | Path | None = None,
     ) -> None:
         precision = str(precision)
-        if precision not in PRECISIONS:
-            raise ConfigError(f"predict.precision={precision!r}: expected 32 or bf16")
+        check_argument("precision", precision, "predict.precision")
         self.task, self.train_cfg, self.checkpoint = task.eval(), train_cfg, checkpoint
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.task.to(self.device)
@@ -131,9 +129,5 @@ class Predictor:
 
     # ------------------------------------------------------------------ the task's part
     def predict(self, inputs: Any, skipped: dict[str, str] | None = None, **options) -> list:
-        """One typed result per readable input image (:mod:`mbtasks.results`), in input order."""
-        raise NotImplementedError
-
-    def write(self, cfg: DictConfig, files: list[Path], run_dir: Path) -> dict:
-        """``mode=predict``: predict ``files`` and write the task's output files into ``run_dir``."""
+        """One typed result per readable input image (the task's ``results`` module), in input order."""
         raise NotImplementedError

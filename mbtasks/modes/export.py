@@ -722,7 +722,8 @@ def run(cfg: DictConfig, run_dir: Path, overrides=()) -> dict:
         rtol=float(e.rtol),
         e2e_atol=float(e.get("e2e_atol", 5e-3)),
         box_atol=float(e.get("box_atol", 1.0)),
-        top_k=int(e.get("top_k") or cfg.predict.top_k),
+        # predict.top_k is classification's own key now (absent for the other tasks)
+        top_k=int(e.get("top_k") or OmegaConf.select(cfg, "predict.top_k", default=None) or 5),
         score_threshold=e.get("score_threshold"),
         nms_iou=e.get("nms_iou"),
         max_detections=e.get("max_detections"),

@@ -1,48 +1,37 @@
-"""mode=predict: images in, the task's result files out (its predictor's ``write``).
+"""mode=predict: images in, the task's result files out.
 
-Built on the predictor :func:`mbtasks.load` returns; ``predict.detector=<detection ckpt>`` with an
-embedding ``ckpt_path`` runs the detect-then-embed :class:`~mbtasks.pipeline.Pipeline`.
+The ``predict:`` block becomes :class:`~mbtasks.inference.settings.PredictSettings` (the task's own keys
+in its ``options``); the checkpoint is loaded as its task's predictor (what :func:`mbtasks.load` returns)
+and its task writes the run dir's files (``TaskSpec.write_predictions``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
 from omegaconf import DictConfig
 
-from mbtasks.inference import Predictor, collect_inputs
-from mbtasks.pipeline import Pipeline, write_predictions
-from mbtasks.tasks import load_predictor
+from mbtasks.errors import ConfigError
+from mbtasks.inference import collect_inputs
+from mbtasks.inference.settings import PredictSettings, task_options
+from mbtasks.settings import build
+from mbtasks.tasks import load_predictor, spec_for_config
 
 log = logging.getLogger(__name__)
 
 
-def predictor_for(path, cfg: DictConfig) -> Predictor:
-    """A checkpoint with the ``predict.*`` fast-path options (fold_bn, channels_last, precision, batch_size)."""
-    return load_predictor(
-        path,
-        fold_bn=bool(cfg.predict.get("fold_bn", True)),
-        channels_last=bool(cfg.predict.get("channels_last", False)),
-        precision=cfg.predict.get("precision", 32),
-        batch_size=int(cfg.predict.get("batch_size", 32)),
-    )
-
-
 def run(cfg: DictConfig, run_dir: Path, overrides=()) -> dict:
-    model = predictor_for(cfg.ckpt_path, cfg)
-    files = collect_inputs(cfg.predict.input) if cfg.predict.get("input") else []
+    spec = spec_for_config(cfg)
+    settings = build(cfg.predict, PredictSettings, options=spec.predict_options)
+    model = load_predictor(cfg.ckpt_path, **settings.loading())
+    own = model.task.spec
+    if own is not spec:
+        # a checkpoint of another task than the config's (task= not given): its own keys at their defaults
+        settings = dataclasses.replace(settings, options=task_options(own.predict_options, own.name))
+    if own.write_predictions is None:
+        raise ConfigError(f"ckpt_path={cfg.ckpt_path}: task {own.name} has no mode=predict output")
+    files = collect_inputs(settings.input) if settings.input else []
     run_dir.mkdir(parents=True, exist_ok=True)
-    if cfg.predict.get("detector"):
-        # predict.* holds the chain's defaults; Pipeline(...) reads the same keys (pipeline_defaults)
-        pipeline = Pipeline(
-            predictor_for(cfg.predict.detector, cfg),
-            model,
-            float(cfg.predict.crop_margin),
-            bool(cfg.predict.crop_square),
-            float(cfg.predict.score_threshold),
-            list(cfg.predict.detector_classes or []) or None,
-            identify_threshold=cfg.predict.get("identify_threshold"),
-        )
-        return write_predictions(pipeline, cfg, files, run_dir)
-    return model.write(cfg, files, run_dir)
+    return own.write_predictions(model, files, settings, run_dir)

@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mbtasks import checkpoint
 from mbtasks.errors import ConfigError, UserError
+from mbtasks.inference.settings import check_argument
 from mbtasks.tasks.base import BaseTask
 from mbtasks.tasks.health import warn_loaded
 from mbtasks.tasks.spec import TaskSpec
@@ -115,8 +116,7 @@ def available_devices() -> list[str]:
 def check_inference_options(device: Any, batch_size: Any) -> None:
     """Refuse a device this machine lacks (``"tpu"``, ``"cuda"`` without a GPU) and a ``batch_size`` < 1
     with a :class:`ConfigError` listing what is valid (torch's own errors name neither)."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"batch_size={batch_size!r}: expected an integer >= 1 (images per forward pass, e.g. 32)")
+    check_argument("batch_size", batch_size)  # the range of predict.batch_size
     if device is None:
         return
     valid = available_devices()

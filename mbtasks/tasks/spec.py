@@ -100,7 +100,7 @@ class TaskSpec:
         name: ``classification``...: run dirs, checkpoint meta, export file names.
         head: what ``head._target_`` must be (or subclass).
         predictor: the :class:`~mbtasks.inference.Predictor` subclass ``mbtasks.load`` returns and
-            ``mode=predict`` runs (its ``write(cfg, files, run_dir)`` writes the output files).
+            ``mode=predict`` runs (images in, typed results out; it writes no files).
         export: the task's :class:`TaskExport`.
         check_data: ``(description, decode, report)`` for ``mode=check``: ``description`` is the data
             module's ``describe()``, ``decode(paths, sizes=None)`` decodes images once and returns the
@@ -110,6 +110,8 @@ class TaskSpec:
         profile_info: data info for ``mode=profile`` (no data set is read).
         predict_options: the task's own ``predict.*`` keys (a :class:`~mbtasks.settings.Settings` class;
             their defaults: ``conf/task/predict/<name>.yaml``); None: it has none.
+        write_predictions: ``mode=predict``'s output: ``(predictor, image files, PredictSettings, run_dir)
+            -> dict`` writes the run dir's files and returns what the mode returns.
         export_options: the same for ``export.*`` (``conf/task/export/<name>.yaml``).
     """
 
@@ -122,4 +124,5 @@ class TaskSpec:
     boxes: bool = False
     profile_info: Callable[[DictConfig], dict] = field(default=default_profile_info)
     predict_options: type | None = None
+    write_predictions: Callable[..., dict] | None = None
     export_options: type | None = None

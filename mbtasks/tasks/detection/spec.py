@@ -5,6 +5,7 @@ from omegaconf import DictConfig
 from mbtasks.models.detection.ssd_head import SSDHead
 from mbtasks.tasks.detection.check import check_data
 from mbtasks.tasks.detection.export import DetectionExport
+from mbtasks.tasks.detection.predict import write_predictions
 from mbtasks.tasks.detection.predictor import DetectionPredictor
 from mbtasks.tasks.spec import TaskSpec, default_profile_info
 
@@ -20,6 +21,7 @@ SPEC = TaskSpec(
     name="detection",
     head=SSDHead,
     predictor=DetectionPredictor,
+    write_predictions=write_predictions,
     export=DetectionExport(),
     check_data=check_data,
     boxes=True,

@@ -1,15 +1,5 @@
-"""Embedding predictions: embeddings of images, verification of pairs, nearest gallery identity.
-
-- ``predict.input=DIR|FILE``: ``embeddings.npy`` (``(N, D)`` float32, unit rows) and
-  ``embeddings.json`` (the files in row order, skipped files, threshold).
-- ``predict.pairs=FILE``: one pair a line, two image paths (whitespace or tab separated; paths
-  with spaces: tab-separated or quoted; relative paths are taken from the pairs file's folder,
-  else the working directory):
-  ``pairs.json`` with each pair's squared L2 distance and same/different at the
-  checkpoint's threshold.
-- ``predict.gallery=DIR``: identity folders ``DIR/<identity>/<image>``; every
-  ``predict.input`` image (the queries) gets its nearest gallery image's identity and
-  distance, and ``match`` (distance <= the 1:N threshold, else ``"unknown"``) in ``gallery.json``.
+"""Embedding predictions: embeddings of images, verification of two images, nearest gallery identity,
+clusters; and the pairs files ``predict.pairs`` reads (:func:`read_pair_list`).
 
 Two thresholds: pairs use the 1:1 verification threshold; a gallery search (nearest of M
 identities) uses the checkpoint's open-set (1:N) threshold, chosen on validation identities held
@@ -26,15 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
 from sklearn.cluster import AgglomerativeClustering
 
-from mbtasks.atomic_files import write_json_atomic
 from mbtasks.data.faces import scan_identities
 from mbtasks.errors import ConfigError, DataError
 from mbtasks.inference import Predictor, as_sources
 from mbtasks.metrics.open_set import far_for_gallery
-from mbtasks.results import Embedding, Identity, Verification
+from mbtasks.tasks.embedding.results import Embedding, Identity, Verification
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +84,7 @@ class EmbeddingPredictor(Predictor):
         return float(getattr(self.task, "open_set_far", float("nan")))
 
     def predict(self, inputs: Any, skipped: dict[str, str] | None = None) -> list[Embedding]:
-        """One :class:`~mbtasks.results.Embedding` (``vector``, unit length) per readable image."""
+        """One :class:`~mbtasks.tasks.embedding.results.Embedding` (``vector``, unit length) per readable image."""
         return [Embedding(s.name, v) for s, v in zip(*self.embed(inputs, skipped), strict=True)]
 
     def embed(self, inputs: Any, skipped: dict[str, str] | None = None) -> tuple[list, np.ndarray]:
@@ -204,10 +192,6 @@ class EmbeddingPredictor(Predictor):
             groups.setdefault(f"person_{label + 1}", []).append(source.name)
         return groups
 
-    def write(self, cfg: DictConfig, files: list[Path], run_dir: Path) -> dict:
-        """``mode=predict``: the outputs asked for by ``predict.input`` / ``predict.pairs`` / ``predict.gallery``."""
-        return write_predictions(self, cfg, files, run_dir)
-
 
 def cluster_embeddings(vectors: np.ndarray, threshold: float) -> np.ndarray:
     """Agglomerative clustering (scikit-learn) of ``(N, D)`` embeddings into identities.
@@ -231,12 +215,6 @@ def cluster_embeddings(vectors: np.ndarray, threshold: float) -> np.ndarray:
     rank = np.empty(len(sizes), np.int64)
     rank[order] = np.arange(len(sizes))
     return rank[found]
-
-
-def embed_files(model: EmbeddingPredictor, files: list[Path], skipped: dict[str, str]) -> tuple[list[Path], np.ndarray]:
-    """Embed ``files``; unreadable ones go to ``skipped``. Returns the embedded files and ``(N, D)`` rows."""
-    done, emb = model.embed(files, skipped)
-    return [s.path for s in done], emb
 
 
 def _resolve(field: str, folder: Path) -> Path | None:
@@ -303,78 +281,6 @@ def read_pair_list(path: str | Path) -> list[tuple[Path, Path]]:
     return out
 
 
-def write_predictions(model: EmbeddingPredictor, cfg: DictConfig, files: list[Path], run_dir: Path) -> dict:
-    """Write the outputs asked for by ``predict.input`` / ``predict.pairs`` / ``predict.gallery``."""
-    threshold = model.threshold
-    pairs_file, gallery_dir = cfg.predict.get("pairs"), cfg.predict.get("gallery")
-    if gallery_dir and not files:
-        raise ConfigError("predict.gallery needs query images: set predict.input=FILE_OR_DIR as well")
-    out: dict = {"threshold": threshold, "distance": "squared_l2"}
-    skipped: dict[str, str] = {}
-    embedded, emb = embed_files(model, files, skipped) if files else ([], None)
-    if files:
-        np.save(run_dir / "embeddings.npy", emb)
-        index = {
-            "files": [str(p) for p in embedded],
-            "dim": int(emb.shape[1]),
-            "threshold": threshold,
-            "distance": "squared_l2",
-            "skipped": skipped,
-        }
-        write_json_atomic(run_dir / "embeddings.json", index)
-        out["embeddings"] = index
-        log.info("wrote %d embeddings to %s", len(embedded), run_dir / "embeddings.npy")
-    if pairs_file:
-        out["pairs"] = _predict_pairs(model, pairs_file, threshold)
-        write_json_atomic(run_dir / "pairs.json", out["pairs"])
-        log.info("wrote %d pair decisions to %s", len(out["pairs"]["pairs"]), run_dir / "pairs.json")
-    if gallery_dir:
-        out["gallery"] = _predict_gallery(
-            model,
-            gallery_dir,
-            embedded,
-            emb,
-            identify_threshold(model, OmegaConf.select(cfg, "predict.identify_threshold", default=None)),
-        )
-        write_json_atomic(run_dir / "gallery.json", out["gallery"])
-        log.info("wrote nearest identities of %d queries to %s", len(embedded), run_dir / "gallery.json")
-    for path, reason in skipped.items():
-        log.warning("skipped %s: %s", path, reason)
-    return out
-
-
-def _predict_pairs(model: EmbeddingPredictor, pairs_file, threshold: float) -> dict:
-    pairs = read_pair_list(pairs_file)
-    unique = sorted({p for pair in pairs for p in pair})
-    skipped: dict[str, str] = {}
-    done, emb = embed_files(model, unique, skipped)
-    row = {p: i for i, p in enumerate(done)}
-    results = []
-    for a, b in pairs:
-        if a in row and b in row:
-            d = float(np.sum((emb[row[a]] - emb[row[b]]) ** 2))
-            results.append({"a": str(a), "b": str(b), "distance": round(d, 6), "same": d <= threshold})
-        else:
-            bad = a if a not in row else b
-            results.append(
-                {"a": str(a), "b": str(b), "distance": None, "same": None, "error": skipped.get(str(bad), "unreadable")}
-            )
-    return {"threshold": threshold, "pairs": results, "skipped": skipped}
-
-
-def identify_threshold(model: EmbeddingPredictor, given: Any = None) -> float:
-    """The 1:N threshold of a gallery search: ``given`` (``predict.identify_threshold``) when set, else the
-    checkpoint's (:attr:`EmbeddingPredictor.identify_threshold`)."""
-    if given is None:
-        return model.identify_threshold
-    if isinstance(given, bool) or not isinstance(given, int | float) or not 0 <= float(given) <= 4:
-        raise ConfigError(
-            f"predict.identify_threshold={given!r}: expected a squared-L2 distance in [0, 4] "
-            "(null: the checkpoint's 1:N threshold)"
-        )
-    return float(given)
-
-
 def threshold_info(model: EmbeddingPredictor, threshold: float) -> dict:
     """What the outputs say about the 1:N threshold applied: its value, where it comes from, the
     verification threshold, and the gallery size and FAR it was chosen for."""
@@ -383,20 +289,3 @@ def threshold_info(model: EmbeddingPredictor, threshold: float) -> dict:
     if source == "open_set":
         info.update(open_set_far=model.open_set_far, open_set_gallery_size=model.open_set_gallery_size)
     return info
-
-
-def _predict_gallery(
-    model: EmbeddingPredictor, gallery_dir, queries: list[Path], query_emb: np.ndarray, threshold: float
-) -> dict:
-    skipped: dict[str, str] = {}
-    gallery = model.gallery(gallery_dir, skipped)
-    found = model.nearest(query_emb, gallery, [str(q) for q in queries], threshold) if len(queries) else []
-    results = [r.to_dict() for r in found]
-    return {
-        **threshold_info(model, threshold),
-        "gallery": str(gallery_dir),
-        "gallery_identities": len(set(gallery.identities)),
-        "gallery_images": len(gallery),
-        "queries": results,
-        "skipped": skipped,
-    }

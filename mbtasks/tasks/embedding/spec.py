@@ -5,6 +5,8 @@ from omegaconf import DictConfig
 from mbtasks.models.embedding import EmbeddingHead
 from mbtasks.tasks.embedding.check import check_data
 from mbtasks.tasks.embedding.export import EmbeddingExport
+from mbtasks.tasks.embedding.predict import write_predictions
+from mbtasks.tasks.embedding.predict_options import EmbeddingPredictOptions
 from mbtasks.tasks.embedding.predictor import EmbeddingPredictor
 from mbtasks.tasks.spec import TaskSpec
 
@@ -23,6 +25,8 @@ SPEC = TaskSpec(
     name="embedding",
     head=EmbeddingHead,
     predictor=EmbeddingPredictor,
+    predict_options=EmbeddingPredictOptions,
+    write_predictions=write_predictions,
     export=EmbeddingExport(),
     check_data=check_data,
     profile_info=profile_info,
