@@ -21,7 +21,7 @@ import torch
 from omegaconf import DictConfig
 
 from mbtasks import checkpoint
-from mbtasks.config import compose
+from mbtasks.config import compose, with_checkpoint_task
 from mbtasks.errors import ConfigError
 from mbtasks.inference import Predictor
 from mbtasks.modes.run import claim_run_dir, dispatch
@@ -96,7 +96,7 @@ def run(overrides: Sequence[str] = (), run_dir: str | Path | None = None) -> Run
         mbtasks.errors.UserError: a config or data mistake (the CLI prints these and exits with 2).
     """
     log_like_the_cli()
-    overrides = list(overrides)
+    overrides = with_checkpoint_task(overrides)
     cfg = compose_config(overrides)
     task = spec_for_config(cfg).name
     run_dir = Path(run_dir) if run_dir is not None else _new_run_dir(task)

@@ -25,7 +25,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from mbtasks import search, weights_cli
-from mbtasks.config import CONFIG_DIR, unknown_key
+from mbtasks.config import CONFIG_DIR, unknown_key, with_checkpoint_task
 from mbtasks.data import shards
 from mbtasks.errors import NonFiniteLossError, UserError, suggest
 from mbtasks.modes.run import claim_run_dir, dispatch
@@ -132,6 +132,8 @@ def main() -> None:
         sys.exit(weights_cli.main(argv[1:]))
     if argv[:1] == ["shards"]:
         sys.exit(shards.main(argv[1:]))
+    # a checkpoint's task group, so that its own keys (predict.pairs...) compose without task=
+    sys.argv[1:] = argv = with_checkpoint_task(argv)
     # Hydra then raises its errors instead of printing its own text and exiting with 1.
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import ClassVar
@@ -15,6 +17,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import get_class
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from mbtasks import checkpoint
 from mbtasks.data.base import LoaderSettings
 from mbtasks.errors import ConfigError, suggest
 from mbtasks.resume import run_dir_for
@@ -39,6 +42,39 @@ def compose(overrides=()) -> DictConfig:
     finally:
         if saved is not None:
             GlobalHydra.instance().initialize(saved)
+
+
+# modes that rebuild the checkpoint's own task (mode=train builds cfg.task and loads weights into it)
+CHECKPOINT_TASK_MODES = ("test", "predict", "export")
+
+
+def _task_config_exists(name: str, overrides: Sequence[str]) -> bool:
+    """``conf/task/<name>.yaml`` in the packaged configs or a ``hydra.searchpath`` folder of ``overrides``."""
+    folders = [Path(CONFIG_DIR)]
+    for item in overrides:
+        if item.split("=", 1)[0].lstrip("+") == "hydra.searchpath":
+            folders += [Path(p) for p in re.findall(r"file://([^,\]\s]+)", item)]
+    return any((folder / "task" / f"{name}.yaml").is_file() for folder in folders)
+
+
+def with_checkpoint_task(overrides: Sequence[str]) -> list[str]:
+    """``overrides`` plus ``task=<the checkpoint's task>`` for a test / predict / export run that names a
+    checkpoint but no task, so the task's own keys (``predict.pairs``, ``export.top_k``...) compose as
+    they do with ``task=`` given. Unchanged when the checkpoint cannot be read (the mode then says why)."""
+    overrides = list(overrides)
+
+    def value(key: str) -> str | None:
+        items = [o.split("=", 1)[1] for o in overrides if "=" in o and o.split("=", 1)[0].lstrip("+") == key]
+        return items[-1] if items else None
+
+    path = value("ckpt_path")
+    if value("mode") not in CHECKPOINT_TASK_MODES or value("task") is not None or not path or not Path(path).is_file():
+        return overrides
+    try:
+        name = checkpoint.task_name(checkpoint.read(path))
+    except Exception:  # noqa: BLE001 - not a checkpoint of ours: the mode reports it with its own message
+        return overrides
+    return [*overrides, f"task={name}"] if _task_config_exists(name, overrides) else overrides
 
 
 def register_resolvers() -> None:

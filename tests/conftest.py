@@ -69,6 +69,9 @@ def save_checkpoint(task, cfg: DictConfig, path: Path) -> Path:
 
 def run_mode(overrides: list[str], run_dir: Path, fast: bool = True) -> dict:
     """Compose and dispatch like the CLI, writing into ``run_dir``."""
+    from mbtasks.config import with_checkpoint_task
+
+    overrides = with_checkpoint_task(overrides)
     cfg = compose_cfg(overrides, fast)
     return dispatch(cfg, Path(run_dir), overrides)
 

@@ -92,3 +92,25 @@ def test_predictors_write_no_files_the_task_does(classifier, tmp_path):
     assert [t["label"] for t in row["top_k"]] == [model.predict(image, top_k=1)[0].label]
     settings = settings_of(["predict.input=x"])
     assert dataclasses.replace(settings, batch_size=2).batch_size == 2
+
+
+def test_a_checkpoint_brings_its_task_keys_without_task(tmp_path):
+    """``mode=predict ckpt_path=<embedding ckpt> predict.pairs=...`` composes without ``task=embedding``
+    (the CLI and mbtasks.api.run add the checkpoint's task group), as before the keys moved per task."""
+    from mbtasks.config import with_checkpoint_task
+
+    cfg = compose_cfg(["task=embedding", "backbone.width=0.25", "data.image_size=32"])
+    ckpt = save_checkpoint(build_task(cfg, INFO, training=False), cfg, tmp_path / "emb.ckpt")
+    given = ["mode=predict", f"ckpt_path={ckpt}", "predict.pairs=pairs.txt"]
+    assert with_checkpoint_task(given) == [*given, "task=embedding"]
+    assert compose_cfg(with_checkpoint_task(given)).predict.pairs == "pairs.txt"
+    # unchanged: a task given, a training run (it builds cfg.task), or no readable checkpoint
+    for same in (
+        [*given, "task=embedding"],
+        ["mode=train", f"ckpt_path={ckpt}"],
+        ["mode=predict", f"ckpt_path={tmp_path / 'missing.ckpt'}"],
+        ["mode=predict", f"ckpt_path={tmp_path}"],
+    ):
+        assert with_checkpoint_task(same) == same
+    (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")
+    assert with_checkpoint_task(["mode=export", f"ckpt_path={tmp_path / 'junk.ckpt'}"])[-1].startswith("ckpt_path")
