@@ -2,7 +2,7 @@
 
 from mbtasks.models.classifier import ClassifierHead
 from mbtasks.tasks.classification.check import check_data
-from mbtasks.tasks.classification.export import ClassificationExport
+from mbtasks.tasks.classification.export import ClassificationExport, ClassificationExportOptions
 from mbtasks.tasks.classification.predictor import ClassificationPredictor
 from mbtasks.tasks.spec import TaskSpec
 
@@ -11,5 +11,6 @@ SPEC = TaskSpec(
     head=ClassifierHead,
     predictor=ClassificationPredictor,
     export=ClassificationExport(),
+    export_options=ClassificationExportOptions,
     check_data=check_data,
 )

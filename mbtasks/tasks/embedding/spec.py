@@ -4,7 +4,7 @@ from omegaconf import DictConfig
 
 from mbtasks.models.embedding import EmbeddingHead
 from mbtasks.tasks.embedding.check import check_data
-from mbtasks.tasks.embedding.export import EmbeddingExport
+from mbtasks.tasks.embedding.export import EmbeddingExport, EmbeddingExportOptions
 from mbtasks.tasks.embedding.predictor import EmbeddingPredictor
 from mbtasks.tasks.spec import TaskSpec
 
@@ -24,6 +24,7 @@ SPEC = TaskSpec(
     head=EmbeddingHead,
     predictor=EmbeddingPredictor,
     export=EmbeddingExport(),
+    export_options=EmbeddingExportOptions,
     check_data=check_data,
     profile_info=profile_info,
 )
