@@ -29,7 +29,6 @@ from mbtasks.config import CONFIG_DIR, unknown_key
 from mbtasks.data import shards
 from mbtasks.errors import NonFiniteLossError, UserError, suggest
 from mbtasks.modes.run import claim_run_dir, dispatch
-from mbtasks.tasks.loading import with_checkpoint_task
 
 log = logging.getLogger("mbtasks")
 
@@ -133,8 +132,6 @@ def main() -> None:
         sys.exit(weights_cli.main(argv[1:]))
     if argv[:1] == ["shards"]:
         sys.exit(shards.main(argv[1:]))
-    # test / predict / export of a checkpoint: its task's config (and own mode keys) unless task= is given
-    sys.argv[1:] = argv = with_checkpoint_task(argv)
     # Hydra then raises its errors instead of printing its own text and exiting with 1.
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:

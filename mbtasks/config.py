@@ -16,7 +16,6 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from mbtasks.errors import ConfigError, suggest
 from mbtasks.resume import run_dir_for
 from mbtasks.tasks import spec_for_config
-from mbtasks.tasks.loading import with_checkpoint_task
 from mbtasks.tasks.optim import check_no_decay
 
 MODES = ("train", "test", "predict", "profile", "export", "check", "convert")
@@ -34,7 +33,7 @@ def compose(overrides=()) -> DictConfig:
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-            return hydra_compose(config_name="config", overrides=with_checkpoint_task(overrides))
+            return hydra_compose(config_name="config", overrides=list(overrides))
     finally:
         if saved is not None:
             GlobalHydra.instance().initialize(saved)

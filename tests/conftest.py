@@ -14,7 +14,6 @@ from omegaconf import DictConfig
 from mbtasks import checkpoint
 from mbtasks.config import CONFIG_DIR
 from mbtasks.modes.run import dispatch
-from mbtasks.tasks.loading import with_checkpoint_task
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
@@ -49,7 +48,7 @@ def is_fraction_of(value: float, n: int) -> bool:
 def compose_cfg(overrides: list[str], fast: bool = True) -> DictConfig:
     """The real config tree, composed as ``python -m mbtasks <overrides>`` would."""
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose(config_name="config", overrides=(FAST if fast else []) + with_checkpoint_task(overrides))
+        return compose(config_name="config", overrides=(FAST if fast else []) + list(overrides))
 
 
 def save_checkpoint(task, cfg: DictConfig, path: Path) -> Path:

@@ -152,24 +152,3 @@ def check_checkpoint_task(cfg: DictConfig, task_given: bool) -> None:
             f"{key}={path} is a {stored} checkpoint, but task={wanted} was given: use task={stored} "
             f"(or leave task= out for mode=test/predict/export), or give a {wanted} checkpoint"
         )
-
-
-def with_checkpoint_task(overrides) -> list[str]:
-    """``overrides`` with ``task=<the checkpoint's task>`` in front when ``mode=test|predict|export`` is
-    given ``ckpt_path=<file>`` and no ``task=``: those modes rebuild the checkpoint's own task, so the
-    config is composed for it and holds its own mode keys (``export.max_detections=20`` for a detection
-    checkpoint). Unchanged when the file cannot be read: the mode then says why."""
-    items = {o.split("=", 1)[0].lstrip("+~"): o.split("=", 1)[1] for o in overrides if "=" in o}
-    path = items.get("ckpt_path")
-    if (
-        "task" in items
-        or items.get("mode") not in ("test", "predict", "export")
-        or not path
-        or not Path(path).is_file()
-    ):
-        return list(overrides)
-    try:
-        name = checkpoint.task_name(checkpoint.read(path))
-    except Exception:  # noqa: BLE001 - reported with its own message when the mode reads the checkpoint
-        return list(overrides)
-    return list(overrides) if name == "unknown" else [f"task={name}", *overrides]
