@@ -145,7 +145,7 @@ def detector(root: Path):
 
 
 def end_to_end_rows(sets: dict[str, list[Path]], root: Path, quick: bool) -> list[dict]:
-    from mbtasks.modes.export import export_task
+    from mbtasks.modes.export import export_settings, export_task
 
     rows = []
     task, train_cfg, name = imagenet_classifier()
@@ -163,16 +163,9 @@ def end_to_end_rows(sets: dict[str, list[Path]], root: Path, quick: bool) -> lis
             for p in files:
                 (folder / p.name).symlink_to(p)
             for fmt, suffix in (("onnx", ".onnx"), ("torchscript", ".pt")):
-                record = export_task(
-                    t,
-                    cfg,
-                    Path(tmp) / f"out{suffix}",
-                    fmt,
-                    inputs=str(folder),
-                    num_inputs=len(files),
-                    e2e_atol=5e-3,
-                    box_atol=1.0,
-                )
+                # the default tolerances: export.e2e_atol 5e-3, detection's export.box_atol 1.0
+                settings = export_settings(kind, format=fmt, inputs=str(folder), num_inputs=len(files))
+                record = export_task(t, cfg, settings, Path(tmp) / f"out{suffix}")
                 e2e = record["end_to_end"]
                 rows.append(
                     {

@@ -261,7 +261,7 @@ def test_end_to_end_centre_crop_pipeline(cls_ckpt, tmp_path):
     """ImageFolder's eval pipeline (shorter side, then centre crop) rebuilt in the graph, checked against it."""
     from omegaconf import OmegaConf
 
-    from mbtasks.modes.export import export_task
+    from mbtasks.modes.export import export_settings, export_task
 
     task, train_cfg = load_task(cls_ckpt)
     OmegaConf.update(
@@ -277,7 +277,8 @@ def test_end_to_end_centre_crop_pipeline(cls_ckpt, tmp_path):
         force_add=True,
     )
     sized_images(data_root(cls_ckpt), tmp_path / "images", [(90, 41), (33, 77), (37, 37)])
-    out = export_task(task, train_cfg, tmp_path / "m.onnx", inputs=str(tmp_path / "images"))
+    settings = export_settings("classification", inputs=str(tmp_path / "images"))
+    out = export_task(task, train_cfg, settings, tmp_path / "m.onnx")
     assert {"90x41", "33x77"} <= set(out["end_to_end"]["sizes"])
     meta = json.loads((tmp_path / "m.json").read_text())
     assert "shorter side resized to 37, centre 32x32 crop" in meta["input"]["preprocessing"]
@@ -286,7 +287,7 @@ def test_end_to_end_centre_crop_pipeline(cls_ckpt, tmp_path):
 def test_end_to_end_refuses_unknown_eval_transforms(cls_ckpt, tmp_path):
     from omegaconf import OmegaConf
 
-    from mbtasks.modes.export import export_task
+    from mbtasks.modes.export import export_settings, export_task
 
     task, train_cfg = load_task(cls_ckpt)
     OmegaConf.update(
@@ -296,7 +297,7 @@ def test_end_to_end_refuses_unknown_eval_transforms(cls_ckpt, tmp_path):
         force_add=True,
     )
     with pytest.raises(ConfigError, match=r"\['LongestMaxSize'\].*export.end_to_end=false"):
-        export_task(task, train_cfg, tmp_path / "m.onnx")
+        export_task(task, train_cfg, export_settings("classification"), tmp_path / "m.onnx")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -448,10 +449,10 @@ def test_quantized_network_wraps_end_to_end(cls_ckpt, tmp_path):
 
     from mbtasks.export.onnx_pipeline import wrap_network
     from mbtasks.export.preprocessing import preprocessing_of
-    from mbtasks.modes.export import export_task
+    from mbtasks.modes.export import export_settings, export_task
 
     task, train_cfg = load_task(cls_ckpt)
-    export_task(task, train_cfg, tmp_path / "net.onnx", end_to_end=False)
+    export_task(task, train_cfg, export_settings("classification", end_to_end=False), tmp_path / "net.onnx")
 
     class Calibration(CalibrationDataReader):
         def __init__(self):
@@ -466,9 +467,8 @@ def test_quantized_network_wraps_end_to_end(cls_ckpt, tmp_path):
     )
     pre = preprocessing_of(train_cfg, 32, task.info["mean"], task.info["std"])
     spec = task.spec.export
-    model = wrap_network(
-        onnx.load(str(tmp_path / "int8.onnx")), pre, spec.post_kind, spec.post_settings(task, spec.graph(task), top_k=2)
-    )
+    post = spec.post_settings(task, spec.graph(task), export_settings("classification", top_k=2).options)
+    model = wrap_network(onnx.load(str(tmp_path / "int8.onnx")), pre, lambda g: spec.onnx_tail(g, post))
     assert {"QuantizeLinear", "DequantizeLinear", "Resize", "TopK"} <= {n.op_type for n in model.graph.node}
     session = ort.InferenceSession(model.SerializeToString())
     pixels = np.random.default_rng(1).integers(0, 256, (2, 45, 30, 3), dtype=np.uint8)

@@ -15,13 +15,18 @@ from pathlib import Path
 import pytest
 
 import mbtasks.modes.export as export
+import mbtasks.modes.export_int8 as export_int8
 from mbtasks.atomic_files import remove_stale_siblings, run_record
 from mbtasks.errors import ConfigError
 from mbtasks.export.formats import quiet_exporters
-from mbtasks.modes.export import export_task
+from mbtasks.modes.export import export_settings, export_task
 from mbtasks.modes.export_metrics import folder_images, spread
 from mbtasks.tasks import load_task
 from tests.conftest import is_fraction_of, run_mode
+
+
+def settings(**values):
+    return export_settings("classification", **values)
 
 
 @pytest.fixture
@@ -109,13 +114,13 @@ def test_export_replaces_only_an_earlier_export(cls_ckpt, tmp_path):
     notes = tmp_path / "notes.onnx"
     notes.write_text("not a model")
     with pytest.raises(ConfigError, match="exists and is not an mbtasks export"):
-        export_task(task, train_cfg, notes, end_to_end=False)
+        export_task(task, train_cfg, settings(end_to_end=False), notes)
     assert notes.read_text() == "not a model" and not (tmp_path / "notes.json").exists()
     with pytest.raises(ConfigError, match="is a file, not a folder"):
-        export_task(task, train_cfg, notes / "model.onnx", end_to_end=False)
+        export_task(task, train_cfg, settings(end_to_end=False), notes / "model.onnx")
     # an earlier export (either format) is replaced
-    export_task(task, train_cfg, tmp_path / "m.pt", "torchscript", end_to_end=False)
-    export_task(task, train_cfg, tmp_path / "m.pt", "torchscript", end_to_end=False, num_inputs=3)
+    export_task(task, train_cfg, settings(format="torchscript", end_to_end=False), tmp_path / "m.pt")
+    export_task(task, train_cfg, settings(format="torchscript", end_to_end=False, num_inputs=3), tmp_path / "m.pt")
     assert json.loads((tmp_path / "m.json").read_text())["verification"]["batch_sizes"] == [3, 1]
 
 
@@ -146,7 +151,7 @@ def test_a_killed_exports_temporaries_are_removed_by_the_next(cls_ckpt, tmp_path
     for name in stale + kept:
         (tmp_path / name).write_bytes(b"half a model")
     task, train_cfg = load_task(cls_ckpt)
-    export_task(task, train_cfg, tmp_path / "model.onnx", end_to_end=False)
+    export_task(task, train_cfg, settings(end_to_end=False), tmp_path / "model.onnx")
     left = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("."))
     assert left == sorted(kept)
     assert (tmp_path / "model.onnx").is_file() and (tmp_path / "model.json").is_file()
@@ -184,23 +189,23 @@ def test_predict_into_a_run_dir_leaves_its_records(run_copy, tiny_run):
 
 def int8(cls_ckpt, out: Path, **kw) -> dict:
     task, train_cfg = load_task(cls_ckpt)
-    options = dict(end_to_end=False, quantize="int8", calibration_images=3, max_drop={"top1": 1.0}, speed_batch=2)
-    export_task(task, train_cfg, out, **{**options, **kw})
+    options = dict(end_to_end=False, quantize="int8", calibration_images=3, int8_max_drop_top1=1.0, speed_batch=2)
+    export_task(task, train_cfg, settings(**{**options, **kw}), out)
     return json.loads(out.with_suffix(".json").read_text())
 
 
 def test_int8_calibrates_on_the_training_split_across_classes(cls_ckpt, tiny_run, tmp_path, monkeypatch):
     root = tiny_run[0]
     read: list[Path] = []
-    real = export.file_batches
+    real = export_int8.file_batches
 
     def spy(files, *args):
         read.extend(Path(f) for f in files)
         return real(files, *args)
 
-    monkeypatch.setattr(export, "file_batches", spy)
+    monkeypatch.setattr(export_int8, "file_batches", spy)  # the calibration's reads only
     meta = int8(cls_ckpt, tmp_path / "q.onnx", calibration_images=3)
-    calibration_reads = read[-3:]  # the verification inputs are read first
+    calibration_reads = read
     assert [p.relative_to(root).parts[0] for p in calibration_reads] == ["train"] * 3
     assert {p.parent.name for p in calibration_reads} == {"circle", "square", "triangle"}  # one of each class
     calibration = meta["quantization"]["calibration"]
@@ -237,7 +242,7 @@ def test_int8_calibration_folder_leaves_out_validation_images_and_counts_broken_
 def test_int8_missing_calibration_folder_names_its_key(cls_ckpt, tmp_path):
     task, train_cfg = load_task(cls_ckpt)
     with pytest.raises(ConfigError, match=f"export.calibration={tmp_path / 'nope'}: no such file or folder"):
-        export_task(task, train_cfg, tmp_path / "q.onnx", quantize="int8", calibration=str(tmp_path / "nope"))
+        export_task(task, train_cfg, settings(quantize="int8", calibration=str(tmp_path / "nope")), tmp_path / "q.onnx")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -264,7 +269,7 @@ def test_int8_top1_is_a_fraction_like_every_metric(cls_ckpt, tmp_path):
     record = int8(cls_ckpt, tmp_path / "q.onnx")["verification"]["int8"]
     assert 0 <= record["fp32"] <= 1 and 0 <= record["int8"] <= 1
     assert is_fraction_of(record["fp32"], 6) and is_fraction_of(record["int8"], 6)  # 6 validation images
-    assert load_task(cls_ckpt)[0].spec.export.max_drop == 0.01
+    assert settings().options.int8_max_drop_top1 == 0.01  # the default
     with pytest.raises(ConfigError, match="export.int8_max_drop_top1=5: the tolerated drop is a fraction"):
         run_mode(
             [
@@ -281,7 +286,7 @@ def test_int8_top1_is_a_fraction_like_every_metric(cls_ckpt, tmp_path):
 def test_export_log_has_no_third_party_info_lines(cls_ckpt, tmp_path, caplog):
     task, train_cfg = load_task(cls_ckpt)
     with caplog.at_level(logging.INFO):
-        export_task(task, train_cfg, tmp_path / "m.onnx", end_to_end=False)
+        export_task(task, train_cfg, settings(end_to_end=False), tmp_path / "m.onnx")
     names = {r.name.split(".")[0] for r in caplog.records}
     assert not names & {"onnxscript", "onnx_ir", "onnx", "torch"}, names
     assert any(r.name == "mbtasks.modes.export" and "wrote" in r.getMessage() for r in caplog.records)

@@ -6,15 +6,19 @@ import onnx
 import pytest
 
 from mbtasks.errors import ConfigError, ExportError
-from mbtasks.modes.export import export_task
+from mbtasks.modes.export import export_settings, export_task
 from mbtasks.tasks import load_task
 from tests.test_export import cls_ckpt, det_ckpt, emb_ckpt, leftovers  # noqa: F401 - fixtures
 
 TASKS = {
-    "classification": ("cls_ckpt", "top1"),
-    "detection": ("det_ckpt", "map_50"),
-    "embedding": ("emb_ckpt", "verification_accuracy"),
+    "classification": ("cls_ckpt", "top1", "int8_max_drop_top1"),
+    "detection": ("det_ckpt", "map_50", "int8_max_drop_map50"),
+    "embedding": ("emb_ckpt", "verification_accuracy", "int8_max_drop_verification"),
 }
+
+
+def cls_settings(**values):
+    return export_settings("classification", **values)
 
 
 @pytest.mark.parametrize(
@@ -28,19 +32,19 @@ TASKS = {
     ],
 )
 def test_int8_export_records_metric_and_speed(name, end_to_end, request, tmp_path):
-    fixture, metric = TASKS[name]
+    fixture, metric, max_drop = TASKS[name]
     task, train_cfg = load_task(request.getfixturevalue(fixture))
     out = tmp_path / f"{name}.onnx"
-    record = export_task(
-        task,
-        train_cfg,
-        out,
+    settings = export_settings(
+        # max drop 1: the whole metric, any drop is accepted
+        name,
         end_to_end=end_to_end,
         quantize="int8",
         calibration_images=8,
-        max_drop={metric: 100.0},
         speed_batch=4,
+        **{max_drop: 1.0},
     )
+    record = export_task(task, train_cfg, settings, out)
     meta = json.loads(out.with_suffix(".json").read_text())
     int8 = meta["verification"]["int8"]
     assert record["int8"] == int8 and int8["metric"] == metric and meta["end_to_end"] is end_to_end
@@ -61,7 +65,7 @@ def test_int8_float_tail_keeps_post_processing_float(det_ckpt):  # noqa: F811
 
     task, train_cfg = load_task(det_ckpt)
     out_dir = det_ckpt.parent.parent / "int8-tail"
-    export_task(task, train_cfg, out_dir / "net.onnx", end_to_end=False)
+    export_task(task, train_cfg, export_settings("detection", end_to_end=False), out_dir / "net.onnx")
     model = onnx.load(str(out_dir / "net.onnx"))
     from mbtasks.export.quantize import name_nodes
 
@@ -77,7 +81,8 @@ def test_int8_metric_drop_refused_keeps_nothing(cls_ckpt, tmp_path):  # noqa: F8
     task, train_cfg = load_task(cls_ckpt)
     out = tmp_path / "cls.onnx"
     with pytest.raises(ExportError, match="int8 refused.*int8_max_drop_top1=-1"):
-        export_task(task, train_cfg, out, quantize="int8", calibration_images=4, max_drop={"top1": -1}, speed_batch=2)
+        settings = cls_settings(quantize="int8", calibration_images=4, int8_max_drop_top1=-1, speed_batch=2)
+        export_task(task, train_cfg, settings, out)
     assert leftovers(tmp_path) == [] and not out.exists()
 
 
@@ -109,9 +114,9 @@ def test_int8_cli_refusal_exits_2(cls_ckpt, tmp_path):  # noqa: F811
 @pytest.mark.slow
 def test_int8_exclude_keeps_op_type_float(cls_ckpt, tmp_path):  # noqa: F811
     task, train_cfg = load_task(cls_ckpt)
-    kw = dict(end_to_end=False, quantize="int8", calibration_images=4, max_drop={"top1": 100.0}, speed_batch=2)
-    export_task(task, train_cfg, tmp_path / "all.onnx", **kw)
-    export_task(task, train_cfg, tmp_path / "dw.onnx", int8_exclude=["depthwise"], **kw)
+    kw = dict(end_to_end=False, quantize="int8", calibration_images=4, int8_max_drop_top1=1.0, speed_batch=2)
+    export_task(task, train_cfg, cls_settings(**kw), tmp_path / "all.onnx")
+    export_task(task, train_cfg, cls_settings(int8_exclude=["depthwise"], **kw), tmp_path / "dw.onnx")
     meta = json.loads((tmp_path / "dw.json").read_text())
     assert meta["quantization"]["kept_float"]["op_types"] == ["depthwise"]
     n_dw = meta["quantization"]["kept_float"]["nodes"]["depthwise"]
@@ -124,9 +129,9 @@ def test_int8_exclude_keeps_op_type_float(cls_ckpt, tmp_path):  # noqa: F811
 
     assert dequantized_inputs(tmp_path / "all.onnx") - dequantized_inputs(tmp_path / "dw.onnx") == n_dw
     with pytest.raises(ConfigError, match="int8_exclude.*'Foo'"):
-        export_task(task, train_cfg, tmp_path / "x.onnx", int8_exclude=["Foo"], **kw)
+        export_task(task, train_cfg, cls_settings(int8_exclude=["Foo"], **kw), tmp_path / "x.onnx")
     with pytest.raises(ConfigError, match="export.format=onnx"):
-        export_task(task, train_cfg, tmp_path / "x.pt", "torchscript", quantize="int8")
+        export_task(task, train_cfg, cls_settings(format="torchscript", quantize="int8"), tmp_path / "x.pt")
 
 
 @pytest.mark.slow
@@ -164,17 +169,17 @@ def test_int8_default_keeps_the_embeddings_last_layer_float(emb_ckpt, cls_ckpt, 
     # export.int8_exclude=null (the default): the task's measured choice; [] quantizes everything
     def kept(ckpt, name, **extra):
         task, train_cfg = load_task(ckpt)
-        export_task(
-            task,
-            train_cfg,
-            tmp_path / f"{name}.onnx",
+        max_drop = TASKS[task.name][2]
+        settings = export_settings(
+            task.name,
             end_to_end=False,
             quantize="int8",
             calibration_images=4,
-            max_drop={"top1": 100.0, "verification_accuracy": 100.0},
             speed_batch=2,
+            **{max_drop: 1.0},
             **extra,
         )
+        export_task(task, train_cfg, settings, tmp_path / f"{name}.onnx")
         return json.loads((tmp_path / f"{name}.json").read_text())["quantization"]["kept_float"]
 
     emb = kept(emb_ckpt, "emb")

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import mbtasks
+from mbtasks.errors import ConfigError
 from tests.conftest import is_fraction_of, run_mode
 
 SEARCHPATH = f"hydra.searchpath=[file://{Path(__file__).parent / 'conf'}]"
@@ -83,3 +84,39 @@ def test_a_toy_task_has_its_own_predict_option(tiny_shapes, tmp_path):
     assert none == {"labels": {}} and json.loads((tmp_path / "none" / "toy.json").read_text()) == none
     with pytest.raises(ConfigError, match=r"predict\.toy_min_score=2: expected a number >= 0 and <= 1"):
         run_mode([*base, "predict.toy_min_score=2"], tmp_path / "bad")
+
+
+def test_the_toy_export_tail_and_its_own_option(tiny_shapes, tmp_path):
+    """The toy's own end-to-end tail (the label, a temperature-scaled confidence) in both formats, and its
+    own key export.toy_temperature reaching it: all of it in tests/, nothing under mbtasks/ (issue 27)."""
+    from mbtasks.export.formats import load_e2e_runner
+    from mbtasks.tasks import build_task
+    from tests.conftest import compose_cfg, save_checkpoint
+
+    cfg = compose_cfg(toy(tiny_shapes))
+    info = {"class_names": ["circle", "square", "triangle"], "image_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3}
+    ckpt = save_checkpoint(build_task(cfg, info, training=False), cfg, tmp_path / "toy.ckpt")
+    pixels = np.random.default_rng(0).integers(0, 256, (3, 40, 50, 3), dtype=np.uint8)
+    answers = {}
+    for fmt, temperature in (("onnx", 1.0), ("onnx", 0.25), ("torchscript", 0.25)):
+        run_dir = tmp_path / f"{fmt}-{temperature}"
+        overrides = [f"export.format={fmt}", f"export.toy_temperature={temperature}"]
+        record = run_mode(toy(tiny_shapes, "mode=export", f"ckpt_path={ckpt}", *overrides), run_dir)
+        assert record["end_to_end"]["vs"] == "mode=predict"
+        meta = json.loads((run_dir / "toy.json").read_text())
+        assert meta["output_names"] == ["probs", "label", "confidence"] and meta["temperature"] == temperature
+        got = load_e2e_runner(fmt, Path(record["path"]))(pixels)
+        assert got["label"].dtype == np.int64 and got["label"].shape == got["confidence"].shape == (3,)
+        np.testing.assert_array_equal(got["label"], got["probs"].argmax(1))
+        scaled = np.exp(np.log(got["probs"]) / temperature)
+        np.testing.assert_allclose(got["confidence"], (scaled / scaled.sum(1, keepdims=True)).max(1), rtol=1e-4)
+        answers[fmt, temperature] = got
+    np.testing.assert_allclose(answers["onnx", 1.0]["confidence"], answers["onnx", 1.0]["probs"].max(1), rtol=1e-5)
+    # a lower temperature sharpens the confidence; the labels stay
+    assert (answers["onnx", 0.25]["confidence"] > answers["onnx", 1.0]["confidence"]).all()
+    np.testing.assert_array_equal(answers["onnx", 0.25]["label"], answers["onnx", 1.0]["label"])
+    np.testing.assert_allclose(
+        answers["torchscript", 0.25]["confidence"], answers["onnx", 0.25]["confidence"], atol=1e-4
+    )
+    with pytest.raises(ConfigError, match=r"export.toy_temperature=0: expected a number > 0"):
+        run_mode(toy(tiny_shapes, "mode=export", f"ckpt_path={ckpt}", "export.toy_temperature=0"), tmp_path / "bad")

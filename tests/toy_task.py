@@ -1,6 +1,9 @@
-"""A fourth task, written only here and in ``tests/conf/task/`` (``toy.yaml``, ``predict/toy.yaml``): proof
-that adding a task needs no edit under ``mbtasks/`` (README "Architecture"). It classifies with a
-max-pooled 1x1-conv head; ``mode=predict`` writes ``toy.json``, with its own key ``predict.toy_min_score``."""
+"""A fourth task, written only here and in ``tests/conf/`` (``task/toy.yaml``, ``task/predict/toy.yaml``,
+``task/export/toy.yaml``): proof that adding a task needs no edit under ``mbtasks/`` (docs/architecture.md).
+It classifies with a max-pooled 1x1-conv head, and has its own predict option (``predict.toy_min_score``,
+used when ``mode=predict`` writes ``toy.json``), its own figure (validation accuracy per class), and its
+own end-to-end export tail (the label and a temperature-scaled confidence) with its own export option
+(``export.toy_temperature``)."""
 
 from __future__ import annotations
 
@@ -12,9 +15,10 @@ from typing import ClassVar
 import numpy as np
 import torch
 from matplotlib.figure import Figure
-from torch import nn
+from torch import Tensor, nn
 
 from mbtasks.atomic_files import write_json_atomic
+from mbtasks.export.settings import TaskExportOptions, max_drop_setting
 from mbtasks.inference import Predictor
 from mbtasks.inference.settings import PredictOptions, PredictSettings
 from mbtasks.settings import setting
@@ -77,8 +81,30 @@ def write_predictions(model: ToyPredictor, files: list[Path], settings: PredictS
     return out
 
 
+@dataclass(frozen=True, kw_only=True)
+class ToyExportOptions(TaskExportOptions):
+    """The toy's ``export.*`` keys (defaults: ``tests/conf/task/export/toy.yaml``)."""
+
+    toy_temperature: float = setting(low=0, low_in=False, example="1.0")
+    int8_max_drop_top1: float = max_drop_setting()
+
+
+class ToyTail(nn.Module):
+    """``(probs,)`` -> ``(probs, label (N,) int64, confidence (N,))``: the best class and its probability
+    after temperature scaling (``softmax(log(probs) / T)``)."""
+
+    def __init__(self, temperature: float) -> None:
+        super().__init__()
+        self.temperature = float(temperature)
+
+    def forward(self, outputs: tuple[Tensor], pixels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        probs = outputs[0]
+        scaled = (probs.log() / self.temperature).softmax(1)
+        return probs, probs.argmax(1), scaled.amax(1)
+
+
 class ToyExport(TaskExport):
-    metric, max_drop_key, max_drop = "top1", "int8_max_drop_top1", 1.0
+    metric = "top1"
 
     def graph(self, task) -> ExportGraph:
         class Graph(nn.Module):
@@ -91,13 +117,33 @@ class ToyExport(TaskExport):
 
         return ExportGraph(Graph(task.model).eval(), ("probs",), {"outputs": {"probs": "(N, K)"}})
 
-    def e2e_details(self, post: dict) -> dict:
-        return {"outputs": {"probs": "(N, K)"}}
+    def post_settings(self, task, graph, options: ToyExportOptions) -> dict:
+        return {"temperature": options.toy_temperature}
 
-    def compare(self, task, ref, got, atol, box_atol, fail) -> dict[str, float]:
+    def e2e_details(self, post: dict) -> dict:
+        return {
+            "outputs": {"probs": "(N, K)", "label": "(N,) int64", "confidence": "(N,) max softmax(log(probs) / T)"},
+            "temperature": post["temperature"],
+        }
+
+    def onnx_tail(self, g, post: dict) -> None:
+        k = g.network_outputs["probs"][1]
+        scaled = g.op("Softmax", g.op("Div", g.op("Log", "probs"), g.const(post["temperature"], np.float32)), axis=1)
+        g.op("ArgMax", "probs", axis=1, keepdims=0, out="label")
+        g.op("ReduceMax", scaled, g.const([1], np.int64), keepdims=0, out="confidence")
+        g.output("probs", np.float32, ["N", k])
+        g.output("label", np.int64, ["N"])
+        g.output("confidence", np.float32, ["N"])
+
+    def torch_tail(self, post: dict) -> nn.Module:
+        return ToyTail(post["temperature"])
+
+    def compare(self, task, ref, got, atol, options, fail) -> dict[str, float]:
         d = float(np.abs(got["probs"] - ref).max())
         if d > atol:
             fail("probabilities differ by", f"{d:.3g}")
+        if ref[int(got["label"])] < ref.max() - atol:  # the best class, up to ties
+            fail("label differs:", f"{int(got['label'])} vs {int(ref.argmax())}")
         return {"probs": d}
 
 
@@ -114,6 +160,7 @@ SPEC = TaskSpec(
     write_predictions=write_predictions,
     export=ToyExport(),
     check_data=check_data,
+    export_options=ToyExportOptions,
 )
 
 

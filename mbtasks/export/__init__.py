@@ -1,4 +1,5 @@
-"""Exported models (ONNX, TorchScript): the network graphs per task, the end-to-end wrappers
-(uint8 pixels -> answers: ``preprocessing``, ``onnx_pipeline``, ``torch_pipeline``), the file
-formats, and the numpy detection post-processing for network-only exports.
-``mbtasks.modes.export`` drives them."""
+"""Exported models (ONNX, TorchScript), the generic pieces: the in-graph preprocessing and the end-to-end
+wrappers around a task's tail (``preprocessing``, ``onnx_pipeline``, ``torch_pipeline``), the file
+formats, INT8 quantization, the typed ``export.*`` settings (``settings``), and the numpy detection
+post-processing for network-only exports. A task's network graph and tails live in its package
+(``mbtasks/tasks/<name>/export.py``); ``mbtasks.modes.export`` drives them."""

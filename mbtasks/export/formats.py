@@ -14,14 +14,15 @@ import logging
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
 from torch import nn
 
 from mbtasks.export.preprocessing import Preprocessing
+from mbtasks.export.settings import FORMATS
 
-FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
 INPUT_NAME = "images"
 # the end-to-end exports' input: (N, H, W, 3) uint8 RGB
 PIXELS = "pixels"
@@ -109,29 +110,39 @@ def write(
         write_torchscript(module, example, path, metadata)
 
 
+class Tails(Protocol):
+    """A task's end-to-end tails (``TaskExport``), given its settings ``post``."""
+
+    def onnx_tail(self, g, post: dict) -> None: ...
+
+    def torch_end_to_end(self, pre: nn.Module, network: nn.Module, post: dict) -> nn.Module: ...
+
+
 def write_end_to_end(
-    fmt: str, network_path: Path, path: Path, pre: Preprocessing, post_kind: str, post: dict, metadata: dict
+    fmt: str, network_path: Path, path: Path, pre: Preprocessing, tails: Tails, post: dict, metadata: dict
 ) -> None:
     """Wrap the exported network at ``network_path`` into the end-to-end model written to ``path``:
-    ONNX by :func:`~mbtasks.export.onnx_pipeline.wrap_network`, TorchScript by
-    :func:`~mbtasks.export.torch_pipeline.script_end_to_end`."""
+    ONNX by :func:`~mbtasks.export.onnx_pipeline.wrap_network` with ``tails.onnx_tail``, TorchScript by
+    scripting ``tails.torch_end_to_end`` around the loaded network."""
     if fmt == "onnx":
         import onnx
 
         from mbtasks.export.onnx_pipeline import wrap_network
 
-        save_onnx(
-            wrap_network(onnx.load(str(network_path)), pre, post_kind, post, str(metadata.get("task", "network"))),
-            path,
-            metadata,
+        model = wrap_network(
+            onnx.load(str(network_path)),
+            pre,
+            lambda g: tails.onnx_tail(g, post),
+            str(metadata.get("task", "network")),
         )
+        save_onnx(model, path, metadata)
         return
-    from mbtasks.export.torch_pipeline import script_end_to_end
+    from mbtasks.export.torch_pipeline import Preprocess
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         network = torch.jit.load(str(network_path), map_location="cpu")
-        module = script_end_to_end(network, pre, post_kind, post)
+        module = torch.jit.script(tails.torch_end_to_end(Preprocess(pre), network, post).eval())
         torch.jit.save(module, str(path), _extra_files={"mbtasks.json": json.dumps(metadata)})
 
 

@@ -1,18 +1,16 @@
 """End-to-end TorchScript: the traced network inside a scripted ``pixels -> answers`` module.
 
 Same inputs, outputs and rules as :mod:`mbtasks.export.onnx_pipeline`, written in torch:
-:func:`resize_pixels` (bilinear, half-pixel centres, no antialiasing; also ``mode=predict``'s resize) and
-:func:`torchvision.ops.batched_nms` for detection, one image at a time (so the detection file
-needs torchvision's ops library where it is loaded: ``import torchvision`` in Python,
-``libtorchvision`` in C++). ``forward(pixels, score_threshold=None, iou_threshold=None)``; the
-thresholds only matter for detection (``None``: the checkpoint's).
+:func:`resize_pixels` (bilinear, half-pixel centres, no antialiasing; also ``mode=predict``'s resize),
+the network, then the task's tail (``TaskExport.torch_tail``: an ``nn.Module`` whose
+``forward(outputs, pixels)`` turns the network's outputs into the final answers). A task whose file
+takes more inputs (detection's thresholds) subclasses :class:`EndToEnd` (``TaskExport.torch_end_to_end``).
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torchvision.ops import batched_nms
 
 from mbtasks.export.preprocessing import Preprocessing
 
@@ -69,107 +67,24 @@ class Preprocess(nn.Module):
         return (x * (1 / 255.0) - self.mean) / self.std
 
 
-class ClassificationPost(nn.Module):
-    """``(logits, probs)`` -> ``(probs, scores, labels)``, top-k."""
-
-    def __init__(self, top_k: int) -> None:
-        super().__init__()
-        self.top_k = int(top_k)
-
-    def forward(
-        self, outputs: tuple[Tensor, Tensor], h: int, w: int, score_threshold: float | None, iou_threshold: float | None
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        probs = outputs[1]
-        scores, labels = probs.topk(self.top_k, dim=1)
-        return probs, scores, labels
-
-
-class EmbeddingPost(nn.Module):
-    def forward(
-        self, outputs: tuple[Tensor], h: int, w: int, score_threshold: float | None, iou_threshold: float | None
-    ) -> tuple[Tensor]:
-        return outputs
-
-
-class DetectionPost(nn.Module):
-    """``(scores (N, A, K), boxes (N, A, 4))`` -> ``(boxes, scores, labels, category_ids, num_detections)``
-    padded to ``max_detections`` rows (as :func:`mbtasks.models.detection.postprocess.postprocess_detections`
-    selects them, boxes scaled to the input image)."""
-
-    def __init__(
-        self,
-        size: int,
-        category_ids: list[int],
-        score_threshold: float,
-        nms_iou: float,
-        max_detections: int,
-        topk_candidates: int,
-    ) -> None:
-        super().__init__()
-        self.size = int(size)
-        self.register_buffer("category_ids", torch.tensor(category_ids, dtype=torch.int64))
-        self.score_threshold, self.nms_iou = float(score_threshold), float(nms_iou)
-        self.max_detections, self.topk_candidates = int(max_detections), int(topk_candidates)
-
-    def forward(
-        self, outputs: tuple[Tensor, Tensor], h: int, w: int, score_threshold: float | None, iou_threshold: float | None
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        scores_all, boxes_all = outputs
-        thr = self.score_threshold if score_threshold is None else score_threshold
-        iou = self.nms_iou if iou_threshold is None else iou_threshold
-        n, k, d = scores_all.shape[0], scores_all.shape[2], self.max_detections
-        out_boxes = torch.zeros(n, d, 4)
-        out_scores = torch.zeros(n, d)
-        out_labels = torch.full((n, d), -1, dtype=torch.int64)
-        out_ids = torch.full((n, d), -1, dtype=torch.int64)
-        counts = torch.zeros(n, dtype=torch.int64)
-        scale = torch.tensor([w / self.size, h / self.size, w / self.size, h / self.size])
-        for i in range(n):
-            flat = scores_all[i].flatten()
-            keep = torch.nonzero(flat > thr).squeeze(1)
-            if keep.numel() > self.topk_candidates:
-                keep = keep[flat[keep].topk(self.topk_candidates).indices]
-            labels = keep % k
-            boxes, scores = boxes_all[i][torch.div(keep, k, rounding_mode="floor")], flat[keep]
-            kept = batched_nms(boxes, scores, labels, iou)[:d]
-            m = kept.numel()
-            out_boxes[i, :m] = boxes[kept] * scale
-            out_scores[i, :m] = scores[kept]
-            out_labels[i, :m] = labels[kept]
-            out_ids[i, :m] = self.category_ids[labels[kept]]
-            counts[i] = m
-        return out_boxes, out_scores, out_labels, out_ids, counts
-
-
 class EndToEnd(nn.Module):
-    """``pixels (N, H, W, 3) uint8`` -> the task's answers: preprocessing, network, post-processing."""
+    """``pixels (N, H, W, 3) uint8`` -> the task's answers: preprocessing, network, the task's tail
+    (``tail(outputs, pixels)``)."""
 
-    def __init__(self, pre: nn.Module, network: nn.Module, post: nn.Module) -> None:
+    def __init__(self, pre: nn.Module, network: nn.Module, tail: nn.Module) -> None:
         super().__init__()
-        self.pre, self.network, self.post = pre, network, post
+        self.pre, self.network, self.tail = pre, network, tail
 
-    def forward(self, pixels: Tensor, score_threshold: float | None = None, iou_threshold: float | None = None):
-        return self.post(
-            self.network(self.pre(pixels)), pixels.shape[1], pixels.shape[2], score_threshold, iou_threshold
-        )
+    def forward(self, pixels: Tensor):
+        return self.tail(self.network(self.pre(pixels)), pixels)
 
 
-def script_end_to_end(network: nn.Module, pre: Preprocessing, post_kind: str, post: dict) -> torch.jit.ScriptModule:
-    """Script the end-to-end module around ``network`` (traced; ``post_kind`` and ``post`` as for
-    :func:`mbtasks.export.onnx_pipeline.wrap_network`)."""
-    if post_kind == "topk":
-        tail = ClassificationPost(post["top_k"])
-    elif post_kind == "nms":
-        tail = DetectionPost(
-            pre.size,
-            post["category_ids"],
-            post["score_threshold"],
-            post["nms_iou"],
-            post["max_detections"],
-            post["topk_candidates"],
-        )
-    elif post_kind == "none":
-        tail = EmbeddingPost()
-    else:
-        raise ValueError(f"no end-to-end post-processing {post_kind!r}; expected topk, nms or none")
-    return torch.jit.script(EndToEnd(Preprocess(pre), network, tail).eval())
+class NetworkOnPixels(nn.Module):
+    """``pixels (N, H, W, 3) uint8`` -> the network's outputs as they are (a task without a tail)."""
+
+    def __init__(self, pre: nn.Module, network: nn.Module) -> None:
+        super().__init__()
+        self.pre, self.network = pre, network
+
+    def forward(self, pixels: Tensor):
+        return self.network(self.pre(pixels))

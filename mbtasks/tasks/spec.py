@@ -9,12 +9,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
 from omegaconf import DictConfig
 from torch import nn
+
+from mbtasks.export.torch_pipeline import EndToEnd, NetworkOnPixels
+
+if TYPE_CHECKING:  # onnx loads only for an ONNX export
+    from mbtasks.export.onnx_pipeline import OnnxTail
 
 # mode=check: how many files a report lists per problem before only counting them
 CHECK_SHOW = 50
@@ -32,41 +37,63 @@ class ExportGraph:
 class TaskExport:
     """What ``mode=export`` needs to know about a task; each task subclasses it.
 
+    The task's own ``export.*`` keys (``TaskSpec.export_options``, e.g. classification's ``top_k``) reach
+    the methods as ``options``; the end-to-end tail (the file's post-processing) is the task's:
+    :meth:`onnx_tail` and :meth:`torch_tail` / :meth:`torch_end_to_end`.
+
     Class attributes:
-        metric: the metric an INT8 export is verified on (``top1``, ``map_50``...).
-        max_drop_key / max_drop: the ``export.*`` key with its tolerated drop, and the default.
+        metric: the metric an INT8 export is verified on (``top1``, ``map_50``...); its tolerated drop is the
+            task's ``export.int8_max_drop_*`` option (:func:`mbtasks.export.settings.max_drop_setting`).
         int8_keep_float: op types kept in float by default (measured per task; README "INT8").
-        post_kind: the end-to-end tail appended to the network (``topk``, ``nms`` or ``none``;
-            :mod:`mbtasks.export.onnx_pipeline`).
+        diff_units: the unit of a compared output's difference, when not the output's own (metadata).
+        tolerance_units: the unit of a key of :meth:`tolerances`, named in messages.
     """
 
     metric: ClassVar[str]
-    max_drop_key: ClassVar[str]
-    max_drop: ClassVar[float]
     int8_keep_float: ClassVar[tuple[str, ...]] = ()
-    post_kind: ClassVar[str] = "none"
+    diff_units: ClassVar[dict[str, str]] = {}
+    tolerance_units: ClassVar[dict[str, str]] = {}
 
     def graph(self, task) -> ExportGraph:
         """The network written to the file (in eval mode)."""
         raise NotImplementedError
 
-    def post_settings(self, task, graph: ExportGraph, **overrides) -> dict:
-        """The end-to-end tail's settings (``export.top_k``, detection thresholds...); may update ``task``
-        so that the ``mode=predict`` reference uses the same ones."""
+    def post_settings(self, task, graph: ExportGraph, options) -> dict:
+        """The end-to-end tail's settings, from the task's ``options`` (its ``export.*`` keys); may update
+        ``task`` so that the ``mode=predict`` reference uses the same ones."""
         return {}
 
     def e2e_details(self, post: dict) -> dict:
         """Metadata of the end-to-end file: ``outputs`` (name -> description) and any extra keys."""
         raise NotImplementedError
 
+    def onnx_tail(self, g: OnnxTail, post: dict) -> None:
+        """Append the post-processing to the ONNX graph (nodes after the network's outputs, the outputs it
+        declares); by default none: the network's outputs are the file's."""
+
+    def torch_tail(self, post: dict) -> nn.Module | None:
+        """The TorchScript post-processing, ``forward(outputs, pixels) -> answers``; None: the network's outputs."""
+        return None
+
+    def torch_end_to_end(self, pre: nn.Module, network: nn.Module, post: dict) -> nn.Module:
+        """The module scripted into the end-to-end TorchScript file (``pixels`` in)."""
+        tail = self.torch_tail(post)
+        return NetworkOnPixels(pre, network) if tail is None else EndToEnd(pre, network, tail)
+
+    def tolerances(self, options) -> dict[str, float]:
+        """The task's own end-to-end tolerances besides ``export.e2e_atol`` (key -> value), recorded in the
+        metadata and named when the check fails."""
+        return {}
+
     def reference(self, task, x: torch.Tensor, image: np.ndarray) -> Any:
         """``mode=predict``'s answer for one image (``x``: its preprocessed ``(1, 3, S, S)`` batch)."""
         return task.predict_step(x)[0].numpy()
 
     def compare(
-        self, task, ref: Any, got: dict[str, np.ndarray], atol: float, box_atol: float, fail: Callable[[str, str], None]
+        self, task, ref: Any, got: dict[str, np.ndarray], atol: float, options, fail: Callable[[str, str], None]
     ) -> dict[str, float]:
-        """The end-to-end file's answers for one image against ``ref``; ``fail(what, detail)`` raises.
+        """The end-to-end file's answers for one image against ``ref`` (``atol``: ``export.e2e_atol``;
+        ``options``: the task's own keys); ``fail(what, detail)`` raises.
 
         Returns: the largest difference per output.
         """
@@ -112,7 +139,8 @@ class TaskSpec:
             their defaults: ``conf/task/predict/<name>.yaml``); None: it has none.
         write_predictions: ``mode=predict``'s output: ``(predictor, image files, PredictSettings, run_dir)
             -> dict`` writes the run dir's files and returns what the mode returns.
-        export_options: the same for ``export.*`` (``conf/task/export/<name>.yaml``).
+        export_options: the task's own ``export.*`` keys (a :class:`~mbtasks.export.settings.TaskExportOptions`;
+            ``conf/task/export/<name>.yaml``).
     """
 
     name: str

@@ -1,13 +1,26 @@
-"""Classification's export: ``images -> (logits, probs)``, a top-k tail end to end, top-1 for INT8."""
+"""Classification's export: ``images -> (logits, probs)``, a top-k tail end to end
+(``probs (N, K), scores (N, k), labels (N, k)``), top-1 for INT8."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 
-from mbtasks.errors import ConfigError
+from mbtasks.export.settings import TaskExportOptions, max_drop_setting
+from mbtasks.settings import setting
 from mbtasks.tasks.spec import ExportGraph, TaskExport
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClassificationExportOptions(TaskExportOptions):
+    """Classification's ``export.*`` keys (``conf/task/export/classification.yaml``)."""
+
+    top_k: int = setting(integer=True, low=1, example="5")
+    int8_max_drop_top1: float = max_drop_setting()
 
 
 class ClassifierGraph(nn.Module):
@@ -24,11 +37,21 @@ class ClassifierGraph(nn.Module):
         return logits, logits.softmax(dim=1)
 
 
+class TopK(nn.Module):
+    """``(logits, probs)`` -> ``(probs, scores, labels)``, the ``k`` best classes, decreasing."""
+
+    def __init__(self, k: int) -> None:
+        super().__init__()
+        self.k = int(k)
+
+    def forward(self, outputs: tuple[Tensor, Tensor], pixels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        probs = outputs[1]
+        scores, labels = probs.topk(self.k, dim=1)
+        return probs, scores, labels
+
+
 class ClassificationExport(TaskExport):
-    metric = "top1"
-    max_drop_key = "int8_max_drop_top1"
-    max_drop = 0.01  # a fraction, as every metric: 1 point
-    post_kind = "topk"
+    metric: ClassVar[str] = "top1"
 
     def graph(self, task) -> ExportGraph:
         graph = ClassifierGraph(task.model).eval()
@@ -38,10 +61,8 @@ class ClassificationExport(TaskExport):
             {"outputs": {"logits": "(N, K) class logits", "probs": "(N, K) softmax probabilities"}},
         )
 
-    def post_settings(self, task, graph, top_k: int = 5, **overrides) -> dict:
-        if int(top_k) < 1:
-            raise ConfigError(f"export.top_k={top_k}: expected >= 1")
-        return {"top_k": min(int(top_k), len(task.class_names))}
+    def post_settings(self, task, graph, options: ClassificationExportOptions) -> dict:
+        return {"top_k": min(options.top_k, len(task.class_names))}
 
     def e2e_details(self, post: dict) -> dict:
         return {
@@ -53,7 +74,21 @@ class ClassificationExport(TaskExport):
             "top_k": post["top_k"],
         }
 
-    def compare(self, task, ref, got, atol, box_atol, fail) -> dict[str, float]:
+    def onnx_tail(self, g, post: dict) -> None:
+        """Network output ``probs`` -> ``scores, labels`` (top-k)."""
+        num_classes = g.network_outputs["probs"][1]
+        k = max(1, min(int(post["top_k"]), num_classes))
+        scores, labels = g.op("TopK", "probs", g.const([k], np.int64), axis=1, largest=1, sorted=1, n_out=2)
+        g.op("Identity", scores, out="scores")
+        g.op("Identity", labels, out="labels")
+        g.output("probs", np.float32, ["N", num_classes])
+        g.output("scores", np.float32, ["N", k])
+        g.output("labels", np.int64, ["N", k])
+
+    def torch_tail(self, post: dict) -> nn.Module:
+        return TopK(post["top_k"])
+
+    def compare(self, task, ref, got, atol, options, fail) -> dict[str, float]:
         d = float(np.abs(got["probs"] - ref).max())
         if not d <= atol:
             fail("probabilities differ from mode=predict's by", f"{d:.3g} (export.e2e_atol={atol})")

@@ -2,7 +2,7 @@
 
 from mbtasks.models.classifier import ClassifierHead
 from mbtasks.tasks.classification.check import check_data
-from mbtasks.tasks.classification.export import ClassificationExport
+from mbtasks.tasks.classification.export import ClassificationExport, ClassificationExportOptions
 from mbtasks.tasks.classification.predict import ClassificationPredictOptions, write_predictions
 from mbtasks.tasks.classification.predictor import ClassificationPredictor
 from mbtasks.tasks.spec import TaskSpec
@@ -14,5 +14,6 @@ SPEC = TaskSpec(
     predict_options=ClassificationPredictOptions,
     write_predictions=write_predictions,
     export=ClassificationExport(),
+    export_options=ClassificationExportOptions,
     check_data=check_data,
 )

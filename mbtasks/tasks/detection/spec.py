@@ -4,7 +4,7 @@ from omegaconf import DictConfig
 
 from mbtasks.models.detection.ssd_head import SSDHead
 from mbtasks.tasks.detection.check import check_data
-from mbtasks.tasks.detection.export import DetectionExport
+from mbtasks.tasks.detection.export import DetectionExport, DetectionExportOptions
 from mbtasks.tasks.detection.predict import write_predictions
 from mbtasks.tasks.detection.predictor import DetectionPredictor
 from mbtasks.tasks.spec import TaskSpec, default_profile_info
@@ -23,6 +23,7 @@ SPEC = TaskSpec(
     predictor=DetectionPredictor,
     write_predictions=write_predictions,
     export=DetectionExport(),
+    export_options=DetectionExportOptions,
     check_data=check_data,
     boxes=True,
     profile_info=profile_info,

@@ -4,7 +4,7 @@ from omegaconf import DictConfig
 
 from mbtasks.models.embedding import EmbeddingHead
 from mbtasks.tasks.embedding.check import check_data
-from mbtasks.tasks.embedding.export import EmbeddingExport
+from mbtasks.tasks.embedding.export import EmbeddingExport, EmbeddingExportOptions
 from mbtasks.tasks.embedding.predict import write_predictions
 from mbtasks.tasks.embedding.predict_options import EmbeddingPredictOptions
 from mbtasks.tasks.embedding.predictor import EmbeddingPredictor
@@ -28,6 +28,7 @@ SPEC = TaskSpec(
     predict_options=EmbeddingPredictOptions,
     write_predictions=write_predictions,
     export=EmbeddingExport(),
+    export_options=EmbeddingExportOptions,
     check_data=check_data,
     profile_info=profile_info,
 )
