@@ -131,4 +131,4 @@ def build_task(overrides: list[str]):
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose(config_name="config", overrides=list(overrides))
-    return build(cfg, spec_for_config(cfg).profile_info(cfg), training=False).eval()
+    return build(cfg, spec_for_config(cfg).profile_info(cfg, cfg.profile.num_classes), training=False).eval()

@@ -105,7 +105,7 @@ def compose(overrides: list[str]):
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = hydra_compose(config_name="config", overrides=list(overrides))
-    return build(cfg, spec_for_config(cfg).profile_info(cfg), training=False).eval(), cfg
+    return build(cfg, spec_for_config(cfg).profile_info(cfg, cfg.profile.num_classes), training=False).eval(), cfg
 
 
 def frames(batch: int, folder: Path | None) -> np.ndarray:

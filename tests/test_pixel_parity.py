@@ -134,7 +134,7 @@ def test_a_failed_end_to_end_check_names_the_cause_and_the_keys():
             "profile.num_classes=3",
         ]
     )
-    task = build_task(cfg, spec_for_config(cfg).profile_info(cfg), training=False).eval()
+    task = build_task(cfg, spec_for_config(cfg).profile_info(cfg, 3), training=False).eval()
     preprocess = Preprocess(cfg, task.info)
 
     def runner(batch):  # the right answer, one probability off by 0.01

@@ -36,9 +36,11 @@ class ProfileSettings(Settings):
     threads: int | None = setting(integer=True, low=1, optional=True, example="2")
 
 
-def profile_network(cfg: DictConfig) -> nn.Module:
+def profile_network(cfg: DictConfig, settings: ProfileSettings | None = None) -> nn.Module:
     """The task's network as the papers count it (``profile.num_classes`` classes)."""
-    return build_task(cfg, spec_for_config(cfg).profile_info(cfg), training=False).model
+    settings = settings or build(cfg.profile, ProfileSettings)
+    info = spec_for_config(cfg).profile_info(cfg, settings.num_classes)
+    return build_task(cfg, info, training=False).model
 
 
 def run(cfg: DictConfig, run_dir: Path, overrides=()) -> dict:
@@ -46,7 +48,7 @@ def run(cfg: DictConfig, run_dir: Path, overrides=()) -> dict:
     if settings.threads is not None:
         torch.set_num_threads(settings.threads)
     size = int(cfg.data.image_size)
-    model = profile_network(cfg)
+    model = profile_network(cfg, settings)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     params = count_params(model)
     # as deployed, each BatchNorm folded into its conv's bias (MobileFaceNet's paper counts that: 0.99M)

@@ -108,9 +108,9 @@ class TaskExport:
         raise NotImplementedError
 
 
-def default_profile_info(cfg: DictConfig) -> dict:
-    """Data info for counting the network as the papers do (``profile.num_classes`` classes)."""
-    n = int(cfg.profile.num_classes)
+def default_profile_info(cfg: DictConfig, num_classes: int) -> dict:
+    """Data info for counting the network as the papers do (``num_classes``: ``profile.num_classes``)."""
+    n = int(num_classes)
     return {
         "class_names": [f"class_{i}" for i in range(n)],
         "image_size": int(cfg.data.image_size),
@@ -134,7 +134,8 @@ class TaskSpec:
             readable ones; fills ``report`` (``splits``, ``errors``, ``warnings``...).
         input_multiple: ``data.image_size`` must be a multiple of this.
         boxes: the task's data pipelines carry boxes (``bbox_params`` transforms are allowed).
-        profile_info: data info for ``mode=profile`` (no data set is read).
+        profile_info: ``(cfg, num_classes) -> data info`` for ``mode=profile`` (no data set is read;
+            ``num_classes``: ``profile.num_classes``).
         predict_options: the task's own ``predict.*`` keys (a :class:`~mbtasks.settings.Settings` class;
             their defaults: ``conf/task/predict/<name>.yaml``); None: it has none.
         write_predictions: ``mode=predict``'s output: ``(predictor, image files, PredictSettings, run_dir)
@@ -150,7 +151,7 @@ class TaskSpec:
     check_data: Callable[[dict, Callable, dict], None]
     input_multiple: int = 1
     boxes: bool = False
-    profile_info: Callable[[DictConfig], dict] = field(default=default_profile_info)
+    profile_info: Callable[[DictConfig, int], dict] = field(default=default_profile_info)
     predict_options: type | None = None
     write_predictions: Callable[..., dict] | None = None
     export_options: type | None = None

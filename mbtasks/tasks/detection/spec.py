@@ -10,8 +10,8 @@ from mbtasks.tasks.detection.predictor import DetectionPredictor
 from mbtasks.tasks.spec import TaskSpec, default_profile_info
 
 
-def profile_info(cfg: DictConfig) -> dict:
-    info = default_profile_info(cfg)
+def profile_info(cfg: DictConfig, num_classes: int) -> dict:
+    info = default_profile_info(cfg, num_classes)
     info["category_ids"] = list(range(1, len(info["class_names"]) + 1))
     return info
 

@@ -11,13 +11,13 @@ from mbtasks.tasks.embedding.predictor import EmbeddingPredictor
 from mbtasks.tasks.spec import TaskSpec
 
 
-def profile_info(cfg: DictConfig) -> dict:
-    """Data info for counting the network (``profile.num_classes`` identities for ArcFace)."""
+def profile_info(cfg: DictConfig, num_classes: int) -> dict:
+    """Data info for counting the network (``num_classes`` identities for ArcFace)."""
     return {
         "image_size": int(cfg.data.image_size),
         "mean": list(cfg.data.mean),
         "std": list(cfg.data.std),
-        "num_train_identities": int(cfg.profile.num_classes),
+        "num_train_identities": int(num_classes),
     }
 
 
