@@ -2,9 +2,10 @@
 
 Only the network is quantized: every node after its last weighted layer (softmax, L2
 normalisation, the detector's box decoding) stays float, and so does what
-:func:`~mbtasks.export.onnx_pipeline.wrap_network` adds around it (resize, normalise, NMS).
-Activations are unsigned and weights signed 8-bit, the pairing onnxruntime recommends for x86
-CPUs with VNNI; MinMax calibration on real images.
+:func:`~mbtasks.export.onnx_pipeline.wrap_network` adds around it (resize, normalise, NMS); a task may
+keep more float (``output_layers``: the layers writing its answers; an op type). Activations are
+unsigned and weights signed 8-bit, weights in the 7-bit range by default (``reduce_range``: x86 CPUs
+without VNNI sum u8 x s8 products in saturating int16); MinMax calibration on real images.
 """
 
 from __future__ import annotations
