@@ -141,7 +141,10 @@ def test_detection_keeps_its_answer_convolutions_float(det_ckpt, tmp_path):  # n
     export_task(task, train_cfg, settings, tmp_path / "d.onnx")
     q = json.loads((tmp_path / "d.json").read_text())["quantization"]
     assert q["kept_float"]["op_types"] == ["output_layers"] and q["kept_float"]["nodes"]["output_layers"] >= 2
-    assert "output_layers (task detection's default" in q["rule"]
+    assert (
+        "plus the output layers (the Conv/Gemm/MatMul with none after them) (export.int8_exclude=null: task "
+        "detection's default)" in q["rule"]
+    )
     model = onnx.load(str(tmp_path / "d.onnx"))
     float_weights = {t.name for t in model.graph.initializer if t.data_type == TensorProto.FLOAT}
     float_convs = [n for n in model.graph.node if n.op_type == "Conv" and n.input[1] in float_weights]

@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mbtasks.errors import ConfigError, ExportError
 from mbtasks.export.formats import INPUT_NAME, load_runner
-from mbtasks.export.quantize import quantize_network
+from mbtasks.export.quantize import DEPTHWISE, OUTPUT_LAYERS, quantize_network
 from mbtasks.export.settings import ExportSettings, int8_max_drop
 from mbtasks.inference.inputs import file_batches
 from mbtasks.modes.export_metrics import (
@@ -73,13 +73,22 @@ def kept_float(task, settings: ExportSettings) -> tuple[list[str], str]:
     ``export.int8_exclude``, or (null) the task's measured ``int8_keep_float``."""
     if settings.int8_exclude is not None:
         return list(settings.int8_exclude), "export.int8_exclude"
-    return list(spec_of(task).export.int8_keep_float), f"task {task.name}'s default (export.int8_exclude=null)"
+    return list(spec_of(task).export.int8_keep_float), f"export.int8_exclude=null: task {task.name}'s default"
 
 
 def float_rule(exclude: list[str], source: str, reduce_range: bool) -> str:
     """The rule the export follows, in words (printed, and recorded as ``quantization.rule``)."""
-    extra = f" and every {', '.join(exclude)} ({source})" if exclude else f" (nothing else: {source})"
-    weights = "7-bit range (export.int8_reduce_range=true)" if reduce_range else "full 8-bit range"
+    words = {
+        DEPTHWISE: "the depthwise convolutions",
+        OUTPUT_LAYERS: "the output layers (the Conv/Gemm/MatMul with none after them)",
+    }
+    kinds = ", ".join(words.get(k, f"every {k}") for k in exclude)
+    extra = f", plus {kinds} ({source})" if exclude else f", nothing else ({source})"
+    weights = (
+        "7-bit range (export.int8_reduce_range=true)"
+        if reduce_range
+        else "full 8-bit range (export.int8_reduce_range=false)"
+    )
     return (
         "float: every node with no Conv/Gemm/MatMul downstream (softmax, box decoding, L2 normalisation)"
         f"{extra}; int8: every other Conv/Gemm/MatMul and the ops between them, weights per channel in the {weights}"
