@@ -15,6 +15,7 @@
    ``export.quantize=int8`` (network graph, calibrated on its own data) and with the op types of
    ``--int8-exclude`` kept float: int8 vs fp32 onnxruntime throughput and the validation metric
    of both (targets: >= 2x, <= 1 point top-1 / 0.01 mAP@0.5 / 0.01 verification accuracy lost).
+   Where the int8 time goes, per op type, and quantization variants: ``benchmarks/int8_profile.py``.
 
     python benchmarks/onnx_speed.py [--quick] [--threads 2] [--batch 32] [--e2e-only]
     python benchmarks/onnx_speed.py --int8 hym.ckpt raccoon.ckpt orl.ckpt [--int8-exclude depthwise --int8-exclude Gemm]

@@ -40,6 +40,7 @@ class ExportSettings(Settings):
     calibration: Any = setting(number=False, optional=True)
     calibration_images: int = setting(integer=True, low=1, example="256")
     int8_exclude: Any = setting(number=False, optional=True)
+    int8_reduce_range: bool = setting(choices=(True, False))
     speed_batch: int = setting(integer=True, low=1, example="32")
     speed_threads: int = setting(integer=True, low=1, example="2")
     options: Any = None

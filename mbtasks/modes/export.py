@@ -135,11 +135,7 @@ def export_task(
         write(fmt, graph.module, images[:2], network, graph.output_names, meta, settings.opset)
         meta["verification"] = {"inputs": source, **_verify_network(fmt, network, graph, images, settings)}
         if int8:
-            exclude = spec.int8_keep_float if settings.int8_exclude is None else settings.int8_exclude
-            calibration = None if settings.calibration is None else str(settings.calibration)
-            meta["quantization"] = quantize_int8(
-                task, train_cfg, datamodule, tmp_net, tmp_q, calibration, settings.calibration_images, list(exclude)
-            )
+            meta["quantization"] = quantize_int8(task, train_cfg, datamodule, tmp_net, tmp_q, settings)
             meta["verification"]["int8"] = verify_int8(task, datamodule, tmp_net, tmp_q, images.numpy(), settings)
             os.replace(tmp_q, tmp_net)
             if not end_to_end:

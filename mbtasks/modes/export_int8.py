@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mbtasks.errors import ConfigError, ExportError
 from mbtasks.export.formats import INPUT_NAME, load_runner
-from mbtasks.export.quantize import quantize_network
+from mbtasks.export.quantize import DEPTHWISE, OUTPUT_LAYERS, quantize_network
 from mbtasks.export.settings import ExportSettings, int8_max_drop
 from mbtasks.inference.inputs import file_batches
 from mbtasks.modes.export_metrics import (
@@ -68,12 +68,41 @@ def calibration_candidates(spec: str | None, datamodule) -> tuple[list[tuple[Pat
     return kept, where
 
 
-def quantize_int8(
-    task, train_cfg: DictConfig, datamodule, src: Path, dst: Path, spec: str | None, limit: int, exclude: list[str]
-) -> dict:
-    """Quantize the network graph ``src`` to ``dst``, calibrated on up to ``limit`` readable images of
-    the training split (or ``export.calibration``), one class after the other (:func:`spread`).
-    Unreadable files are replaced by the next candidates, counted, logged and recorded."""
+def kept_float(task, settings: ExportSettings) -> tuple[list[str], str]:
+    """The op types (or keywords) kept in float besides the float tail, and where the choice comes from:
+    ``export.int8_exclude``, or (null) the task's measured ``int8_keep_float``."""
+    if settings.int8_exclude is not None:
+        return list(settings.int8_exclude), "export.int8_exclude"
+    return list(spec_of(task).export.int8_keep_float), f"export.int8_exclude=null: task {task.name}'s default"
+
+
+def float_rule(exclude: list[str], source: str, reduce_range: bool) -> str:
+    """The rule the export follows, in words (printed, and recorded as ``quantization.rule``)."""
+    words = {
+        DEPTHWISE: "the depthwise convolutions",
+        OUTPUT_LAYERS: "the output layers (the Conv/Gemm/MatMul with none after them)",
+    }
+    kinds = ", ".join(words.get(k, f"every {k}") for k in exclude)
+    extra = f", plus {kinds} ({source})" if exclude else f", nothing else ({source})"
+    weights = (
+        "7-bit range (export.int8_reduce_range=true)"
+        if reduce_range
+        else "full 8-bit range (export.int8_reduce_range=false)"
+    )
+    return (
+        "float: every node with no Conv/Gemm/MatMul downstream (softmax, box decoding, L2 normalisation)"
+        f"{extra}; int8: every other Conv/Gemm/MatMul and the ops between them, weights per channel in the {weights}"
+    )
+
+
+def quantize_int8(task, train_cfg: DictConfig, datamodule, src: Path, dst: Path, settings: ExportSettings) -> dict:
+    """Quantize the network graph ``src`` to ``dst``, calibrated on up to ``export.calibration_images``
+    readable images of the training split (or ``export.calibration``), one class after the other
+    (:func:`spread`). Unreadable files are replaced by the next candidates, counted, logged and recorded."""
+    spec = None if settings.calibration is None else str(settings.calibration)
+    limit = settings.calibration_images
+    exclude, source = kept_float(task, settings)
+    rule = float_rule(exclude, source, settings.int8_reduce_range)
     items, where = calibration_candidates(spec, datamodule)
     key = f"export.calibration={spec}" if spec else f"the training split of data.root={where['root']}"
     order = spread(items)
@@ -115,8 +144,17 @@ def quantize_int8(
         "unreadable_files": dict(list(skipped.items())[:10]),
     }
     log.info("export.quantize=int8: calibrating on %d images of %s (%d of %d classes)", used, key, covered, classes)
-    record = quantize_network(src, dst, batches, INPUT_NAME, exclude)
-    return {"type": "int8", **record, "calibration_source": where["root"], "calibration": calibration}
+    log.info("export.quantize=int8: %s", rule)
+    record = quantize_network(
+        src, dst, batches, INPUT_NAME, exclude, {"reduce_range": bool(settings.int8_reduce_range)}
+    )
+    return {
+        "type": "int8",
+        "rule": rule,
+        **record,
+        "calibration_source": where["root"],
+        "calibration": calibration,
+    }
 
 
 def verify_int8(
