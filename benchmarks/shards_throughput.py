@@ -14,6 +14,7 @@ here), and on a machine shared with other work the numbers are a smoke test, not
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -49,6 +50,7 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2, help="data.num_workers of both loaders")
     args = p.parse_args()
     setup(args.threads)
+    load_before = os.getloadavg()[0]  # a measurement counts only with nothing else running
     repeats = args.repeats or (2 if args.quick else 5)
     keys = [
         f"data.image_size={args.image_size}",
@@ -81,7 +83,7 @@ def main() -> None:
         ["loader", "images / epoch", "s / epoch", "images / s", "train MiB"],
         rows,
     )
-    print("note: a shared machine, not measured idle: a smoke run, not a benchmark result")
+    print(f"1-minute load average before the run: {load_before:.2f} (with other work running: a smoke run)")
     write_results(
         "shards_throughput",
         {
@@ -91,6 +93,7 @@ def main() -> None:
             "num_workers": args.workers,
             "repeats": repeats,
             "write_seconds": write_s,
+            "load_before": load_before,
             "splits": meta["splits"],
             "loaders": {
                 r[0]: {
