@@ -20,13 +20,14 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from mbtasks import checkpoint
 from mbtasks.data.base import LoaderSettings
 from mbtasks.errors import ConfigError, suggest
+from mbtasks.inference.settings import CONF_DIR
 from mbtasks.resume import run_dir_for
 from mbtasks.settings import Settings, setting
 from mbtasks.tasks import spec_for_config
 from mbtasks.tasks.optim import OptimizerSettings, check_no_decay
 
-_PACKAGED_CONF = Path(__file__).parent / "conf"
-CONFIG_DIR = str(_PACKAGED_CONF if _PACKAGED_CONF.is_dir() else Path(__file__).parent.parent / "conf")
+# the package's config dir (installed: mbtasks/conf; a checkout: conf/), found in one place
+CONFIG_DIR = str(CONF_DIR)
 
 
 def compose(overrides=()) -> DictConfig:

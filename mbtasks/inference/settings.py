@@ -18,7 +18,7 @@ from mbtasks.settings import Settings, check_value, setting
 
 PRECISIONS = ("32", "32-true", "bf16", "bf16-mixed")
 
-# the package's config dir (installed: mbtasks/conf; a checkout: conf/), as mbtasks.config.CONFIG_DIR
+# the package's config dir (installed: mbtasks/conf; a checkout: conf/); mbtasks.config.CONFIG_DIR is it
 _PACKAGED_CONF = Path(__file__).resolve().parents[1] / "conf"
 CONF_DIR = _PACKAGED_CONF if _PACKAGED_CONF.is_dir() else Path(__file__).resolve().parents[2] / "conf"
 
