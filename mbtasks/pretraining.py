@@ -171,10 +171,11 @@ def prepare(cfg: DictConfig, overrides: Sequence[str] = ()) -> DictConfig:
     recipe = cfg.get("finetune_recipe")
     if isinstance(recipe, DictConfig):
         items = flat(recipe)
-        if several_processes(cfg) and items.get("finetune.unfreeze_at_epoch") is not None:
+        warmup = ("finetune.freeze", "finetune.unfreeze_at_epoch", "finetune.unfreeze_at_share")
+        if several_processes(cfg) and any(items.get(k) is not None for k in warmup[1:]):
             # DDP fixes the synchronised parameters when it wraps the model: no frozen warm-up there
             log.info("%s: several processes, so the recipe's frozen-backbone warm-up is left out", KEY)
-            items = {k: v for k, v in items.items() if k not in ("finetune.freeze", "finetune.unfreeze_at_epoch")}
+            items = {k: v for k, v in items.items() if k not in warmup}
         for key, value in items.items():
             if not is_given(key, given):
                 changed[key] = value

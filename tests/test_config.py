@@ -47,6 +47,8 @@ def test_finetune_group_is_its_constructor():
     )
     assert ft == FineTune(freeze=True, unfreeze_at_epoch=2, lr_mult=0.1)
     assert ft.frozen_at(1) and not ft.frozen_at(2)
+    shared = FineTune(freeze=True, unfreeze_at_epoch=2, unfreeze_at_share=0.25)
+    assert shared.frozen_at(0, 24, 100) and not shared.frozen_at(0, 25, 100) and shared.frozen_at(1, 99, None)
     with pytest.raises(ConfigError, match="finetune.unfreeze_at_epoch=-1"):
         FineTune(freeze=True, unfreeze_at_epoch=-1)
 

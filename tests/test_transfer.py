@@ -13,9 +13,11 @@ from mbtasks.backbones.mobilenet_v1 import MobileNetV1
 from mbtasks.backbones.mobilenet_v2 import MobileNetV2
 from mbtasks.backbones.pretrained import load_pretrained
 from mbtasks.callbacks.backbone_freeze import BackboneFreeze
+from mbtasks.callbacks.time_budget import TimeBudget
 from mbtasks.checkpoint import read as read_checkpoint
 from mbtasks.errors import ConfigError
 from mbtasks.tasks import build_task, load_task
+from mbtasks.tasks.finetune import FineTune
 from tests.conftest import compose_cfg, run_mode
 
 CLASSES = ["circle", "square", "triangle"]
@@ -132,9 +134,10 @@ def test_freeze_callback_keeps_batchnorm_in_eval():
             self.backbone = backbone
 
     class Trainer:
-        current_epoch = 0
+        current_epoch = global_step = 0
 
-    module, trainer, callback = Module(), Trainer(), BackboneFreeze(freeze=True, unfreeze_at_epoch=2)
+    module, trainer = Module(), Trainer()
+    callback = BackboneFreeze(FineTune(freeze=True, unfreeze_at_epoch=2))
     callback.on_fit_start(trainer, module)
     module.train()  # what Lightning does after validation
     callback.on_train_batch_start(trainer, module, None, 0)
@@ -143,8 +146,37 @@ def test_freeze_callback_keeps_batchnorm_in_eval():
     trainer.current_epoch = 2
     callback.on_train_epoch_start(trainer, module)
     assert all(m.training for m in backbone.modules()) and all(p.requires_grad for p in backbone.parameters())
-    with pytest.raises(ConfigError, match="unfreeze_at_epoch"):
-        BackboneFreeze(freeze=True, unfreeze_at_epoch=-1)
+
+
+def test_unfreeze_at_a_share_of_the_planned_steps():
+    """A large set's first epoch can be most of a budget: the backbone trains from 10% of the plan on."""
+
+    class Trainer:
+        current_epoch, global_step, estimated_stepping_batches, callbacks = 0, 0, 100, []
+
+    module = torch.nn.Module()
+    module.backbone = MobileNetV1(0.25)
+    callback, trainer = BackboneFreeze(FineTune(freeze=True, unfreeze_at_epoch=1, unfreeze_at_share=0.1)), Trainer()
+    callback.on_fit_start(trainer, module)
+    trainer.global_step = 9
+    callback.on_train_batch_start(trainer, module, None, 9)
+    assert not any(p.requires_grad for p in module.backbone.parameters())
+    trainer.global_step = 10  # still epoch 0
+    callback.on_train_batch_start(trainer, module, None, 10)
+    assert all(p.requires_grad for p in module.backbone.parameters()) and module.backbone.training
+    # under train.time the plan decides; before the first plan the share is not known: still frozen
+    budget = TimeBudget(time="1m")
+    trainer.callbacks, trainer.global_step = [budget], 30
+    callback.on_fit_start(trainer, module)
+    assert not any(p.requires_grad for p in module.backbone.parameters())
+    budget.total_steps = 400
+    callback.on_train_batch_start(trainer, module, None, 30)
+    assert not any(p.requires_grad for p in module.backbone.parameters())
+    budget.total_steps = 300  # a plan that shrinks brings the share forward
+    callback.on_train_batch_start(trainer, module, None, 30)
+    assert all(p.requires_grad for p in module.backbone.parameters())
+    with pytest.raises(ConfigError, match="finetune.unfreeze_at_share=1.5"):
+        FineTune(freeze=True, unfreeze_at_share=1.5)
 
 
 def test_lr_mult_makes_backbone_group():
@@ -220,14 +252,16 @@ def test_timm_offline_fails_clearly(monkeypatch, tmp_path):
 
 
 def test_unfreeze_refused_under_ddp():
-    callback = BackboneFreeze(freeze=True, unfreeze_at_epoch=1)
+    callback = BackboneFreeze(FineTune(freeze=True, unfreeze_at_epoch=1))
 
     class Trainer:
-        world_size, current_epoch = 2, 0
+        world_size, current_epoch, global_step = 2, 0, 0
 
     module = torch.nn.Module()
     module.backbone = MobileNetV1(0.25)
     with pytest.raises(ConfigError, match="finetune.unfreeze_at_epoch=1 needs a single-process run"):
         callback.on_fit_start(Trainer(), module)
-    BackboneFreeze(freeze=True).on_fit_start(Trainer(), module)  # frozen throughout: fine
+    with pytest.raises(ConfigError, match="finetune.unfreeze_at_share=0.1 needs a single-process run"):
+        BackboneFreeze(FineTune(freeze=True, unfreeze_at_share=0.1)).on_fit_start(Trainer(), module)
+    BackboneFreeze(FineTune(freeze=True)).on_fit_start(Trainer(), module)  # frozen throughout: fine
     assert not any(p.requires_grad for p in module.backbone.parameters())

@@ -1,4 +1,4 @@
-"""Freeze the shared backbone for transfer learning, and unfreeze it at a chosen epoch.
+"""Freeze the shared backbone for transfer learning, and unfreeze it at a chosen epoch or share of the steps.
 
 Lightning's ``BackboneFinetuning`` looks for ``pl_module.backbone``, adds a new optimizer group
 when it unfreezes (which LR schedulers built earlier do not step) and keeps frozen BatchNorm
@@ -11,6 +11,7 @@ normalises with the pretrained running statistics and does not update them.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable
 
 import lightning as L
@@ -18,6 +19,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 
+from mbtasks.callbacks.time_budget import TimeBudget
 from mbtasks.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -97,44 +99,43 @@ class BatchNormUnfold(Callback):
 
 
 class BackboneFreeze(Callback):
-    """Keep the task's ``backbone`` frozen while ``epoch < unfreeze_at_epoch`` (added by the task itself,
-    ``BaseTask.configure_callbacks``, from ``finetune.*``).
+    """Keep the task's ``backbone`` frozen while ``finetune.frozen_at(epoch, step, planned steps)`` (added
+    by the task itself, ``BaseTask.configure_callbacks``, from ``finetune.*``).
 
     Args:
-        freeze: freeze the backbone at the start of training (``finetune.freeze``).
-        unfreeze_at_epoch: first epoch (0-based) that trains the backbone; ``None`` keeps it frozen
-            for the whole run.
-        lr_mult: the backbone's LR multiplier once it trains (for the log line).
-        freeze_bn: keep the backbone's BatchNorm layers in eval mode while it trains (``finetune.freeze_bn``).
+        finetune: the task's :class:`~mbtasks.tasks.finetune.FineTune` (freeze, when to unfreeze,
+            ``lr_mult`` for the log line, ``freeze_bn``: BatchNorm in eval mode while the backbone trains).
     """
 
-    def __init__(
-        self, freeze: bool = False, unfreeze_at_epoch: int | None = None, lr_mult: float = 1.0, freeze_bn: bool = False
-    ) -> None:
-        if unfreeze_at_epoch is not None and (isinstance(unfreeze_at_epoch, bool) or int(unfreeze_at_epoch) < 0):
-            raise ConfigError(f"finetune.unfreeze_at_epoch={unfreeze_at_epoch!r}: expected an epoch >= 0 or null")
-        self.freeze = bool(freeze)
-        self.unfreeze_at_epoch = None if unfreeze_at_epoch is None else int(unfreeze_at_epoch)
-        self.lr_mult = float(lr_mult)
-        self.freeze_bn = bool(freeze_bn)
+    def __init__(self, finetune) -> None:
+        self.finetune = finetune
         self._bn_logged = False
         self._frozen: bool | None = None
 
-    def frozen_at(self, epoch: int) -> bool:
-        return self.freeze and (self.unfreeze_at_epoch is None or epoch < self.unfreeze_at_epoch)
+    @staticmethod
+    def planned_steps(trainer: L.Trainer) -> int | None:
+        """The run's planned optimizer steps: ``train.time``'s plan (``None`` until it has timed its first
+        steps), else Lightning's estimate."""
+        budget = next((c for c in getattr(trainer, "callbacks", []) if isinstance(c, TimeBudget)), None)
+        if budget is not None and budget.budget is not None:
+            return budget.total_steps
+        total = getattr(trainer, "estimated_stepping_batches", None)
+        return int(total) if total is not None and math.isfinite(total) else None
 
     def _apply(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        backbone = pl_module.backbone
-        if not self.freeze:
+        ft, backbone = self.finetune, pl_module.backbone
+        if not ft.freeze:
             self._bn_eval(backbone, trainer.current_epoch)
             return
-        frozen = self.frozen_at(trainer.current_epoch)
+        planned = self.planned_steps(trainer) if ft.unfreeze_at_share is not None else None
+        frozen = ft.frozen_at(trainer.current_epoch, trainer.global_step, planned)
         if frozen != self._frozen:
             set_frozen(backbone, frozen)
             log.info(
-                "epoch %d: backbone %s",
+                "epoch %d, step %d: backbone %s",
                 trainer.current_epoch,
-                "frozen (BatchNorm in eval)" if frozen else f"trainable (LR x {self.lr_mult})",
+                trainer.global_step,
+                "frozen (BatchNorm in eval)" if frozen else f"trainable (LR x {ft.lr_mult})",
             )
             self._frozen = frozen
         elif frozen:
@@ -145,7 +146,7 @@ class BackboneFreeze(Callback):
 
     def _bn_eval(self, backbone: nn.Module, epoch: int) -> None:
         """``freeze_bn``: BatchNorm in eval mode (Lightning sets train mode again after each validation)."""
-        if not self.freeze_bn:
+        if not self.finetune.freeze_bn:
             return
         norms = [m for m in backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         if norms and norms[0].training:
@@ -156,13 +157,19 @@ class BackboneFreeze(Callback):
                 m.eval()
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.freeze and self.unfreeze_at_epoch is not None and getattr(trainer, "world_size", 1) > 1:
+        ft = self.finetune
+        if ft.unfreezes and getattr(trainer, "world_size", 1) > 1:
             # DDP fixes the parameters it synchronises when it wraps the model: a backbone frozen
             # then would be trained, after unfreezing, with gradients never averaged across ranks.
+            when = (
+                f"finetune.unfreeze_at_epoch={ft.unfreeze_at_epoch}"
+                if ft.unfreeze_at_epoch is not None
+                else f"finetune.unfreeze_at_share={ft.unfreeze_at_share}"
+            )
             raise ConfigError(
-                f"finetune.unfreeze_at_epoch={self.unfreeze_at_epoch} needs a single-process run: with "
-                f"{trainer.world_size} DDP processes the unfrozen backbone would not be synchronised; "
-                "freeze for the whole run (finetune.unfreeze_at_epoch=null) or train on one device"
+                f"{when} needs a single-process run: with {trainer.world_size} DDP processes the unfrozen "
+                "backbone would not be synchronised; freeze for the whole run (finetune.unfreeze_at_epoch=null "
+                "finetune.unfreeze_at_share=null) or train on one device"
             )
         self._frozen = None
         self._apply(trainer, pl_module)

@@ -138,12 +138,12 @@ class BaseTask(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def configure_callbacks(self) -> list[L.Callback]:
-        """A frozen backbone (``finetune.freeze``) is unfrozen at ``finetune.unfreeze_at_epoch``; ``finetune.freeze_bn``
-        keeps its BatchNorm statistics."""
+        """A frozen backbone (``finetune.freeze``) is unfrozen at ``finetune.unfreeze_at_epoch`` / ``_share``;
+        ``finetune.freeze_bn`` keeps its BatchNorm statistics."""
         ft = self.finetune
         callbacks: list[L.Callback] = [BatchNormUnfold()] if ft.unfold_bn else []
         if ft.freeze or ft.freeze_bn:
-            callbacks.append(BackboneFreeze(ft.freeze, ft.unfreeze_at_epoch, ft.lr_mult, ft.freeze_bn))
+            callbacks.append(BackboneFreeze(ft))
         return callbacks
 
     # ---------------------------------------------------------------- training
