@@ -16,7 +16,7 @@ import torch
 
 from mbtasks.backbones.mobilenet_v1 import MobileNetV1
 from mbtasks.backbones.mobilenet_v2 import MobileNetV2
-from mbtasks.backbones.weights import Converted, convert_by_position, published
+from mbtasks.backbones.weights import STEM_KEYS, Converted, convert_by_position, foreign_origin, published
 from mbtasks.backbones.weights.tf_graph import convert_tf_graph
 from mbtasks.backbones.weights.tflite import convert_tflite
 from mbtasks.errors import UserError
@@ -33,16 +33,13 @@ def convert_state_dict(path: Path) -> Converted:
     else:
         state = torch.load(path, map_location="cpu", weights_only=True)
         state = state.get("state_dict", state) if isinstance(state, dict) else state
-    if "features.0.0.weight" in state:
-        arch, stem, origin = "MobileNetV2", state["features.0.0.weight"], "torchvision"
-    elif "conv_stem.weight" in state:
-        v2 = any(k.startswith("conv_head") for k in state)
-        arch, stem, origin = ("MobileNetV2" if v2 else "MobileNetV1"), state["conv_stem.weight"], "timm"
-    else:
+    found = foreign_origin(state)
+    if found is None:
         raise UserError(
-            f"{path}: not a torchvision or timm MobileNet state dict (no features.0.0.weight or "
-            "conv_stem.weight tensor)"
+            f"{path}: not a torchvision or timm MobileNet state dict (no {' or '.join(STEM_KEYS.values())} tensor)"
         )
+    origin, arch = found
+    stem = state[STEM_KEYS[origin]]
     errors = []
     for entry in (e for e in published.TABLE if e.arch == arch):
         backbone = BACKBONES[arch](entry.width, act="relu6")

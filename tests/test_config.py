@@ -53,6 +53,13 @@ def test_finetune_group_is_its_constructor():
         FineTune(freeze=True, unfreeze_at_epoch=-1)
 
 
+def test_detections_are_shown_from_one_score():
+    """predict.score_threshold's default is the score the plots and the health checks show from."""
+    from mbtasks.tasks.detection.results import SHOWN_SCORE
+
+    assert compose_cfg(["task=detection"]).predict.score_threshold == SHOWN_SCORE
+
+
 def test_modes_are_listed_once():
     """The modes dispatch runs are the ones it accepts: config.py keeps no second list (issue 27)."""
     import mbtasks.config

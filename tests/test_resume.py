@@ -111,6 +111,23 @@ def test_epoch_log_cuts_back_to_the_checkpoint(tmp_path):
     assert [r["epoch"] for r in read_epoch_log(log)] == [0, 1]
 
 
+def test_epoch_log_writes_json_for_non_finite_values(tmp_path):
+    """A diverged epoch's NaN loss or LR is written as null: ``NaN`` is not JSON."""
+    log = tmp_path / "epochs.jsonl"
+    callback = EpochLog(log)
+
+    class FakeTrainer:
+        is_global_zero, sanity_checking, loggers = True, False, []
+        current_epoch, global_step = 0, 4
+        callback_metrics = {"train/loss": torch.tensor(float("nan")), "train/acc": torch.tensor(0.5)}
+        optimizers = [torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=float("inf"))]
+
+    callback.on_train_start(FakeTrainer(), None)
+    callback.on_train_epoch_end(FakeTrainer(), None)
+    assert "NaN" not in log.read_text() and "Infinity" not in log.read_text()
+    assert read_epoch_log(log) == [{"epoch": 0, "step": 4, "train/loss": None, "train/acc": 0.5, "lr/0": None}]
+
+
 def test_resume_in_process(tiny_shapes, tmp_path):
     run_mode(tiny(tiny_shapes) + ["trainer.max_epochs=1"], tmp_path)
     events = set((tmp_path / "tensorboard").glob("events.out.tfevents*"))

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from mbtasks import checkpoint
-from mbtasks.backbones.weights import convert_by_position, published
+from mbtasks.backbones.weights import convert_by_position, foreign_origin, published
 from mbtasks.backbones.weights.published import hub_reachable
 from mbtasks.errors import ConfigError
 
@@ -164,8 +164,9 @@ def read_backbone_state(path: Path, backbone: nn.Module) -> tuple[dict[str, torc
     tensors = OrderedDict((k, v) for k, v in obj.items() if isinstance(v, torch.Tensor))
     if not tensors:
         raise ConfigError(f"{KEY}={path}: no tensors found")
-    if "conv_stem.weight" in tensors or "features.0.0.weight" in tensors:
-        origin = "timm" if "conv_stem.weight" in tensors else "torchvision"
+    foreign = foreign_origin(tensors)
+    if foreign is not None:
+        origin = foreign[0]
         return convert_foreign(tensors, backbone, path, origin), f"{origin} MobileNet state dict", None
     own = backbone.state_dict()
     best = max(PREFIXES, key=lambda p: sum(1 for k in tensors if k.startswith(p) and k[len(p) :] in own))

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+
+from mbtasks.atomic_files import finite_json
 
 # One line of train/val metrics per finished epoch, exact across crash + resume.
 EPOCH_LOG = "epochs.jsonl"
@@ -66,7 +67,7 @@ class EpochLog(L.Callback):
             self.path.unlink(missing_ok=True)
             return
         kept = [r for r in read_epoch_log(self.path) if r.get("epoch", 0) < self.epochs_logged]
-        self.path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
+        self.path.write_text("".join(json.dumps(finite_json(r), sort_keys=True, allow_nan=False) + "\n" for r in kept))
         self._mark_tensorboard_restart(trainer)
         log.info("resumed at epoch %d, global step %d", trainer.current_epoch, trainer.global_step)
 
@@ -99,12 +100,11 @@ class EpochLog(L.Callback):
         record: dict[str, Any] = {"epoch": trainer.current_epoch, "step": trainer.global_step}
         for key, value in trainer.callback_metrics.items():
             if key.startswith(stages):
-                v = float(value.item() if hasattr(value, "item") else value)
-                record[key] = v if math.isfinite(v) else None
+                record[key] = float(value.item() if hasattr(value, "item") else value)
         for j, group in enumerate(trainer.optimizers[0].param_groups if trainer.optimizers else ()):
             name = str(group.get("name", j))
             if not name.endswith("_no_decay"):  # same LR as its decayed twin
                 record[f"lr/{name}"] = float(group["lr"])
         with open(self.path, "a") as f:
-            f.write(json.dumps(record, sort_keys=True) + "\n")
+            f.write(json.dumps(finite_json(record), sort_keys=True, allow_nan=False) + "\n")
         self.epochs_logged = trainer.current_epoch + 1

@@ -57,6 +57,19 @@ class Converted:
     notes: list[str] = field(default_factory=list)
 
 
+# the first tensor of each library's MobileNets: it tells the library apart and gives the width
+STEM_KEYS = {"torchvision": "features.0.0.weight", "timm": "conv_stem.weight"}
+
+
+def foreign_origin(state: Mapping[str, object]) -> tuple[str, str] | None:
+    """``(library, our backbone class)`` of a torchvision / timm MobileNet state dict, ``None`` for others."""
+    if STEM_KEYS["torchvision"] in state:
+        return "torchvision", "MobileNetV2"
+    if STEM_KEYS["timm"] in state:
+        return "timm", "MobileNetV2" if any(k.startswith("conv_head") for k in state) else "MobileNetV1"
+    return None
+
+
 def convert_by_position(source: Mapping[str, torch.Tensor], target: nn.Module) -> OrderedDict[str, torch.Tensor]:
     """Rename ``source`` tensors to ``target``'s state-dict keys, in order, checking shapes.
 

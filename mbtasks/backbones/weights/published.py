@@ -18,6 +18,7 @@ command that converts it.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -346,6 +347,20 @@ def write_converted(converted: Converted, path: Path) -> Path:
 
 
 def read_converted(path: Path) -> Converted:
+    """Our cache file as a :class:`Converted`; read once per process while the file is unchanged (a run asks
+    for its metadata, then its tensors)."""
+    try:
+        stat = Path(path).stat()
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read converted weights ({err})") from err
+    obj = _load_converted(str(path), stat.st_mtime_ns, stat.st_size)
+    meta = dict(obj["meta"])
+    meta["mean"], meta["std"] = tuple(meta["mean"]), tuple(meta["std"])
+    return Converted(OrderedDict(obj["state_dict"]), **meta)
+
+
+@functools.lru_cache(maxsize=2)
+def _load_converted(path: str, mtime_ns: int, size: int) -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - torch raises many kinds for a damaged file
@@ -355,9 +370,7 @@ def read_converted(path: Path) -> Converted:
         ) from err
     if not isinstance(obj, dict) or FORMAT_KEY not in obj:
         raise ConfigError(f"{path}: not a converted-weights file of mbtasks")
-    meta = dict(obj["meta"])
-    meta["mean"], meta["std"] = tuple(meta["mean"]), tuple(meta["std"])
-    return Converted(obj["state_dict"], **meta)
+    return obj
 
 
 def backbone_part(converted: Converted) -> dict[str, torch.Tensor]:

@@ -15,13 +15,15 @@ import torch
 from matplotlib.figure import Figure
 from torchvision.utils import draw_bounding_boxes
 
+from mbtasks.tasks.detection.results import SHOWN_SCORE
+
 
 def draw_boxes(
     images: torch.Tensor,
     true_boxes: Sequence[torch.Tensor],
     detections: Sequence[dict],
     names: Sequence[str],
-    score_threshold: float = 0.3,
+    score_threshold: float = SHOWN_SCORE,
 ) -> torch.Tensor:
     """Images with ground truth (green) and detections scoring at least ``score_threshold`` (red, labelled).
 
@@ -70,7 +72,7 @@ def prediction_grid(
     big = torch.nn.functional.interpolate(images.float(), scale_factor=scale, mode="nearest")
     detections = [{k: v * scale if k == "boxes" else v for k, v in d.items()} for d in detections]
     drawn = draw_boxes(big, [b * scale for b in true_boxes], detections, names)
-    return image_grid(drawn, "green: ground truth, red: predicted (score >= 0.3)")
+    return image_grid(drawn, f"green: ground truth, red: predicted (score >= {SHOWN_SCORE:g})")
 
 
 def pr_curve(precision: np.ndarray, category_ids: Sequence[int], names: Sequence[str]) -> Figure:

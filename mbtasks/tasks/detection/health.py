@@ -14,10 +14,9 @@ import math
 
 import numpy as np
 
+from mbtasks.tasks.detection.results import SHOWN_SCORE
 from mbtasks.tasks.health import HealthWarning, TrainingFacts
 
-# predict.score_threshold's default: the detections a user sees drawn
-SHOWN_SCORE = 0.3
 # best boxes closer than this fraction of the image side on every image count as "the same box"
 SAME_BOX = 0.02
 # images with detections needed before "the same box everywhere" means anything

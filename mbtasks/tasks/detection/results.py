@@ -11,6 +11,9 @@ from PIL import Image
 from mbtasks.data.image_files import read_rgb
 from mbtasks.inference.drawing import PALETTE, draw_boxes
 
+# the detections a user sees drawn: predict.score_threshold's default (conf/config.yaml), plots, health checks
+SHOWN_SCORE = 0.3
+
 
 @dataclass
 class Detections:
@@ -39,14 +42,14 @@ class Detections:
             return self.image
         return read_rgb(self.source)
 
-    def draw(self, score_threshold: float = 0.3) -> Image.Image:
+    def draw(self, score_threshold: float = SHOWN_SCORE) -> Image.Image:
         """The image with the detections scoring >= ``score_threshold`` drawn and labelled."""
         keep = self.scores >= score_threshold
         texts = [f"{n} {s:.2f}" for n, s, k in zip(self.names, self.scores.tolist(), keep, strict=True) if k]
         colours = [PALETTE[int(c) % len(PALETTE)] for c in self.labels[keep]]
         return draw_boxes(self._pixels(), self.boxes[keep], texts, colours)
 
-    def save(self, path: str | Path, score_threshold: float = 0.3) -> Path:
+    def save(self, path: str | Path, score_threshold: float = SHOWN_SCORE) -> Path:
         """Write :meth:`draw`'s image to ``path`` (format from the extension)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
