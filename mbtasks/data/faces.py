@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from mbtasks.data.base import DataModuleBase, limit_worker_threads, seed_worker
 from mbtasks.data.image_files import ImageReadError, SkipCounter, list_images, read_rgb
-from mbtasks.data.pairs import PairSet, generate_pairs, read_lfw_pairs
+from mbtasks.data.pairs import PairSet, generate_pairs, read_pairs
 from mbtasks.data.samplers import PKBatchSampler
 from mbtasks.data.transforms import IMAGENET_MEAN, IMAGENET_STD, apply, to_tensor
 from mbtasks.errors import ConfigError, DataError
@@ -182,7 +182,8 @@ class FacesDataModule(DataModuleBase):
             count (int); ``test_identities`` is unused when ``test_pairs`` is given.
         num_folds: folds of the verification protocol (LFW: 10).
         pairs_per_fold: generated pairs per fold, half same-identity, half not.
-        test_pairs: an LFW ``pairs.txt`` for the test split (e.g. LFW View 2).
+        test_pairs: a pairs file for the test split: LFW ``pairs.txt`` (View 2), CALFW / CPLFW
+            ``pairs_*.txt``, or an insightface ``.bin`` pack (``agedb_30.bin``...; :mod:`mbtasks.data.pairs`).
         test_root: folder of the ``test_pairs`` images (default ``root``); when it is
             ``root``, the identities named in the pairs are kept out of training.
         split_seed: seed of the identity split and of the generated pairs.
@@ -240,7 +241,7 @@ class FacesDataModule(DataModuleBase):
             )
         test_set = None
         if self.test_pairs is not None:
-            test_set = read_lfw_pairs(self.test_pairs, self.test_root, self.num_folds)
+            test_set = read_pairs(self.test_pairs, self.test_root, self.num_folds)
             if self.test_root.resolve() == self.root.resolve():
                 named = set(test_set.identities)
                 identities = {k: v for k, v in identities.items() if k not in named}

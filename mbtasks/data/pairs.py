@@ -1,4 +1,5 @@
-"""Verification pairs: LFW ``pairs.txt`` parsing and deterministic fold-structured generation.
+"""Verification pairs: the field's pair files (LFW, CALFW / CPLFW, insightface ``.bin`` packs) and
+deterministic fold-structured generation.
 
 A :class:`PairSet` names the images to embed once and the pairs between them, each
 pair with its ground truth (same identity or not) and its fold (the LFW protocol's
@@ -12,11 +13,24 @@ The LFW format (Huang et al., "Labeled Faces in the Wild", 2007, View 2)::
 
 Image ``name n`` is the file ``<image_root>/<name>/<name>_<nnnn>.<ext>``. In each fold
 the same-person lines come first, then the different-person lines.
+
+CALFW / CPLFW (``pairs_CALFW.txt``, ``pairs_CPLFW.txt``, the cross-age / cross-pose LFW sets): two
+consecutive lines are a pair, each ``<file> <label>`` with the file in the image folder; label 0
+marks a different-person pair, any other value a same-person pair (both lines carry it).
+
+insightface's packs (``lfw.bin``, ``cfp_fp.bin``, ``agedb_30.bin``...) are pickles of ``(encoded images,
+same flags)``: :func:`read_insightface_pack` reads them with an unpickler that builds plain lists,
+bytes and booleans only and refuses anything that would run code, and unpacks the images once into a
+cache folder.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import logging
+import os
+import pickle
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mbtasks.atomic_files import write_text_atomic
 from mbtasks.data.image_files import IMAGE_EXTENSIONS, inside_folder, is_image_file
 from mbtasks.errors import DataError
 
@@ -163,6 +178,185 @@ def read_lfw_pairs(path: str | Path, image_root: str | Path, num_folds: int = 10
         np.asarray(pairs, int).reshape(-1, 2),
         same_arr,
         folds.astype(int),
+        source=str(path),
+        notes=notes,
+    )
+
+
+def read_pairs(path: str | Path, image_root: str | Path, num_folds: int = 10) -> PairSet:
+    """A pair file of any supported kind, told apart by its content: an insightface ``.bin`` pack,
+    CALFW / CPLFW (``<file> <label>`` lines), else LFW ``pairs.txt``."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: pairs file not found")
+    if path.suffix.lower() == ".bin":
+        return read_insightface_pack(path, num_folds)
+    try:
+        text = path.read_text()
+    except (UnicodeDecodeError, OSError) as err:
+        raise DataError(f"{path}: cannot read the pairs file as text ({err})") from err
+    first = next((line.split() for line in text.splitlines() if line.split() and not line.startswith("#")), [])
+    if len(first) == 2 and Path(first[0]).suffix.lower() in IMAGE_EXTENSIONS:
+        return read_image_pairs(path, image_root, num_folds)
+    return read_lfw_pairs(path, image_root, num_folds)
+
+
+def _folds(same: np.ndarray, num_folds: int, path: Path, notes: list[str]) -> np.ndarray:
+    """Consecutive blocks of pairs as folds when each block holds both kinds (the published files'
+    order), else each kind dealt round-robin."""
+    n = len(same)
+    if n % num_folds == 0 and n >= 2 * num_folds:
+        blocks = np.arange(n) // (n // num_folds)
+        if all(same[blocks == f].any() and (~same[blocks == f]).any() for f in range(num_folds)):
+            return blocks
+    notes.append(f"{path}: {n} pairs do not fall into {num_folds} consecutive folds with both kinds: dealt round-robin")
+    folds = np.zeros(n, int)
+    for kind in (True, False):
+        where = np.flatnonzero(same == kind)
+        folds[where] = np.arange(len(where)) % num_folds
+    return folds
+
+
+def read_image_pairs(path: str | Path, image_root: str | Path, num_folds: int = 10) -> PairSet:
+    """Parse a CALFW / CPLFW pair file: two consecutive ``<file> <label>`` lines a pair, label 0 =
+    different persons; the identity is the file name without its trailing ``_<number>``.
+
+    Raises:
+        DataError: malformed line, an odd line count, labels of a pair that disagree, a missing image.
+    """
+    path, image_root = Path(path), Path(image_root)
+    if not image_root.is_dir():
+        raise DataError(f"{image_root}: image folder of the pairs file {path} not found")
+    rows = []
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        fields = line.split()
+        if not fields or fields[0].startswith("#"):
+            continue
+        if len(fields) != 2 or not re.fullmatch(r"-?[0-9]+", fields[1]):
+            raise DataError(f"{path}:{lineno}: expected '<image file> <label>' (CALFW / CPLFW pairs), got {line!r}")
+        if not inside_folder(fields[0]):
+            raise DataError(f"{path}:{lineno}: image {fields[0]!r} is absolute or climbs out of {image_root} with '..'")
+        rows.append((lineno, fields[0], int(fields[1])))
+    if not rows:
+        raise DataError(f"{path}: no pairs found")
+    if len(rows) % 2:
+        raise DataError(f"{path}: {len(rows)} image lines, expected an even number (two consecutive lines a pair)")
+    index: dict[Path, int] = {}
+    images: list[Path] = []
+    labels: list[int] = []
+    identities: dict[str, int] = {}
+
+    def image_index(lineno: int, name: str) -> int:
+        file = image_root / name
+        if not file.is_file():
+            raise DataError(f"{path}:{lineno}: image {file} not found")
+        if file not in index:
+            index[file] = len(images)
+            images.append(file)
+            person = re.sub(r"_[0-9]+$", "", Path(name).stem)
+            labels.append(identities.setdefault(person, len(identities)))
+        return index[file]
+
+    pairs, same = [], []
+    for (line_a, name_a, label_a), (line_b, name_b, label_b) in zip(rows[::2], rows[1::2], strict=True):
+        if (label_a == 0) != (label_b == 0):
+            raise DataError(
+                f"{path}:{line_a}-{line_b}: labels {label_a} and {label_b} of one pair disagree on same (non-zero) "
+                "or different (0) persons"
+            )
+        pairs.append((image_index(line_a, name_a), image_index(line_b, name_b)))
+        same.append(label_a != 0)
+    same_arr = np.asarray(same, bool)
+    if same_arr.all() or not same_arr.any():
+        raise DataError(f"{path}: every pair is {'same' if same_arr.all() else 'different'}-person; expected both")
+    notes: list[str] = []
+    folds = _folds(same_arr, num_folds, path, notes)
+    return PairSet(
+        images, labels, list(identities), np.asarray(pairs, int), same_arr, folds, source=str(path), notes=notes
+    )
+
+
+class _Refused(pickle.UnpicklingError):
+    pass
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    """Builds lists, tuples, bytes, strings, numbers and booleans; refuses every class or function
+    (a pickle naming one could run any code)."""
+
+    def find_class(self, module: str, name: str):
+        raise _Refused(f"it names {module}.{name}")
+
+
+def pairs_cache_dir() -> Path:
+    """Where packed pair sets are unpacked: ``${XDG_CACHE_HOME:-~/.cache}/mbtasks/pairs``."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mbtasks" / "pairs"
+
+
+def _image_suffix(data: bytes) -> str:
+    if data[:3] == b"\xff\xd8\xff":
+        return ".jpg"
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return ".png"
+    return ".bin"
+
+
+def read_insightface_pack(path: str | Path, num_folds: int = 10) -> PairSet:
+    """An insightface verification pack (``pickle.dump((encoded_images, same_flags))``, images
+    ``2i`` and ``2i + 1`` a pair), read without running pickled code; the images are unpacked once into
+    :func:`pairs_cache_dir` (a folder per pack content).
+
+    Raises:
+        DataError: not such a pack, a pickle that names a class or function, image / flag counts
+            that disagree, an image that is neither JPEG nor PNG.
+    """
+    path = Path(path)
+    raw = path.read_bytes()
+    try:
+        obj = _PlainUnpickler(io.BytesIO(raw), encoding="bytes").load()
+    except _Refused as err:
+        raise DataError(
+            f"{path}: refused: {err}. An insightface pack holds only encoded images and booleans, so "
+            "mbtasks reads it without running pickled code; unpack it into a folder and a pairs file instead"
+        ) from err
+    except Exception as err:  # noqa: BLE001 - a damaged pickle fails in many ways
+        raise DataError(f"{path}: not an insightface verification pack ({type(err).__name__}: {err})") from err
+    ok = isinstance(obj, tuple | list) and len(obj) == 2 and all(isinstance(x, list | tuple) for x in obj)
+    if not ok:
+        raise DataError(f"{path}: expected a pickled (images, same flags) pair of lists, got {type(obj).__name__}")
+    blobs, flags = obj
+    if not all(isinstance(b, bytes | bytearray) for b in blobs) or not all(isinstance(f, bool | int) for f in flags):
+        raise DataError(f"{path}: expected encoded images (bytes) and same flags (booleans)")
+    if len(blobs) != 2 * len(flags) or not flags:
+        raise DataError(f"{path}: {len(blobs)} images for {len(flags)} pairs; expected two images a pair")
+    folder = pairs_cache_dir() / f"{path.stem}-{hashlib.sha1(raw).hexdigest()[:12]}"
+    files = []
+    for i, blob in enumerate(blobs):
+        suffix = _image_suffix(bytes(blob))
+        if suffix == ".bin":
+            raise DataError(f"{path}: image {i} is neither JPEG nor PNG")
+        files.append(folder / f"{i:06d}{suffix}")
+    done = folder / "complete"
+    if not done.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        for file, blob in zip(files, blobs, strict=True):
+            file.write_bytes(bytes(blob))
+        write_text_atomic(done, f"{len(files)} images of {path}\n")
+        log.info("%s: %d images unpacked into %s", path, len(files), folder)
+    same = np.asarray([bool(f) for f in flags], bool)
+    notes: list[str] = []
+    folds = _folds(same, num_folds, path, notes)
+    # a pack names no persons: each same pair one identity, each image of a different pair its own
+    labels = []
+    for i, s in enumerate(same):
+        labels += [2 * i, 2 * i] if s else [2 * i, 2 * i + 1]
+    return PairSet(
+        files,
+        labels,
+        [f"{path.stem}:{j}" for j in range(2 * len(same))],
+        np.arange(len(files)).reshape(-1, 2),
+        same,
+        folds,
         source=str(path),
         notes=notes,
     )
