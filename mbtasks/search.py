@@ -85,9 +85,11 @@ def finetune_space(cfg: DictConfig, trial: Any) -> None:
     if not is_active(spec):
         return
     trial.suggest_float("finetune.lr_mult", 0.01, 1.0, log=True)
-    # frozen backbone for the first 1-3 epochs (head warm-up), or trained from the start
+    # frozen backbone for the first 1-3 epochs or 2-30% of the steps, whichever is shorter (head warm-up),
+    # or trained from the start
     trial.suggest_categorical("finetune.freeze", [True, False])
     trial.suggest_int("finetune.unfreeze_at_epoch", 1, 3)
+    trial.suggest_float("finetune.unfreeze_at_share", 0.02, 0.3, log=True)
 
 
 def _parse(overrides: list[str]) -> dict[str, Any]:

@@ -79,7 +79,12 @@ def test_finetune_space_only_for_pretrained_backbones():
     search.finetune_space(OmegaConf.create({"backbone": {"pretrained": None}}), trial)
     assert trial.params == {}  # from scratch: freezing random weights is refused
     search.finetune_space(OmegaConf.create({"backbone": {"pretrained": "/some/checkpoint.ckpt"}}), trial)
-    assert set(trial.params) == {"finetune.lr_mult", "finetune.freeze", "finetune.unfreeze_at_epoch"}
+    assert set(trial.params) == {
+        "finetune.lr_mult",
+        "finetune.freeze",
+        "finetune.unfreeze_at_epoch",
+        "finetune.unfreeze_at_share",
+    }
     assert 0.01 <= trial.params["finetune.lr_mult"] <= 1.0
 
 

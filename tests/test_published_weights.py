@@ -242,6 +242,7 @@ def test_recipe_applies_to_any_pretrained_start_and_skips_the_frozen_warmup_unde
     overrides = [f"backbone.pretrained={source}", "trainer=ddp"]
     cfg = prepare(compose_cfg(overrides), overrides)
     assert cfg.finetune.freeze is False and cfg.finetune.unfreeze_at_epoch is None
+    assert cfg.finetune.unfreeze_at_share is None
     assert cfg.optimizer.lr == cfg.finetune_recipe.optimizer.lr
     overrides = [f"backbone.pretrained={source}", "optimizer=sgd"]
     cfg = prepare(compose_cfg(overrides), overrides)
