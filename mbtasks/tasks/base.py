@@ -76,6 +76,9 @@ class BaseTask(L.LightningModule):
         self.info = OmegaConf.to_container(info, resolve=True) if isinstance(info, DictConfig) else dict(info)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
+        # Hydra hands a dataclass given as a keyword argument over as a structured config: make it the object
+        if isinstance(finetune, DictConfig):
+            finetune = OmegaConf.to_object(finetune)
         self.finetune = finetune or FineTune()
         self.no_decay = check_no_decay(no_decay)
         self.model: nn.Module

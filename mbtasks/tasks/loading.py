@@ -71,9 +71,7 @@ def build_task(cfg: DictConfig, info: dict, training: bool = True) -> BaseTask:
             "scheduler": instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
             "finetune": instantiate(cfg.finetune) if cfg.get("finetune") else None,
         }
-    # _partial_: Hydra would turn objects given as keyword arguments (FineTune, a dataclass) into configs
-    build = instantiate(cfg.task, _partial_=True)
-    return build(backbone=instantiate(cfg.backbone), head=instantiate(cfg.head), info=info, **optional)
+    return instantiate(cfg.task, backbone=instantiate(cfg.backbone), head=instantiate(cfg.head), info=info, **optional)
 
 
 def load_task(path: str | Path, key: str = "ckpt_path") -> tuple[BaseTask, DictConfig]:
