@@ -62,6 +62,8 @@ PLAN: dict[str, tuple[dict[str, tuple[str, int]], str, dict[str, list[str]]]] = 
                 "finetune.lr_mult=0.1",
                 "finetune.freeze_bn=false",
             ],
+            "default + augment=light": ["augment=light"],
+            "default + augment=ssd": ["augment=ssd"],
         },
     ),
     "embedding": (
@@ -72,6 +74,7 @@ PLAN: dict[str, tuple[dict[str, tuple[str, int]], str, dict[str, list[str]]]] = 
             "lr 0.2 (from-scratch LR)": ["optimizer.lr=0.2"],
             "default BN stats train": ["finetune.freeze_bn=false"],
             "lr 0.2 BN stats train": ["optimizer.lr=0.2", "finetune.freeze_bn=false"],
+            "default + augment=light": ["augment=light"],
         },
     ),
 }

@@ -141,6 +141,15 @@ def flat(node, prefix: str = "") -> dict[str, object]:
     return {prefix[:-1]: node}
 
 
+def augment_pipeline(name: str) -> DictConfig:
+    """``conf/augment/<name>.yaml``'s training pipeline, interpolations (``${data.image_size}``) kept."""
+    try:
+        pipeline = compose([f"augment={name}"]).data.train_transforms
+    except Exception as err:  # Hydra's MissingConfigException lists the group's options
+        raise ConfigError(f"finetune_recipe.augment={name}: no such augment preset ({err})") from err
+    return OmegaConf.create(OmegaConf.to_container(pipeline, resolve=False))
+
+
 def prepare(cfg: DictConfig, overrides: Sequence[str] = ()) -> DictConfig:
     """Apply the rules of this module to a ``mode=train`` config (in place; returns it)."""
     if cfg.get("mode") != "train" or "backbone" not in cfg:
@@ -154,6 +163,7 @@ def prepare(cfg: DictConfig, overrides: Sequence[str] = ()) -> DictConfig:
     if not is_active(spec):
         return cfg
     changed: dict[str, object] = {}
+    augment = None
     if is_imagenet(spec):
         for key, value in weights_needs(cfg).items():
             # data=voc or backbone=mobilenet_v1 choose a group, not these keys
@@ -176,13 +186,20 @@ def prepare(cfg: DictConfig, overrides: Sequence[str] = ()) -> DictConfig:
             # DDP fixes the synchronised parameters when it wraps the model: no frozen warm-up there
             log.info("%s: several processes, so the recipe's frozen-backbone warm-up is left out", KEY)
             items = {k: v for k, v in items.items() if k not in warmup}
+        augment = items.pop("augment", None)
+        # augment=..., an experiment (it may choose one) or a data.train_transforms key on the command line win
+        own = {"augment", "experiment"} | {k for k in given if k.split(".")[:2] == ["data", "train_transforms"]}
+        if augment is not None and not given & own:
+            changed["data.train_transforms"] = augment_pipeline(str(augment))
         for key, value in items.items():
             if not is_given(key, given):
                 changed[key] = value
     for key, value in changed.items():
-        OmegaConf.update(cfg, key, value, force_add=True)
+        OmegaConf.update(cfg, key, value, force_add=True)  # merged as Hydra merges augment=...
     if changed:
-        shown = " ".join(f"{k}={v}" for k, v in changed.items())
+        shown = " ".join(
+            f"augment={augment}" if k == "data.train_transforms" else f"{k}={v}" for k, v in changed.items()
+        )
         log.info(
             "%s=%s: fine-tuning recipe of task=%s: %s (keys given on the command line win; "
             "finetune_recipe=null trains as from scratch)",

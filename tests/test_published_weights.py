@@ -249,6 +249,32 @@ def test_recipe_applies_to_any_pretrained_start_and_skips_the_frozen_warmup_unde
     assert cfg.optimizer.lr == compose_cfg(["optimizer=sgd"]).optimizer.lr  # the recipe's LR was for AdamW
 
 
+def test_recipe_augment_replaces_the_train_pipeline_unless_one_is_chosen(tmp_path):
+    from mbtasks.pretraining import prepare
+    from tests.conftest import compose_cfg
+
+    source = f"backbone.pretrained={tmp_path / 'run.ckpt'}"
+
+    def pipeline(*extra: str, recipe: str = "finetune_recipe.augment=light") -> list[str]:
+        overrides = ["task=detection", "data=voc", "data.root=/nowhere", source, *extra]
+        cfg = prepare(compose_cfg([*overrides, recipe]), overrides)
+        ops = [t["_target_"].rsplit(".", 1)[-1] for t in cfg.data.train_transforms.transforms]
+        assert cfg.data.train_transforms.bbox_params.format == "pascal_voc"  # boxes still follow
+        return ops
+
+    mild = pipeline(recipe="finetune_recipe.augment=null")
+    assert mild == ["Resize", "HorizontalFlip", "Affine", "ColorJitter"]  # data=voc's own pipeline
+    assert pipeline() == ["Resize", "HorizontalFlip"]  # the recipe's augment=light
+    assert pipeline("augment=ssd") == pipeline("augment=ssd", recipe="finetune_recipe.augment=null")
+    assert pipeline("data.train_transforms._target_=albumentations.Compose") == mild
+    # from scratch the recipe does not apply
+    overrides = ["task=detection", "data=voc", "data.root=/nowhere", "backbone.pretrained=null"]
+    cfg = prepare(compose_cfg([*overrides, "finetune_recipe.augment=light"]), overrides)
+    assert len(cfg.data.train_transforms.transforms) == len(mild)
+    with pytest.raises(ConfigError, match="finetune_recipe.augment=nosuch"):
+        pipeline(recipe="finetune_recipe.augment=nosuch")
+
+
 def test_unfold_batchnorm_keeps_the_function_and_takes_the_data_statistics():
     from mbtasks.callbacks.backbone_freeze import unfold_batchnorm
 
