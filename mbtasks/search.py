@@ -117,11 +117,14 @@ def best_trial_dir(sweep_dir: Path, best_params: dict) -> Path | None:
     return None
 
 
-def rerun_overrides(trial_overrides: list[str], trial_config: dict | None) -> list[str]:
+def rerun_overrides(trial_overrides: list[str], trial_config: dict | None, task: str | None = None) -> list[str]:
     """The best trial's command line as a plain training run (``hparams_search`` and the trials'
-    ``train.test_after=false`` left out), with the trials' ``train.time`` budget kept (the chosen
-    settings were found for it)."""
+    ``train.test_after=false`` left out), with the task the search chose (``hparams_search`` selected it,
+    so leaving it out would train the default task) and the trials' ``train.time`` budget kept (the
+    chosen settings were found for it)."""
     out = [o for o in trial_overrides if o.split("=", 1)[0].lstrip("+~") not in ("hparams_search", "train.test_after")]
+    if task and not any(o.split("=", 1)[0].lstrip("+~") == "task" for o in out):
+        out.insert(0, f"task={task}")
     budget = train_settings(trial_config).time if trial_config else None
     if budget is not None and not any(o.split("=", 1)[0].lstrip("+~") == "train.time" for o in out):
         out.append(f"train.time={budget}")
@@ -145,7 +148,15 @@ class BestTrial(Callback):
         overrides = yaml.safe_load((trial / ".hydra" / "overrides.yaml").read_text()) or []
         config_file = trial / "config.yaml"
         trial_config = yaml.safe_load(config_file.read_text()) if config_file.is_file() else None
-        (sweep_dir / BEST_OVERRIDES).write_text("\n".join(rerun_overrides(overrides, trial_config)) + "\n")
+        # the group choices of the trial's own run (hparams_search=<task>_optuna picked the task)
+        hydra_file = trial / ".hydra" / "hydra.yaml"
+        choices = (
+            (yaml.safe_load(hydra_file.read_text()) or {}).get("hydra", {}).get("runtime", {}).get("choices", {})
+            if hydra_file.is_file()
+            else {}
+        )
+        task = choices.get("task") or OmegaConf.select(config, "hydra.runtime.choices.task", default=None)
+        (sweep_dir / BEST_OVERRIDES).write_text("\n".join(rerun_overrides(overrides, trial_config, task)) + "\n")
         if config_file.is_file():
             shutil.copyfile(config_file, sweep_dir / BEST_CONFIG)
         log.info(

@@ -114,6 +114,9 @@ def test_rerun_overrides_keep_the_budget_drop_the_search():
         "train.time=2m",
     ]
     assert search.rerun_overrides(trial + ["train.time=5m"], written("5m"))[-1] == "train.time=5m"
+    # hparams_search=detection_optuna chose the task: the rerun must name it
+    assert search.rerun_overrides(trial, written("2m"), "detection")[0] == "task=detection"
+    assert search.rerun_overrides(["task=embedding", *trial], written("2m"), "embedding").count("task=embedding") == 1
 
 
 def test_missing_plugin_says_what_to_install():
@@ -183,6 +186,7 @@ def test_two_trial_search_through_the_cli(tmp_path):
     # best_overrides.txt reruns the best trial as a plain training run (composed here)
     overrides = (sweep / search.BEST_OVERRIDES).read_text().split()
     assert not any(o.startswith(("hparams_search=", "train.test_after=")) for o in overrides)
+    assert overrides[0] == "task=classification"  # the task hparams_search chose
     rerun = compose_cfg(overrides, fast=False)
     best_config = yaml.safe_load((sweep / search.BEST_CONFIG).read_text())
     assert rerun.train.test_after is True and "optimized_metric" not in rerun
