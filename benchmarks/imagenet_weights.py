@@ -66,7 +66,7 @@ TF_INSTALL_TIMEOUT_S = 600
 TARGETS = {"torchvision": 1, "tensorflow": 1, "tflite": 3}  # |diff| of top-1, in photos
 
 # The TensorFlow side, written to a temp file and run with the throwaway venv's python:
-# argv: graph.pb crops.npy out.npy  (crops: (N, 224, 224, 3) uint8 RGB) -> out: (N, 1001) logits.
+# argv: graph.pb crops.npy out.npy  (crops: (N, 224, 224, 3) RGB in 0..255) -> out: (N, 1001) logits.
 TF_SCRIPT = textwrap.dedent("""
     import sys
     import numpy as np
@@ -181,11 +181,18 @@ def run_ours(name: str, photos: list[Path], class_names: list[str]):
 
 
 def crops_like_ours(model, photos: list[Path]) -> np.ndarray:
-    """The photos through the loaded checkpoint's eval transform, as (N, S, S, 3) uint8 RGB."""
+    """The photos through the loaded checkpoint's eval transform, as (N, S, S, 3) float32 RGB in
+    0..255: the very pixels ``predict`` normalises (float bilinear, not rounded)."""
     from mbtasks.data.image_files import read_rgb
     from mbtasks.data.transforms import apply
+    from mbtasks.export.torch_pipeline import resize_pixels
 
-    return np.stack([apply(model.preprocess.pipeline, read_rgb(p))["image"] for p in photos])
+    pre = model.preprocess
+    if pre.module is None:  # an albumentations pipeline (uint8 out)
+        return np.stack([apply(pre.pipeline, read_rgb(p))["image"] for p in photos]).astype(np.float32)
+    size, shorter = pre.module.size, pre.module.shorter_side
+    crops = [resize_pixels(torch.from_numpy(read_rgb(p))[None], size, shorter)[0].permute(1, 2, 0) for p in photos]
+    return torch.stack(crops).numpy()
 
 
 # -- the original runtimes ------------------------------------------------------------------------
@@ -207,7 +214,7 @@ def run_torchvision(path: Path, photos: list[Path], crops: np.ndarray) -> tuple[
         for p, crop in zip(photos, crops, strict=True):
             x = transform(Image.open(p).convert("RGB"))[None]
             top5.append(net(x)[0].topk(5).indices.tolist())
-            y = torch.from_numpy(crop).permute(2, 0, 1).float().div(255)
+            y = torch.from_numpy(crop).permute(2, 0, 1).div(255)
             y = (y - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
             same.append(net(y[None])[0].topk(5).indices.tolist())
     import torchvision
@@ -243,7 +250,8 @@ def run_tflite(path: Path, crops: np.ndarray) -> tuple[list[list[int]], str]:
         raise ValueError(f"{path.name}: input {tuple(inp['shape'])}, crops {crops.shape}")
     top5 = []
     for crop in crops:
-        it.set_tensor(inp["index"], crop[None].astype(inp["dtype"]))
+        # the file's uint8 input: ours' float pixels rounded (at most half a level away)
+        it.set_tensor(inp["index"], np.clip(np.rint(crop), 0, 255)[None].astype(inp["dtype"]))
         it.invoke()
         probs = it.get_tensor(out["index"])[0].astype(np.int64)
         key = probs * 1024
