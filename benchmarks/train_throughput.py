@@ -51,6 +51,11 @@ from mbtasks.tasks.optim import split_no_decay
 # Real sets: folder and the overrides that make them a default run of their task.
 REAL_SETS = {
     "hymenoptera": ("hymenoptera", ["task=classification", "data=imagefolder"]),
+    # the yardstick's from-scratch size (benchmarks/real_data.py): thumbnails, a cheap step
+    "natural_images": (
+        "natural_images",
+        ["task=classification", "data=imagefolder", "data.image_size=64", "backbone.pretrained=null"],
+    ),
     "fruits_voc": ("fruits_voc", ["task=detection", "data=voc"]),
     "raccoon_voc": ("raccoon_voc", ["task=detection", "data=voc"]),
     "orl_faces": ("orl_faces", ["task=embedding", "data=faces", "data.val_identities=6", "data.test_identities=10"]),
