@@ -188,8 +188,8 @@ def prepare(cfg: DictConfig, overrides: Sequence[str] = ()) -> DictConfig:
             items = {k: v for k, v in items.items() if k not in warmup}
         augment = items.pop("augment", None)
         # augment=..., an experiment (it may choose one) or a data.train_transforms key on the command line win
-        own = {"augment", "experiment"} | {k for k in given if k.split(".")[:2] == ["data", "train_transforms"]}
-        if augment is not None and not given & own:
+        chosen = given & {"augment", "experiment"} or any(k.startswith("data.train_transforms") for k in given)
+        if augment is not None and not chosen:
             changed["data.train_transforms"] = augment_pipeline(str(augment))
         for key, value in items.items():
             if not is_given(key, given):

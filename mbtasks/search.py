@@ -33,7 +33,7 @@ from mbtasks.backbones.pretrained import is_active
 from mbtasks.callbacks.epoch_log import EPOCH_LOG, read_epoch_log
 from mbtasks.errors import ConfigError
 from mbtasks.modes.train import train_settings
-from mbtasks.pretraining import resolve_auto
+from mbtasks.pretraining import given_keys, resolve_auto
 
 log = logging.getLogger(__name__)
 
@@ -122,11 +122,11 @@ def rerun_overrides(trial_overrides: list[str], trial_config: dict | None, task:
     ``train.test_after=false`` left out), with the task the search chose (``hparams_search`` selected it,
     so leaving it out would train the default task) and the trials' ``train.time`` budget kept (the
     chosen settings were found for it)."""
-    out = [o for o in trial_overrides if o.split("=", 1)[0].lstrip("+~") not in ("hparams_search", "train.test_after")]
-    if task and not any(o.split("=", 1)[0].lstrip("+~") == "task" for o in out):
+    out = [o for o in trial_overrides if not given_keys([o]) & {"hparams_search", "train.test_after"}]
+    if task and "task" not in given_keys(out):
         out.insert(0, f"task={task}")
     budget = train_settings(trial_config).time if trial_config else None
-    if budget is not None and not any(o.split("=", 1)[0].lstrip("+~") == "train.time" for o in out):
+    if budget is not None and "train.time" not in given_keys(out):
         out.append(f"train.time={budget}")
     return out
 
@@ -150,12 +150,9 @@ class BestTrial(Callback):
         trial_config = yaml.safe_load(config_file.read_text()) if config_file.is_file() else None
         # the group choices of the trial's own run (hparams_search=<task>_optuna picked the task)
         hydra_file = trial / ".hydra" / "hydra.yaml"
-        choices = (
-            (yaml.safe_load(hydra_file.read_text()) or {}).get("hydra", {}).get("runtime", {}).get("choices", {})
-            if hydra_file.is_file()
-            else {}
+        task = (
+            OmegaConf.select(OmegaConf.load(hydra_file), "hydra.runtime.choices.task") if hydra_file.is_file() else None
         )
-        task = choices.get("task") or OmegaConf.select(config, "hydra.runtime.choices.task", default=None)
         (sweep_dir / BEST_OVERRIDES).write_text("\n".join(rerun_overrides(overrides, trial_config, task)) + "\n")
         if config_file.is_file():
             shutil.copyfile(config_file, sweep_dir / BEST_CONFIG)
